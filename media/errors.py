@@ -1,0 +1,21 @@
+"""Errors raised by media/. server/ maps them to HTTP status in one place."""
+
+
+class MediaError(Exception):
+    """Base class of every error media/ raises on purpose."""
+
+
+class SdpError(MediaError):
+    """The offer is not valid SDP, or lacks what WebRTC requires (ICE, DTLS, a media line)."""
+
+
+class CodecMismatchError(MediaError):
+    """The peer cannot send or receive the codec this lecture is fixed to."""
+
+
+class LectureClosedError(MediaError):
+    """The lecture was closed; no new publisher or viewer is accepted."""
+
+
+class PublisherBusyError(MediaError):
+    """Another publisher is live on this lecture and replacement was not asked for."""

@@ -1,0 +1,1 @@
+"""LopSo server: HTTP, signalling, auth, state and attendance (the edge around media/)."""

@@ -1,0 +1,91 @@
+"""Domain records shared by the store, the attendance ledger and the routes.
+
+Pure data: imports neither aiohttp nor aiortc. Times are UTC epoch seconds (float).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class Role(str, enum.Enum):
+    """Who a token speaks for. What each role may do is data, in server/roles.py."""
+
+    ADMIN = "admin"
+    LECTURER = "lecturer"
+    MODERATOR = "moderator"
+    SITE = "site"  # the operator's player page in a village hall
+    PARTICIPANT = "participant"  # a person checking in from a phone
+
+
+class EventKind(str, enum.Enum):
+    """Kinds of attendance-ledger events (append-only, per class)."""
+
+    CLASS_STARTED = "class_started"  # lecturer went live (first time or again)
+    CLASS_ENDED = "class_ended"
+    SITE_JOINED = "site_joined"  # a site's player connected (WebSocket or media)
+    SITE_LEFT = "site_left"
+    HEADCOUNT = "headcount"  # data: {"count": int, "phase": "start"|"mid"|"end"|"other"}
+    CHECKIN = "checkin"  # data: {"name": str, "ident": str|None, "by": "qr"|"operator"}
+    HELP_REQUESTED = "help_requested"  # data: {"help_id": str, "reason": str, "text": str}
+    HELP_RESOLVED = "help_resolved"  # data: {"help_id": str, "by": str}
+    QUESTION = "question"  # data: {"question_id": str, "text": str}
+    QUALITY = "quality"  # data: {"rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "class"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Site:
+    """A viewing site (village cultural house) from the registry."""
+
+    code: str  # stable id, e.g. "HY-TX-001"; [A-Za-z0-9_.-]{1,64}
+    name: str
+    village: str = ""  # village / residential group (thôn, tổ dân phố)
+    commune: str = ""
+    province: str = ""
+    join_key: str = ""  # secret used to mint this site's tokens; never shown to others
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClassSession:
+    """One class ("buổi học"): a lecture at a planned time, with the sites expected."""
+
+    id: str  # [A-Za-z0-9_-]{1,64}
+    title: str
+    starts_at: float  # planned start, UTC epoch seconds
+    ends_at: float | None = None  # planned end, if known
+    video_codec: str = "VP8"  # "VP8" or "H264", fixed before sites connect
+    site_codes: tuple[str, ...] = ()  # expected sites; empty = every site in the registry
+    created_at: float = 0.0
+    started_at: float | None = None  # first time the lecturer went live
+    ended_at: float | None = None  # when the lecturer or a moderator ended it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One attendance-ledger event. `seq` is assigned by the store on append (1, 2, ...)."""
+
+    session_id: str
+    kind: EventKind
+    at: float  # when it happened, UTC epoch seconds (server clock of the node that saw it)
+    site_code: str | None = None
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: str = ""  # unique id chosen by the producer (uuid4 hex); appends are idempotent on it
+    node: str = ""  # node that recorded it
+    seq: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A cluster node's heartbeat (cluster mode only)."""
+
+    id: str
+    role: str  # "all" | "origin" | "edge"
+    http_url: str  # where other nodes / load balancers reach its HTTP API
+    media_host: str  # address viewers send media to
+    media_port: int
+    load: float  # viewers carried / capacity, 0..1+
+    viewers: int
+    lectures: tuple[str, ...] = ()  # session ids this node currently carries
+    at: float = 0.0

@@ -1,0 +1,74 @@
+"""The Store contract. Two implementations: embedded (SQLite, one process) and Redis (cluster).
+
+Both run through one contract-test suite (tests/test_store_contract.py). Every method is async.
+Durability: `append` and `add_checkin` return only once the event is durable (SQLite commit;
+Redis with AOF appendfsync everysec or always, per deployment); an event the server has
+acknowledged must survive a crash of the process that recorded it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol
+
+from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+
+
+class StoreError(Exception):
+    """The store could not complete an operation (I/O, connection lost after retries)."""
+
+
+class NotFoundError(StoreError):
+    """The record asked for does not exist."""
+
+
+class Store(Protocol):
+    """Shared state: registry, classes, the attendance ledger, presence, pub/sub, nodes."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # registry
+    async def upsert_sites(self, sites: Iterable[Site]) -> int: ...
+    async def get_site(self, code: str) -> Site | None: ...
+    async def list_sites(self) -> list[Site]: ...
+
+    # classes
+    async def put_session(self, session: ClassSession) -> None: ...
+    async def get_session(self, session_id: str) -> ClassSession | None: ...
+    async def list_sessions(self) -> list[ClassSession]: ...
+
+    # attendance ledger (append-only, durable, ordered per class by seq)
+    async def append(self, event: Event) -> Event:
+        """Store the event (idempotent on event.id) and return it with its seq."""
+        ...
+
+    async def add_checkin(self, event: Event, dedupe_key: str) -> tuple[Event, bool]:
+        """Append a CHECKIN unless `dedupe_key` was already checked in for this class.
+
+        Returns (stored_or_existing_event, created). Atomic across nodes.
+        """
+        ...
+
+    async def events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        kinds: Iterable[EventKind] | None = None,
+        site_code: str | None = None,
+    ) -> list[Event]: ...
+
+    # presence: ephemeral per-site live state, expires unless refreshed
+    async def set_presence(
+        self, session_id: str, site_code: str, state: dict[str, Any], ttl_s: float
+    ) -> None: ...
+    async def clear_presence(self, session_id: str, site_code: str) -> None: ...
+    async def presence(self, session_id: str) -> dict[str, dict[str, Any]]: ...
+
+    # pub/sub between nodes (in-process for the embedded store)
+    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+    def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    # cluster nodes
+    async def heartbeat(self, node: NodeInfo, ttl_s: float) -> None: ...
+    async def nodes(self) -> list[NodeInfo]: ...
