@@ -1,0 +1,149 @@
+"""Signed, expiring tokens scoped to a class and a role (and a site), and rate limits.
+
+Format (docs/protocol.md): `base64url(json) "." base64url(hmac_sha256(secret, json))`, the
+JSON holding `sid`, `role`, `site`, `exp`. Pure: no web code, the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+
+from server.errors import AuthError, ForbiddenError, RateLimitedError
+from server.models import Role
+from server.roles import SITE_ROLES, Action, may
+
+ANY_CLASS = "*"
+MAX_TOKEN_CHARS = 2048
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says: for which class, as which role, for which site, until when."""
+
+    sid: str
+    role: Role
+    site: str | None
+    exp: int
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
+        body = {"sid": self.sid, "role": self.role.value, "site": self.site, "exp": self.exp}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+
+
+def _sign(secret: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, payload, hashlib.sha256).digest()
+
+
+def mint(
+    secret: bytes,
+    sid: str,
+    role: Role,
+    *,
+    site: str | None = None,
+    ttl_s: float,
+    now: float | None = None,
+) -> str:
+    """Return a token for `role` in class `sid` (and `site`), valid for `ttl_s` seconds."""
+    if role in SITE_ROLES and not site:
+        raise ValueError(f"a {role.value} token needs a site")
+    issued = time.time() if now is None else now
+    claims = Claims(sid=sid, role=role, site=site, exp=int(issued + ttl_s))
+    payload = claims.to_json()
+    return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
+
+
+def verify(secret: bytes, token: str, *, now: float | None = None) -> Claims:
+    """Check the signature and expiry of `token` and return its claims; raise AuthError."""
+    if not token:
+        raise AuthError(
+            "a token is required (Authorization: Bearer or ?token=)", code="token_missing"
+        )
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+        raise AuthError("token is malformed", code="token_malformed")
+    body, sig = token.split(".")
+    try:
+        payload, signature = _unb64(body), _unb64(sig)
+    except (binascii.Error, ValueError):
+        raise AuthError("token is not base64url", code="token_malformed") from None
+    if not hmac.compare_digest(signature, _sign(secret, payload)):
+        raise AuthError("token signature does not match", code="token_bad_signature")
+    claims = _parse_claims(payload)
+    if claims.exp <= (time.time() if now is None else now):
+        raise AuthError("token has expired", code="token_expired")
+    return claims
+
+
+def _parse_claims(payload: bytes) -> Claims:
+    try:
+        raw = json.loads(payload)
+        role = Role(raw["role"])
+        sid, site, exp = raw["sid"], raw.get("site"), raw["exp"]
+    except (ValueError, KeyError, TypeError):
+        raise AuthError("token claims are malformed", code="token_malformed") from None
+    if (
+        not isinstance(sid, str)
+        or type(exp) is not int
+        or not (site is None or isinstance(site, str))
+    ):
+        raise AuthError("token claims have wrong types", code="token_malformed")
+    return Claims(sid=sid, role=role, site=site, exp=exp)
+
+
+def authorize(claims: Claims, action: Action, sid: str, site: str | None = None) -> None:
+    """Raise ForbiddenError unless `claims` allow `action` on class `sid` (and `site`)."""
+    if claims.sid not in (sid, ANY_CLASS):
+        raise ForbiddenError("token is for another class", code="wrong_class")
+    if not may(claims.role, action):
+        raise ForbiddenError(
+            f"role {claims.role.value} may not {action.value}", code="wrong_role"
+        )
+    if site is not None and claims.role in SITE_ROLES and claims.site != site:
+        raise ForbiddenError("token is for another site", code="wrong_site")
+
+
+def bearer(header: str | None, query_token: str | None) -> str:
+    """Pick the token from an `Authorization: Bearer` header, else from `?token=`."""
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("Authorization header must be 'Bearer <token>'", code="token_malformed")
+        return value.strip()
+    return query_token or ""
+
+
+class RateLimiter:
+    """Token bucket per key: `rate` events per second with bursts up to `burst`."""
+
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def check(self, key: str) -> None:
+        """Take one token for `key` or raise RateLimitedError."""
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        level = min(self._burst, level + (now - last) * self._rate)
+        if level < 1.0:
+            self._buckets[key] = (level, now)
+            raise RateLimitedError(f"too many requests for {key}; slow down")
+        self._buckets[key] = (level - 1.0, now)
+        if len(self._buckets) > 100_000:  # keep memory bounded under address floods
+            self._buckets.clear()

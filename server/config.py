@@ -1,0 +1,209 @@
+"""Configuration: LOPSO_* environment variables and CLI flags, read once into a frozen Config.
+
+Nothing else in LopSo reads os.environ. Flags win over the environment, the environment
+over defaults. Invalid values fail here, at startup, with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROLES = ("all", "origin", "edge")
+LOG_FORMATS = ("text", "json")
+SECRET_FILE = "secret.key"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a LopSo process needs to know at startup."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    media_host: str = "0.0.0.0"
+    media_port: int = 8189
+    announce: tuple[str, ...] = ()
+    redis_url: str | None = None
+    role: str = "all"
+    secret: bytes = b""
+    token_ttl_s: int = 24 * 3600
+    log_format: str = "text"
+    log_level: str = "INFO"
+    public_url: str = ""
+    node_id: str = ""
+    demo_json: Path | None = None
+    demo_sites: int = 0
+    max_body_bytes: int = 4 * 1024 * 1024
+    ws_idle_timeout_s: float = 30.0
+    batch_interval_s: float = 1.0
+
+    @property
+    def tls(self) -> bool:
+        """True when the HTTP server must speak HTTPS."""
+        return self.tls_cert is not None
+
+    @property
+    def base_url(self) -> str:
+        """Absolute URL that links handed to people start with (no trailing slash)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = self.announce[0] if self.announce else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+
+# setting name -> (environment variable, parser)
+def _int(name: str, low: int, high: int):  # noqa: ANN202 - small parser factory
+    def parse(raw: Any) -> int:
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(name: str, options: tuple[str, ...]):  # noqa: ANN202
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in options:
+            raise ConfigError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _path(raw: Any) -> Path:
+    return Path(str(raw)).expanduser()
+
+
+def _addresses(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple)):
+        items = [str(x) for x in raw]
+    else:
+        items = str(raw).split(",")
+    return tuple(x.strip() for x in items if x.strip())
+
+
+def _positive_float(name: str):  # noqa: ANN202
+    def parse(raw: Any) -> float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+        return value
+
+    return parse
+
+
+_SETTINGS: Mapping[str, tuple[str, Any]] = {
+    "host": ("LOPSO_HOST", str),
+    "port": ("LOPSO_PORT", _int("port", 0, 65535)),
+    "data_dir": ("LOPSO_DATA", _path),
+    "tls_cert": ("LOPSO_TLS_CERT", _path),
+    "tls_key": ("LOPSO_TLS_KEY", _path),
+    "media_host": ("LOPSO_MEDIA_HOST", str),
+    "media_port": ("LOPSO_MEDIA_PORT", _int("media port", 0, 65535)),
+    "announce": ("LOPSO_ANNOUNCE", _addresses),
+    "redis_url": ("LOPSO_REDIS_URL", str),
+    "role": ("LOPSO_ROLE", _choice("role", ROLES)),
+    "secret": ("LOPSO_SECRET", lambda raw: str(raw).encode()),
+    "token_ttl_s": ("LOPSO_TOKEN_TTL", _int("token TTL (seconds)", 60, 366 * 86400)),
+    "log_format": ("LOPSO_LOG_FORMAT", _choice("log format", LOG_FORMATS)),
+    "log_level": ("LOPSO_LOG_LEVEL", lambda raw: str(raw).upper()),
+    "public_url": ("LOPSO_PUBLIC_URL", str),
+    "node_id": ("LOPSO_NODE_ID", str),
+    "demo_json": ("LOPSO_DEMO_JSON", _path),
+    "demo_sites": ("LOPSO_DEMO_SITES", _int("demo sites", 0, 10000)),
+    "max_body_bytes": ("LOPSO_MAX_BODY", _int("max body bytes", 1024, 1 << 30)),
+    "ws_idle_timeout_s": ("LOPSO_WS_IDLE_TIMEOUT", _positive_float("WebSocket idle timeout")),
+    "batch_interval_s": ("LOPSO_BATCH_INTERVAL", _positive_float("batch interval")),
+}
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the Config from `env` (default os.environ) and `overrides` (CLI flags, not None).
+
+    Creates the data directory, and the secret file in it when no secret is given.
+    """
+    environ = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, (var, parse) in _SETTINGS.items():
+        raw = environ.get(var)
+        if raw is not None and raw != "":
+            values[name] = parse(raw)
+    for name, raw in (overrides or {}).items():
+        if name not in _SETTINGS:
+            raise ConfigError(f"unknown setting {name!r}")
+        if raw is not None:
+            values[name] = _SETTINGS[name][1](raw)
+    if values.get("demo_json") and not values.get("demo_sites"):
+        values["demo_sites"] = 12
+    config = Config(**values)
+    _check(config)
+    _prepare_data_dir(config.data_dir)
+    if not config.secret:
+        config = dataclasses.replace(config, secret=_load_or_create_secret(config.data_dir))
+    if not config.node_id:
+        config = dataclasses.replace(config, node_id=uuid.uuid4().hex[:12])
+    return config
+
+
+def _check(config: Config) -> None:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("HTTPS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    for label, path in (("TLS certificate", config.tls_cert), ("TLS key", config.tls_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{label} file not found: {path}")
+    if config.secret and len(config.secret) < 16:
+        raise ConfigError("LOPSO_SECRET must be at least 16 characters")
+    if config.public_url and not config.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public URL must start with http:// or https://, got {config.public_url!r}")
+    if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis URL must start with redis://, rediss:// or unix://, got {config.redis_url!r}")
+    if config.role != "all" and not config.redis_url:
+        raise ConfigError(f"role {config.role} needs cluster mode (LOPSO_REDIS_URL)")
+
+
+def _prepare_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create data directory {path}: {exc.strerror}") from None
+
+
+def _load_or_create_secret(data_dir: Path) -> bytes:
+    """Keep one random signing secret per data directory so tokens survive restarts."""
+    path = data_dir / SECRET_FILE
+    if path.is_file():
+        secret = path.read_bytes().strip()
+        if len(secret) >= 16:
+            return secret
+    secret = secrets.token_urlsafe(32).encode()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(secret)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return secret

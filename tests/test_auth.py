@@ -1,0 +1,127 @@
+"""Tokens: valid, expired, tampered, wrong scope (table-driven); the rate limiter."""
+
+from __future__ import annotations
+
+import pytest
+
+from server import auth
+from server.errors import AuthError, ForbiddenError, RateLimitedError
+from server.models import Role
+from server.roles import Action
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+NOW = 1_800_000_000.0
+
+
+def token(role: Role, sid: str = "c1", site: str | None = None, ttl: float = 60) -> str:
+    return auth.mint(SECRET, sid, role, site=site, ttl_s=ttl, now=NOW)
+
+
+def test_round_trip_keeps_every_claim() -> None:
+    claims = auth.verify(SECRET, token(Role.SITE, site="HY-001"), now=NOW + 1)
+    assert claims == auth.Claims(sid="c1", role=Role.SITE, site="HY-001", exp=int(NOW + 60))
+
+
+def _flip_last_sig_char(tok: str) -> str:
+    body, sig = tok.split(".")
+    return f"{body}.{sig[:-2]}{'A' if sig[-2] != 'A' else 'B'}{sig[-1]}"
+
+
+def _forge_role(tok: str) -> str:
+    body, sig = tok.split(".")
+    raw = auth._unb64(body).replace(b'"site"', b'"admin"', 0).replace(b"moderator", b"admin")
+    return f"{auth._b64(raw)}.{sig}"
+
+
+@pytest.mark.parametrize(
+    ("make", "now", "code"),
+    [
+        (lambda: "", NOW, "token_missing"),
+        (lambda: "abc", NOW, "token_malformed"),
+        (lambda: "a.b.c", NOW, "token_malformed"),
+        (lambda: "!!!.???", NOW, "token_malformed"),
+        (lambda: "x" * 5000, NOW, "token_malformed"),
+        (lambda: token(Role.MODERATOR), NOW + 61, "token_expired"),
+        (lambda: token(Role.MODERATOR), NOW + 60, "token_expired"),
+        (lambda: _flip_last_sig_char(token(Role.MODERATOR)), NOW, "token_bad_signature"),
+        (lambda: _forge_role(token(Role.MODERATOR)), NOW, "token_bad_signature"),
+        (
+            lambda: auth.mint(b"another-secret-of-32-bytes......", "c1", Role.ADMIN, ttl_s=60, now=NOW),
+            NOW,
+            "token_bad_signature",
+        ),
+    ],
+)
+def test_bad_tokens_are_refused_with_a_precise_code(make, now: float, code: str) -> None:
+    with pytest.raises(AuthError) as info:
+        auth.verify(SECRET, make(), now=now)
+    assert info.value.code == code
+    assert info.value.status == 401
+
+
+def test_signed_garbage_claims_are_malformed() -> None:
+    payload = b'{"sid": 3, "role": "site", "exp": "soon"}'
+    forged = f"{auth._b64(payload)}.{auth._b64(auth._sign(SECRET, payload))}"
+    with pytest.raises(AuthError, match="wrong types"):
+        auth.verify(SECRET, forged, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("role", "tok_sid", "tok_site", "action", "sid", "site", "code"),
+    [
+        (Role.MODERATOR, "c1", None, Action.EXPORT, "c1", None, None),
+        (Role.MODERATOR, "c1", None, Action.EXPORT, "c2", None, "wrong_class"),
+        (Role.MODERATOR, "c1", None, Action.PUBLISH, "c1", None, "wrong_role"),
+        (Role.LECTURER, "c1", None, Action.PUBLISH, "c1", None, None),
+        (Role.LECTURER, "c1", None, Action.VIEW, "c1", "S1", "wrong_role"),
+        (Role.SITE, "c1", "S1", Action.VIEW, "c1", "S1", None),
+        (Role.SITE, "c1", "S1", Action.VIEW, "c1", "S2", "wrong_site"),
+        (Role.SITE, "c1", "S1", Action.MODERATE, "c1", None, "wrong_role"),
+        (Role.SITE, "c1", "S1", Action.PUBLISH, "c1", None, "wrong_role"),
+        (Role.PARTICIPANT, "c1", "S1", Action.CHECKIN, "c1", "S1", None),
+        (Role.PARTICIPANT, "c1", "S1", Action.VIEW, "c1", "S1", "wrong_role"),
+        (Role.PARTICIPANT, "c1", "S1", Action.CHECKIN, "c1", "S9", "wrong_site"),
+        (Role.ADMIN, "*", None, Action.EXPORT, "c7", None, None),
+        (Role.ADMIN, "*", None, Action.VIEW, "c7", "S3", None),
+    ],
+)
+def test_scope_table(role, tok_sid, tok_site, action, sid, site, code) -> None:
+    claims = auth.verify(SECRET, token(role, sid=tok_sid, site=tok_site), now=NOW)
+    if code is None:
+        auth.authorize(claims, action, sid, site)
+        return
+    with pytest.raises(ForbiddenError) as info:
+        auth.authorize(claims, action, sid, site)
+    assert info.value.code == code and info.value.status == 403
+
+
+def test_site_tokens_need_a_site() -> None:
+    with pytest.raises(ValueError, match="needs a site"):
+        auth.mint(SECRET, "c1", Role.SITE, ttl_s=60)
+
+
+@pytest.mark.parametrize(
+    ("header", "query", "expected"),
+    [("Bearer abc.def", None, "abc.def"), ("bearer  xyz ", "q", "xyz"), (None, "q.t", "q.t"), (None, None, "")],
+)
+def test_bearer_picks_header_then_query(header, query, expected) -> None:
+    assert auth.bearer(header, query) == expected
+
+
+def test_bearer_rejects_other_schemes() -> None:
+    with pytest.raises(AuthError):
+        auth.bearer("Basic dXNlcjpwYXNz", None)
+
+
+def test_rate_limiter_allows_burst_then_refills() -> None:
+    clock = [0.0]
+    limiter = auth.RateLimiter(rate=2.0, burst=3, clock=lambda: clock[0])
+    for _ in range(3):
+        limiter.check("a")
+    with pytest.raises(RateLimitedError):
+        limiter.check("a")
+    limiter.check("b")  # other keys are independent
+    clock[0] += 0.5  # one token back
+    limiter.check("a")
+    with pytest.raises(RateLimitedError):
+        limiter.check("a")

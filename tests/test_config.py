@@ -1,0 +1,87 @@
+"""Config: environment, flags, defaults, the kept secret, and precise failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import SECRET_FILE, ConfigError, load_config
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_config({"data_dir": tmp_path}, env={})
+    assert (config.host, config.port, config.role, config.log_format) == (
+        "127.0.0.1", 8080, "all", "text"
+    )
+    assert config.redis_url is None and config.tls is False
+    assert config.base_url == "http://127.0.0.1:8080"
+    assert len(config.secret) >= 16 and config.node_id
+
+
+def test_environment_then_flags_win(tmp_path: Path) -> None:
+    env = {
+        "LOPSO_HOST": "0.0.0.0",
+        "LOPSO_PORT": "9000",
+        "LOPSO_DATA": str(tmp_path / "envdata"),
+        "LOPSO_ANNOUNCE": "192.0.2.10, 198.51.100.7",
+        "LOPSO_LOG_FORMAT": "JSON",
+        "LOPSO_SECRET": "s" * 20,
+    }
+    config = load_config({"port": 9001, "host": None}, env=env)
+    assert config.host == "0.0.0.0" and config.port == 9001
+    assert config.announce == ("192.0.2.10", "198.51.100.7")
+    assert config.log_format == "json" and config.secret == b"s" * 20
+    assert config.base_url == "http://192.0.2.10:9001"
+    assert (tmp_path / "envdata").is_dir()
+
+
+def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
+    first = load_config({"data_dir": tmp_path}, env={})
+    second = load_config({"data_dir": tmp_path}, env={})
+    assert first.secret == second.secret == (tmp_path / SECRET_FILE).read_bytes()
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o077 == 0
+
+
+def test_demo_json_implies_twelve_sites(tmp_path: Path) -> None:
+    config = load_config({"data_dir": tmp_path, "demo_json": tmp_path / "d.json"}, env={})
+    assert config.demo_sites == 12
+    assert load_config({"data_dir": tmp_path, "demo_json": "x", "demo_sites": 3}, env={}).demo_sites == 3
+
+
+def test_https_base_url(tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x"), key.write_text("y")
+    config = load_config({"data_dir": tmp_path, "tls_cert": cert, "tls_key": key, "port": 8443}, env={})
+    assert config.tls and config.base_url == "https://127.0.0.1:8443"
+    public = load_config({"data_dir": tmp_path}, env={"LOPSO_PUBLIC_URL": "https://lop.example.vn/"})
+    assert public.base_url == "https://lop.example.vn"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "message"),
+    [
+        ({"port": "80a"}, {}, "port must be an integer"),
+        ({}, {"LOPSO_PORT": "70000"}, "port must be between 0 and 65535"),
+        ({}, {"LOPSO_ROLE": "relay"}, "role must be one of all, origin, edge"),
+        ({"role": "edge"}, {}, "role edge needs cluster mode"),
+        ({}, {"LOPSO_LOG_FORMAT": "xml"}, "log format must be one of text, json"),
+        ({}, {"LOPSO_SECRET": "short"}, "at least 16 characters"),
+        ({"tls_cert": "/nonexistent/c.pem"}, {}, "needs both a certificate"),
+        ({"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}, {}, "certificate file not found"),
+        ({}, {"LOPSO_REDIS_URL": "localhost:6379"}, "redis URL must start with"),
+        ({}, {"LOPSO_PUBLIC_URL": "lop.example.vn"}, "public URL must start with"),
+        ({"bogus": 1}, {}, "unknown setting 'bogus'"),
+        ({}, {"LOPSO_WS_IDLE_TIMEOUT": "-1"}, "idle timeout must be positive"),
+    ],
+)
+def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config({"data_dir": tmp_path, **overrides}, env=env)
+
+
+def test_unwritable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot create data directory"):
+        load_config({"data_dir": blocker / "sub"}, env={})
