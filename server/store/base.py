@@ -8,10 +8,13 @@ acknowledged must survive a crash of the process that recorded it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+
+if TYPE_CHECKING:
+    from server.store.subscription import Subscription
 
 
 class StoreError(Exception):
@@ -66,8 +69,19 @@ class Store(Protocol):
     async def presence(self, session_id: str) -> dict[str, dict[str, Any]]: ...
 
     # pub/sub between nodes (in-process for the embedded store)
-    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
-    def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]: ...
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        """Send a JSON-able message to every subscriber of `channel` (at most once, no replay)."""
+        ...
+
+    def subscribe(self, channel: str) -> Subscription:
+        """Subscribe at once; an async iterator of messages (read-only dicts).
+
+        `Subscription` (server/store/subscription.py) is an AsyncIterator[dict] as before, and
+        also an async context manager: `async with store.subscribe(ch) as sub:` waits until the
+        subscription is live (Redis) and closes it on exit; `sub.close()` ends it. A slow
+        subscriber loses its oldest messages, never blocks the publisher.
+        """
+        ...
 
     # cluster nodes
     async def heartbeat(self, node: NodeInfo, ttl_s: float) -> None: ...

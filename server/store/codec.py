@@ -1,0 +1,86 @@
+"""JSON encoding of store records, shared by the embedded and the Redis store.
+
+Both stores keep records as compact JSON text so that one codec (and one set of round-trip
+tests) serves both; `json` keeps Python floats exact, which epoch times with microseconds need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 text kept as is (Vietnamese names stay readable in the store)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_body(event: Event) -> str:
+    """The event without its seq (the store assigns seq), as JSON text."""
+    return dumps(
+        {
+            "id": event.id,
+            "session_id": event.session_id,
+            "kind": event.kind.value,
+            "at": event.at,
+            "site_code": event.site_code,
+            "node": event.node,
+            "data": event.data,
+        }
+    )
+
+
+def event_from_body(body: str | bytes, seq: int) -> Event:
+    """Rebuild an event from `event_body` text and the seq the store gave it."""
+    raw = json.loads(body)
+    return Event(
+        session_id=raw["session_id"],
+        kind=EventKind(raw["kind"]),
+        at=raw["at"],
+        site_code=raw["site_code"],
+        data=raw["data"],
+        id=raw["id"],
+        node=raw["node"],
+        seq=seq,
+    )
+
+
+def site_to_json(site: Site) -> str:
+    """A registry site as JSON text (join key included: the store is trusted)."""
+    return dumps(dataclasses.asdict(site))
+
+
+def site_from_json(text: str | bytes) -> Site:
+    """Inverse of `site_to_json`."""
+    return Site(**json.loads(text))
+
+
+def session_to_json(session: ClassSession) -> str:
+    """A class as JSON text."""
+    raw = dataclasses.asdict(session)
+    raw["site_codes"] = list(session.site_codes)
+    return dumps(raw)
+
+
+def session_from_json(text: str | bytes) -> ClassSession:
+    """Inverse of `session_to_json` (site_codes back to a tuple)."""
+    raw = json.loads(text)
+    raw["site_codes"] = tuple(raw.get("site_codes", ()))
+    return ClassSession(**raw)
+
+
+def node_to_json(node: NodeInfo) -> str:
+    """A node heartbeat as JSON text."""
+    raw = dataclasses.asdict(node)
+    raw["lectures"] = list(node.lectures)
+    return dumps(raw)
+
+
+def node_from_json(text: str | bytes) -> NodeInfo:
+    """Inverse of `node_to_json`."""
+    raw = json.loads(text)
+    raw["lectures"] = tuple(raw.get("lectures", ()))
+    return NodeInfo(**raw)
