@@ -1,0 +1,526 @@
+"""Viewer transports on one UDP socket: ICE-lite + DTLS-SRTP endpoints and sendmmsg fan-out.
+
+    sock = MediaSocket(host="0.0.0.0", port=8189, announce=["192.0.2.10"])
+    await sock.start()
+    ep = sock.endpoint(offer_ufrag, offer_pwd, ("sha-256", "AB:..."), offer_setup)
+    # answer SDP: a=ice-lite, ep.local_ufrag/local_pwd, sock.fingerprint, ep.setup,
+    #             one a=candidate line per sock.candidates()
+    await ep.connected()
+    video = sock.fanout(); video.add(ep, payload_type=96)
+    video.send(rtp_packet)          # one sendmmsg per 64 viewers, SRTP per viewer
+    await sock.close()
+
+Datagrams are demultiplexed per RFC 7983: STUN goes to the endpoint named by the USERNAME
+(after MESSAGE-INTEGRITY verifies), everything else to the endpoint owning the source address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Sequence
+
+from media import ice
+from media.dtls import DtlsError, DtlsIdentity, DtlsSession
+from media.errors import MediaError
+from media.srtp import MAX_TRAILER, FastProtector, SrtpContext, SrtpError
+from media.udp import SLOT_SIZE, Libc, MmsgBatch, UdpSocket
+
+logger = logging.getLogger(__name__)
+
+BATCH = 64
+"""Copies per sendmmsg call."""
+MAX_RTP = SLOT_SIZE - MAX_TRAILER
+LIVENESS_PERIOD = 1.0
+
+
+class MediaSocket:
+    """One UDP socket per process; every viewer endpoint lives on it."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        announce: Sequence[str] = (),
+        *,
+        consent_timeout: float = 30.0,
+        fast_srtp: bool = True,
+    ) -> None:
+        self._host = host
+        self._requested_port = port
+        self._announce = list(announce)
+        self.consent_timeout = consent_timeout
+        self.identity = DtlsIdentity()
+        self.libc = Libc()
+        self.protector = FastProtector()
+        self.protector.available = self.protector.available and fast_srtp
+        self.udp = UdpSocket(self._on_datagram, host, port)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.generation = 0
+        """Bumped whenever an endpoint starts or stops being a valid fan-out target."""
+        self._by_ufrag: dict[str, Endpoint] = {}
+        self._by_addr: dict[tuple[str, int], Endpoint] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0
+        """Datagrams dropped: garbage, unknown source, failed STUN authentication."""
+
+    async def start(self) -> None:
+        """Bind the socket (port 0 = ephemeral) and start the liveness timer."""
+        self.loop = asyncio.get_running_loop()
+        self.udp.open()
+        self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
+
+    async def close(self) -> None:
+        """Close every endpoint, then the socket."""
+        for endpoint in list(self._by_ufrag.values()):
+            endpoint.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.udp.close()
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        return self.udp.address[1]
+
+    def candidates(self) -> list[str]:
+        """Values for "a=candidate:" lines, one host candidate per announced address."""
+        hosts = self._announce or [self._host]
+        hosts = ["127.0.0.1" if h == "0.0.0.0" else "::1" if h == "::" else h for h in hosts]
+        port = self.port
+        return [
+            f"{i + 1} 1 udp {2130706431 - i} {host} {port} typ host" for i, host in enumerate(hosts)
+        ]
+
+    @property
+    def fingerprint(self) -> tuple[str, str]:
+        """("sha-256", "AB:CD:...") of the process's shared DTLS certificate."""
+        return self.identity.fingerprint
+
+    def endpoint(
+        self,
+        remote_ufrag: str,
+        remote_pwd: str,
+        remote_fingerprint: tuple[str, str],
+        remote_setup: str,
+    ) -> Endpoint:
+        """A new endpoint for one peer; `remote_setup` is the offer's a=setup value."""
+        if self.loop is None:
+            raise MediaError("MediaSocket.start() must be awaited before creating endpoints")
+        endpoint = Endpoint(self, remote_ufrag, remote_pwd, remote_fingerprint, remote_setup)
+        self._by_ufrag[endpoint.local_ufrag] = endpoint
+        return endpoint
+
+    def fanout(self) -> Fanout:
+        """A new, empty fan-out group on this socket."""
+        return Fanout(self)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """Send one datagram from the shared socket."""
+        return self.udp.sendto(data, addr)
+
+    def claim(self, endpoint: Endpoint, addr: tuple[str, int]) -> None:
+        """Route datagrams from `addr` to `endpoint` (after a verified binding request)."""
+        self._by_addr[addr] = endpoint
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """Drop every route to `endpoint`."""
+        if self._by_ufrag.get(endpoint.local_ufrag) is endpoint:
+            del self._by_ufrag[endpoint.local_ufrag]
+        for addr in [a for a, e in self._by_addr.items() if e is endpoint]:
+            del self._by_addr[addr]
+        self.generation += 1
+
+    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data[0] < 4:
+            self._on_stun(data, addr)
+            return
+        endpoint = self._by_addr.get(addr)
+        if endpoint is None:
+            self.dropped += 1
+            return
+        endpoint.on_datagram(data, addr)
+
+    def _on_stun(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            request = ice.binding_request_of(ice.parse(data))
+        except ice.StunError:
+            request = None
+        endpoint = self._by_ufrag.get(request.local_ufrag) if request else None
+        if (
+            request is None
+            or endpoint is None
+            or request.remote_ufrag != endpoint.remote_ufrag
+            or not ice.verify(request, endpoint.local_pwd)
+        ):
+            self.dropped += 1
+            return
+        self.send(ice.binding_success(request, addr, endpoint.local_pwd), addr)
+        endpoint.on_binding(addr, request.use_candidate)
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        for endpoint in list(self._by_ufrag.values()):
+            if now - endpoint.last_seen > self.consent_timeout:
+                endpoint.fail("no consent check or RTCP")
+        assert self.loop is not None
+        self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
+
+
+class Endpoint:
+    """One peer's ICE-lite + DTLS-SRTP transport on the shared MediaSocket."""
+
+    def __init__(
+        self,
+        sock: MediaSocket,
+        remote_ufrag: str,
+        remote_pwd: str,
+        remote_fingerprint: tuple[str, str],
+        remote_setup: str,
+    ) -> None:
+        if remote_setup not in ("actpass", "active", "passive"):
+            raise MediaError(f"unsupported a=setup value {remote_setup!r}")
+        self._sock = sock
+        self.remote_ufrag = remote_ufrag
+        self.remote_pwd = remote_pwd
+        self.local_ufrag, self.local_pwd = ice.random_credentials()
+        self.setup = "active" if remote_setup == "passive" else "passive"
+        role = "client" if self.setup == "active" else "server"
+        try:
+            self._dtls = DtlsSession(sock.identity, role, remote_fingerprint)
+        except DtlsError as exc:
+            raise MediaError(str(exc)) from exc
+        self.state = "new"
+        self.remote_address: tuple[str, int] | None = None
+        self.sockaddr: object | None = None
+        self.srtp: SrtpContext | None = None
+        self.on_rtcp: Callable[[bytes], None] | None = None
+        self.on_rtp: Callable[[bytes], None] | None = None
+        self.on_state_change: Callable[[str], None] | None = None
+        self.last_seen = time.monotonic()
+        self.fanouts: set[Fanout] = set()
+        self._ready: asyncio.Future[None] = sock.loop.create_future()  # type: ignore[union-attr]
+        self._dtls_timer: asyncio.TimerHandle | None = None
+        self._counters = dict.fromkeys(
+            ("packets_sent", "bytes_sent", "rtcp_sent", "packets_received", "rtcp_received",
+             "srtp_errors", "send_errors"), 0)  # fmt: skip
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait for ICE + DTLS; raises MediaError on failure, close or timeout."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except asyncio.TimeoutError:
+            raise MediaError(f"endpoint did not connect within {timeout} s") from None
+
+    def send_rtp(self, packet: bytes | bytearray) -> None:
+        """SRTP-protect and send one RTP packet (retransmissions, single sends)."""
+        if self.state != "connected" or self.srtp is None or self.remote_address is None:
+            return
+        try:
+            data = self.srtp.protect(bytes(packet))
+        except SrtpError:
+            self._counters["srtp_errors"] += 1
+            return
+        self._transmit(data, "packets_sent")
+
+    def send_rtcp(self, packet: bytes) -> None:
+        """SRTCP-protect and send one compound RTCP packet."""
+        if self.state != "connected" or self.srtp is None or self.remote_address is None:
+            return
+        try:
+            data = self.srtp.protect_rtcp(bytes(packet))
+        except SrtpError:
+            self._counters["srtp_errors"] += 1
+            return
+        self._transmit(data, "rtcp_sent")
+
+    def stats(self) -> dict:
+        """Counters and state: packets/bytes sent (fan-out included), errors, address."""
+        for fanout in self.fanouts:
+            fanout.settle(self)
+        return {
+            **self._counters,
+            "state": self.state,
+            "remote_address": self.remote_address,
+            "dtls_role": self._dtls.role,
+            "srtp_profile": self.srtp.profile_name.decode() if self.srtp else None,
+        }
+
+    def close(self) -> None:
+        """Close the transport (sends a DTLS close_notify); idempotent."""
+        if self.state in ("closed", "failed"):
+            self._set_state("closed")
+            return
+        if self.remote_address is not None and self._dtls.done:
+            for datagram in self._dtls.shutdown():
+                self._sock.send(datagram, self.remote_address)
+        self._teardown()
+        self._set_state("closed")
+
+    # -- driven by MediaSocket --------------------------------------------------------------
+
+    def count(self, packets: int, octets: int) -> None:
+        """Add fan-out traffic to the counters (called by Fanout.settle)."""
+        self._counters["packets_sent"] += packets
+        self._counters["bytes_sent"] += octets
+
+    def on_binding(self, addr: tuple[str, int], use_candidate: bool) -> None:
+        """A verified binding request (a check or a consent refresh) came from `addr`."""
+        if self.state in ("closed", "failed"):
+            return
+        self.last_seen = time.monotonic()
+        self._sock.claim(self, addr)
+        if self.remote_address is None or (use_candidate and addr != self.remote_address):
+            self.remote_address = addr
+            self.sockaddr = None
+            self._sock.generation += 1
+        if self.state == "new":
+            self._set_state("checking")
+            if self._dtls.role == "client":
+                self._dtls_flush(self._dtls_step(self._dtls.start))
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A non-STUN datagram from one of this endpoint's verified addresses."""
+        first = data[0]
+        if 20 <= first <= 63:
+            self._on_dtls(data)
+        elif 128 <= first <= 191 and self.srtp is not None:
+            self._on_srtp(data)
+
+    def fail(self, reason: str) -> None:
+        """Give up on this endpoint: state "failed" and every route dropped."""
+        if self.state in ("closed", "failed"):
+            return
+        logger.info("endpoint failed", extra={"ufrag": self.local_ufrag, "reason": reason})
+        self._teardown()
+        self._set_state("failed")
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _on_dtls(self, data: bytes) -> None:
+        self._dtls_flush(self._dtls_step(self._dtls.feed, data))
+        if self._dtls.closed and self.state == "connected":
+            self.fail("DTLS closed by peer")
+        elif self._dtls.done and self.state == "checking":
+            self._on_handshake_done()
+
+    def _dtls_step(self, step: Callable[..., list[bytes]], *args: bytes) -> list[bytes]:
+        try:
+            return step(*args)
+        except DtlsError as exc:
+            self.fail(str(exc))
+            return []
+
+    def _dtls_flush(self, datagrams: list[bytes]) -> None:
+        if self.remote_address is not None:
+            for datagram in datagrams:
+                self._sock.send(datagram, self.remote_address)
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        if self.state not in ("closed", "failed"):
+            delay = self._dtls.timeout()
+            if delay is not None:
+                loop = self._sock.loop
+                self._dtls_timer = loop.call_later(delay, self._on_dtls_timer)  # type: ignore
+
+    def _on_dtls_timer(self) -> None:
+        self._dtls_timer = None
+        if self.state in ("new", "checking", "connected"):
+            self._dtls_flush(self._dtls_step(self._dtls.on_timeout))
+
+    def _on_handshake_done(self) -> None:
+        try:
+            self.srtp = SrtpContext(self._dtls.srtp_keys())
+        except (DtlsError, SrtpError, KeyError) as exc:
+            self.fail(f"SRTP setup failed: {exc}")
+            return
+        self._sock.generation += 1
+        self._set_state("connected")
+
+    def _on_srtp(self, data: bytes) -> None:
+        srtp = self.srtp
+        assert srtp is not None
+        is_rtcp = len(data) > 1 and 192 <= data[1] <= 223
+        try:
+            plain = srtp.unprotect_rtcp(data) if is_rtcp else srtp.unprotect(data)
+        except SrtpError:
+            self._counters["srtp_errors"] += 1
+            return
+        if is_rtcp:
+            self.last_seen = time.monotonic()
+            self._counters["rtcp_received"] += 1
+            self._callback(self.on_rtcp, plain)
+        else:
+            self._counters["packets_received"] += 1
+            self._callback(self.on_rtp, plain)
+
+    def _callback(self, callback: Callable | None, arg: object) -> None:
+        if callback is None:
+            return
+        try:
+            callback(arg)
+        except Exception:
+            logger.exception("endpoint callback failed", extra={"ufrag": self.local_ufrag})
+
+    def _transmit(self, data: bytes, counter: str) -> None:
+        assert self.remote_address is not None
+        if self._sock.send(data, self.remote_address):
+            self._counters[counter] += 1
+            self._counters["bytes_sent"] += len(data)
+        else:
+            self._counters["send_errors"] += 1
+
+    def _teardown(self) -> None:
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+            self._dtls_timer = None
+        for fanout in list(self.fanouts):
+            fanout.settle(self)
+        self._sock.forget(self)
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if not self._ready.done():
+            if state == "connected":
+                self._ready.set_result(None)
+            elif state in ("closed", "failed"):
+                self._ready.set_exception(MediaError(f"endpoint {state} before connecting"))
+                self._ready.exception()  # mark retrieved: nobody may be waiting
+        self._callback(self.on_state_change, state)
+
+
+class Fanout:
+    """A set of endpoints that receive the same RTP stream; one sendmmsg per packet per 64.
+
+    The slot layout (which endpoint writes to which sendmmsg slot, and its destination) is
+    rebuilt only when membership or an endpoint's state/address changes, so each copy costs a
+    memmove, one byte store, srtp_protect in place and an iov length store.
+    """
+
+    def __init__(self, sock: MediaSocket) -> None:
+        self._sock = sock
+        self._members: dict[Endpoint, int] = {}
+        self._batches: list[MmsgBatch] = []
+        self._plan: list[tuple[MmsgBatch, list[tuple]]] = []
+        self._slow: list[tuple[Endpoint, int]] = []
+        self._generation = -1
+        self._marks: dict[Endpoint, tuple[int, int]] = {}
+        self.packets = 0
+        """Packets given to send() (each copied to every connected member)."""
+        self.payload_bytes = 0
+        self.copies = 0
+        self.drops = 0
+        """Copies the kernel refused (socket buffer full) or SRTP failed to protect."""
+        self._expected = 0
+
+    def add(self, endpoint: Endpoint, payload_type: int) -> None:
+        """Send this stream to `endpoint` with its payload type (marker bit kept)."""
+        if not 0 <= payload_type <= 127:
+            raise ValueError(f"payload type {payload_type} is not in 0..127")
+        self._members[endpoint] = payload_type
+        endpoint.fanouts.add(self)
+        self._generation = -1
+
+    def remove(self, endpoint: Endpoint) -> None:
+        """Stop sending to `endpoint`; unknown endpoints are ignored."""
+        if endpoint in self._members:
+            self.settle(endpoint)
+            del self._members[endpoint]
+            self._marks.pop(endpoint, None)
+            endpoint.fanouts.discard(self)
+            self._generation = -1
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def send(self, packet: bytes | bytearray) -> int:
+        """Protect and send `packet` to every connected member; returns copies sent."""
+        if self._generation != self._sock.generation:
+            self._rebuild()
+        n = len(packet)
+        if n < 12 or n > MAX_RTP:
+            raise ValueError(f"RTP packet of {n} bytes is outside 12..{MAX_RTP}")
+        self.packets += 1
+        self.payload_bytes += n
+        marker = packet[1] & 0x80
+        memmove = self._sock.libc.ffi.memmove
+        protect = self._sock.protector.protect_fn
+        cell = self._sock.protector.length
+        fd = self._sock.udp.fd
+        sent = 0
+        for batch, entries in self._plan:
+            for slot, iov, handle, pt in entries:
+                memmove(slot, packet, n)
+                slot[1] = marker | pt
+                cell[0] = n
+                if protect(handle, slot, cell):
+                    cell[0] = 0
+                    self.drops += 1
+                iov.iov_len = cell[0]
+            sent += batch.send(fd, len(entries))
+        if self._slow:
+            sent += self._send_slow(packet, marker)
+        self.copies += sent
+        self.drops += self._expected - sent
+        return sent
+
+    def settle(self, endpoint: Endpoint) -> None:
+        """Move the traffic sent to `endpoint` since the last settle into its counters."""
+        mark = self._marks.get(endpoint)
+        if mark is None:
+            return
+        packets = self.packets - mark[0]
+        octets = self.payload_bytes - mark[1]
+        tag = endpoint.srtp.tag_length if endpoint.srtp else 0
+        endpoint.count(packets, octets + packets * tag)
+        self._marks[endpoint] = (self.packets, self.payload_bytes)
+
+    def _send_slow(self, packet: bytes | bytearray, marker: int) -> int:
+        sent = 0
+        data = bytearray(packet)
+        for endpoint, pt in self._slow:
+            data[1] = marker | pt
+            try:
+                protected = endpoint.srtp.protect(bytes(data))  # type: ignore[union-attr]
+            except SrtpError:
+                continue
+            sent += self._sock.send(protected, endpoint.remote_address)  # type: ignore[arg-type]
+        return sent
+
+    def _targets(self) -> list[tuple[Endpoint, int]]:
+        return [
+            (ep, pt)
+            for ep, pt in self._members.items()
+            if ep.state == "connected" and ep.srtp is not None and ep.remote_address is not None
+        ]
+
+    def _rebuild(self) -> None:
+        for endpoint in list(self._marks):
+            self.settle(endpoint)
+        targets = self._targets()
+        self._marks = {ep: (self.packets, self.payload_bytes) for ep, _ in targets}
+        use_fast = self._sock.protector.available
+        fast = [t for t in targets if use_fast and t[0].srtp.tx_handle is not None]  # type: ignore[union-attr]
+        self._slow = [t for t in targets if not (use_fast and t[0].srtp.tx_handle is not None)]  # type: ignore[union-attr]
+        self._plan = []
+        for start in range(0, len(fast), BATCH):
+            index = start // BATCH
+            if index == len(self._batches):
+                self._batches.append(MmsgBatch(self._sock.libc, BATCH))
+            batch = self._batches[index]
+            entries = []
+            for i, (ep, pt) in enumerate(fast[start : start + BATCH]):
+                if ep.sockaddr is None:
+                    ep.sockaddr = batch.address(ep.remote_address)  # type: ignore[arg-type]
+                batch.set_address(i, ep.sockaddr)
+                entries.append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle, pt))  # type: ignore[union-attr]  # noqa: E501
+            self._plan.append((batch, entries))
+        self._expected = len(targets)
+        self._generation = self._sock.generation
