@@ -1,0 +1,297 @@
+"""The forwarding core: one outgoing stream per lecture track, rewritten once per packet.
+
+An incoming packet is rewritten ONCE (SSRC, seq, timestamp; header extensions stripped) into
+the track's outgoing stream; a `Fanout` (media.endpoint) then sends the same bytes to every
+viewer with that viewer's payload-type byte and SRTP. Sources (a publisher's track) come and
+go; the `Munger` keeps the outgoing seq/timestamp monotonic across them, so viewers never
+renegotiate. A viewer joins a video fanout only at a keyframe: replayed from the cache when
+fresh, otherwise it waits for the next one (requested upstream through a throttle).
+
+Simulcast room: a track with layers would hold one `TrackForwarder` per layer; a viewer's
+`ViewerTrack.layer` names the one it is on, and a switch is `leave` + `join` (which waits for
+a keyframe of the new layer) — the same path a joining viewer takes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import rtp
+from .keyframe import KeyframeThrottle, keyframe_detector
+from .packetcache import PacketCache
+from .rtcp import ClockMapping, sender_report
+
+logger = logging.getLogger(__name__)
+
+KEYFRAME_REPLAY_AGE = 3.0  # seconds: older cached keyframes cost the viewer too much catch-up
+
+
+class Munger:
+    """Maps (source ssrc, seq, ts) to one monotonic outgoing (seq, ts) across source changes."""
+
+    def __init__(self, clock_rate: int, seq: int | None = None, ts: int | None = None) -> None:
+        self.clock_rate = clock_rate
+        self.source: int | None = None
+        self.first_seq = 0
+        self.seq_offset = 0
+        self.ts_offset = 0
+        self.last_seq = random.randrange(1 << 16) if seq is None else seq
+        self.last_ts = random.randrange(1 << 32) if ts is None else ts
+        self.last_time: float | None = None
+
+    def reset_source(self) -> None:
+        """Forget the current source: its next packet (or a new one) re-anchors the stream."""
+        self.source = None
+
+    def _anchor(self, ssrc: int, seq: int, ts: int, now: float) -> None:
+        if self.last_time is None:
+            out_seq, out_ts = self.last_seq, self.last_ts
+        else:
+            elapsed = max(1, round((now - self.last_time) * self.clock_rate))
+            out_seq = (self.last_seq + 1) & 0xFFFF
+            out_ts = (self.last_ts + elapsed) & 0xFFFFFFFF
+        self.source = ssrc
+        self.first_seq = seq
+        self.seq_offset = (out_seq - seq) & 0xFFFF
+        self.ts_offset = (out_ts - ts) & 0xFFFFFFFF
+
+    def rewrite(
+        self, ssrc: int, seq: int, ts: int, can_start: bool, now: float
+    ) -> tuple[int, int] | None:
+        """Outgoing (seq, ts), or None to drop (a new source not at a start, or stale)."""
+        if ssrc != self.source:
+            if not can_start:
+                return None
+            self._anchor(ssrc, seq, ts, now)
+        elif rtp.seq_diff(seq, self.first_seq) < 0:
+            return None
+        out_seq = (seq + self.seq_offset) & 0xFFFF
+        out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
+        if self.last_time is None or rtp.seq_gt(out_seq, self.last_seq):
+            self.last_seq = out_seq
+            self.last_ts = out_ts
+            self.last_time = now
+        return out_seq, out_ts
+
+
+@dataclass
+class ViewerTrack:
+    """One viewer's membership of one track: its endpoint, negotiated PTs and counters."""
+
+    endpoint: Any  # media.endpoint.Endpoint (or anything with send_rtp/send_rtcp/state)
+    payload_type: int
+    rtx_payload_type: int | None = None
+    layer: int = 0  # simulcast: which incoming layer this viewer receives
+    joined: bool = False
+    rtx_seq: int = field(default_factory=lambda: random.randrange(1 << 16))
+    nacks: int = 0
+    plis: int = 0
+    retransmits: int = 0
+
+    def next_rtx_seq(self) -> int:
+        """Sequence number for this viewer's next RTX packet."""
+        self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+        return self.rtx_seq
+
+
+class TrackForwarder:
+    """One lecture track (audio or video) towards every viewer."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: str,
+        clock_rate: int,
+        fanout: Any,
+        request_keyframe: Callable[[], None] | None = None,
+        throttle_interval: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.clock_rate = clock_rate
+        self.fanout = fanout
+        self.request_upstream = request_keyframe
+        self.clock = clock
+        self.ssrc = random.randrange(1, 1 << 32)
+        self.rtx_ssrc = random.randrange(1, 1 << 32)
+        self.munger = Munger(clock_rate)
+        self.cache = PacketCache() if kind == "video" else None
+        self.is_start = keyframe_detector(codec) if kind == "video" else (lambda p: True)
+        self.throttle = KeyframeThrottle(throttle_interval)
+        self.waiting: list[ViewerTrack] = []
+        self.viewers: list[ViewerTrack] = []
+        self.mappings: dict[int, ClockMapping] = {}
+        self.newest: int | None = None
+        self.retired: set[int] = set()
+        self.packets = 0
+        self.octets = 0
+        self.dropped = 0
+        self._timer: Any = None
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    def on_rtp(self, ssrc: int, marker: bool, seq: int, ts: int, payload: bytes) -> None:
+        """Forward one incoming (RTX-unwrapped) packet from the current source."""
+        if ssrc != self.newest and ssrc != self.munger.source:
+            if ssrc in self.retired:
+                self.dropped += 1
+                return
+            self._new_source(ssrc)
+        now = self.clock()
+        start = self.is_start(payload)
+        out = self.munger.rewrite(ssrc, seq, ts, start and ssrc == self.newest, now)
+        if out is None:
+            self.dropped += 1
+            if ssrc != self.munger.source:
+                self.request_keyframe()
+            return
+        packet = rtp.pack(marker, 0, out[0], out[1], self.ssrc, payload)
+        if self.cache is not None:
+            self.cache.add(out[0], packet, start, now)
+        if start and self.waiting:
+            self._admit_waiting()
+        if start:
+            self.throttle.keyframe_seen()
+        self.packets += 1
+        self.octets += len(payload)
+        self.fanout.send(packet)
+
+    def _new_source(self, ssrc: int) -> None:
+        # The newest source wins: the current one keeps flowing until the new one can start
+        # (a keyframe), then the old one is retired for good.
+        if self.newest is not None:
+            self.retired.add(self.newest)
+        self.newest = ssrc
+        self.request_keyframe()
+
+    def on_sender_report(self, mapping: ClockMapping) -> None:
+        """The publisher's NTP<->RTP mapping for one source."""
+        self.mappings[mapping.ssrc] = mapping
+        if len(self.mappings) > 8:
+            self.mappings.pop(next(iter(self.mappings)))
+
+    def source_changed(self) -> None:
+        """The publisher is gone or replaced: its sources never come back."""
+        if self.newest is not None:
+            self.retired.add(self.newest)
+        if self.munger.source is not None:
+            self.retired.add(self.munger.source)
+        self.newest = None
+        self.munger.reset_source()
+
+    # -- viewers ----------------------------------------------------------------------------
+
+    def join(self, viewer: ViewerTrack) -> None:
+        """Add a connected viewer: at once for audio; at a keyframe for video."""
+        self.viewers.append(viewer)
+        if self.cache is None:
+            self._add(viewer)
+        elif not self._replay(viewer):
+            self.waiting.append(viewer)
+            self.request_keyframe()
+
+    def leave(self, viewer: ViewerTrack) -> None:
+        """Remove a viewer (idempotent)."""
+        if viewer in self.viewers:
+            self.viewers.remove(viewer)
+        if viewer in self.waiting:
+            self.waiting.remove(viewer)
+        if viewer.joined:
+            self.fanout.remove(viewer.endpoint)
+            viewer.joined = False
+
+    def _add(self, viewer: ViewerTrack) -> None:
+        self.fanout.add(viewer.endpoint, viewer.payload_type)
+        viewer.joined = True
+
+    def _admit_waiting(self) -> None:
+        for viewer in self.waiting:
+            self._add(viewer)
+        self.waiting.clear()
+
+    def _replay(self, viewer: ViewerTrack) -> bool:
+        cache = self.cache
+        if cache is None or cache.keyframe_time is None:
+            return False
+        if self.clock() - cache.keyframe_time > KEYFRAME_REPLAY_AGE:
+            return False
+        packets = cache.since_keyframe()
+        if packets is None:
+            return False
+        for packet in packets:
+            viewer.endpoint.send_rtp(rtp.with_payload_type(packet, viewer.payload_type))
+        self._add(viewer)
+        return True
+
+    # -- feedback from viewers --------------------------------------------------------------
+
+    def on_nack(self, viewer: ViewerTrack, seqs: list[int]) -> None:
+        """Retransmit what the cache still holds (RTX if the viewer negotiated it)."""
+        viewer.nacks += 1
+        if self.cache is None or not viewer.joined:
+            return
+        for seq in seqs:
+            packet = self.cache.get(seq)
+            if packet is None:
+                continue
+            if viewer.rtx_payload_type is not None:
+                out = rtp.wrap_rtx(
+                    packet, viewer.rtx_payload_type, viewer.next_rtx_seq(), self.rtx_ssrc
+                )
+            else:
+                out = rtp.with_payload_type(packet, viewer.payload_type)
+            viewer.endpoint.send_rtp(out)
+            viewer.retransmits += 1
+
+    def on_keyframe_request(self, viewer: ViewerTrack) -> None:
+        """A viewer's PLI/FIR: coalesced into at most one upstream request per interval."""
+        viewer.plis += 1
+        self.request_keyframe()
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, throttled; a refused request fires later."""
+        if self.kind != "video" or self.request_upstream is None:
+            return
+        now = self.clock()
+        if self.throttle.request(now):
+            self.request_upstream()
+        elif self._timer is None:
+            self._schedule(self.throttle.wait(now))
+
+    def _schedule(self, delay: float) -> None:
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._timer = loop.call_later(delay + 0.001, self._fire_pending)
+
+    def _fire_pending(self) -> None:
+        self._timer = None
+        if self.throttle.due(self.clock()) and self.request_upstream is not None:
+            self.request_upstream()
+
+    # -- sender reports ---------------------------------------------------------------------
+
+    def sender_report(self, now: float | None = None) -> bytes | None:
+        """An SR for viewers: the publisher's clock mapping shifted by the munger's offset."""
+        mapping = self.mappings.get(self.munger.source)
+        if mapping is None:
+            return None
+        now = self.clock() if now is None else now
+        rtp_ts = (mapping.rtp_at(now) + self.munger.ts_offset) & 0xFFFFFFFF
+        return sender_report(self.ssrc, now, rtp_ts, self.packets, self.octets)
+
+    def close(self) -> None:
+        """Stop timers and drop every viewer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for viewer in list(self.viewers):
+            self.leave(viewer)

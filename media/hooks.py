@@ -1,0 +1,158 @@
+"""Every private aiortc internal LopSo uses, in one place, pinned to aiortc 1.16.0.
+
+media/ forwards RTP without running aiortc's codecs, which needs a few hooks below aiortc's
+public API. They are all here; `check_hooks()` verifies each still exists and raises
+HookError naming the missing one (tests/test_hooks.py calls it), so an aiortc upgrade fails
+loudly instead of silently decoding or dropping media.
+
+Hooks used (aiortc 1.16.0):
+- RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms): instance override, sees every
+  decrypted packet; the original keeps NACK/REMB/RR flowing to the publisher.
+- RTCRtpReceiver._handle_rtcp_packet(packet): instance override, reads publisher SRs.
+- RTCRtpReceiver.__decoder_queue / __jitter_buffer (name-mangled): replaced before receive()
+  so no decoder thread work and no frame assembly happen.
+- RTCRtpReceiver.__codecs / __rtx_ssrc (name-mangled): payload types and RTX SSRC map, to
+  unwrap RTX before forwarding.
+- RTCRtpReceiver._send_rtcp_pli(media_ssrc): upstream keyframe request.
+- RTCPeerConnection.__certificates and RTCCertificate._create_ssl_context: per-connection
+  override widening the DTLS cipher list to RSA-certificate peers (GStreamer, Janus, FFmpeg).
+- RTCDtlsTransport._srtp_profiles: SRTP profiles offered in DTLS use_srtp.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+import aiortc
+from aiortc import RTCPeerConnection
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
+
+from .errors import MediaError
+
+logger = logging.getLogger(__name__)
+
+AIORTC_VERSION = "1.16.0"
+CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
+)
+_R = "_RTCRtpReceiver__"
+
+
+class HookError(MediaError):
+    """aiortc no longer has an internal that media/ relies on."""
+
+
+class _NullDecoderQueue:
+    """Stands in for the receiver's decoder queue: nothing is queued, the thread exits."""
+
+    def put(self, item: Any) -> None:
+        """Drop an encoded frame."""
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        """Tell the decoder thread to stop."""
+        return None
+
+
+class _NullJitterBuffer:
+    """Stands in for the jitter buffer: no frame assembly (nothing is decoded)."""
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        """Accept a packet, never yield a frame or ask for a keyframe."""
+        return False, None
+
+
+def _require(obj: Any, name: str, where: str) -> None:
+    if not hasattr(obj, name):
+        raise HookError(f"aiortc {aiortc.__version__}: {where} has no {name}; media/hooks.py needs it")
+
+
+def check_hooks() -> None:
+    """Raise HookError naming the first missing internal (or a different aiortc version)."""
+    if aiortc.__version__ != AIORTC_VERSION:
+        raise HookError(f"aiortc {aiortc.__version__} installed, media/hooks.py is for {AIORTC_VERSION}")
+    for name in ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "receive"):
+        _require(RTCRtpReceiver, name, "RTCRtpReceiver")
+    _require(RTCCertificate, "_create_ssl_context", "RTCCertificate")
+    pc = RTCPeerConnection()  # never negotiated: opens no socket, needs no close
+    receiver = pc.addTransceiver("video", direction="recvonly").receiver
+    for name in ("decoder_queue", "jitter_buffer", "codecs", "rtx_ssrc"):
+        _require(receiver, _R + name, "RTCRtpReceiver instance")
+    _require(receiver, "_enabled", "RTCRtpReceiver instance")
+    _require(receiver.transport, "_srtp_profiles", "RTCDtlsTransport instance")
+    _require(pc, "_RTCPeerConnection__certificates", "RTCPeerConnection")
+
+
+def _unwrapper(receiver: RTCRtpReceiver) -> Callable[[RtpPacket], RtpPacket | None]:
+    codecs = getattr(receiver, _R + "codecs")
+    rtx_ssrcs = getattr(receiver, _R + "rtx_ssrc")
+
+    def unwrap(packet: RtpPacket) -> RtpPacket | None:
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return None
+        if codec.mimeType.lower().endswith("/rtx"):
+            apt = codec.parameters.get("apt")
+            original = rtx_ssrcs.get(packet.ssrc)
+            if original is None or apt not in codecs or len(packet.payload) < 2:
+                return None
+            return unwrap_rtx(packet, payload_type=apt, ssrc=original)
+        return packet
+
+    return unwrap
+
+
+def hook_receiver(
+    receiver: RTCRtpReceiver,
+    on_packet: Callable[[RtpPacket], None],
+    on_sender_report: Callable[[RtcpSrPacket], None],
+) -> None:
+    """Tap a receiver: `on_packet` gets every (RTX-unwrapped) packet, no codec ever runs."""
+    setattr(receiver, _R + "decoder_queue", _NullDecoderQueue())
+    setattr(receiver, _R + "jitter_buffer", _NullJitterBuffer())
+    original_rtp = receiver._handle_rtp_packet
+    original_rtcp = receiver._handle_rtcp_packet
+    unwrap = _unwrapper(receiver)
+
+    async def handle_rtp(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if receiver._enabled:
+            media = unwrap(packet)
+            if media is not None:
+                on_packet(media)
+        await original_rtp(packet, arrival_time_ms)
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            on_sender_report(packet)
+        await original_rtcp(packet)
+
+    receiver._handle_rtp_packet = handle_rtp  # type: ignore[method-assign]
+    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
+    """Ask the publisher for a keyframe on `media_ssrc` (RTCP PLI)."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+def widen_dtls(pc: RTCPeerConnection) -> None:
+    """Let this connection's DTLS accept RSA-certificate peers too (not only ECDSA)."""
+    for certificate in getattr(pc, "_RTCPeerConnection__certificates"):
+        original = certificate._create_ssl_context
+
+        def create(srtp_profiles, _original=original):
+            ctx = _original(srtp_profiles=srtp_profiles)
+            ctx.set_cipher_list(CIPHERS)
+            return ctx
+
+        certificate._create_ssl_context = create
+
+
+def set_srtp_profiles(transport: RTCDtlsTransport, profiles: list[Any]) -> None:
+    """Choose the SRTP protection profiles one DTLS transport offers/accepts."""
+    transport._srtp_profiles = profiles

@@ -1,0 +1,128 @@
+"""Ingest: one aiortc RTCPeerConnection per publisher (a browser, OBS, FFmpeg or a relay link).
+
+aiortc does ICE, DTLS, SRTP, NACK, REMB and receiver reports towards the publisher; media.hooks
+taps each receiver so every packet goes to the lecture's forwarders and no decoder runs.
+Nothing here assumes a browser: a relay link pulling from an origin is just another peer
+whose receivers are tapped the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+
+from . import hooks
+from .errors import CodecMismatchError, MediaError, SdpError
+from .sdp import CodecSpec
+
+logger = logging.getLogger(__name__)
+
+PacketSink = Callable[[str, RtpPacket], None]
+ReportSink = Callable[[str, RtcpSrPacket], None]
+
+
+def _preferences(kind: str, spec: CodecSpec) -> list:
+    """The receiver capabilities matching the lecture codec, with RTX for video."""
+    wanted = spec.name.lower()
+    caps = RTCRtpReceiver.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.mimeType.split("/")[-1].lower() == wanted]
+    if wanted == "h264":
+        profile = spec.fmtp.split("profile-level-id=")[-1][:6].lower()
+        chosen.sort(key=lambda c: c.parameters.get("profile-level-id", "").lower() != profile)
+    if kind == "video":
+        chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
+    return chosen
+
+
+class Publisher:
+    """One publishing peer; packets and sender reports go to the sinks, tagged by kind."""
+
+    def __init__(self, specs: dict[str, CodecSpec], on_packet: PacketSink, on_report: ReportSink) -> None:
+        self.specs = specs
+        self.on_packet = on_packet
+        self.on_report = on_report
+        self.pc = RTCPeerConnection()
+        hooks.widen_dtls(self.pc)
+        self.receivers: dict[str, RTCRtpReceiver] = {}
+        self.ssrcs: dict[str, int] = {}
+        self.on_close: Callable[[], None] | None = None
+        self.keyframe_requests = 0
+        self.packets = 0
+        self.octets = 0
+        self._closed = False
+        self._tapped: set[int] = set()
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def start(self, offer: str) -> str:
+        """Answer the publisher's offer; media flows once ICE/DTLS connect."""
+        for kind, spec in self.specs.items():
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            transceiver.setCodecPreferences(_preferences(kind, spec))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except ValueError as exc:
+            raise SdpError(f"publisher offer is invalid: {exc}") from exc
+        except Exception as exc:
+            raise CodecMismatchError(
+                f"publisher offer lacks this class's codecs "
+                f"({', '.join(s.describe() for s in self.specs.values())}): {exc}"
+            ) from exc
+        self._tap_all()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        return self.pc.localDescription.sdp
+
+    def _tap_all(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            kind = transceiver.kind
+            if id(receiver) in self._tapped or kind not in self.specs:
+                continue
+            self._tapped.add(id(receiver))
+            self.receivers.setdefault(kind, receiver)
+            hooks.hook_receiver(
+                receiver,
+                lambda packet, kind=kind, receiver=receiver: self._packet(kind, receiver, packet),
+                lambda report, kind=kind: self.on_report(kind, report),
+            )
+
+    def _packet(self, kind: str, receiver: RTCRtpReceiver, packet: RtpPacket) -> None:
+        if self._closed:
+            return
+        if self.ssrcs.get(kind) != packet.ssrc:
+            self.ssrcs[kind] = packet.ssrc
+            self.receivers[kind] = receiver
+        self.packets += 1
+        self.octets += len(packet.payload)
+        self.on_packet(kind, packet)
+
+    def request_keyframe(self) -> None:
+        """Send a PLI for the current video source (no-op before video arrives)."""
+        receiver = self.receivers.get("video")
+        ssrc = self.ssrcs.get("video")
+        if receiver is None or ssrc is None or self._closed:
+            return
+        self.keyframe_requests += 1
+        asyncio.ensure_future(hooks.send_pli(receiver, ssrc))
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            asyncio.ensure_future(self.close())
+
+    async def close(self) -> None:
+        """Stop the peer connection (idempotent); calls on_close once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.pc.close()
+        except MediaError:
+            raise
+        except Exception:  # a half-negotiated peer may fail to stop cleanly; it is gone anyway
+            logger.debug("publisher close error", exc_info=True)
+        if self.on_close is not None:
+            self.on_close()

@@ -1,0 +1,304 @@
+"""A lecture: one publisher at a time, any number of viewers, no codec on the path.
+
+`Lecture.publish(offer)` answers a publisher (WHIP) and replaces a live one without touching
+viewers; `Lecture.subscribe(offer)` answers a viewer (WHEP) on the process's one UDP socket,
+before or after the lecturer is live. Each track (audio, video) is a `TrackForwarder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+
+from .errors import LectureClosedError, MediaError
+from .forwarder import TrackForwarder, ViewerTrack
+from .ingest import Publisher
+from .rtcp import ClockMapping, Feedback, RtcpError, parse_feedback, rtt_seconds
+from .sdp import OPUS, CodecSpec, LocalTransport, MediaLine, build_answer, parse_viewer_offer
+
+logger = logging.getLogger(__name__)
+
+SENDER_REPORT_INTERVAL = 1.0
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass
+class ViewerStats:
+    """What a viewer's RTCP and our counters say about its stream."""
+
+    packets_sent: int
+    bytes_sent: int
+    loss_fraction: float
+    cumulative_lost: int
+    jitter_ms: float
+    rtt_ms: float | None
+    nacks: int
+    plis: int
+    retransmits: int
+    state: str
+
+
+@dataclass
+class LectureStats:
+    """The publisher side of a lecture."""
+
+    live: bool
+    viewers: int
+    packets_in: int
+    bytes_in: int
+    in_packets_per_s: float
+    keyframe_requests: int
+    publishers: int
+
+
+class Viewer:
+    """One viewer's endpoint and its membership of the lecture's tracks."""
+
+    def __init__(self, lecture: "Lecture", endpoint: Any, lines: list[MediaLine]) -> None:
+        self.lecture = lecture
+        self.endpoint = endpoint
+        self.tracks = {
+            line.kind: ViewerTrack(endpoint, line.payload_type, line.rtx_payload_type)
+            for line in lines
+        }
+        self.on_close: Callable[["Viewer"], None] | None = None
+        self.reports: dict[str, Any] = {}
+        self.rtt: float | None = None
+        self.closed = False
+        endpoint.on_rtcp = self._on_rtcp
+        endpoint.on_state_change = self._on_state
+        self._task = asyncio.ensure_future(self._join_when_connected())
+
+    async def _join_when_connected(self) -> None:
+        try:
+            await self.endpoint.connected(CONNECT_TIMEOUT)
+        except MediaError as exc:
+            logger.info("viewer did not connect", extra={"error": str(exc)})
+            self._close()
+            return
+        if not self.closed:
+            for kind, track in self.tracks.items():
+                self.lecture.tracks[kind].join(track)
+
+    def _on_state(self, state: str) -> None:
+        if state in ("failed", "closed"):
+            self._close()
+
+    def _on_rtcp(self, data: bytes) -> None:
+        try:
+            feedback = parse_feedback(data)
+        except RtcpError as exc:
+            logger.debug("bad viewer RTCP", extra={"error": str(exc)})
+            return
+        self._apply(feedback)
+
+    def _apply(self, feedback: Feedback) -> None:
+        by_ssrc = {self.lecture.tracks[k].ssrc: k for k in self.tracks}
+        now = time.time()
+        for report in feedback.reports:
+            kind = by_ssrc.get(report.ssrc)
+            if kind is not None:
+                self.reports[kind] = report
+                rtt = rtt_seconds(report.lsr, report.dlsr, now)
+                self.rtt = rtt if rtt is not None else self.rtt
+        for ssrc, seqs in feedback.nacks.items():
+            kind = by_ssrc.get(ssrc)
+            if kind is not None:
+                self.lecture.tracks[kind].on_nack(self.tracks[kind], seqs)
+        video = self.tracks.get("video")
+        if feedback.keyframes and video is not None:
+            self.lecture.tracks["video"].on_keyframe_request(video)
+
+    def stats(self) -> ViewerStats:
+        """Counters and the latest RTCP receiver reports of this viewer."""
+        counters = self.endpoint.stats()
+        reports = list(self.reports.items())
+        clock = {k: self.lecture.tracks[k].clock_rate for k in self.tracks}
+        return ViewerStats(
+            packets_sent=counters.get("packets_sent", 0),
+            bytes_sent=counters.get("bytes_sent", 0),
+            loss_fraction=max((r.fraction_lost for _, r in reports), default=0.0),
+            cumulative_lost=sum(max(0, r.cumulative_lost) for _, r in reports),
+            jitter_ms=max((1000.0 * r.jitter / clock[k] for k, r in reports), default=0.0),
+            rtt_ms=None if self.rtt is None else 1000.0 * self.rtt,
+            nacks=sum(t.nacks for t in self.tracks.values()),
+            plis=sum(t.plis for t in self.tracks.values()),
+            retransmits=sum(t.retransmits for t in self.tracks.values()),
+            state=self.endpoint.state,
+        )
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for kind, track in self.tracks.items():
+            self.lecture.tracks[kind].leave(track)
+        self.endpoint.close()
+        self.lecture.viewers.discard(self)
+        if not self._task.done():
+            self._task.cancel()
+        if self.on_close is not None:
+            self.on_close(self)
+
+    async def close(self) -> None:
+        """Leave the lecture and close the endpoint (idempotent); calls on_close once."""
+        self._close()
+
+
+class Lecture:
+    """One class's media: a fixed video codec, Opus audio, a publisher, viewers."""
+
+    def __init__(self, lecture_id: str, video: CodecSpec, socket: Any) -> None:
+        self.id = lecture_id
+        self.specs = {"audio": OPUS, "video": video}
+        self.socket = socket
+        self.tracks = {
+            "audio": TrackForwarder("audio", OPUS.name, OPUS.clock_rate, socket.fanout()),
+            "video": TrackForwarder(
+                "video", video.name, video.clock_rate, socket.fanout(), self._request_keyframe
+            ),
+        }
+        self.publisher: Publisher | None = None
+        self.viewers: set[Viewer] = set()
+        self.on_live: Callable[[bool], None] | None = None
+        self.on_closed: Callable[["Lecture"], None] | None = None
+        self.live = False
+        self.closed = False
+        self.publishers = 0
+        self._rate = (time.monotonic(), 0, 0.0)
+        self._retired = (0, 0, 0)
+        self._reporter = asyncio.ensure_future(self._report_loop())
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, offer: str) -> tuple[str, Publisher]:
+        """Answer a publisher's offer; a live publisher is replaced (viewers keep going)."""
+        self._check_open()
+        publisher = Publisher(
+            self.specs,
+            lambda kind, packet: self._on_packet(publisher, kind, packet),
+            lambda kind, report: self._on_report(publisher, kind, report),
+        )
+        try:
+            answer = await publisher.start(offer)
+        except BaseException:
+            await publisher.close()
+            raise
+        self._check_open()
+        old, self.publisher = self.publisher, publisher
+        self.publishers += 1
+        publisher.on_close = lambda: self._on_publisher_closed(publisher)
+        for track in self.tracks.values():
+            track.source_changed()
+        if old is not None:
+            await old.close()
+        return answer, publisher
+
+    def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
+        if publisher is not self.publisher or not packet.payload:
+            return
+        if not self.live:
+            self._set_live(True)
+        self.tracks[kind].on_rtp(
+            packet.ssrc, packet.marker, packet.sequence_number, packet.timestamp, packet.payload
+        )
+
+    def _on_report(self, publisher: Publisher, kind: str, report: RtcpSrPacket) -> None:
+        if publisher is self.publisher:
+            track = self.tracks[kind]
+            track.on_sender_report(ClockMapping.from_sr(report, track.clock_rate))
+
+    def _on_publisher_closed(self, publisher: Publisher) -> None:
+        p = self._retired
+        self._retired = (p[0] + publisher.packets, p[1] + publisher.octets, p[2] + publisher.keyframe_requests)
+        if publisher is self.publisher:
+            self.publisher = None
+            for track in self.tracks.values():
+                track.source_changed()
+            self._set_live(False)
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            self.live = live
+            if self.on_live is not None:
+                self.on_live(live)
+
+    def _request_keyframe(self) -> None:
+        if self.publisher is not None:
+            self.publisher.request_keyframe()
+
+    # -- viewing ----------------------------------------------------------------------------
+
+    async def subscribe(self, offer: str) -> tuple[str, Viewer]:
+        """Answer a viewer's offer; media starts (at a keyframe) once it connects."""
+        self._check_open()
+        parsed = parse_viewer_offer(offer, self.specs)
+        remote = parsed.remote
+        endpoint = self.socket.endpoint(remote.ufrag, remote.pwd, remote.fingerprint, remote.setup)
+        local = LocalTransport(
+            endpoint.local_ufrag,
+            endpoint.local_pwd,
+            self.socket.fingerprint,
+            endpoint.setup,
+            self.socket.candidates(),
+        )
+        ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in self.tracks.items()}
+        answer = build_answer(parsed, self.specs, local, ssrcs)
+        viewer = Viewer(self, endpoint, [line for line in parsed.lines if line is not None])
+        self.viewers.add(viewer)
+        return answer, viewer
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SENDER_REPORT_INTERVAL)
+            self.send_sender_reports()
+
+    def send_sender_reports(self) -> None:
+        """One SR per track to every joined viewer (the stream is shared, so is the SR)."""
+        now = time.time()
+        for track in self.tracks.values():
+            report = track.sender_report(now)
+            if report is None:
+                continue
+            for viewer in track.viewers:
+                if viewer.joined:
+                    viewer.endpoint.send_rtcp(report)
+
+    # -- the rest ---------------------------------------------------------------------------
+
+    def stats(self) -> LectureStats:
+        """Publisher-side counters: packets/bytes in, rate, keyframe requests sent upstream."""
+        p = self.publisher
+        packets = self._retired[0] + (p.packets if p else 0)
+        octets = self._retired[1] + (p.octets if p else 0)
+        requests = self._retired[2] + (p.keyframe_requests if p else 0)
+        now = time.monotonic()
+        then, count, rate = self._rate
+        if now - then >= 0.5:
+            rate = (packets - count) / (now - then)
+            self._rate = (now, packets, rate)
+        return LectureStats(self.live, len(self.viewers), packets, octets, rate, int(requests), self.publishers)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise LectureClosedError(f"lecture {self.id} is closed")
+
+    async def close(self) -> None:
+        """Close the publisher, every viewer and the forwarders (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._reporter.cancel()
+        for viewer in list(self.viewers):
+            await viewer.close()
+        if self.publisher is not None:
+            await self.publisher.close()
+        for track in self.tracks.values():
+            track.close()
+        if self.on_closed is not None:
+            self.on_closed(self)

@@ -1,0 +1,274 @@
+"""Viewer (WHEP) offers in, ICE-lite answers out.
+
+The viewer's offer is parsed with aiortc.sdp; the answer is written here: a=ice-lite, the
+process socket's candidates, our DTLS fingerprint/setup, and per audio/video m-line exactly
+the lecture's codec under the payload type *the viewer offered* for it (plus its RTX PT), our
+stable SSRCs and feedback (nack, nack pli, ccm fir). No header extensions are negotiated: the
+forwarder strips them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from aiortc import sdp as aiosdp
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from .errors import CodecMismatchError, SdpError
+
+CONSTRAINED_BASELINE_FAMILY = {"42e0", "4200", "42c0", "4240", "42a0", "42f0"}
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """The codec a lecture track is fixed to."""
+
+    name: str  # "VP8", "H264", "opus"
+    clock_rate: int
+    channels: int | None = None
+    fmtp: str = ""
+
+    @property
+    def kind(self) -> str:
+        """'audio' or 'video'."""
+        return "audio" if self.name.lower() in ("opus", "pcmu", "pcma") else "video"
+
+    def describe(self) -> str:
+        """Human form for error messages, e.g. 'H264 (profile-level-id=42e01f...)'."""
+        return f"{self.name} ({self.fmtp})" if self.fmtp else self.name
+
+
+OPUS = CodecSpec("opus", 48000, 2, "minptime=10;useinbandfec=1")
+VP8 = CodecSpec("VP8", 90000)
+H264 = CodecSpec("H264", 90000, None, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+
+
+def video_codec(name: str) -> CodecSpec:
+    """The CodecSpec for a lecture's `video_codec` setting ("VP8" or "H264")."""
+    specs = {"VP8": VP8, "H264": H264}
+    try:
+        return specs[name.upper()]
+    except KeyError:
+        raise CodecMismatchError(f"video codec {name!r} is not supported (VP8 or H264)") from None
+
+
+@dataclass(frozen=True)
+class LocalTransport:
+    """Our side of the single ICE-lite/DTLS transport, for the answer."""
+
+    ufrag: str
+    pwd: str
+    fingerprint: tuple[str, str]
+    setup: str
+    candidates: list[str]
+
+
+@dataclass(frozen=True)
+class RemoteTransport:
+    """The viewer's ICE credentials and DTLS fingerprint/setup from its offer."""
+
+    ufrag: str
+    pwd: str
+    fingerprint: tuple[str, str]
+    setup: str
+
+
+@dataclass
+class MediaLine:
+    """One negotiated m-line of a viewer: which track, the viewer's PTs."""
+
+    kind: str
+    mid: str
+    payload_type: int
+    rtx_payload_type: int | None = None
+
+
+@dataclass
+class ViewerOffer:
+    """A parsed, validated viewer offer."""
+
+    description: aiosdp.SessionDescription
+    remote: RemoteTransport
+    lines: list[MediaLine | None] = field(default_factory=list)  # None: m-line rejected
+
+
+def _codec_matches(spec: CodecSpec, codec: RTCRtpCodecParameters) -> bool:
+    if codec.mimeType.split("/")[-1].lower() != spec.name.lower():
+        return False
+    if codec.clockRate != spec.clock_rate:
+        return False
+    if spec.name.upper() != "H264":
+        return True
+    params = codec.parameters
+    if str(params.get("packetization-mode", "0")) != "1":
+        return False
+    profile = str(params.get("profile-level-id", "42e01f")).lower()
+    return profile[:4] in CONSTRAINED_BASELINE_FAMILY
+
+
+def _pick_codec(spec: CodecSpec, codecs: list[RTCRtpCodecParameters]):
+    matches = [c for c in codecs if _codec_matches(spec, c)]
+    if spec.name.upper() == "H264":
+        wanted = spec.fmtp.split("profile-level-id=")[-1][:4]
+        matches.sort(key=lambda c: str(c.parameters.get("profile-level-id", "")).lower()[:4] != wanted)
+    return matches[0] if matches else None
+
+
+def _rtx_for(codec: RTCRtpCodecParameters, codecs: list[RTCRtpCodecParameters]) -> int | None:
+    for c in codecs:
+        if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == codec.payloadType:
+            return c.payloadType
+    return None
+
+
+def _offered(codecs: list[RTCRtpCodecParameters]) -> str:
+    names = []
+    for c in codecs:
+        name = c.mimeType.split("/")[-1]
+        if name.lower() in ("rtx", "red", "ulpfec", "flexfec-03"):
+            continue
+        profile = c.parameters.get("profile-level-id")
+        label = f"{name}/{profile}" if profile else name
+        if label not in names:
+            names.append(label)
+    return ", ".join(names) or "nothing"
+
+
+def _parse(text: str) -> aiosdp.SessionDescription:
+    if not isinstance(text, str) or not text.lstrip().startswith("v=0"):
+        raise SdpError("offer is not SDP (it must start with v=0)")
+    try:
+        return aiosdp.SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser raises many kinds on bad input
+        raise SdpError(f"offer SDP cannot be parsed: {exc!r}") from exc
+
+
+def _remote_transport(media: list[aiosdp.MediaDescription]) -> RemoteTransport:
+    first = media[0]
+    if first.ice is None or not first.ice.usernameFragment or not first.ice.password:
+        raise SdpError("offer has no a=ice-ufrag / a=ice-pwd")
+    if first.dtls is None or not first.dtls.fingerprints:
+        raise SdpError("offer has no a=fingerprint (DTLS-SRTP is required)")
+    fp = first.dtls.fingerprints[0]
+    role = first.dtls.role
+    setup = {"auto": "actpass", "client": "active", "server": "passive"}.get(role, "actpass")
+    return RemoteTransport(first.ice.usernameFragment, first.ice.password, (fp.algorithm, fp.value), setup)
+
+
+def parse_viewer_offer(text: str, tracks: dict[str, CodecSpec]) -> ViewerOffer:
+    """Validate a viewer's offer and pick, per m-line, the lecture's codec and the viewer's PTs.
+
+    Raises SdpError for malformed or non-WebRTC offers and CodecMismatchError when a wanted
+    track's m-line does not offer the lecture's codec.
+    """
+    description = _parse(text)
+    if not description.media:
+        raise SdpError("offer has no media line")
+    offer = ViewerOffer(description, _remote_transport(description.media))
+    taken: set[str] = set()
+    for media in description.media:
+        offer.lines.append(_negotiate_line(media, tracks, taken))
+    if not any(offer.lines):
+        raise SdpError("offer has no audio or video m-line this lecture can send")
+    _check_bundle(description, offer)
+    return offer
+
+
+def _negotiate_line(media, tracks: dict[str, CodecSpec], taken: set[str]) -> MediaLine | None:
+    spec = tracks.get(media.kind)
+    if spec is None or media.kind in taken or media.port == 0:
+        return None
+    if media.direction not in (None, "recvonly", "sendrecv"):
+        return None
+    if not media.rtcp_mux:
+        raise SdpError(f"{media.kind} m-line lacks a=rtcp-mux (required)")
+    codec = _pick_codec(spec, media.rtp.codecs)
+    if codec is None:
+        raise CodecMismatchError(
+            f"this class sends {media.kind} as {spec.describe()}, "
+            f"but the viewer offered only {_offered(media.rtp.codecs)}"
+        )
+    taken.add(media.kind)
+    mid = media.rtp.muxId or str(len(taken) - 1)
+    return MediaLine(media.kind, mid, codec.payloadType, _rtx_for(codec, media.rtp.codecs))
+
+
+def _check_bundle(description: aiosdp.SessionDescription, offer: ViewerOffer) -> None:
+    mids = [line.mid for line in offer.lines if line is not None]
+    if len(mids) < 2:
+        return
+    bundled = {str(m) for g in description.group if g.semantic == "BUNDLE" for m in g.items}
+    if not set(mids) <= bundled:
+        raise SdpError("offer must BUNDLE its audio and video m-lines (a=group:BUNDLE)")
+
+
+def _codec_lines(spec: CodecSpec, line: MediaLine) -> list[str]:
+    pt = line.payload_type
+    rtpmap = f"{spec.name}/{spec.clock_rate}" + (f"/{spec.channels}" if spec.channels else "")
+    out = [f"a=rtpmap:{pt} {rtpmap}"]
+    if spec.kind == "video":
+        out += [f"a=rtcp-fb:{pt} nack", f"a=rtcp-fb:{pt} nack pli", f"a=rtcp-fb:{pt} ccm fir"]
+    if spec.fmtp:
+        out.append(f"a=fmtp:{pt} {spec.fmtp}")
+    if line.rtx_payload_type is not None:
+        out += [
+            f"a=rtpmap:{line.rtx_payload_type} rtx/{spec.clock_rate}",
+            f"a=fmtp:{line.rtx_payload_type} apt={pt}",
+        ]
+    return out
+
+
+def _ssrc_lines(kind: str, ssrc: int, rtx_ssrc: int | None, cname: str) -> list[str]:
+    out = []
+    if rtx_ssrc is not None:
+        out.append(f"a=ssrc-group:FID {ssrc} {rtx_ssrc}")
+    for s in (ssrc, rtx_ssrc):
+        if s is not None:
+            out += [f"a=ssrc:{s} cname:{cname}", f"a=ssrc:{s} msid:lopso lopso-{kind}"]
+    return out
+
+
+def _media_section(media, line: MediaLine | None, spec, local: LocalTransport, ssrcs) -> list[str]:
+    if line is None:
+        mid = media.rtp.muxId
+        out = [f"m={media.kind} 0 {media.profile} {' '.join(map(str, media.fmt))}", "c=IN IP4 0.0.0.0"]
+        return out + ([f"a=mid:{mid}"] if mid else []) + ["a=inactive"]
+    fmts = [line.payload_type] + ([line.rtx_payload_type] if line.rtx_payload_type is not None else [])
+    ssrc, rtx_ssrc = ssrcs[line.kind]
+    if line.rtx_payload_type is None:
+        rtx_ssrc = None
+    out = [
+        f"m={line.kind} 9 UDP/TLS/RTP/SAVPF {' '.join(map(str, fmts))}",
+        "c=IN IP4 0.0.0.0",
+        f"a=mid:{line.mid}",
+        f"a=ice-ufrag:{local.ufrag}",
+        f"a=ice-pwd:{local.pwd}",
+        f"a=fingerprint:{local.fingerprint[0]} {local.fingerprint[1]}",
+        f"a=setup:{local.setup}",
+    ]
+    out += [f"a=candidate:{c}" for c in local.candidates] + ["a=end-of-candidates"]
+    out += ["a=rtcp-mux", "a=sendonly", f"a=msid:lopso lopso-{line.kind}"]
+    return out + _codec_lines(spec, line) + _ssrc_lines(line.kind, ssrc, rtx_ssrc, "lopso")
+
+
+def build_answer(
+    offer: ViewerOffer,
+    tracks: dict[str, CodecSpec],
+    local: LocalTransport,
+    ssrcs: dict[str, tuple[int, int | None]],
+) -> str:
+    """The SDP answer for a parsed viewer offer (m-lines in the offer's order)."""
+    mids = [line.mid for line in offer.lines if line is not None]
+    lines = [
+        "v=0",
+        f"o=- {secrets.randbelow(1 << 62)} 1 IN IP4 0.0.0.0",
+        "s=-",
+        "t=0 0",
+        f"a=group:BUNDLE {' '.join(mids)}",
+        "a=ice-lite",
+        "a=msid-semantic:WMS lopso",
+    ]
+    for media, line in zip(offer.description.media, offer.lines):
+        lines += _media_section(media, line, tracks.get(media.kind), local, ssrcs)
+    return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,108 @@
+"""Test media made at test time: numbered video frames and tone audio, plus the reader.
+
+A frame's number is written as 16 black/white blocks (a 4x4 grid, most significant bit first)
+so a viewer can read back exactly which published frame it decoded, and tell a corrupt frame
+(a block neither clearly black nor clearly white) from a clean one. No binary is committed:
+clips for FFmpeg are generated into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import fractions
+import math
+import pathlib
+
+import av
+import numpy as np
+from aiortc import AudioStreamTrack, VideoStreamTrack
+from av import AudioFrame, VideoFrame
+
+WIDTH, HEIGHT = 320, 240
+GRID = 4
+BITS = GRID * GRID
+BLOCK_W, BLOCK_H = WIDTH // GRID, HEIGHT // GRID
+MARGIN = 12  # pixels ignored at block edges, where codec ringing lives
+
+
+def number_image(number: int, tint: int = 0) -> np.ndarray:
+    """An RGB image encoding `number` (mod 2**16); `tint` colours the white blocks per source."""
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for bit in range(BITS):
+        if (number >> (BITS - 1 - bit)) & 1:
+            row, col = divmod(bit, GRID)
+            y, x = row * BLOCK_H, col * BLOCK_W
+            image[y : y + BLOCK_H, x : x + BLOCK_W] = (255, 255 - tint, 255)
+    return image
+
+
+def read_number(frame: VideoFrame) -> int | None:
+    """The number a decoded frame shows, or None when any block is unreadable (corrupt)."""
+    gray = frame.reformat(width=WIDTH, height=HEIGHT, format="gray").to_ndarray()
+    number = 0
+    for bit in range(BITS):
+        row, col = divmod(bit, GRID)
+        y, x = row * BLOCK_H, col * BLOCK_W
+        mean = float(gray[y + MARGIN : y + BLOCK_H - MARGIN, x + MARGIN : x + BLOCK_W - MARGIN].mean())
+        if 60 < mean < 190:
+            return None
+        number = (number << 1) | (1 if mean >= 190 else 0)
+    return number
+
+
+class NumberedVideoTrack(VideoStreamTrack):
+    """Video frames 0, 1, 2, ... each showing its number; `offset` distinguishes sources."""
+
+    def __init__(self, offset: int = 0, tint: int = 0) -> None:
+        super().__init__()
+        self.offset = offset
+        self.tint = tint
+        self.count = 0
+
+    async def recv(self) -> VideoFrame:
+        """The next numbered frame at 30 fps."""
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame.from_ndarray(number_image(self.offset + self.count, self.tint), format="rgb24")
+        frame.pts = pts
+        frame.time_base = time_base
+        self.count += 1
+        return frame
+
+
+class ToneAudioTrack(AudioStreamTrack):
+    """A 440 Hz tone (silence would let Opus send near-empty packets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sample = 0
+
+    async def recv(self) -> AudioFrame:
+        """The next 20 ms of tone."""
+        frame = await super().recv()
+        samples = frame.samples
+        t = (np.arange(samples) + self.sample) / frame.sample_rate
+        tone = (np.sin(2 * math.pi * 440 * t) * 8000).astype(np.int16)
+        self.sample += samples
+        data = np.repeat(tone[None, :], len(frame.layout.channels), axis=0).T.reshape(1, -1)
+        out = AudioFrame.from_ndarray(data, format="s16", layout=frame.layout.name)
+        out.sample_rate = frame.sample_rate
+        out.pts = frame.pts
+        out.time_base = fractions.Fraction(1, frame.sample_rate)
+        return out
+
+
+def write_h264_clip(directory: pathlib.Path, seconds: float = 4.0, fps: int = 30) -> pathlib.Path:
+    """An MP4 of numbered frames (H264 constrained baseline, keyframe every second) + a tone."""
+    path = directory / "numbered.mp4"
+    if path.exists():
+        return path
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        video.options = {"profile": "baseline", "g": str(fps), "bf": "0", "tune": "zerolatency"}
+        for n in range(int(seconds * fps)):
+            frame = VideoFrame.from_ndarray(number_image(n), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    return path

@@ -1,0 +1,187 @@
+"""The forwarding core without sockets: munger continuity, keyframe joins, replay, NACK, SR.
+
+The fan-out and endpoints here are small recorders with the media.endpoint interface; the
+real ones are exercised in tests/test_lecture.py with aiortc peers.
+"""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from media import rtp
+from media.forwarder import Munger, TrackForwarder, ViewerTrack
+from media.rtcp import ClockMapping, time_from_ntp
+from aiortc.rtp import RtcpPacket
+
+KEY = bytes([0x10, 0x00, 0x9D])  # VP8 keyframe start
+DELTA = bytes([0x10, 0x01, 0x00])  # VP8 interframe start
+CONT = bytes([0x00, 0x00])  # continuation
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingEndpoint:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.state = "connected"
+
+    def send_rtp(self, packet):
+        self.sent.append(bytes(packet))
+
+
+class RecordingFanout:
+    def __init__(self) -> None:
+        self.members: dict = {}
+
+    def add(self, endpoint, payload_type):
+        self.members[endpoint] = payload_type
+
+    def remove(self, endpoint):
+        self.members.pop(endpoint, None)
+
+    def __len__(self):
+        return len(self.members)
+
+    def send(self, packet):
+        for endpoint, pt in self.members.items():
+            endpoint.send_rtp(rtp.with_payload_type(packet, pt))
+        return len(self.members)
+
+
+def video_track(clock=None):
+    requests = []
+    track = TrackForwarder(
+        "video", "VP8", 90000, RecordingFanout(), lambda: requests.append(1), clock=clock or Clock()
+    )
+    return track, requests
+
+
+def test_munger_continues_across_source_change():
+    m = Munger(90000, seq=100, ts=5000)
+    assert m.rewrite(1, 40000, 7, True, 0.0) == (100, 5000)
+    assert m.rewrite(1, 40001, 3007, True, 0.1) == (101, 8000)
+    assert m.rewrite(2, 9, 123, False, 0.2) is None  # new source must start on a keyframe
+    assert m.rewrite(2, 10, 999, True, 0.6) == (102, 8000 + 45000)  # 0.5 s later
+    assert m.rewrite(2, 9, 123, True, 0.7) is None  # before the switch point: stale
+    assert m.rewrite(1, 40002, 6007, True, 0.7) == (103, 53000 + 9000)  # back to 1: re-anchored
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 30)), min_size=1, max_size=12))
+def test_munger_outgoing_seq_is_contiguous(runs):
+    m = Munger(48000)
+    now = 0.0
+    out = []
+    for run, (source, length) in enumerate(runs):
+        base = (source * 7919) & 0xFFFF  # sources may reuse numbers; each run is a new ssrc
+        for i in range(length):
+            now += 0.02
+            r = m.rewrite(run + 10, (base + i) & 0xFFFF, i * 960, True, now)
+            out.append(r)
+    seqs = [r[0] for r in out if r is not None]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+
+
+def test_viewer_waits_for_keyframe_and_requests_one():
+    track, requests = video_track()
+    track.on_rtp(1, True, 10, 0, KEY)
+    viewer = ViewerTrack(RecordingEndpoint(), 97)
+    track.cache.clear()  # nothing to replay
+    track.join(viewer)
+    assert requests == [1] or len(requests) == 1
+    track.on_rtp(1, True, 11, 3000, DELTA)
+    assert viewer.endpoint.sent == []
+    track.on_rtp(1, False, 12, 6000, KEY)
+    track.on_rtp(1, True, 13, 6000, CONT)
+    sent = [rtp.fields(p) for p in viewer.endpoint.sent]
+    assert [s[1] for s in sent] == [97, 97] and [s[0] for s in sent] == [False, True]
+    assert rtp.payload(viewer.endpoint.sent[0]) == KEY
+
+
+def test_joining_viewer_gets_fresh_keyframe_replayed():
+    clock = Clock()
+    track, requests = video_track(clock)
+    for i, payload in enumerate([DELTA, KEY, CONT, DELTA, CONT]):
+        track.on_rtp(7, i % 2 == 0, 50 + i, i * 3000, payload)
+    requests.clear()
+    viewer = ViewerTrack(RecordingEndpoint(), 100)
+    track.join(viewer)
+    assert requests == []
+    assert [rtp.payload(p) for p in viewer.endpoint.sent] == [KEY, CONT, DELTA, CONT]
+    clock.now += 10  # stale keyframe: no replay, ask upstream instead
+    late = ViewerTrack(RecordingEndpoint(), 100)
+    track.join(late)
+    assert late.endpoint.sent == [] and requests == [1]
+
+
+def test_nack_answered_with_rtx_or_plain():
+    track, _ = video_track()
+    plain = ViewerTrack(RecordingEndpoint(), 97)
+    rtx_viewer = ViewerTrack(RecordingEndpoint(), 96, rtx_payload_type=99)
+    track.join(plain)
+    track.join(rtx_viewer)
+    for i, payload in enumerate([KEY, CONT, CONT]):
+        track.on_rtp(3, False, 200 + i, 0, payload)
+    seqs = [rtp.fields(p)[2] for p in plain.endpoint.sent]
+    plain.endpoint.sent.clear()
+    rtx_viewer.endpoint.sent.clear()
+    track.on_nack(plain, [seqs[1], 12345])
+    track.on_nack(rtx_viewer, [seqs[2]])
+    assert plain.endpoint.sent == [plain.endpoint.sent[0]] and plain.retransmits == 1
+    assert rtp.fields(plain.endpoint.sent[0])[1:3] == (97, seqs[1])
+    marker, pt, _seq, _ts, ssrc = rtp.fields(rtx_viewer.endpoint.sent[0])
+    assert (pt, ssrc) == (99, track.rtx_ssrc)
+    body = rtp.payload(rtx_viewer.endpoint.sent[0])
+    assert int.from_bytes(body[:2], "big") == seqs[2] and body[2:] == CONT
+
+
+def test_keyframe_requests_are_throttled():
+    clock = Clock()
+    track, requests = video_track(clock)
+    viewer = ViewerTrack(RecordingEndpoint(), 97)
+    for i in range(100):
+        clock.now += 0.01
+        track.on_keyframe_request(viewer)
+    assert len(requests) == 2 and viewer.plis == 100  # 1 s of requests -> at t=0 and t=0.5
+
+
+def test_new_source_takes_over_at_its_keyframe_and_old_one_is_retired():
+    track, requests = video_track()
+    viewer = ViewerTrack(RecordingEndpoint(), 97)
+    track.join(viewer)
+    track.on_rtp(1, True, 10, 0, KEY)
+    track.on_rtp(2, True, 500, 0, DELTA)  # new source, not a keyframe yet: old keeps going
+    track.on_rtp(1, True, 11, 3000, DELTA)
+    track.on_rtp(2, True, 501, 3000, KEY)  # switch
+    track.on_rtp(1, True, 12, 6000, KEY)  # retired
+    payloads = [rtp.payload(p) for p in viewer.endpoint.sent]
+    seqs = [rtp.fields(p)[2] for p in viewer.endpoint.sent]
+    assert payloads == [KEY, DELTA, KEY]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert requests  # the new source was asked for a keyframe
+
+
+def test_sender_report_shifts_publisher_mapping_by_munger_offset():
+    clock = Clock()
+    track, _ = video_track(clock)
+    track.on_rtp(42, True, 1, 90000, KEY)
+    track.on_sender_report(ClockMapping(ssrc=42, time=clock.now - 1.0, rtp=0, clock_rate=90000))
+    report = RtcpPacket.parse(track.sender_report(clock.now))[0]
+    info = report.sender_info
+    # publisher: rtp 0 at now-1 s -> rtp 90000 at now; shifted into the outgoing timeline
+    expected = (90000 + track.munger.ts_offset) & 0xFFFFFFFF
+    assert report.ssrc == track.ssrc and info.rtp_timestamp == expected
+    assert abs(time_from_ntp(info.ntp_timestamp) - clock.now) < 1e-6
+    assert info.packet_count == 1
+
+
+def test_audio_joins_immediately():
+    track = TrackForwarder("audio", "opus", 48000, RecordingFanout())
+    viewer = ViewerTrack(RecordingEndpoint(), 111)
+    track.join(viewer)
+    track.on_rtp(5, False, 1, 960, b"\xfc\x00")
+    assert len(viewer.endpoint.sent) == 1 and rtp.fields(viewer.endpoint.sent[0])[1] == 111
