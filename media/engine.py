@@ -1,0 +1,67 @@
+"""MediaEngine: the process's media side — one UDP socket, many lectures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .endpoint import MediaSocket
+from .errors import CodecMismatchError, MediaError
+from .lecture import Lecture
+from .sdp import video_codec as codec_spec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Where the one UDP socket binds and which addresses its candidates announce."""
+
+    host: str = "0.0.0.0"
+    port: int = 0
+    announce: tuple[str, ...] | list[str] = field(default_factory=tuple)
+
+
+class MediaEngine:
+    """Owns the MediaSocket and the lectures of this process."""
+
+    def __init__(self, config: MediaConfig) -> None:
+        self.config = config
+        self.socket = MediaSocket(config.host, config.port, tuple(config.announce))
+        self.lectures: dict[str, Lecture] = {}
+        self.started = False
+
+    async def start(self) -> None:
+        """Bind the UDP socket."""
+        await self.socket.start()
+        self.started = True
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        return self.socket.port
+
+    def lecture(self, lecture_id: str, video_codec: str = "VP8") -> Lecture:
+        """The lecture with this id, created on first use with its fixed video codec."""
+        if not self.started:
+            raise MediaError("MediaEngine.start() was not awaited")
+        spec = codec_spec(video_codec)
+        lecture = self.lectures.get(lecture_id)
+        if lecture is not None:
+            if lecture.specs["video"].name != spec.name:
+                raise CodecMismatchError(
+                    f"lecture {lecture_id} uses {lecture.specs['video'].name}, not {spec.name}"
+                )
+            return lecture
+        lecture = Lecture(lecture_id, spec, self.socket)
+        lecture.on_closed = lambda closed: self.lectures.pop(closed.id, None)
+        self.lectures[lecture_id] = lecture
+        return lecture
+
+    async def close(self) -> None:
+        """Close every lecture, then the socket."""
+        for lecture in list(self.lectures.values()):
+            await lecture.close()
+        if self.started:
+            await self.socket.close()
+            self.started = False
