@@ -1,0 +1,446 @@
+// Site player: the village hall's projector page. Connects as soon as it opens (operators
+// test early), shows a waiting card until the lecturer is live, plays by itself, and
+// reconnects WHEP and the WebSocket with backoff for as long as the class lasts.
+import {
+  Backoff, Channel, HttpError, StatsSampler, WhxSession, qualityMessage, sleep,
+} from "./protocol.js";
+import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+
+const STALL_MS = 5000; // live but no new frame this long → stalled
+const STALL_RECONNECT_MS = 12000; // stalled this long → new WHEP connection
+const DISCONNECTED_GRACE_MS = 5000; // ICE "disconnected" often heals by itself
+const QUALITY_EVERY_MS = 5000;
+
+/** Everything the page knows; `derive()` turns it into one displayed state. */
+class Player {
+  /** @param {any} page */
+  constructor(page) {
+    this.page = page;
+    this.live = false;
+    this.ended = false;
+    /** @type {"none"|"connecting"|"connected"|"failed"} */
+    this.media = "none";
+    this.everConnected = false;
+    this.state = "connecting";
+    this.framesBase = 0; // frames decoded by earlier peer connections
+    this.framesNow = 0; // frames decoded by the current one
+    this.lastFrameAt = 0;
+    this.liveSince = 0;
+    this.connectedAt = 0;
+    this.whepConnects = 0;
+    /** @type {RTCPeerConnection|null} */
+    this.pc = null;
+    /** @type {WhxSession|null} */
+    this.whep = null;
+    this.sampler = null;
+    this.backoff = new Backoff({ base: 1000, max: 20000 });
+    this.wakeRequested = false;
+    this.generation = 0;
+    this.channel = new Channel(page.ws_url, {
+      storageKey: "lopso:pending:" + page.sid + ":" + (page.site ? page.site.code : ""),
+    });
+  }
+
+  framesDecoded() {
+    return this.framesBase + this.framesNow;
+  }
+
+  /** @returns {string} waiting|connecting|playing|reconnecting|stalled|ended */
+  derive(now) {
+    if (this.ended) return "ended";
+    if (this.lastFrameAt && now - this.lastFrameAt < STALL_MS && this.media === "connected") return "playing";
+    if (this.media !== "connected") return this.everConnected ? "reconnecting" : "connecting";
+    if (!this.live) return "waiting";
+    const since = Math.max(this.liveSince, this.connectedAt);
+    return now - since < 8000 ? "connecting" : "stalled";
+  }
+}
+
+function main() {
+  loadStrings();
+  wireLangSwitch();
+  const page = readPageConfig();
+  const player = new Player(page);
+  exposeForTests(player);
+  wireChannel(player);
+  wireControls(player);
+  fillStartTime(page);
+  player.channel.connect();
+  connectMedia(player, 0);
+  setInterval(function () { tick(player); }, 1000);
+  setInterval(function () { sendQuality(player); }, QUALITY_EVERY_MS);
+  render(player);
+}
+
+function exposeForTests(player) {
+  window.lopso = {
+    get state() { return player.state; },
+    get live() { return player.live; },
+    get whepConnects() { return player.whepConnects; },
+    get wsState() { return player.channel.state; },
+    framesDecoded: function () { return player.framesDecoded(); },
+  };
+}
+
+function fillStartTime(page) {
+  const el = $("starts-at");
+  if (el) setText(el, clock(el.getAttribute("data-iso"), page.lang));
+}
+
+// ---- signalling --------------------------------------------------------------------------
+
+function wireChannel(player) {
+  const ch = player.channel;
+  ch.on("state", function (state) {
+    if (state === "open") ch.send({ type: "status", state: wireState(player.state) });
+    render(player);
+  });
+  ch.on("welcome", function (msg) {
+    setLive(player, !!msg.live);
+    if (msg.session && msg.session.ended_at) endClass(player);
+  });
+  ch.on("live", function (msg) { setLive(player, !!msg.live); });
+  ch.on("class_ended", function () { endClass(player); });
+  ch.on("headcount_prompt", function (msg) { showPrompt(msg.phase); });
+  ch.on("message", function (msg) { showMessage(msg.text, msg.from); });
+  ch.on("command", function (msg) {
+    if (msg.action === "reconnect") {
+      toast(t("site_reconnect_ordered"));
+      player.backoff.reset();
+      reconnectMedia(player, 0);
+    }
+  });
+}
+
+function setLive(player, live) {
+  if (live && !player.live) player.liveSince = Date.now();
+  player.live = live;
+  render(player);
+}
+
+function endClass(player) {
+  player.ended = true;
+  closeMedia(player);
+  render(player);
+}
+
+/** The protocol has no "ended"; a site whose class ended is simply waiting. */
+function wireState(state) {
+  return state === "ended" ? "waiting" : state;
+}
+
+// ---- media -------------------------------------------------------------------------------
+
+async function connectMedia(player, delayMs) {
+  const gen = ++player.generation;
+  if (delayMs) await sleep(delayMs);
+  if (gen !== player.generation || player.ended) return;
+  player.media = "connecting";
+  render(player);
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  const stream = new MediaStream();
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.ontrack = function (ev) {
+    stream.addTrack(ev.track);
+    attachStream(player, stream);
+  };
+  pc.onconnectionstatechange = function () { onConnectionState(player, pc, gen); };
+  player.pc = pc;
+  player.whep = new WhxSession(player.page.whep_url, player.page.token);
+  player.sampler = new StatsSampler(pc, "inbound");
+  try {
+    await player.whep.start(pc, { iceWaitMs: 0 });
+  } catch (err) {
+    if (gen !== player.generation) return;
+    onWhepError(player, err);
+  }
+}
+
+function onWhepError(player, err) {
+  console.warn("lopso: WHEP failed", err);
+  if (err instanceof HttpError && err.code === "class_ended") {
+    endClass(player);
+    return;
+  }
+  if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
+    setText($("card-detail"), t("site_error_token"));
+  }
+  reconnectMedia(player, player.backoff.next());
+}
+
+function onConnectionState(player, pc, gen) {
+  if (gen !== player.generation) return;
+  const s = pc.connectionState;
+  if (s === "connected") {
+    player.media = "connected";
+    player.everConnected = true;
+    player.connectedAt = Date.now();
+    player.whepConnects += 1;
+    player.backoff.reset();
+  } else if (s === "failed" || s === "closed") {
+    player.media = "failed";
+    reconnectMedia(player, player.backoff.next());
+  } else if (s === "disconnected") {
+    setTimeout(function () {
+      if (gen === player.generation && pc.connectionState === "disconnected") {
+        player.media = "failed";
+        reconnectMedia(player, player.backoff.next());
+      }
+    }, DISCONNECTED_GRACE_MS);
+  }
+  render(player);
+}
+
+function closeMedia(player) {
+  player.generation += 1;
+  const pc = player.pc;
+  const whep = player.whep;
+  player.pc = null;
+  player.whep = null;
+  player.framesBase += player.framesNow;
+  player.framesNow = 0;
+  if (whep) whep.stop();
+  if (pc) pc.close();
+  player.media = "none";
+}
+
+function reconnectMedia(player, delayMs) {
+  if (player.ended) return;
+  closeMedia(player);
+  connectMedia(player, delayMs);
+}
+
+function attachStream(player, stream) {
+  const video = $("video");
+  if (video.srcObject !== stream) video.srcObject = stream;
+  const p = video.play();
+  if (p && p.catch) {
+    p.catch(function () {
+      // Autoplay with sound refused: play muted now, the start button brings the sound.
+      video.muted = true;
+      video.play().catch(function () {});
+      $("start").hidden = false;
+    });
+  }
+}
+
+async function tick(player) {
+  const pc = player.pc;
+  if (pc && player.media === "connected") {
+    try {
+      const frames = await videoFramesDecoded(pc);
+      if (pc === player.pc && frames > player.framesNow) {
+        player.framesNow = frames;
+        player.lastFrameAt = Date.now();
+      }
+    } catch (e) { /* closed meanwhile */ }
+  }
+  const now = Date.now();
+  if (player.live && player.state === "stalled" && now - Math.max(player.lastFrameAt,
+    player.liveSince, player.connectedAt) > STALL_RECONNECT_MS) {
+    reconnectMedia(player, player.backoff.next());
+  }
+  render(player);
+}
+
+async function videoFramesDecoded(pc) {
+  const report = await pc.getStats();
+  let frames = 0;
+  report.forEach(function (s) {
+    if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0;
+  });
+  return frames;
+}
+
+async function sendQuality(player) {
+  if (!player.sampler || player.media !== "connected" || player.channel.state !== "open") return;
+  try {
+    const q = await player.sampler.sample();
+    player.channel.send(qualityMessage(q));
+  } catch (e) { /* the peer connection closed meanwhile */ }
+}
+
+// ---- rendering ---------------------------------------------------------------------------
+
+const CARD = {
+  connecting: ["site_connecting", "site_connecting_detail"],
+  reconnecting: ["site_reconnecting", "site_reconnecting_detail"],
+  waiting: ["site_waiting", "site_waiting_detail"],
+  stalled: ["site_stalled", "site_stalled_detail"],
+  ended: ["site_ended", "site_ended_detail"],
+};
+
+function render(player) {
+  const state = player.derive(Date.now());
+  const changed = state !== player.state;
+  player.state = state;
+  $("stage").setAttribute("data-state", state);
+  const pill = $("status");
+  pill.setAttribute("data-state", state);
+  let label = t("state_" + state);
+  if (player.channel.state !== "open" && state !== "ended") label += " · " + t("site_ws_offline");
+  setText(pill, label);
+  const card = CARD[state];
+  $("card").hidden = !card;
+  if (card) {
+    setText($("card-title"), t(card[0]));
+    setText($("card-detail"), t(card[1]));
+  }
+  if (changed) {
+    player.channel.send({ type: "status", state: wireState(state) });
+    if (state === "playing") keepScreenOn(player);
+  }
+}
+
+function keepScreenOn(player) {
+  if (player.wakeRequested || !navigator.wakeLock) return;
+  player.wakeRequested = true;
+  navigator.wakeLock.request("screen").catch(function () { player.wakeRequested = false; });
+}
+
+function showPrompt(phase) {
+  const key = { start: "prompt_start", mid: "prompt_mid", end: "prompt_end" }[phase] || "prompt_start";
+  setText($("prompt-text"), t(key));
+  $("prompt").hidden = false;
+  $("prompt").setAttribute("data-phase", phase || "start");
+}
+
+function showMessage(text, from) {
+  setText($("message-from"), from ? t("site_message_from", { from: from }) : t("site_message"));
+  setText($("message-text"), text || "");
+  $("message").hidden = false;
+}
+
+// ---- controls ----------------------------------------------------------------------------
+
+function wireControls(player) {
+  $("start").hidden = false;
+  $("start").addEventListener("click", function () { startWatching(); });
+  $("fullscreen").addEventListener("click", function () { toggleFullscreen(); });
+  $("message-close").addEventListener("click", function () { $("message").hidden = true; });
+  $("open-headcount").addEventListener("click", function () { openPanel("panel-headcount", "hc-count"); });
+  $("open-help").addEventListener("click", function () { openPanel("panel-help"); });
+  $("open-checkin").addEventListener("click", function () { openPanel("panel-checkin", "ci-name"); });
+  $("prompt-open").addEventListener("click", function () {
+    $("hc-phase").value = $("prompt").getAttribute("data-phase") || "start";
+    $("prompt").hidden = true;
+    openPanel("panel-headcount", "hc-count");
+  });
+  const closers = document.querySelectorAll("[data-close]");
+  for (let i = 0; i < closers.length; i++) {
+    closers[i].addEventListener("click", function (ev) { closePanel(ev.target.closest(".panel")); });
+  }
+  document.addEventListener("keydown", function (ev) {
+    if (ev.key === "Escape") {
+      const open = document.querySelectorAll(".panel:not([hidden])");
+      for (let i = 0; i < open.length; i++) closePanel(open[i]);
+    }
+  });
+  $("form-headcount").addEventListener("submit", function (ev) { ev.preventDefault(); submitHeadcount(player); });
+  $("form-help").addEventListener("submit", function (ev) { ev.preventDefault(); submitHelp(player); });
+  $("form-checkin").addEventListener("submit", function (ev) { ev.preventDefault(); submitCheckin(player); });
+}
+
+function startWatching() {
+  const video = $("video");
+  video.muted = false;
+  video.play().catch(function () {});
+  $("start").hidden = true;
+  toggleFullscreen(true);
+}
+
+function toggleFullscreen(onlyEnter) {
+  const doc = document;
+  const el = doc.documentElement;
+  if (doc.fullscreenElement || doc.webkitFullscreenElement) {
+    if (onlyEnter) return;
+    (doc.exitFullscreen || doc.webkitExitFullscreen).call(doc);
+    return;
+  }
+  const req = el.requestFullscreen || el.webkitRequestFullscreen;
+  if (!req) return;
+  try {
+    const p = req.call(el);
+    if (p && p.catch) p.catch(function () {});
+  } catch (e) { /* not allowed here (iframe, old browser) */ }
+}
+
+function openPanel(id, focusId) {
+  const panel = $(id);
+  panel.hidden = false;
+  const result = panel.querySelector(".result");
+  if (result) setText(result, "");
+  if (focusId) $(focusId).focus();
+}
+
+function closePanel(panel) {
+  if (panel) panel.hidden = true;
+}
+
+/** Send an acked message and report progress in `resultEl`; resolves true on ack. */
+async function sendAcked(player, msg, resultEl) {
+  resultEl.removeAttribute("data-kind");
+  setText(resultEl, player.channel.state === "open" ? t("sending") : t("queued_offline"));
+  try {
+    await player.channel.request(msg);
+    return true;
+  } catch (err) {
+    resultEl.setAttribute("data-kind", "error");
+    setText(resultEl, errorText(err));
+    return false;
+  }
+}
+
+function errorText(err) {
+  const code = err && err.code ? err.code : "error";
+  const key = "error_" + code;
+  const text = t(key);
+  return text === key ? t("error_generic", { message: err && err.message ? err.message : code }) : text;
+}
+
+async function submitHeadcount(player) {
+  const count = parseInt($("hc-count").value, 10);
+  const phase = $("hc-phase").value;
+  const result = $("hc-result");
+  if (!(count >= 0 && count <= 10000)) {
+    setText(result, t("site_headcount_invalid"));
+    return;
+  }
+  if (await sendAcked(player, { type: "headcount", count: count, phase: phase }, result)) {
+    result.setAttribute("data-kind", "ok");
+    setText(result, t("site_headcount_ok", { count: count }));
+    setText($("headcount-shown"), t("site_headcount_shown", { count: count }));
+    setTimeout(function () { closePanel($("panel-headcount")); }, 1500);
+  }
+}
+
+async function submitHelp(player) {
+  const form = $("form-help");
+  const checked = form.querySelector("input[name=reason]:checked");
+  const text = $("help-text").value.trim().slice(0, 500);
+  const result = $("help-result");
+  if (!checked) return;
+  if (await sendAcked(player, { type: "help", reason: checked.value, text: text }, result)) {
+    result.setAttribute("data-kind", "ok");
+    setText(result, t("site_help_ok"));
+    form.reset();
+  }
+}
+
+async function submitCheckin(player) {
+  const name = $("ci-name").value.trim().slice(0, 100);
+  const ident = $("ci-ident").value.trim().slice(0, 40);
+  const result = $("ci-result");
+  if (!name) return;
+  const msg = { type: "checkin", name: name };
+  if (ident) msg.ident = ident;
+  if (await sendAcked(player, msg, result)) {
+    result.setAttribute("data-kind", "ok");
+    setText(result, t("checkin_ok", { name: name }));
+    $("form-checkin").reset();
+    $("ci-name").focus();
+  }
+}
+
+main();
