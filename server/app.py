@@ -1,0 +1,213 @@
+"""`create_app(config)`: the only factory of the LopSo web application.
+
+State lives in one `AppState` under a typed AppKey; the store, the media engine and the hub
+are started and stopped in cleanup_ctx. One middleware turns every domain error into the JSON
+error shape of docs/protocol.md; an unknown exception is logged and fails only its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+import web as web_assets
+from server import auth
+from server.config import Config
+from server.errors import AuthError, UnknownError, describe, error_body
+from server.hub import Hub, HubLimits
+from server.models import ClassSession
+from server.roles import Action
+from server.store import open_store
+from server.store.base import Store
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(web_assets.__file__).parent
+LANGS = ("vi", "en")
+
+
+@dataclasses.dataclass
+class AppState:
+    """Everything the routes share; filled in as the app starts."""
+
+    config: Config
+    templates: jinja2.Environment
+    store: Store = None  # type: ignore[assignment]
+    hub: Hub = None  # type: ignore[assignment]
+    engine: Any = None  # media.MediaEngine when media is enabled
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # WHIP/WHEP sessions
+    catalogues: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    demo: dict[str, Any] | None = None
+    signalling_limiter: auth.RateLimiter = dataclasses.field(
+        default_factory=lambda: auth.RateLimiter(rate=20.0, burst=60))
+    checkin_site_limiter: auth.RateLimiter = dataclasses.field(
+        default_factory=lambda: auth.RateLimiter(rate=20.0, burst=200))
+    checkin_addr_limiter: auth.RateLimiter = dataclasses.field(
+        default_factory=lambda: auth.RateLimiter(rate=2.0, burst=20))
+
+    def catalogue(self, lang: str) -> dict[str, str]:
+        """The page strings of `lang` from web/static/i18n/<lang>.json (empty if missing)."""
+        if lang not in self.catalogues:
+            path = WEB_DIR / "static" / "i18n" / f"{lang}.json"
+            try:
+                self.catalogues[lang] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("string catalogue missing or invalid", extra={"path": str(path)})
+                return {}
+        return self.catalogues[lang]
+
+
+STATE = web.AppKey("state", AppState)
+
+
+# --- request helpers shared by the routes --------------------------------------------------
+def claims_of(request: web.Request) -> auth.Claims:
+    """Verify the request's token (Bearer header, else ?token=)."""
+    state = request.app[STATE]
+    token = auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
+    return auth.verify(state.config.secret, token)
+
+
+def authorize_request(
+    request: web.Request, action: Action, sid: str, site: str | None = None
+) -> auth.Claims:
+    """Verify the token and check it allows `action` on class `sid` (and `site`)."""
+    claims = claims_of(request)
+    auth.authorize(claims, action, sid, site)
+    return claims
+
+
+async def session_or_404(store: Store, sid: str) -> ClassSession:
+    session = await store.get_session(sid)
+    if session is None:
+        raise UnknownError(f"class {sid} does not exist", code="unknown_class")
+    return session
+
+
+def json_error(status: int, code: str, message: str, headers: Any = None) -> web.Response:
+    return web.json_response(error_body(code, message), status=status, headers=headers)
+
+
+_HTTP_CODES = {400: "bad_request", 401: "token_invalid", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "body_too_large", 415: "content_type",
+               429: "rate_limited"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place where errors become HTTP responses."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "link")}
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return json_error(exc.status, code, exc.reason or code, headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated or logged, never fatal
+        known = describe(exc)
+        if known is None:
+            log.exception("request failed", extra={"method": request.method, "path": request.path})
+            return json_error(500, "internal", "internal error; it has been logged")
+        status, code, message = known
+        if isinstance(exc, AuthError):
+            return json_error(status, code, message, {"WWW-Authenticate": "Bearer"})
+        return json_error(status, code, message)
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+def _store_ctx(state: AppState):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        cfg = state.config
+        state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
+        state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s))
+        try:
+            yield
+        finally:
+            await state.hub.close()
+            await state.store.close()
+
+    return ctx
+
+
+def _media_ctx(state: AppState):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from media import MediaConfig, MediaEngine
+
+        cfg = state.config
+        state.engine = MediaEngine(
+            MediaConfig(host=cfg.media_host, port=cfg.media_port, announce=list(cfg.announce))
+        )
+        await state.engine.start()
+        try:
+            yield
+        finally:
+            await state.engine.close()
+
+    return ctx
+
+
+def _demo_ctx(state: AppState):  # noqa: ANN202
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from server.demo import create_demo, print_links, write_demo_json
+
+        cfg = state.config
+        if cfg.demo_sites:
+            state.demo = await create_demo(state.store, cfg, cfg.demo_sites)
+            if cfg.demo_json is not None:
+                write_demo_json(state.demo, cfg.demo_json)
+            print_links(state.demo)
+        yield
+
+    return ctx
+
+
+def create_app(config: Config, *, media: bool = True) -> web.Application:
+    """Build the application. `media=False` leaves out the media engine (tests of signalling
+    that never publish or view)."""
+    from server.routes import api, pages, whip, ws
+
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
+        autoescape=jinja2.select_autoescape(("html",)),
+        enable_async=False,
+    )
+    state = AppState(config=config, templates=templates)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app[STATE] = state
+    app.cleanup_ctx.append(_store_ctx(state))
+    if media:
+        app.cleanup_ctx.append(_media_ctx(state))
+    app.cleanup_ctx.append(_demo_ctx(state))
+    app.router.add_get("/healthz", healthz)
+    api.add_routes(app)
+    whip.add_routes(app)
+    ws.add_routes(app)
+    pages.add_routes(app)
+    app.router.add_static("/static", WEB_DIR / "static", append_version=False)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response({"ok": True, "node": state.config.node_id,
+                              "media": state.engine is not None})
+
+
+def pick_lang(request: web.Request) -> str:
+    lang = request.query.get("lang", "vi")
+    return lang if lang in LANGS else "vi"
+
+
+__all__ = ["STATE", "AppState", "authorize_request", "claims_of", "create_app", "pick_lang",
+           "session_or_404"]

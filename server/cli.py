@@ -1,0 +1,194 @@
+"""The `lopso` command: serve, sites import, token, class create.
+
+    lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
+                [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
+    lopso sites import FILE.csv [--data DIR]
+    lopso token --class SID --role ROLE [--site CODE] [--ttl SECONDS]
+    lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
+                       [--sites CODE,...] [--id SID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from server import auth
+from server.config import Config, ConfigError, load_config
+from server.errors import LopsoError
+from server.models import Role
+
+log = logging.getLogger(__name__)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's extra fields."""
+
+    _PLAIN = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {"at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                                "level": record.levelname, "logger": record.name,
+                                "msg": record.getMessage()}
+        body.update({k: v for k, v in vars(record).items() if k not in self._PLAIN})
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message key=value ...` with the record's extra fields."""
+
+    _PLAIN = JsonFormatter._PLAIN
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in self._PLAIN)
+        return f"{line} {extra}" if extra else line
+
+
+def setup_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lopso", description="LopSo live classes for village halls")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (all-in-one by default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    _data(serve)
+    serve.add_argument("--tls-cert", dest="tls_cert")
+    serve.add_argument("--tls-key", dest="tls_key")
+    serve.add_argument("--demo-json", dest="demo_json", help="create a demo class, write its links here")
+    serve.add_argument("--demo-sites", dest="demo_sites", type=int, help="demo sites (default 12)")
+    serve.add_argument("--media-host", dest="media_host")
+    serve.add_argument("--media-port", dest="media_port", type=int, help="the one UDP port for media")
+    serve.add_argument("--announce", help="addresses viewers send media to, comma-separated")
+    serve.add_argument("--redis-url", dest="redis_url")
+    serve.add_argument("--role", choices=("all", "origin", "edge"))
+    serve.add_argument("--public-url", dest="public_url", help="base of the links handed out")
+    serve.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+
+    sites = commands.add_parser("sites", help="site registry").add_subparsers(dest="sites_cmd", required=True)
+    imp = sites.add_parser("import", help="import sites from a CSV file")
+    imp.add_argument("file", type=Path)
+    _data(imp)
+
+    token = commands.add_parser("token", help="mint a token")
+    token.add_argument("--class", dest="sid", default=auth.ANY_CLASS, help="class id, * for admin")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--site")
+    token.add_argument("--ttl", type=int, help="seconds (default: the configured token TTL)")
+    _data(token)
+
+    klass = commands.add_parser("class", help="classes").add_subparsers(dest="class_cmd", required=True)
+    create = klass.add_parser("create", help="create a class and print its links")
+    create.add_argument("--title", required=True)
+    create.add_argument("--starts-at", dest="starts_at", required=True, help="ISO time with zone")
+    create.add_argument("--ends-at", dest="ends_at")
+    create.add_argument("--codec", default="VP8", choices=("VP8", "H264"))
+    create.add_argument("--sites", default="", help="site codes, comma-separated (default: all)")
+    create.add_argument("--id", dest="sid")
+    _data(create)
+    return parser
+
+
+def _data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", dest="data_dir", help="data directory (default ./data)")
+
+
+_SERVE_KEYS = ("host", "port", "data_dir", "tls_cert", "tls_key", "demo_json", "demo_sites",
+               "media_host", "media_port", "announce", "redis_url", "role", "public_url",
+               "log_format")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lopso` console command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    keys = _SERVE_KEYS if args.command == "serve" else ("data_dir",)
+    try:
+        config = load_config({key: getattr(args, key, None) for key in keys})
+    except ConfigError as exc:
+        print(f"lopso: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config)
+    try:
+        if args.command == "serve":
+            serve(config)
+        elif args.command == "sites":
+            print(json.dumps(asyncio.run(_import_sites(config, args.file))))
+        elif args.command == "token":
+            ttl = args.ttl or config.token_ttl_s
+            print(auth.mint(config.secret, args.sid, Role(args.role), site=args.site, ttl_s=ttl))
+        elif args.command == "class":
+            print(json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2))
+    except (LopsoError, ValueError, OSError) as exc:
+        print(f"lopso: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve(config: Config) -> None:
+    """Run the server until interrupted."""
+    from aiohttp import web
+
+    from server.app import create_app
+
+    context = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    log.info("starting", extra={"url": config.base_url, "role": config.role,
+                                "data": str(config.data_dir), "node": config.node_id})
+    web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=context,
+                access_log=None, print=lambda text: print(text, flush=True))
+
+
+async def _import_sites(config: Config, path: Path) -> dict[str, int]:
+    from server.registry import import_sites
+    from server.store import open_store
+
+    data = path.read_bytes()
+    store = await open_store(config.redis_url, config.data_dir, config.node_id)
+    try:
+        return {"imported": await import_sites(store, data)}
+    finally:
+        await store.close()
+
+
+async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    from server.demo import class_links
+    from server.hub import Hub, session_wire
+    from server.routes.api import session_from_body
+    from server.store import open_store
+
+    body = {"id": args.sid, "title": args.title, "starts_at": args.starts_at,
+            "ends_at": args.ends_at, "video_codec": args.codec,
+            "site_codes": [c.strip() for c in args.sites.split(",") if c.strip()]}
+    store = await open_store(config.redis_url, config.data_dir, config.node_id)
+    try:
+        session = await session_from_body(body, store)
+        if await store.get_session(session.id) is not None:
+            raise ValueError(f"class {session.id} already exists")
+        await store.put_session(session)
+        sites = await Hub(store, config.node_id).expected_sites(session)
+        return {"class": session_wire(session), "links": class_links(config, session, sites)}
+    finally:
+        await store.close()

@@ -1,0 +1,525 @@
+"""Live state of classes: connected pages, site presence, broadcasts, batched moderator updates.
+
+The hub never sees a socket. A page is a `Peer` with an outbox; routes/ws.py moves frames
+between the socket and the outbox. Every broadcast goes through the store's pub/sub
+(channel `class:<sid>`), so pages on other nodes of a cluster get it too; each node folds
+the same stream of site patches into its own view of the class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from server.models import ClassSession, Event, EventKind, Role, Site
+from server.quality import classify_sample
+from server.store.base import Store
+
+log = logging.getLogger(__name__)
+
+WATCHERS = frozenset({Role.MODERATOR, Role.LECTURER, Role.ADMIN})
+CONNECTED = frozenset({"playing", "connecting", "reconnecting", "waiting", "stalled", "error"})
+OUTBOX_SIZE = 512
+DEFAULT_MID_PROMPT_S = 45 * 60.0
+
+
+def iso(at: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC string (`...Z`), None stays None."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def session_wire(session: ClassSession) -> dict[str, Any]:
+    """A class as the API and pages show it."""
+    return {
+        "id": session.id,
+        "title": session.title,
+        "starts_at": iso(session.starts_at),
+        "ends_at": iso(session.ends_at),
+        "video_codec": session.video_codec,
+        "site_codes": list(session.site_codes),
+        "started_at": iso(session.started_at),
+        "ended_at": iso(session.ended_at),
+    }
+
+
+def site_wire(site: Site) -> dict[str, str]:
+    """A registry site as others may see it (never the join key)."""
+    return {"code": site.code, "name": site.name, "village": site.village,
+            "commune": site.commune, "province": site.province}
+
+
+@dataclasses.dataclass(frozen=True)
+class HubLimits:
+    """Timings of the hub (shortened by tests)."""
+
+    batch_interval_s: float = 1.0
+    presence_ttl_s: float = 45.0
+    quality_event_every_s: float = 15.0
+    mid_prompt_s: float | None = None  # default: half the planned duration, else 45 min
+
+
+@dataclasses.dataclass
+class SiteState:
+    """One site's live state in a class, as moderators see it."""
+
+    code: str
+    name: str
+    commune: str
+    status: str = "never_joined"
+    headcount: int | None = None
+    peak_headcount: int | None = None
+    quality: str | None = None
+    rtt_ms: float | None = None
+    loss_pct: float | None = None
+    kbps: float | None = None
+    rejoins: int = 0
+    since: float | None = None
+    help_open: int = 0
+    checkins: int = 0
+    joins: int = 0
+
+    def wire(self) -> dict[str, Any]:
+        """The protocol's site state object."""
+        body = dataclasses.asdict(self)
+        body.pop("joins")
+        body["since"] = iso(self.since)
+        return body
+
+    def apply(self, patch: dict[str, Any]) -> None:
+        """Take the fields of a patch published by any node."""
+        for key, value in patch.items():
+            if key in _PATCHABLE:
+                setattr(self, key, value)
+
+
+_PATCHABLE = frozenset(f.name for f in dataclasses.fields(SiteState)) - {"code", "name", "commune"}
+
+
+class Peer:
+    """One open page: who it is and a bounded outbox that routes/ws.py drains to the socket."""
+
+    def __init__(self, sid: str, role: Role, site: Site | None = None) -> None:
+        self.sid, self.role, self.site = sid, role, site
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
+        self.closed = False
+
+    @property
+    def site_code(self) -> str | None:
+        return self.site.code if self.site else None
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message; a page too slow to take OUTBOX_SIZE messages is disconnected."""
+        if self.closed:
+            return
+        if self.outbox.full():
+            log.warning("page too slow, closing it", extra={"sid": self.sid, "site": self.site_code})
+            self.shut()
+            return
+        self.outbox.put_nowait(message)
+
+    def shut(self) -> None:
+        """Ask the socket side to close this page."""
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self.outbox.put_nowait(None)
+
+    def matches(self, to: dict[str, Any]) -> bool:
+        """True when a delivery addressed `to` is meant for this page."""
+        if "roles" in to:
+            return self.role.value in to["roles"]
+        if self.site is None:
+            return False
+        if to.get("all"):
+            return True
+        if "site" in to:
+            return self.site.code == to["site"]
+        if "commune" in to:
+            return self.site.commune == to["commune"]
+        return False
+
+
+class ClassLive:
+    """One class on this node: its sites' state, local pages, and the pub/sub loop."""
+
+    def __init__(self, hub: Hub, session: ClassSession, sites: list[Site]) -> None:
+        self.hub, self.session = hub, session
+        self.sites = {s.code: SiteState(s.code, s.name, s.commune) for s in sites}
+        self.registry = {s.code: s for s in sites}
+        self.peers: set[Peer] = set()
+        self.local_joins: dict[str, int] = {}
+        self.open_help: dict[str, set[str]] = {}
+        self.questions: dict[str, dict[str, Any]] = {}
+        self.dirty: set[str] = set()
+        self.live = False
+        self._last_quality_event: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def channel(self) -> str:
+        return f"class:{self.session.id}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild state from the ledger and presence, then follow the class channel."""
+        for event in await self.hub.store.events(self.session.id):
+            self._fold(event)
+        for code, state in (await self.hub.store.presence(self.session.id)).items():
+            if code in self.sites and isinstance(state, dict):
+                self.sites[code].status = str(state.get("status", "connecting"))
+        subscription = self.hub.store.subscribe(self.channel)
+        await subscription.ready()
+        self._tasks.append(asyncio.create_task(self._follow(subscription)))
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for peer in list(self.peers):
+            peer.shut()
+
+    def _fold(self, event: Event) -> None:
+        """Apply one ledger event to the site states (rebuilding after a restart)."""
+        state = self.sites.get(event.site_code or "")
+        if event.kind is EventKind.CLASS_ENDED:
+            self.session = dataclasses.replace(self.session, ended_at=event.at)
+        if state is None:
+            return
+        if event.kind is EventKind.SITE_JOINED:
+            state.joins += 1
+            state.rejoins = max(0, state.joins - 1)
+            state.status, state.since = "offline", event.at  # connected again only via presence
+        elif event.kind is EventKind.SITE_LEFT:
+            state.status, state.since = "offline", event.at
+        elif event.kind is EventKind.HEADCOUNT:
+            self._count(state, int(event.data.get("count", 0)))
+        elif event.kind is EventKind.HELP_REQUESTED:
+            self.open_help.setdefault(state.code, set()).add(event.data.get("help_id", ""))
+            state.help_open = len(self.open_help[state.code])
+        elif event.kind is EventKind.HELP_RESOLVED:
+            self.open_help.setdefault(state.code, set()).discard(event.data.get("help_id", ""))
+            state.help_open = len(self.open_help[state.code])
+        elif event.kind is EventKind.QUESTION:
+            self.questions[event.data.get("question_id", "")] = _question(event)
+        elif event.kind is EventKind.CHECKIN:
+            state.checkins += 1
+
+    @staticmethod
+    def _count(state: SiteState, count: int) -> None:
+        state.headcount = count
+        state.peak_headcount = max(count, state.peak_headcount or 0)
+
+    # --- pub/sub -----------------------------------------------------------------------------
+    async def _follow(self, subscription: Any) -> None:
+        async with contextlib.aclosing(subscription):
+            async for message in subscription:
+                try:
+                    self._on_broadcast(message)
+                except Exception:
+                    log.exception("bad broadcast ignored", extra={"sid": self.session.id})
+
+    def _on_broadcast(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "site":
+            state = self.sites.get(message["code"])
+            if state is not None:
+                state.apply(message["patch"])
+                self.dirty.add(state.code)
+        elif kind == "live":
+            self.live = bool(message["live"])
+        elif kind == "question":
+            self.questions[message["question_id"]] = message["question"]
+        elif kind == "ended":
+            self.session = dataclasses.replace(self.session, ended_at=message["at"])
+        if "deliver" in message:
+            self._deliver(message["to"], message["deliver"])
+
+    def _deliver(self, to: dict[str, Any], body: dict[str, Any]) -> None:
+        for peer in list(self.peers):
+            if peer.matches(to):
+                peer.post(body)
+
+    async def broadcast(self, to: dict[str, Any], body: dict[str, Any], **extra: Any) -> None:
+        """Send `body` to every page (on any node) addressed by `to`."""
+        await self.hub.store.publish(self.channel, {"to": to, "deliver": body, **extra})
+
+    async def patch(self, code: str, **fields: Any) -> None:
+        """Change a site's state on every node (moderators get it in the next batch)."""
+        self.sites[code].apply(fields)  # local view at once; the echo is idempotent
+        self.dirty.add(code)
+        await self.hub.store.publish(self.channel, {"t": "site", "code": code, "patch": fields})
+
+    # --- batched updates ---------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.hub.limits.batch_interval_s)
+            self.flush()
+
+    def flush(self) -> None:
+        """Send one `sites_update` with the changed sites to this node's watchers."""
+        if not self.dirty:
+            return
+        changed = [self.sites[code].wire() for code in sorted(self.dirty) if code in self.sites]
+        self.dirty.clear()
+        update = {"type": "sites_update", "sites": changed, "totals": self.totals()}
+        for peer in list(self.peers):
+            if peer.role in WATCHERS:
+                peer.post(update)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The full `sites` message a watcher gets when it connects."""
+        sites = [state.wire() for state in self.sites.values()]
+        return {"type": "sites", "sites": sites, "totals": self.totals()}
+
+    def totals(self) -> dict[str, int]:
+        states = self.sites.values()
+        return {
+            "expected": len(self.sites),
+            "connected": sum(1 for s in states if s.status in CONNECTED),
+            "playing": sum(1 for s in states if s.status == "playing"),
+            "people": sum(s.headcount or 0 for s in states if s.headcount is not None),
+            "help_open": sum(s.help_open for s in states),
+        }
+
+    # --- presence ---------------------------------------------------------------------------
+    async def join(self, peer: Peer) -> None:
+        """A page opened: send its welcome (and snapshot); a site's first page = SITE_JOINED."""
+        self.peers.add(peer)
+        peer.post(self.welcome(peer))
+        if peer.role in WATCHERS:
+            peer.post(self.snapshot())
+            for question in self.questions.values():
+                if peer.role is not Role.LECTURER:
+                    peer.post({"type": "question", **question})
+        code = peer.site_code
+        if code is None or peer.role is not Role.SITE:
+            return
+        self.local_joins[code] = self.local_joins.get(code, 0) + 1
+        if self.local_joins[code] == 1:
+            await self._site_joined(code)
+
+    async def _site_joined(self, code: str) -> None:
+        state = self.sites[code]
+        now = self.hub.clock()
+        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code)
+        status = "waiting" if not self.live else "connecting"
+        await self.hub.store.set_presence(
+            self.session.id, code, {"status": status, "node": self.hub.node_id},
+            self.hub.limits.presence_ttl_s,
+        )
+        await self.patch(code, status=status, since=now, joins=state.joins + 1,
+                         rejoins=state.joins)
+
+    async def leave(self, peer: Peer) -> None:
+        """A page closed; a site's last page = SITE_LEFT."""
+        self.peers.discard(peer)
+        code = peer.site_code
+        if code is None or peer.role is not Role.SITE or code not in self.local_joins:
+            return
+        self.local_joins[code] -= 1
+        if self.local_joins[code] > 0:
+            return
+        del self.local_joins[code]
+        await self.hub.append(self.session.id, EventKind.SITE_LEFT, code)
+        await self.hub.store.clear_presence(self.session.id, code)
+        await self.patch(code, status="offline", since=self.hub.clock())
+
+    async def refresh(self, peer: Peer, status: str | None = None) -> None:
+        """Heartbeat or status from a site page: keep its presence alive, record its status."""
+        code = peer.site_code
+        if code is None or peer.role is not Role.SITE:
+            return
+        state = self.sites[code]
+        status = status or state.status
+        await self.hub.store.set_presence(
+            self.session.id, code, {"status": status, "node": self.hub.node_id},
+            self.hub.limits.presence_ttl_s,
+        )
+        if status != state.status:
+            await self.patch(code, status=status, since=self.hub.clock())
+
+    def welcome(self, peer: Peer) -> dict[str, Any]:
+        site = site_wire(peer.site) if peer.site else None
+        return {"type": "welcome", "role": peer.role.value, "session": session_wire(self.session),
+                "site": site, "live": self.live, "ended": self.session.ended_at is not None,
+                "server_time": iso(self.hub.clock())}
+
+    # --- site reports -------------------------------------------------------------------------
+    async def headcount(self, code: str, count: int, phase: str) -> None:
+        await self.hub.append(self.session.id, EventKind.HEADCOUNT, code,
+                              {"count": count, "phase": phase})
+        state = self.sites[code]
+        await self.patch(code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0))
+
+    async def quality(self, code: str, sample: dict[str, Any]) -> None:
+        """Record a quality report: live figures now, a ledger sample every ~15 s."""
+        klass = classify_sample(sample)
+        value = klass.value if klass else None
+        now = self.hub.clock()
+        if now - self._last_quality_event.get(code, 0.0) >= self.hub.limits.quality_event_every_s:
+            self._last_quality_event[code] = now
+            await self.hub.append(self.session.id, EventKind.QUALITY, code, {**sample, "class": value})
+        await self.patch(code, quality=value, rtt_ms=sample.get("rtt_ms"),
+                         loss_pct=sample.get("loss_pct"), kbps=sample.get("kbps"))
+
+    async def help(self, code: str, reason: str, text: str) -> str:
+        help_id = uuid.uuid4().hex[:12]
+        event = await self.hub.append(self.session.id, EventKind.HELP_REQUESTED, code,
+                                      {"help_id": help_id, "reason": reason, "text": text})
+        self.open_help.setdefault(code, set()).add(help_id)
+        await self.patch(code, help_open=len(self.open_help[code]))
+        body = {"type": "help", "site": code, "help_id": help_id, "reason": reason,
+                "text": text, "at": iso(event.at)}
+        await self.broadcast({"roles": ["moderator", "lecturer", "admin"]}, body)
+        return help_id
+
+    async def resolve_help(self, code: str, help_id: str, by: str) -> bool:
+        if help_id not in self.open_help.get(code, set()):
+            return False
+        await self.hub.append(self.session.id, EventKind.HELP_RESOLVED, code,
+                              {"help_id": help_id, "by": by})
+        self.open_help[code].discard(help_id)
+        await self.patch(code, help_open=len(self.open_help[code]))
+        await self.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
+        return True
+
+    async def question(self, code: str, text: str) -> str:
+        question_id = uuid.uuid4().hex[:12]
+        event = await self.hub.append(self.session.id, EventKind.QUESTION, code,
+                                      {"question_id": question_id, "text": text})
+        question = _question(event)
+        self.questions[question_id] = question
+        await self.broadcast({"roles": ["moderator", "admin"]}, {"type": "question", **question},
+                             t="question", question_id=question_id, question=question)
+        return question_id
+
+    async def checkin(self, code: str, name: str, ident: str | None, by: str) -> tuple[Event, bool]:
+        """Count a person at a site once (dedupe on site + name + ident)."""
+        event = self.hub.event(self.session.id, EventKind.CHECKIN, code,
+                               {"name": name, "ident": ident, "by": by})
+        stored, created = await self.hub.store.add_checkin(event, checkin_key(code, name, ident))
+        if created:
+            await self.patch(code, checkins=self.sites[code].checkins + 1)
+        return stored, created
+
+
+def _question(event: Event) -> dict[str, Any]:
+    return {"site": event.site_code, "question_id": event.data.get("question_id"),
+            "text": event.data.get("text", ""), "at": iso(event.at)}
+
+
+def checkin_key(site_code: str, name: str, ident: str | None) -> str:
+    """Dedupe key of a check-in: one person (name, or identifier when given) per site."""
+    who = (ident or "").strip().casefold() or " ".join(name.split()).casefold()
+    return f"{site_code}\x1f{who}"
+
+
+class Hub:
+    """Every class this node serves, created on first use and rebuilt from the store."""
+
+    def __init__(self, store: Store, node_id: str, limits: HubLimits | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.node_id = store, node_id
+        self.limits = limits or HubLimits()
+        self.clock = clock
+        self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    async def room(self, session: ClassSession) -> ClassLive:
+        """The live state of `session` on this node (created once, concurrently safe)."""
+        task = self._rooms.get(session.id)
+        if task is None or (task.done() and task.exception() is not None):
+            task = asyncio.create_task(self._open_room(session))
+            self._rooms[session.id] = task
+        return await asyncio.shield(task)
+
+    async def _open_room(self, session: ClassSession) -> ClassLive:
+        sites = await self.expected_sites(session)
+        room = ClassLive(self, session, sites)
+        await room.start()
+        return room
+
+    async def expected_sites(self, session: ClassSession) -> list[Site]:
+        """The sites a class expects: its list, or the whole registry when the list is empty."""
+        if not session.site_codes:
+            return await self.store.list_sites()
+        found = [await self.store.get_site(code) for code in session.site_codes]
+        return [site for site in found if site is not None]
+
+    def event(self, sid: str, kind: EventKind, site: str | None = None,
+              data: dict[str, Any] | None = None) -> Event:
+        return Event(session_id=sid, kind=kind, at=self.clock(), site_code=site,
+                     data=data or {}, id=uuid.uuid4().hex, node=self.node_id)
+
+    async def append(self, sid: str, kind: EventKind, site: str | None = None,
+                     data: dict[str, Any] | None = None) -> Event:
+        """Append to the ledger; returns once durable."""
+        return await self.store.append(self.event(sid, kind, site, data))
+
+    async def set_live(self, session: ClassSession, live: bool) -> None:
+        """The lecturer started or stopped sending: tell every page; prompt headcounts."""
+        room = await self.room(session)
+        room.session = session
+        if live == room.live:
+            return
+        room.live = live
+        if live:
+            await self.append(session.id, EventKind.CLASS_STARTED)
+            if session.started_at is None:
+                await self.store.put_session(dataclasses.replace(session, started_at=self.clock()))
+                await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "start"})
+                self._schedule_mid(room)
+        await room.broadcast({"roles": ["site", "moderator", "lecturer", "admin"]},
+                             {"type": "live", "live": live}, t="live", live=live)
+
+    def _schedule_mid(self, room: ClassLive) -> None:
+        session = room.session
+        delay = self.limits.mid_prompt_s
+        if delay is None:
+            delay = (session.ends_at - session.starts_at) / 2 if session.ends_at else DEFAULT_MID_PROMPT_S
+        self._timers[session.id] = asyncio.create_task(self._mid_prompt(room, max(delay, 0.0)))
+
+    async def _mid_prompt(self, room: ClassLive, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if room.session.ended_at is None:
+            await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "mid"})
+
+    async def end_class(self, session: ClassSession) -> ClassSession:
+        """End the class once: ledger, stored class, end-of-class prompt, `class_ended`."""
+        room = await self.room(session)
+        current = await self.store.get_session(session.id) or session
+        if current.ended_at is not None:
+            return current
+        now = self.clock()
+        ended = dataclasses.replace(current, ended_at=now)
+        await self.store.put_session(ended)
+        await self.append(session.id, EventKind.CLASS_ENDED)
+        timer = self._timers.pop(session.id, None)
+        if timer:
+            timer.cancel()
+        await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "end"})
+        await room.broadcast({"roles": ["site", "moderator", "lecturer", "admin"]},
+                             {"type": "class_ended"}, t="ended", at=now)
+        return ended
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in self._rooms.values():
+            if task.done() and task.exception() is None:
+                await task.result().stop()
+            else:
+                task.cancel()
+        self._rooms.clear()

@@ -1,0 +1,196 @@
+"""JSON REST API: registry, classes, links, participant check-in, attendance and exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from server import auth
+from server.app import STATE, authorize_request, claims_of, session_or_404
+from server.demo import class_links
+from server.errors import ContentTypeError, ForbiddenError, ValidationError
+from server.hub import session_wire, site_wire
+from server.models import ClassSession, Role
+from server.registry import CODE_RE, import_sites
+from server.roles import Action
+from server.routes.ws import text
+
+log = logging.getLogger(__name__)
+
+SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CODECS = ("VP8", "H264")
+MAX_JSON = 256 * 1024
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, or a precise 4xx."""
+    if request.content_type != "application/json":
+        raise ContentTypeError("Content-Type must be application/json")
+    raw = await request.read()
+    if len(raw) > MAX_JSON:
+        raise ValidationError(f"JSON body over {MAX_JSON} bytes", code="body_too_large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("body is not valid JSON", code="bad_json") from None
+    if not isinstance(body, dict):
+        raise ValidationError("body must be a JSON object", code="bad_json")
+    return body
+
+
+def parse_time(value: Any, field: str) -> float:
+    """ISO 8601 (with offset or Z) or epoch seconds → epoch seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed.timestamp()
+    raise ValidationError(f"{field} must be an ISO 8601 time with a zone, or epoch seconds",
+                          code="bad_field")
+
+
+def _admin(request: web.Request) -> auth.Claims:
+    claims = claims_of(request)
+    auth.authorize(claims, Action.ADMIN, claims.sid)
+    return claims
+
+
+# --- registry -------------------------------------------------------------------------------
+async def import_sites_route(request: web.Request) -> web.Response:
+    _admin(request)
+    if request.content_type not in ("text/csv", "text/plain", "application/octet-stream"):
+        raise ContentTypeError("Content-Type must be text/csv")
+    count = await import_sites(request.app[STATE].store, await request.read())
+    return web.json_response({"imported": count})
+
+
+async def list_sites(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    if claims.role not in (Role.ADMIN, Role.MODERATOR):
+        raise ForbiddenError("only an admin or a moderator may list sites", code="wrong_role")
+    sites = await request.app[STATE].store.list_sites()
+    return web.json_response({"sites": [site_wire(s) for s in sites]})
+
+
+# --- classes --------------------------------------------------------------------------------
+async def create_session(request: web.Request) -> web.Response:
+    _admin(request)
+    state = request.app[STATE]
+    session = await session_from_body(await read_json(request), state.store)
+    if await state.store.get_session(session.id) is not None:
+        raise ValidationError(f"class {session.id} already exists", code="class_exists")
+    await state.store.put_session(session)
+    return web.json_response(session_wire(session), status=201)
+
+
+async def session_from_body(body: dict[str, Any], store: Any) -> ClassSession:
+    """Validate a class description (shared with `lopso class create`)."""
+    sid = body.get("id") or uuid.uuid4().hex[:12]
+    if not isinstance(sid, str) or not SID_RE.fullmatch(sid):
+        raise ValidationError("id must be 1-64 of A-Z a-z 0-9 _ -", code="bad_field")
+    title = text(body, "title", 200)
+    starts_at = parse_time(body.get("starts_at"), "starts_at")
+    ends_at = parse_time(body["ends_at"], "ends_at") if body.get("ends_at") is not None else None
+    if ends_at is not None and ends_at <= starts_at:
+        raise ValidationError("ends_at must be after starts_at", code="bad_field")
+    codec = str(body.get("video_codec", "VP8")).upper()
+    if codec not in CODECS:
+        raise ValidationError(f"video_codec must be one of {', '.join(CODECS)}", code="bad_field")
+    codes = body.get("site_codes", [])
+    if not isinstance(codes, list) or not all(isinstance(c, str) and CODE_RE.fullmatch(c) for c in codes):
+        raise ValidationError("site_codes must be a list of site codes", code="bad_field")
+    missing = [c for c in codes if await store.get_site(c) is None]
+    if missing:
+        raise ValidationError(f"unknown site codes: {', '.join(missing[:20])}", code="unknown_site")
+    return ClassSession(id=sid, title=title or "", starts_at=starts_at, ends_at=ends_at,
+                        video_codec=codec, site_codes=tuple(dict.fromkeys(codes)),
+                        created_at=time.time())
+
+
+async def get_session(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    claims = claims_of(request)
+    if claims.sid not in (sid, auth.ANY_CLASS):
+        raise ForbiddenError("token is for another class", code="wrong_class")
+    session = await session_or_404(state.store, sid)
+    room = await state.hub.room(session)
+    return web.json_response({**session_wire(session), "live": room.live,
+                              "expected": len(room.sites)})
+
+
+async def end_session(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    authorize_request(request, Action.END_CLASS, sid)
+    session = await state.hub.end_class(await session_or_404(state.store, sid))
+    if state.engine is not None:
+        for rid, resource in list(state.resources.items()):
+            if resource.sid == sid:
+                state.resources.pop(rid, None)
+                await resource.handle.close()
+    return web.json_response(session_wire(session))
+
+
+async def session_links(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    authorize_request(request, Action.LINKS, sid)
+    session = await session_or_404(state.store, sid)
+    sites = await state.hub.expected_sites(session)
+    return web.json_response(class_links(state.config, session, sites))
+
+
+# --- participant check-in -------------------------------------------------------------------
+async def checkin(request: web.Request) -> web.Response:
+    """`POST /api/sessions/{sid}/sites/{site}/checkins` {name, ident?} → 201 new, 200 duplicate."""
+    state = request.app[STATE]
+    sid, code = request.match_info["sid"], request.match_info["site"]
+    authorize_request(request, Action.CHECKIN, sid, code)
+    state.checkin_addr_limiter.check(f"addr:{request.remote}")
+    state.checkin_site_limiter.check(f"site:{sid}:{code}")
+    body = await read_json(request)
+    name = text(body, "name", 100)
+    ident = text(body, "ident", 40, required=False) or None
+    room = await state.hub.room(await session_or_404(state.store, sid))
+    if code not in room.sites:
+        raise ValidationError(f"site {code} is not in this class", code="unknown_site")
+    event, created = await room.checkin(code, name or "", ident, "qr")
+    return web.json_response({"duplicate": not created, "event_id": event.id},
+                             status=201 if created else 200)
+
+
+# --- attendance -----------------------------------------------------------------------------
+async def _attendance(request: web.Request) -> tuple[Any, ClassSession]:
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    authorize_request(request, Action.EXPORT, sid)
+    session = await session_or_404(state.store, sid)
+    return state, session
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/sites/import", import_sites_route)
+    r.add_get("/api/sites", list_sites)
+    r.add_post("/api/sessions", create_session)
+    r.add_get("/api/sessions/{sid}", get_session)
+    r.add_post("/api/sessions/{sid}/end", end_session)
+    r.add_get("/api/sessions/{sid}/links", session_links)
+    r.add_post("/api/sessions/{sid}/sites/{site}/checkins", checkin)
+
+
+__all__ = ["add_routes", "dataclasses", "parse_time", "read_json", "session_from_body"]

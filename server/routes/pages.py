@@ -1,0 +1,123 @@
+"""HTML pages: one Jinja2 template per page, with the string catalogue and a page config.
+
+Each page gets `lang`, `t` (web/static/i18n/<lang>.json) and `page`, a dict its script reads
+from `<script type="application/json" id="page-config">`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from server import auth
+from server.app import STATE, AppState, authorize_request, pick_lang, session_or_404
+from server.errors import UnknownError
+from server.hub import session_wire
+from server.models import ClassSession, Role, Site
+from server.roles import Action
+
+
+def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Response:
+    state = request.app[STATE]
+    lang = page.get("lang") or pick_lang(request)
+    template = state.templates.get_template(f"{name}.html")
+    html = template.render(lang=lang, t=state.catalogue(lang), page=page)
+    return web.Response(text=html, content_type="text/html",
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def _session_page(session: ClassSession) -> dict[str, Any]:
+    wire = session_wire(session)
+    return {key: wire[key] for key in ("id", "title", "starts_at", "ends_at", "video_codec",
+                                       "ended_at")}
+
+
+def _site_page(site: Site | None) -> dict[str, str] | None:
+    if site is None:
+        return None
+    return {"code": site.code, "name": site.name, "commune": site.commune, "village": site.village}
+
+
+async def _base(request: web.Request, role: str, action: Action, site_code: str | None = None
+                ) -> tuple[AppState, ClassSession, dict[str, Any]]:
+    """Authorize the page's token and build the page config every page shares."""
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    claims = authorize_request(request, action, sid, site_code)
+    session = await session_or_404(state.store, sid)
+    token = request.query["token"] if "token" in request.query else ""
+    page = {"sid": sid, "role": claims.role.value if role == "" else role, "token": token,
+            "lang": pick_lang(request), "site": None, "session": _session_page(session),
+            "ws_url": f"/ws/{quote(sid)}?token={quote(token)}"}
+    return state, session, page
+
+
+async def _site(state: AppState, session: ClassSession, code: str) -> Site:
+    site = await state.store.get_site(code)
+    if site is None or (session.site_codes and code not in session.site_codes):
+        raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
+    return site
+
+
+async def studio(request: web.Request) -> web.Response:
+    _, session, page = await _base(request, "lecturer", Action.PUBLISH)
+    page["whip_url"] = f"/whip/{quote(session.id)}"
+    return render(request, "studio", page)
+
+
+async def site_player(request: web.Request) -> web.Response:
+    code = request.match_info["site"]
+    state, session, page = await _base(request, "site", Action.VIEW, code)
+    site = await _site(state, session, code)
+    participant = auth.mint(state.config.secret, session.id, Role.PARTICIPANT, site=code,
+                            ttl_s=max(state.config.token_ttl_s, 6 * 3600))
+    page.update(site=_site_page(site), whep_url=f"/whep/{quote(session.id)}/{quote(code)}",
+                checkin_url=(f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}"
+                             f"?token={participant}"),
+                checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins")
+    return render(request, "site", page)
+
+
+async def moderator(request: web.Request) -> web.Response:
+    _, session, page = await _base(request, "moderator", Action.MODERATE)
+    base = f"/api/sessions/{quote(session.id)}/attendance"
+    suffix = f"?token={quote(page['token'])}"
+    page.update(csv_url=f"{base}.csv{suffix}", xlsx_url=f"{base}.xlsx{suffix}",
+                json_url=f"{base}{suffix}", links_url=f"/api/sessions/{quote(session.id)}/links")
+    return render(request, "moderator", page)
+
+
+async def checkin_page(request: web.Request) -> web.Response:
+    code = request.match_info["site"]
+    state, session, page = await _base(request, "participant", Action.CHECKIN, code)
+    site = await _site(state, session, code)
+    page.pop("ws_url")
+    page.update(site=_site_page(site),
+                checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins")
+    return render(request, "checkin", page)
+
+
+async def landing(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    page = {"lang": pick_lang(request), "demo": state.demo}
+    try:
+        return render(request, "index", page)
+    except Exception:  # noqa: BLE001 - the landing page must never fail; fall back to text
+        demo = state.demo
+        lines = ["LopSo: lớp học trực tuyến cho nhà văn hóa thôn / tổ dân phố."]
+        if demo:
+            lines += [f"Giảng viên: {demo['lecturer']['url']}",
+                      f"Điều phối: {demo['moderator']['url']}"]
+            lines += [f"{s['name']}: {s['url']}" for s in demo["sites"]]
+        return web.Response(text="\n".join(lines), content_type="text/plain")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", landing)
+    r.add_get("/studio/{sid}", studio)
+    r.add_get("/site/{sid}/{site}", site_player)
+    r.add_get("/moderator/{sid}", moderator)
+    r.add_get("/checkin/{sid}/{site}", checkin_page)

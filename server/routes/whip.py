@@ -1,0 +1,189 @@
+"""WHIP (publish, RFC 9725) and WHEP (view) endpoints, calling media's Lecture API.
+
+`POST` an SDP offer with a bearer token → `201`, the answer, and a `Location` to `DELETE`.
+Bodies are `application/sdp`, at most 64 KiB. PATCH (trickle ICE) is not offered: `405`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from server.app import STATE, AppState, authorize_request, session_or_404
+from server.errors import (
+    BodyTooLargeError,
+    ClassEndedError,
+    ContentTypeError,
+    UnknownError,
+    ValidationError,
+)
+from server.models import ClassSession
+from server.roles import Action
+
+log = logging.getLogger(__name__)
+
+MAX_SDP = 64 * 1024
+ALLOW = "OPTIONS, POST"
+ALLOW_RESOURCE = "DELETE, OPTIONS"
+
+
+@dataclasses.dataclass
+class Resource:
+    """A live WHIP publisher or WHEP viewer, addressed by its Location."""
+
+    kind: str  # "whip" | "whep"
+    sid: str
+    site: str | None
+    handle: Any  # media Publisher or Viewer
+
+
+async def read_sdp(request: web.Request) -> str:
+    """The request's SDP offer: right Content-Type, ≤ 64 KiB, UTF-8, starting with v=0."""
+    if request.content_type != "application/sdp":
+        raise ContentTypeError(
+            f"Content-Type must be application/sdp, got {request.content_type or 'none'}"
+        )
+    if request.content_length is not None and request.content_length > MAX_SDP:
+        raise BodyTooLargeError(f"SDP offer is over {MAX_SDP} bytes")
+    chunks, size = [], 0
+    while chunk := await request.content.read(MAX_SDP + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_SDP:
+            raise BodyTooLargeError(f"SDP offer is over {MAX_SDP} bytes")
+    try:
+        offer = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("SDP offer is not UTF-8 text", code="sdp_invalid") from None
+    if not offer.lstrip().startswith("v=0"):
+        raise ValidationError("SDP offer must start with v=0", code="sdp_invalid")
+    return offer
+
+
+def lecture_of(state: AppState, session: ClassSession) -> Any:
+    """The media lecture of a class, created once with the class's codec and live callback."""
+    lecture = state.engine.lecture(session.id, video_codec=session.video_codec)
+    if getattr(lecture, "_lopso_wired", False):
+        return lecture
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_live(live: bool) -> None:
+        task = asyncio.get_running_loop().create_task(_announce_live(state, session.id, live))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    lecture.on_live = on_live
+    lecture._lopso_wired = True
+    return lecture
+
+
+async def _announce_live(state: AppState, sid: str, live: bool) -> None:
+    try:
+        session = await state.store.get_session(sid)
+        if session is not None:
+            await state.hub.set_live(session, live)
+    except Exception:
+        log.exception("could not announce live state", extra={"sid": sid, "live": live})
+
+
+def _created(location: str, answer: str) -> web.Response:
+    return web.Response(status=201, body=answer.encode(), content_type="application/sdp",
+                        headers={"Location": location})
+
+
+async def open_class(request: web.Request, action: Action, site: str | None) -> ClassSession:
+    """Rate-limit, authorize, and fetch a class that has not ended."""
+    state = request.app[STATE]
+    state.signalling_limiter.check(f"sig:{request.remote}")
+    sid = request.match_info["sid"]
+    authorize_request(request, action, sid, site)
+    session = await session_or_404(state.store, sid)
+    if session.ended_at is not None:
+        raise ClassEndedError(f"class {sid} has ended")
+    if state.engine is None:
+        raise UnknownError("this node does not serve media", code="no_media")
+    return session
+
+
+async def post_whip(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    session = await open_class(request, Action.PUBLISH, None)
+    offer = await read_sdp(request)
+    answer, publisher = await lecture_of(state, session).publish(offer)
+    rid = _remember(state, Resource("whip", session.id, None, publisher))
+    log.info("lecturer published", extra={"sid": session.id, "resource": rid})
+    return _created(f"/whip/{session.id}/{rid}", answer)
+
+
+async def post_whep(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    code = request.match_info["site"]
+    session = await open_class(request, Action.VIEW, code)
+    expected = session.site_codes or [s.code for s in await state.store.list_sites()]
+    if code not in expected:
+        raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
+    offer = await read_sdp(request)
+    answer, viewer = await lecture_of(state, session).subscribe(offer)
+    rid = _remember(state, Resource("whep", session.id, code, viewer))
+    return _created(f"/whep/{session.id}/{code}/{rid}", answer)
+
+
+def _remember(state: AppState, resource: Resource) -> str:
+    rid = uuid.uuid4().hex
+    state.resources[rid] = resource
+    previous = getattr(resource.handle, "on_close", None)
+
+    def forget(*args: Any) -> None:
+        state.resources.pop(rid, None)
+        if callable(previous):
+            previous(*args)
+
+    try:
+        resource.handle.on_close = forget
+    except AttributeError:  # a handle without the callback is forgotten on DELETE only
+        pass
+    return rid
+
+
+async def delete_resource(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    sid, rid = request.match_info["sid"], request.match_info["rid"]
+    site = request.match_info.get("site")
+    action = Action.VIEW if site is not None else Action.PUBLISH
+    authorize_request(request, action, sid, site)
+    resource = state.resources.get(rid)
+    if resource is None or resource.sid != sid or resource.site != site:
+        raise UnknownError(f"no such resource {rid}", code="unknown_resource")
+    state.resources.pop(rid, None)
+    await resource.handle.close()
+    return web.Response(status=200)
+
+
+async def options(request: web.Request) -> web.Response:
+    allow = ALLOW_RESOURCE if "rid" in request.match_info else ALLOW
+    return web.Response(status=204, headers={"Allow": allow, "Accept-Post": "application/sdp"})
+
+
+async def not_allowed(request: web.Request) -> web.Response:
+    allow = ALLOW_RESOURCE if "rid" in request.match_info else ALLOW
+    raise web.HTTPMethodNotAllowed(request.method, allow.split(", "),
+                                   reason="trickle ICE and ICE restarts are not supported")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    for path, post in (("/whip/{sid}", post_whip), ("/whep/{sid}/{site}", post_whep)):
+        r.add_post(path, post)
+        r.add_route("OPTIONS", path, options)
+        for method in ("GET", "PUT", "PATCH", "DELETE"):
+            r.add_route(method, path, not_allowed)
+    for path in ("/whip/{sid}/{rid}", "/whep/{sid}/{site}/{rid}"):
+        r.add_delete(path, delete_resource)
+        r.add_route("OPTIONS", path, options)
+        for method in ("GET", "PATCH", "PUT", "POST"):
+            r.add_route(method, path, not_allowed)

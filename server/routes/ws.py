@@ -1,0 +1,307 @@
+"""`GET /ws/{sid}?token=`: one WebSocket per page; one `on_<type>` function per message type.
+
+The socket loop validates frames (size, JSON, type, fields, flood, idle time) and hands each
+message to its handler; handlers call the hub. Errors become `error` messages; a page that
+keeps sending garbage or floods is closed with 1008, an idle one with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from server import auth
+from server.errors import LopsoError, UnknownError, ValidationError, describe
+from server.hub import ClassLive, Peer
+from server.models import Role
+from server.roles import Action, may
+from server.app import STATE, authorize_request, session_or_404
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME = 16 * 1024
+MAX_ERRORS = 20
+FLOOD_MESSAGES = 50
+FLOOD_WINDOW_S = 10.0
+STATUSES = ("waiting", "connecting", "playing", "reconnecting", "stalled", "error")
+PHASES = ("start", "mid", "end", "other")
+HELP_REASONS = ("no_picture", "no_sound", "connection", "other")
+
+
+@dataclasses.dataclass
+class Context:
+    """What a handler needs: the page, its class, its claims."""
+
+    peer: Peer
+    room: ClassLive
+    claims: auth.Claims
+
+
+Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+# --- field validation ---------------------------------------------------------------------
+def text(data: dict[str, Any], key: str, limit: int, *, required: bool = True) -> str | None:
+    value = data.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ValidationError(f"{key} must be a non-empty string", code="bad_field")
+    if len(value) > limit:
+        raise ValidationError(f"{key} is longer than {limit} characters", code="bad_field")
+    return value.strip()
+
+
+def choice(data: dict[str, Any], key: str, options: tuple[str, ...]) -> str:
+    value = data.get(key)
+    if value not in options:
+        raise ValidationError(f"{key} must be one of {', '.join(options)}", code="bad_field")
+    return str(value)
+
+
+def integer(data: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = data.get(key)
+    if type(value) is not int or not low <= value <= high:
+        raise ValidationError(f"{key} must be an integer from {low} to {high}", code="bad_field")
+    return value
+
+
+def number(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+        raise ValidationError(f"{key} must be a non-negative number", code="bad_field")
+    return float(value)
+
+
+def site_of(ctx: Context, code: Any) -> str:
+    if not isinstance(code, str) or code not in ctx.room.sites:
+        raise UnknownError(f"site {code!r} is not in this class", code="unknown_site")
+    return code
+
+
+def own_site(ctx: Context) -> str:
+    code = ctx.peer.site_code
+    if code is None:
+        raise ValidationError("only a site page may send this", code="wrong_role")
+    return code
+
+
+# --- handlers -----------------------------------------------------------------------------
+async def on_heartbeat(ctx: Context, data: dict[str, Any]) -> None:
+    await ctx.room.refresh(ctx.peer)
+
+
+async def on_status(ctx: Context, data: dict[str, Any]) -> None:
+    await ctx.room.refresh(ctx.peer, choice(data, "state", STATUSES))
+
+
+async def on_headcount(ctx: Context, data: dict[str, Any]) -> None:
+    count = integer(data, "count", 0, 10_000)
+    await ctx.room.headcount(own_site(ctx), count, choice(data, "phase", PHASES))
+
+
+async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
+    keys = ("rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "frames_decoded", "freeze_count",
+            "height", "no_media_s")
+    sample = {key: number(data, key) for key in keys if data.get(key) is not None}
+    await ctx.room.quality(own_site(ctx), sample)
+
+
+async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    reason = choice(data, "reason", HELP_REASONS)
+    body = text(data, "text", 500, required=False) or ""
+    return {"help_id": await ctx.room.help(own_site(ctx), reason, body)}
+
+
+async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    return {"question_id": await ctx.room.question(own_site(ctx), text(data, "text", 500))}
+
+
+async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    name = text(data, "name", 100)
+    ident = text(data, "ident", 40, required=False) or None
+    _, created = await ctx.room.checkin(own_site(ctx), name, ident, "operator")
+    return {"duplicate": not created}
+
+
+async def on_message(ctx: Context, data: dict[str, Any]) -> None:
+    body = text(data, "text", 500)
+    to = data.get("to")
+    if not isinstance(to, dict) or len(to) != 1:
+        raise ValidationError('to must be {"site": code}, {"commune": name} or {"all": true}',
+                              code="bad_field")
+    if "site" in to:
+        target = {"site": site_of(ctx, to["site"])}
+    elif "commune" in to and isinstance(to["commune"], str):
+        target = {"commune": to["commune"]}
+    elif to.get("all") is True:
+        target = {"all": True}
+    else:
+        raise ValidationError('to must be {"site": code}, {"commune": name} or {"all": true}',
+                              code="bad_field")
+    await ctx.room.broadcast(target, {"type": "message", "text": body, "from": ctx.claims.role.value})
+
+
+async def on_command(ctx: Context, data: dict[str, Any]) -> None:
+    code = site_of(ctx, data.get("site"))
+    action = choice(data, "action", ("reconnect",))
+    await ctx.room.broadcast({"site": code}, {"type": "command", "action": action})
+
+
+async def on_resolve_help(ctx: Context, data: dict[str, Any]) -> None:
+    code = site_of(ctx, data.get("site"))
+    help_id = text(data, "help_id", 64)
+    if not await ctx.room.resolve_help(code, help_id, ctx.claims.role.value):
+        raise UnknownError(f"no open help request {help_id} at {code}", code="unknown_help")
+
+
+async def on_forward_question(ctx: Context, data: dict[str, Any]) -> None:
+    question_id = text(data, "question_id", 64)
+    question = ctx.room.questions.get(question_id)
+    if question is None:
+        raise UnknownError(f"no question {question_id}", code="unknown_question")
+    await ctx.room.broadcast({"roles": ["lecturer"]},
+                             {"type": "question", **question, "forwarded": True})
+
+
+# message type -> (handler, action the sender's role needs)
+HANDLERS: dict[str, tuple[Handler, Action | None]] = {
+    "heartbeat": (on_heartbeat, None),
+    "status": (on_status, Action.REPORT),
+    "headcount": (on_headcount, Action.REPORT),
+    "quality": (on_quality, Action.REPORT),
+    "help": (on_help, Action.REPORT),
+    "question": (on_question, Action.REPORT),
+    "checkin": (on_checkin, Action.CHECKIN),
+    "message": (on_message, Action.MODERATE),
+    "command": (on_command, Action.MODERATE),
+    "resolve_help": (on_resolve_help, Action.MODERATE),
+    "forward_question": (on_forward_question, Action.MODERATE),
+}
+
+
+async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
+    """Handle one text frame; return the reply (`ack`, `error`) or None."""
+    message_id: Any = None
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValidationError("a message must be a JSON object", code="bad_message")
+        message_id = data.get("id")
+        if message_id is not None and (not isinstance(message_id, str) or len(message_id) > 64):
+            message_id = None
+            raise ValidationError("id must be a string of at most 64 characters", code="bad_field")
+        kind = data.get("type")
+        if not isinstance(kind, str) or kind not in HANDLERS:
+            raise ValidationError(f"unknown message type {kind!r}", code="unknown_type")
+        handler, action = HANDLERS[kind]
+        if action is not None and not may(ctx.claims.role, action):
+            raise ValidationError(f"role {ctx.claims.role.value} may not send {kind}", code="forbidden")
+        result = await handler(ctx, data)
+    except json.JSONDecodeError:
+        return {"type": "error", "id": None, "code": "bad_json", "message": "frame is not JSON"}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an error message
+        return _error_reply(exc, message_id, ctx)
+    if message_id is None:
+        return None
+    return {"type": "ack", "id": message_id, **(result or {})}
+
+
+def _error_reply(exc: Exception, message_id: Any, ctx: Context) -> dict[str, Any]:
+    known = describe(exc)
+    if known is None:
+        log.exception("WebSocket message failed", extra={"sid": ctx.peer.sid, "site": ctx.peer.site_code})
+        known = (500, "internal", "the server could not handle this message")
+    _, code, message = known
+    return {"type": "error", "id": message_id, "code": code, "message": message}
+
+
+# --- the socket ---------------------------------------------------------------------------
+async def handle_ws(request: web.Request) -> web.StreamResponse:
+    """Authenticate, upgrade, then run the page's reader and writer until either ends."""
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    claims = authorize_request(request, Action.VIEW_CLASS, sid)
+    session = await session_or_404(state.store, sid)
+    site = None
+    room = await state.hub.room(session)
+    if claims.role is Role.SITE:
+        if claims.site not in room.sites:
+            raise UnknownError(f"site {claims.site} is not in this class", code="unknown_site")
+        site = room.registry[claims.site]
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
+    await ws.prepare(request)
+    peer = Peer(sid, claims.role, site)
+    writer = asyncio.create_task(_write(ws, peer))
+    try:
+        await room.join(peer)
+        await _read(ws, Context(peer, room, claims), state.config.ws_idle_timeout_s)
+    finally:
+        peer.shut()
+        with contextlib.suppress(Exception):
+            await room.leave(peer)
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(writer, 5)
+        writer.cancel()
+        await ws.close()
+    return ws
+
+
+async def _write(ws: web.WebSocketResponse, peer: Peer) -> None:
+    while True:
+        message = await peer.outbox.get()
+        if message is None or ws.closed:
+            if not ws.closed:
+                await ws.close(code=1000, message=b"closed by server")
+            return
+        await ws.send_str(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+
+
+async def _read(ws: web.WebSocketResponse, ctx: Context, idle_s: float) -> None:
+    recent: collections.deque[float] = collections.deque()
+    errors = 0
+    while not ws.closed and not ctx.peer.closed:
+        try:
+            msg = await ws.receive(timeout=idle_s)
+        except asyncio.TimeoutError:
+            await ws.close(code=1001, message=b"no message for too long")
+            return
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
+        now = time.monotonic()
+        recent.append(now)
+        while recent and recent[0] < now - FLOOD_WINDOW_S:
+            recent.popleft()
+        if len(recent) > FLOOD_MESSAGES:
+            await ws.close(code=1008, message=b"too many messages")
+            return
+        if msg.type is not WSMsgType.TEXT:
+            reply = {"type": "error", "id": None, "code": "bad_frame",
+                     "message": "only JSON text frames are accepted"}
+        else:
+            reply = await dispatch(ctx, msg.data)
+        if reply is not None:
+            ctx.peer.post(reply)
+            errors += reply["type"] == "error"
+            if errors > MAX_ERRORS:
+                await ws.close(code=1008, message=b"too many bad messages")
+                return
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ws/{sid}", handle_ws)
+
+
+__all__ = ["LopsoError", "add_routes", "dispatch"]

@@ -1,0 +1,159 @@
+"""Run LopSo for tests: a real `lopso serve` subprocess, or the app in-process.
+
+Subprocess (what e2e tests use):
+
+    with LopsoServer(tmp_path, demo_sites=2) as srv:
+        srv.url            # "http://127.0.0.1:<port>"
+        srv.demo           # the --demo-json content: session_id, lecturer, moderator, sites
+        srv.admin_token()  # a token for the admin API
+        srv.log()          # what the server printed so far (stdout + stderr)
+
+In-process (fast signalling tests, no media unless asked):
+
+    async with running_app(tmp_path) as (client, state):
+        await client.get("/healthz")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from server import auth
+from server.models import Role
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 free right now (TCP by default, UDP with SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LopsoServerError(Exception):
+    """The server did not come up (its output is in the message)."""
+
+
+class LopsoServer:
+    """`lopso serve` in a subprocess on a free port with a temp data dir and a demo class."""
+
+    def __init__(self, tmp_path: Path, *, demo_sites: int = 2, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None, startup_timeout_s: float = 30.0) -> None:
+        self.dir = Path(tmp_path)
+        self.data = self.dir / "data"
+        self.demo_path = self.dir / "demo.json"
+        self.port = free_port()
+        self.media_port = free_port(socket.SOCK_DGRAM)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.demo_sites = demo_sites
+        self.extra_args = extra_args or []
+        self.env = env or {}
+        self.timeout = startup_timeout_s
+        self.demo: dict[str, Any] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = self.dir / "server.log"
+
+    def __enter__(self) -> LopsoServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--data", str(self.data),
+                "--media-host", "127.0.0.1", "--media-port", str(self.media_port),
+                "--announce", "127.0.0.1"]
+        if self.demo_sites:
+            args += ["--demo-json", str(self.demo_path), "--demo-sites", str(self.demo_sites)]
+        return args + self.extra_args
+
+    def start(self) -> None:
+        """Start the process and wait until /healthz answers and the demo JSON is written."""
+        env = {**os.environ, "LOPSO_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **self.env}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        out = self._log.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LopsoServerError(f"lopso serve exited {self.proc.returncode}:\n{self.log()}")
+            if self._healthy() and (not self.demo_sites or self.demo_path.exists()):
+                if self.demo_sites:
+                    self.demo = json.loads(self.demo_path.read_text(encoding="utf-8"))
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise LopsoServerError(f"lopso serve not healthy after {self.timeout}s:\n{self.log()}")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """kill -9: what a crash looks like."""
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self._log.read_text(encoding="utf-8", errors="replace") if self._log.exists() else ""
+
+    def admin_token(self, ttl_s: float = 3600) -> str:
+        return auth.mint(SECRET.encode(), auth.ANY_CLASS, Role.ADMIN, ttl_s=ttl_s)
+
+    def token(self, role: Role, site: str | None = None, ttl_s: float = 3600) -> str:
+        """A token for the demo class."""
+        return auth.mint(SECRET.encode(), self.demo["session_id"], role, site=site, ttl_s=ttl_s)
+
+
+@contextlib.asynccontextmanager
+async def running_app(tmp_path: Path, *, media: bool = False, **settings: Any
+                      ) -> AsyncIterator[tuple[Any, Any]]:
+    """The app on a loopback TestServer: yields (aiohttp TestClient, AppState)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from server.app import STATE, create_app
+    from server.config import load_config
+
+    overrides = {"data_dir": Path(tmp_path) / "data", "secret": SECRET, "media_host": "127.0.0.1",
+                 "media_port": 0, "announce": "127.0.0.1", **settings}
+    app = create_app(load_config(overrides, env={}), media=media)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        yield client, app[STATE]
+    finally:
+        await client.close()
+
+
+def mint(role: Role, sid: str = auth.ANY_CLASS, site: str | None = None, ttl_s: float = 3600) -> str:
+    """A token signed with the tests' secret."""
+    return auth.mint(SECRET.encode(), sid, role, site=site, ttl_s=ttl_s)

@@ -1,0 +1,205 @@
+"""REST API and pages against the app on a loopback server with the embedded store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from server.models import EventKind, Role
+from serverproc import mint, running_app
+
+CSV = (
+    "\ufeffcode,name,village,commune,province\n"
+    "S1,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên\n"
+    "S2,Nhà văn hóa tổ dân phố 3,Tổ 3,Phường Hiến Nam,Hưng Yên\n"
+    "S3,Nhà văn hóa thôn Bắc,Thôn Bắc,Xã Tiên Lữ,Hưng Yên\n"
+).encode()
+ADMIN = {"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+
+
+def auth(role: Role, sid: str = "c1", site: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(role, sid, site)}"}
+
+
+async def seed(client, sites=("S1", "S2")) -> None:
+    reply = await client.post("/api/sites/import", data=CSV, headers={**ADMIN, "Content-Type": "text/csv"})
+    assert reply.status == 200, await reply.text()
+    assert await reply.json() == {"imported": 3}
+    body = {"id": "c1", "title": "Kỹ năng số", "starts_at": "2026-11-26T02:00:00Z",
+            "ends_at": "2026-11-26T03:30:00+00:00", "video_codec": "vp8", "site_codes": list(sites)}
+    reply = await client.post("/api/sessions", json=body, headers=ADMIN)
+    assert reply.status == 201, await reply.text()
+
+
+@pytest.fixture
+async def app(tmp_path: Path):
+    async with running_app(tmp_path) as (client, state):
+        await seed(client)
+        yield client, state
+
+
+async def test_healthz(app) -> None:
+    client, _ = app
+    reply = await client.get("/healthz")
+    assert reply.status == 200 and (await reply.json())["ok"] is True
+
+
+async def test_created_class_reads_back(app) -> None:
+    client, _ = app
+    reply = await client.get("/api/sessions/c1", headers=auth(Role.SITE, site="S1"))
+    body = await reply.json()
+    assert body["title"] == "Kỹ năng số" and body["video_codec"] == "VP8"
+    assert body["starts_at"] == "2026-11-26T02:00:00Z" and body["ends_at"] == "2026-11-26T03:30:00Z"
+    assert body["site_codes"] == ["S1", "S2"] and body["live"] is False and body["expected"] == 2
+    other = await client.get("/api/sessions/c1", headers=auth(Role.MODERATOR, "c2"))
+    assert other.status == 403 and (await other.json())["error"]["code"] == "wrong_class"
+    missing = await client.get("/api/sessions/nope", headers=ADMIN)
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "unknown_class"
+
+
+async def test_sites_listing_hides_join_keys_and_needs_a_role(app) -> None:
+    client, _ = app
+    reply = await client.get("/api/sites", headers=auth(Role.MODERATOR))
+    sites = (await reply.json())["sites"]
+    assert [s["code"] for s in sites] == ["S1", "S2", "S3"]
+    assert sites[0]["name"] == "Nhà văn hóa thôn Đông" and "join_key" not in sites[0]
+    forbidden = await client.get("/api/sites", headers=auth(Role.SITE, site="S1"))
+    assert forbidden.status == 403
+    anonymous = await client.get("/api/sites")
+    assert anonymous.status == 401 and (await anonymous.json())["error"]["code"] == "token_missing"
+
+
+async def test_reimport_keeps_join_keys(app) -> None:
+    client, state = app
+    before = (await state.store.get_site("S1")).join_key
+    await client.post("/api/sites/import", data=CSV, headers={**ADMIN, "Content-Type": "text/csv"})
+    assert before and (await state.store.get_site("S1")).join_key == before
+
+
+@pytest.mark.parametrize(
+    ("patch", "code"),
+    [
+        ({"video_codec": "AV1"}, "bad_field"),
+        ({"starts_at": "tomorrow"}, "bad_field"),
+        ({"starts_at": "2026-11-26T02:00:00"}, "bad_field"),  # no zone
+        ({"ends_at": "2026-11-26T01:00:00Z"}, "bad_field"),
+        ({"site_codes": ["S1", "NOPE"]}, "unknown_site"),
+        ({"site_codes": "S1"}, "bad_field"),
+        ({"id": "bad id!"}, "bad_field"),
+        ({"id": "c1"}, "class_exists"),
+        ({"title": ""}, "bad_field"),
+    ],
+)
+async def test_bad_class_bodies(app, patch, code) -> None:
+    client, _ = app
+    body = {"id": "c9", "title": "T", "starts_at": "2026-11-26T02:00:00Z", **patch}
+    reply = await client.post("/api/sessions", json=body, headers=ADMIN)
+    assert reply.status == 400 and (await reply.json())["error"]["code"] == code
+
+
+async def test_only_admin_creates_classes(app) -> None:
+    client, _ = app
+    body = {"title": "T", "starts_at": 1_800_000_000}
+    reply = await client.post("/api/sessions", json=body, headers=auth(Role.MODERATOR))
+    assert reply.status == 403
+    reply = await client.post("/api/sessions", json=body, headers=ADMIN)
+    assert reply.status == 201 and (await reply.json())["site_codes"] == []
+
+
+async def test_links_carry_working_tokens(app) -> None:
+    client, _ = app
+    reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR))
+    links = await reply.json()
+    assert set(links) == {"session_id", "lecturer", "moderator", "sites"}
+    assert [s["code"] for s in links["sites"]] == ["S1", "S2"]
+    site = links["sites"][0]
+    assert site["whep_url"].endswith("/whep/c1/S1") and site["commune"] == "Xã Tiên Lữ"
+    check = await client.get("/api/sessions/c1", headers={"Authorization": f"Bearer {site['token']}"})
+    assert check.status == 200
+    denied = await client.get("/api/sessions/c1/links", headers=auth(Role.SITE, site="S1"))
+    assert denied.status == 403
+
+
+async def test_participant_checkin_dedupes(app) -> None:
+    client, state = app
+    headers = auth(Role.PARTICIPANT, site="S1")
+    url = "/api/sessions/c1/sites/S1/checkins"
+    first = await client.post(url, json={"name": "Nguyễn Văn An"}, headers=headers)
+    assert first.status == 201 and (await first.json())["duplicate"] is False
+    again = await client.post(url, json={"name": "  nguyễn  văn an "}, headers=headers)
+    assert again.status == 200 and (await again.json())["duplicate"] is True
+    other = await client.post(url, json={"name": "Nguyễn Văn An", "ident": "0912"}, headers=headers)
+    assert other.status == 201
+    wrong_site = await client.post("/api/sessions/c1/sites/S2/checkins", json={"name": "X"}, headers=headers)
+    assert wrong_site.status == 403 and (await wrong_site.json())["error"]["code"] == "wrong_site"
+    events = await state.store.events("c1", kinds=[EventKind.CHECKIN])
+    assert [e.data["name"] for e in events] == ["Nguyễn Văn An", "Nguyễn Văn An"]
+    assert events[0].data["by"] == "qr" and events[1].data["ident"] == "0912"
+
+
+async def test_ending_a_class(app) -> None:
+    client, state = app
+    denied = await client.post("/api/sessions/c1/end", headers=auth(Role.SITE, site="S1"))
+    assert denied.status == 403
+    reply = await client.post("/api/sessions/c1/end", headers=auth(Role.LECTURER))
+    assert reply.status == 200 and (await reply.json())["ended_at"] is not None
+    again = await client.post("/api/sessions/c1/end", headers=auth(Role.MODERATOR))
+    assert again.status == 200
+    ended = await state.store.events("c1", kinds=[EventKind.CLASS_ENDED])
+    assert len(ended) == 1
+
+
+def page_config(html: str) -> dict:
+    match = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)
+    assert match, html[:500]
+    return json.loads(match.group(1))
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "site", "keys"),
+    [
+        ("/studio/c1", Role.LECTURER, None, {"whip_url"}),
+        ("/site/c1/S1", Role.SITE, "S1", {"whep_url", "checkin_url"}),
+        ("/moderator/c1", Role.MODERATOR, None, {"csv_url", "xlsx_url", "json_url"}),
+    ],
+)
+async def test_pages_render_with_their_config(app, path, role, site, keys) -> None:
+    client, _ = app
+    token = mint(role, "c1", site)
+    reply = await client.get(path, params={"token": token, "lang": "en"})
+    assert reply.status == 200, await reply.text()
+    page = page_config(await reply.text())
+    assert page["sid"] == "c1" and page["role"] == role.value and page["token"] == token
+    assert page["lang"] == "en" and page["session"]["title"] == "Kỹ năng số"
+    assert page["ws_url"] == f"/ws/c1?token={token}"
+    assert keys <= set(page)
+    if site:
+        assert page["site"] == {"code": "S1", "name": "Nhà văn hóa thôn Đông",
+                                "commune": "Xã Tiên Lữ", "village": "Thôn Đông"}
+
+
+@pytest.mark.parametrize(
+    ("path", "role", "site", "status"),
+    [
+        ("/studio/c1", Role.SITE, "S1", 403),
+        ("/site/c1/S2", Role.SITE, "S1", 403),
+        ("/site/c1/S3", Role.SITE, "S3", 404),  # registered, not in this class
+        ("/moderator/c1", Role.LECTURER, None, 403),
+        ("/moderator/zz", Role.MODERATOR, None, 403),
+    ],
+)
+async def test_pages_check_tokens(app, path, role, site, status) -> None:
+    client, _ = app
+    reply = await client.get(path, params={"token": mint(role, "c1", site)})
+    assert reply.status == status
+
+
+async def test_unknown_route_and_method_are_json(app) -> None:
+    client, _ = app
+    reply = await client.get("/api/nothing")
+    assert reply.status == 404 and (await reply.json())["error"]["code"] == "not_found"
+    reply = await client.put("/api/sessions/c1", headers=ADMIN)
+    assert reply.status == 405 and (await reply.json())["error"]["code"] == "method_not_allowed"
