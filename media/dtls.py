@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def fingerprint_of(certificate: x509.Certificate, algorithm: str = "sha-256") ->
     return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
-def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> x509.Certificate:
     name = x509.Name(
         [x509.NameAttribute(x509.NameOID.COMMON_NAME, binascii.hexlify(os.urandom(8)).decode())]
     )
@@ -86,10 +86,14 @@ def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 class DtlsIdentity:
-    """The process's certificate and its one SSL context, reused by every endpoint."""
+    """The process's certificate and its one SSL context, reused by every endpoint.
 
-    def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
+    `key` defaults to a fresh ECDSA P-256 key; an RSA key works too (tests use one to play
+    GStreamer- or Janus-like peers).
+    """
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> None:
+        self._key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
         self.certificate = _self_signed(self._key)
         self.context = self._make_context()
 

@@ -86,6 +86,7 @@ class MmsgBatch:
             hdr.msg_iov = self._iov + i
             hdr.msg_iovlen = 1
         self._hdrs = [self._msgs[i].msg_hdr for i in range(capacity)]
+        self._names: list[object] = [None] * capacity
 
     def address(self, addr: tuple[str, int]):  # -> cdata
         """A C sockaddr for `addr`, to keep and pass to `set_address`."""
@@ -94,6 +95,7 @@ class MmsgBatch:
 
     def set_address(self, i: int, sockaddr) -> None:
         """Send slot i to `sockaddr`, a value returned by `address()`."""
+        self._names[i] = sockaddr  # keep the C memory alive while the slot points at it
         hdr = self._hdrs[i]
         hdr.msg_name = sockaddr[0]
         hdr.msg_namelen = sockaddr[1]

@@ -274,3 +274,25 @@ async def test_candidates_and_fingerprint():
         assert bare.candidates() == [f"1 1 udp 2130706431 127.0.0.1 {bare.port} typ host"]
     finally:
         await bare.close()
+
+
+async def test_random_datagrams_from_a_verified_address_never_crash(sock, viewers):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    viewer = viewers()
+    ep = await viewer.connect(sock)
+    addr = ep.remote_address
+
+    @settings(max_examples=300, suppress_health_check=list(HealthCheck))
+    @given(st.binary(min_size=1, max_size=300))
+    def feed(data: bytes) -> None:
+        sock._on_datagram(data, addr)  # STUN, DTLS, RTP/RTCP and junk
+
+    feed()
+    assert ep.state == "connected"
+    assert ep.stats()["srtp_errors"] > 0
+    fanout = sock.fanout()
+    fanout.add(ep, viewer.pts["video"])
+    assert fanout.send(rtp(1)) == 1
+    await wait_for(lambda: viewer.received)

@@ -1,0 +1,132 @@
+"""The shared UDP socket and sendmmsg batches, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from media.udp import Libc, MmsgBatch, UdpError, UdpSocket, pack_sockaddr
+
+
+def receivers(count: int, family: int = socket.AF_INET, host: str = "127.0.0.1"):
+    socks = []
+    for _ in range(count):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+        s.settimeout(2)
+        socks.append(s)
+    return socks
+
+
+def test_pack_sockaddr_matches_kernel_layout():
+    raw = pack_sockaddr(("127.0.0.1", 5004))
+    assert len(raw) == 16
+    assert struct.unpack("=H", raw[:2])[0] == socket.AF_INET
+    assert raw[2:4] == (5004).to_bytes(2, "big") and raw[4:8] == bytes([127, 0, 0, 1])
+    raw6 = pack_sockaddr(("::1", 80))
+    assert len(raw6) == 28 and struct.unpack("=H", raw6[:2])[0] == socket.AF_INET6
+    assert raw6[8:24] == socket.inet_pton(socket.AF_INET6, "::1")
+
+
+async def test_batch_sends_each_slot_to_its_destination():
+    outs = receivers(3)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        batch = MmsgBatch(Libc(), capacity=4)
+        for i, out in enumerate(outs):
+            payload = f"copy-{i}".encode() * (i + 1)
+            batch.slots[i][0 : len(payload)] = payload
+            batch.set_length(i, len(payload))
+            batch.set_address(i, batch.address(out.getsockname()))
+        assert batch.send(sender.fileno(), 3) == 3
+        for i, out in enumerate(outs):
+            assert out.recv(2048) == f"copy-{i}".encode() * (i + 1)
+    finally:
+        sender.close()
+        for out in outs:
+            out.close()
+
+
+def test_batch_skips_a_failing_destination():
+    good = receivers(2)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        batch = MmsgBatch(Libc(), capacity=3)
+        destinations = [good[0].getsockname(), ("::1", 9), good[1].getsockname()]  # v6 on v4
+        for i, addr in enumerate(destinations):
+            batch.slots[i][0:2] = bytes([65 + i, 10])
+            batch.set_length(i, 2)
+            batch.set_address(i, batch.address(addr))
+        assert batch.send(sender.fileno(), 3) == 2
+        assert good[0].recv(100) == b"A\n" and good[1].recv(100) == b"C\n"
+    finally:
+        sender.close()
+        for s in good:
+            s.close()
+
+
+def test_batch_ipv6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        (out,) = receivers(1, socket.AF_INET6, "::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        batch = MmsgBatch(Libc(), capacity=1)
+        batch.slots[0][0:3] = b"six"
+        batch.set_length(0, 3)
+        batch.set_address(0, batch.address(out.getsockname()[:2]))
+        assert batch.send(sender.fileno(), 1) == 1
+        assert out.recv(10) == b"six"
+    finally:
+        sender.close()
+        out.close()
+
+
+async def test_udp_socket_reads_and_survives_a_failing_handler():
+    got: list[tuple[bytes, tuple[str, int]]] = []
+
+    def handler(data: bytes, addr: tuple[str, int]) -> None:
+        if data == b"boom":
+            raise RuntimeError("handler bug")
+        got.append((data, addr))
+
+    udp = UdpSocket(handler)
+    udp.open()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        peer.bind(("127.0.0.1", 0))
+        for data in (b"one", b"boom", b"two"):
+            peer.sendto(data, udp.address)
+        for _ in range(200):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [d for d, _ in got] == [b"one", b"two"]
+        assert got[0][1] == peer.getsockname()
+        assert udp.sendto(b"back", peer.getsockname())
+        peer.settimeout(2)
+        assert peer.recv(10) == b"back"
+    finally:
+        peer.close()
+        udp.close()
+        udp.close()
+    assert not udp.sendto(b"x", ("127.0.0.1", 9))
+    with pytest.raises(UdpError):
+        udp.address
+
+
+async def test_bind_conflict_is_a_udp_error():
+    first = UdpSocket(lambda d, a: None)
+    first.open()
+    try:
+        second = UdpSocket(lambda d, a: None, port=first.address[1])
+        with pytest.raises(UdpError, match="cannot bind"):
+            second.open()
+    finally:
+        first.close()
