@@ -1,0 +1,110 @@
+"""The cheap load viewer against a real MediaSocket over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket
+from aiortc.sdp import SessionDescription
+
+from media.dtls import DtlsIdentity
+from media.endpoint import MediaSocket
+from media.errors import SdpError
+from media.loadviewer import LoadViewer, RemoteParams, parse_answer
+
+
+def rtp(seq: int, ssrc: int = 0x5555) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, ssrc) + b"\x10" * 900
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    assert predicate()
+
+
+@pytest.fixture
+async def sock():
+    s = MediaSocket()
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def connect(sock: MediaSocket, viewer: LoadViewer, remote_setup: str = "actpass"):
+    await viewer.start()
+    ep = sock.endpoint(viewer.ufrag, viewer.pwd, viewer.identity.fingerprint, remote_setup)
+    params = RemoteParams(ep.local_ufrag, ep.local_pwd, sock.fingerprint, ep.setup,
+                          ("127.0.0.1", sock.port))  # fmt: skip
+    await asyncio.gather(viewer.connect(params, timeout=5), ep.connected(5))
+    return ep
+
+
+@pytest.mark.parametrize("remote_setup", ["actpass", "passive"])
+async def test_counts_packets_and_losses(sock, remote_setup):
+    viewer = LoadViewer()
+    try:
+        ep = await connect(sock, viewer, remote_setup)
+        fanout = sock.fanout()
+        fanout.add(ep, 100)
+        for seq in [65530 + i for i in range(20)]:  # wraps around 65535
+            if seq % 7:  # every 7th packet lost
+                fanout.send(rtp(seq & 0xFFFF))
+        await wait_for(lambda: viewer.counters.packets == 17)
+        stats = viewer.stats()
+        assert stats["lost"] == 3 and stats["srtp_errors"] == 0 and stats["state"] == "connected"
+    finally:
+        await viewer.close()
+
+
+async def test_receiver_reports_and_pli_reach_the_endpoint(sock):
+    viewer = LoadViewer(identity=DtlsIdentity())
+    try:
+        ep = await connect(sock, viewer)
+        rtcp: list[bytes] = []
+        ep.on_rtcp = rtcp.append
+        fanout = sock.fanout()
+        fanout.add(ep, 96)
+        for seq in range(10):
+            fanout.send(rtp(seq))
+        viewer.request_keyframe(0x5555)
+        await wait_for(lambda: len(rtcp) >= 2, timeout=3)
+        packets = [p for data in rtcp for p in RtcpPacket.parse(data)]
+        pli = next(p for p in packets if isinstance(p, RtcpPsfbPacket))
+        assert pli.fmt == 1 and pli.media_ssrc == 0x5555
+        rr = next(p for p in packets if isinstance(p, RtcpRrPacket))
+        assert rr.ssrc == viewer.ssrc and rr.reports[0].ssrc == 0x5555
+        assert rr.reports[0].highest_sequence == 9 and rr.reports[0].packets_lost == 0
+    finally:
+        await viewer.close()
+
+
+async def test_offer_parses_and_answer_errors():
+    viewer = LoadViewer()
+    await viewer.start()
+    try:
+        offer = SessionDescription.parse(viewer.offer("H264"))
+        assert [m.kind for m in offer.media] == ["audio", "video"]
+        assert offer.media[1].rtp.codecs[0].mimeType == "video/H264"
+        assert offer.media[0].ice.usernameFragment == viewer.ufrag
+        with pytest.raises(SdpError):
+            parse_answer("v=0\r\n")
+    finally:
+        await viewer.close()
+
+
+async def test_parse_answer_reads_ice_lite_answer():
+    answer = "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=ice-lite",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 127.0.0.1", "a=mid:0", "a=sendonly",
+        "a=rtcp-mux", "a=rtpmap:96 VP8/90000", "a=ice-ufrag:abcd", "a=ice-pwd:" + "p" * 22,
+        "a=fingerprint:sha-256 AA:BB", "a=setup:passive",
+        "a=candidate:1 1 udp 2130706431 192.0.2.9 8189 typ host",
+    ]) + "\r\n"  # fmt: skip
+    params = parse_answer(answer)
+    assert params == RemoteParams("abcd", "p" * 22, ("sha-256", "AA:BB"), "passive",
+                                  ("192.0.2.9", 8189))  # fmt: skip
