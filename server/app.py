@@ -46,6 +46,7 @@ class AppState:
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # WHIP/WHEP sessions
     catalogues: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     demo: dict[str, Any] | None = None
+    background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = dataclasses.field(
         default_factory=lambda: auth.RateLimiter(rate=20.0, burst=60))
     checkin_site_limiter: auth.RateLimiter = dataclasses.field(
@@ -134,6 +135,8 @@ def _store_ctx(state: AppState):  # noqa: ANN202
         try:
             yield
         finally:
+            if state.background:
+                await asyncio.wait(list(state.background), timeout=10)
             await state.hub.close()
             await state.store.close()
 

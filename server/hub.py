@@ -111,6 +111,7 @@ class Peer:
         self.sid, self.role, self.site = sid, role, site
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.closed = False
+        self.conn = uuid.uuid4().hex[:12]  # this connection, in SITE_JOINED / SITE_LEFT
 
     @property
     def site_code(self) -> str | None:
@@ -295,7 +296,9 @@ class ClassLive:
 
     # --- presence ---------------------------------------------------------------------------
     async def join(self, peer: Peer) -> None:
-        """A page opened: send its welcome (and snapshot); a site's first page = SITE_JOINED."""
+        """A page opened: record a site's connection, then send the welcome (and snapshot)."""
+        if peer.role is Role.SITE and peer.site_code is not None:
+            await self._site_joined(peer)
         self.peers.add(peer)
         peer.post(self.welcome(peer))
         if peer.role in WATCHERS:
@@ -303,36 +306,40 @@ class ClassLive:
             for question in self.questions.values():
                 if peer.role is not Role.LECTURER:
                     peer.post({"type": "question", **question})
-        code = peer.site_code
-        if code is None or peer.role is not Role.SITE:
-            return
-        self.local_joins[code] = self.local_joins.get(code, 0) + 1
-        if self.local_joins[code] == 1:
-            await self._site_joined(code)
 
-    async def _site_joined(self, code: str) -> None:
+    async def _site_joined(self, peer: Peer) -> None:
+        """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
+        code = peer.site_code or ""
         state = self.sites[code]
-        now = self.hub.clock()
-        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code)
-        status = "waiting" if not self.live else "connecting"
-        await self.hub.store.set_presence(
-            self.session.id, code, {"status": status, "node": self.hub.node_id},
-            self.hub.limits.presence_ttl_s,
-        )
-        await self.patch(code, status=status, since=now, joins=state.joins + 1,
+        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn})
+        self.local_joins[code] = self.local_joins.get(code, 0) + 1
+        status = state.status if state.status in CONNECTED else (
+            "connecting" if self.live else "waiting")
+        await self._present(peer, status)
+        await self.patch(code, status=status, since=self.hub.clock(), joins=state.joins + 1,
                          rejoins=state.joins)
 
+    async def _present(self, peer: Peer, status: str) -> None:
+        await self.hub.store.set_presence(
+            self.session.id, peer.site_code or "",
+            {"status": status, "node": self.hub.node_id, "conn": peer.conn},
+            self.hub.limits.presence_ttl_s,
+        )
+
     async def leave(self, peer: Peer) -> None:
-        """A page closed; a site's last page = SITE_LEFT."""
+        """A page closed: SITE_LEFT; the site goes offline when no page of it is left."""
         self.peers.discard(peer)
         code = peer.site_code
         if code is None or peer.role is not Role.SITE or code not in self.local_joins:
             return
+        await self.hub.append(self.session.id, EventKind.SITE_LEFT, code, {"conn": peer.conn})
         self.local_joins[code] -= 1
         if self.local_joins[code] > 0:
             return
         del self.local_joins[code]
-        await self.hub.append(self.session.id, EventKind.SITE_LEFT, code)
+        present = (await self.hub.store.presence(self.session.id)).get(code) or {}
+        if present.get("node", self.hub.node_id) != self.hub.node_id:
+            return  # the site is connected through another node now
         await self.hub.store.clear_presence(self.session.id, code)
         await self.patch(code, status="offline", since=self.hub.clock())
 
@@ -343,10 +350,7 @@ class ClassLive:
             return
         state = self.sites[code]
         status = status or state.status
-        await self.hub.store.set_presence(
-            self.session.id, code, {"status": status, "node": self.hub.node_id},
-            self.hub.limits.presence_ttl_s,
-        )
+        await self._present(peer, status)
         if status != state.status:
             await self.patch(code, status=status, since=self.hub.clock())
 

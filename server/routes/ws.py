@@ -250,13 +250,22 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         await _read(ws, Context(peer, room, claims), state.config.ws_idle_timeout_s)
     finally:
         peer.shut()
-        with contextlib.suppress(Exception):
-            await room.leave(peer)
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(writer, 5)
+        # aiohttp cancels this handler when the socket drops: the leave must still be recorded.
+        leaving = asyncio.ensure_future(_leave(room, peer))
+        state.background.add(leaving)
+        leaving.add_done_callback(state.background.discard)
         writer.cancel()
-        await ws.close()
+        with contextlib.suppress(Exception):
+            await ws.close()
+        await asyncio.shield(leaving)
     return ws
+
+
+async def _leave(room: ClassLive, peer: Peer) -> None:
+    try:
+        await room.leave(peer)
+    except Exception:
+        log.exception("could not record a page leaving", extra={"sid": peer.sid, "site": peer.site_code})
 
 
 async def _write(ws: web.WebSocketResponse, peer: Peer) -> None:

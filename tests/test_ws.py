@@ -1,0 +1,283 @@
+"""WebSocket protocol against a loopback app: snapshot, batching, ack, presence, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.models import EventKind, Role
+from serverproc import mint, running_app
+from test_api import seed
+
+
+
+BATCH = 0.25
+
+
+@pytest.fixture
+async def app(tmp_path: Path):
+    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=2.0) as (client, state):
+        await seed(client, sites=("S1", "S2", "S3"))
+        yield client, state
+
+
+async def connect(client, role: Role, site: str | None = None, sid: str = "c1"):
+    return await client.ws_connect(f"/ws/{sid}", params={"token": mint(role, sid, site)})
+
+
+async def receive(ws, kind: str, timeout: float = 3.0, where=lambda m: True) -> dict:
+    """The next message of `kind` (skipping others) that satisfies `where`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        data = json.loads(msg.data)
+        if data["type"] == kind and where(data):
+            return data
+
+
+def site_in(update: dict, code: str) -> dict | None:
+    return next((s for s in update["sites"] if s["code"] == code), None)
+
+
+async def test_moderator_gets_welcome_and_snapshot(app) -> None:
+    client, _ = app
+    ws = await connect(client, Role.MODERATOR)
+    welcome = await receive(ws, "welcome")
+    assert welcome["role"] == "moderator" and welcome["live"] is False
+    assert welcome["session"]["id"] == "c1" and welcome["server_time"].endswith("Z")
+    snapshot = await receive(ws, "sites")
+    assert [s["code"] for s in snapshot["sites"]] == ["S1", "S2", "S3"]
+    assert {s["status"] for s in snapshot["sites"]} == {"never_joined"}
+    assert snapshot["totals"] == {"expected": 3, "connected": 0, "playing": 0, "people": 0,
+                                  "help_open": 0}
+    await ws.close()
+
+
+async def test_site_presence_status_and_headcount_reach_the_moderator(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    await receive(mod, "sites")
+    site = await connect(client, Role.SITE, "S1")
+    welcome = await receive(site, "welcome")
+    assert welcome["site"]["name"] == "Nhà văn hóa thôn Đông"
+    update = await receive(mod, "sites_update", where=lambda m: site_in(m, "S1"))
+    assert site_in(update, "S1")["status"] == "waiting" and update["totals"]["connected"] == 1
+    await site.send_json({"type": "status", "state": "playing"})
+    await site.send_json({"type": "headcount", "count": 42, "phase": "start", "id": "h1"})
+    ack = await receive(site, "ack")
+    assert ack["id"] == "h1"
+    stored = await state.store.events("c1", kinds=[EventKind.HEADCOUNT])
+    assert [(e.site_code, e.data) for e in stored] == [("S1", {"count": 42, "phase": "start"})]
+    update = await receive(mod, "sites_update",
+                           where=lambda m: (site_in(m, "S1") or {}).get("headcount") == 42)
+    s1 = site_in(update, "S1")
+    assert s1["status"] == "playing" and s1["peak_headcount"] == 42
+    assert update["totals"]["playing"] == 1 and update["totals"]["people"] == 42
+    await site.close()
+    update = await receive(mod, "sites_update",
+                           where=lambda m: (site_in(m, "S1") or {}).get("status") == "offline")
+    assert update["totals"]["connected"] == 0
+    await mod.close()
+
+
+async def test_updates_are_batched_and_carry_only_changed_sites(app) -> None:
+    client, _ = app
+    mod = await connect(client, Role.MODERATOR)
+    await receive(mod, "sites")
+    site = await connect(client, Role.SITE, "S2")
+    await receive(site, "welcome")
+    for state in ("connecting", "playing", "stalled", "playing") * 5:
+        await site.send_json({"type": "status", "state": state})
+    await site.send_json({"type": "headcount", "count": 7, "phase": "other", "id": "last"})
+    await receive(site, "ack")
+    updates, started = [], time.monotonic()
+    while time.monotonic() - started < 4 * BATCH:
+        try:
+            msg = await mod.receive(timeout=4 * BATCH)
+        except asyncio.TimeoutError:
+            break
+        updates.append((time.monotonic(), json.loads(msg.data)))
+    assert updates and all(u["type"] == "sites_update" for _, u in updates)
+    assert all([s["code"] for s in u["sites"]] == ["S2"] for _, u in updates)
+    assert len(updates) <= 4  # 22 changes in a few batches, not 22 messages
+    gaps = [b - a for (a, _), (b, _) in zip(updates, updates[1:])]
+    assert all(gap >= BATCH * 0.7 for gap in gaps), gaps
+    assert site_in(updates[-1][1], "S2")["headcount"] == 7
+
+
+async def test_reload_is_one_rejoin(app) -> None:
+    client, state = app
+    first = await connect(client, Role.SITE, "S1")
+    await receive(first, "welcome")
+    await first.close()
+    await asyncio.sleep(0.1)
+    second = await connect(client, Role.SITE, "S1")
+    await receive(second, "welcome")
+    kinds = [e.kind for e in await state.store.events("c1", site_code="S1")]
+    assert kinds == [EventKind.SITE_JOINED, EventKind.SITE_LEFT, EventKind.SITE_JOINED]
+    mod = await connect(client, Role.MODERATOR)
+    snapshot = await receive(mod, "sites")
+    s1 = site_in(snapshot, "S1")
+    assert s1["rejoins"] == 1 and s1["status"] == "waiting"
+    await second.close()
+    await mod.close()
+
+
+async def test_two_tabs_of_one_site_keep_it_connected(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    a, b = await connect(client, Role.SITE, "S3"), await connect(client, Role.SITE, "S3")
+    await receive(a, "welcome"), await receive(b, "welcome")
+    await a.close()
+    await asyncio.sleep(3 * BATCH)
+    events = await state.store.events("c1", site_code="S3")
+    assert [e.kind for e in events] == [EventKind.SITE_JOINED] * 2 + [EventKind.SITE_LEFT]
+    assert events[0].data["conn"] != events[1].data["conn"]
+    assert events[2].data["conn"] == events[0].data["conn"]
+    assert state.hub._rooms["c1"].result().sites["S3"].status == "waiting"
+    await b.close()
+    update = await receive(mod, "sites_update",
+                           where=lambda m: (site_in(m, "S3") or {}).get("status") == "offline")
+    assert update["totals"]["connected"] == 0
+    await mod.close()
+
+
+async def test_moderator_messages_and_commands_reach_their_sites(app) -> None:
+    client, _ = app
+    s1, s2, s3 = [await connect(client, Role.SITE, c) for c in ("S1", "S2", "S3")]
+    for ws in (s1, s2, s3):
+        await receive(ws, "welcome")
+    mod = await connect(client, Role.MODERATOR)
+    await mod.send_json({"type": "message", "text": "Chào các bạn", "to": {"site": "S2"}, "id": "m1"})
+    assert (await receive(mod, "ack"))["id"] == "m1"
+    got = await receive(s2, "message")
+    assert got == {"type": "message", "text": "Chào các bạn", "from": "moderator"}
+    await mod.send_json({"type": "message", "text": "Xã Tiên Lữ", "to": {"commune": "Xã Tiên Lữ"}})
+    assert (await receive(s1, "message"))["text"] == "Xã Tiên Lữ"
+    assert (await receive(s3, "message"))["text"] == "Xã Tiên Lữ"
+    await mod.send_json({"type": "message", "text": "Tất cả", "to": {"all": True}})
+    assert (await receive(s2, "message"))["text"] == "Tất cả"  # S2 skipped the commune one
+    await mod.send_json({"type": "command", "site": "S3", "action": "reconnect"})
+    assert (await receive(s3, "command"))["action"] == "reconnect"
+    await mod.send_json({"type": "command", "site": "S9", "action": "reconnect", "id": "x"})
+    error = await receive(mod, "error")
+    assert error["id"] == "x" and error["code"] == "unknown_site"
+    for ws in (s1, s2, s3, mod):
+        await ws.close()
+
+
+async def test_help_and_questions_flow(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    lecturer = await connect(client, Role.LECTURER)
+    await receive(lecturer, "sites")
+    site = await connect(client, Role.SITE, "S1")
+    await site.send_json({"type": "help", "reason": "no_sound", "text": "Không nghe", "id": "h"})
+    ack = await receive(site, "ack")
+    help_id = ack["help_id"]
+    for ws in (mod, lecturer):
+        got = await receive(ws, "help")
+        assert got["help_id"] == help_id and got["site"] == "S1" and got["reason"] == "no_sound"
+    update = await receive(mod, "sites_update", where=lambda m: m["totals"]["help_open"] == 1)
+    assert site_in(update, "S1")["help_open"] == 1
+    await mod.send_json({"type": "resolve_help", "site": "S1", "help_id": help_id, "id": "r"})
+    await receive(mod, "ack")
+    assert (await receive(site, "help_resolved"))["help_id"] == help_id
+    await mod.send_json({"type": "resolve_help", "site": "S1", "help_id": help_id, "id": "r2"})
+    assert (await receive(mod, "error"))["code"] == "unknown_help"
+
+    await site.send_json({"type": "question", "text": "Mật khẩu là gì?", "id": "q"})
+    question_id = (await receive(site, "ack"))["question_id"]
+    assert (await receive(mod, "question"))["text"] == "Mật khẩu là gì?"
+    await mod.send_json({"type": "forward_question", "question_id": question_id})
+    forwarded = await receive(lecturer, "question")
+    assert forwarded["forwarded"] is True and forwarded["site"] == "S1"
+    kinds = [e.kind for e in await state.store.events("c1", site_code="S1")]
+    assert kinds.count(EventKind.HELP_REQUESTED) == 1 and kinds.count(EventKind.HELP_RESOLVED) == 1
+    for ws in (site, mod, lecturer):
+        await ws.close()
+
+
+async def test_operator_checkin_over_ws(app) -> None:
+    client, _ = app
+    site = await connect(client, Role.SITE, "S1")
+    await site.send_json({"type": "checkin", "name": "Trần Thị Bình", "id": "c1"})
+    assert (await receive(site, "ack"))["duplicate"] is False
+    await site.send_json({"type": "checkin", "name": "Trần Thị Bình", "id": "c2"})
+    assert (await receive(site, "ack"))["duplicate"] is True
+    await site.close()
+
+
+async def test_live_and_class_end_reach_every_page_with_prompts(app) -> None:
+    client, state = app
+    site = await connect(client, Role.SITE, "S1")
+    mod = await connect(client, Role.MODERATOR)
+    await receive(site, "welcome")
+    session = await state.store.get_session("c1")
+    await state.hub.set_live(session, True)
+    assert (await receive(site, "headcount_prompt"))["phase"] == "start"
+    assert (await receive(site, "live"))["live"] is True
+    assert (await receive(mod, "live"))["live"] is True
+    assert (await state.store.get_session("c1")).started_at is not None
+    reply = await client.post("/api/sessions/c1/end",
+                              headers={"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"})
+    assert reply.status == 200
+    assert (await receive(site, "headcount_prompt"))["phase"] == "end"
+    await receive(site, "class_ended")
+    await receive(mod, "class_ended")
+    kinds = [e.kind for e in await state.store.events("c1") if e.site_code is None]
+    assert kinds == [EventKind.CLASS_STARTED, EventKind.CLASS_ENDED]
+    await site.close()
+    await mod.close()
+
+
+async def test_quality_report_updates_state_and_samples_the_ledger(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    site = await connect(client, Role.SITE, "S2")
+    sample = {"type": "quality", "rtt_ms": 120, "loss_pct": 9.5, "jitter_ms": 8, "kbps": 300,
+              "fps": 25, "frames_decoded": 900, "freeze_count": 1}
+    await site.send_json(sample)
+    await site.send_json({**sample, "loss_pct": 1.0})  # within 15 s: live only, not stored
+    update = await receive(mod, "sites_update",
+                           where=lambda m: (site_in(m, "S2") or {}).get("loss_pct") == 1.0)
+    s2 = site_in(update, "S2")
+    assert s2["quality"] == "good" and s2["rtt_ms"] == 120 and s2["kbps"] == 300
+    stored = await state.store.events("c1", kinds=[EventKind.QUALITY])
+    assert len(stored) == 1 and stored[0].data["class"] == "poor"
+    await site.close()
+    await mod.close()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1,2]", "bad_message"),
+        ('{"type": "launch"}', "unknown_type"),
+        ('{"type": "headcount", "count": -1, "phase": "start"}', "bad_field"),
+        ('{"type": "headcount", "count": 5.5, "phase": "start"}', "bad_field"),
+        ('{"type": "headcount", "count": 5, "phase": "later"}', "bad_field"),
+        ('{"type": "status", "state": "dancing"}', "bad_field"),
+        ('{"type": "help", "reason": "other", "text": "' + "x" * 501 + '"}', "bad_field"),
+        ('{"type": "quality", "rtt_ms": "fast"}', "bad_field"),
+        ('{"type": "quality", "loss_pct": NaN}', "bad_field"),
+        ('{"type": "message", "text": "hi", "to": {"all": true}}', "forbidden"),
+        ('{"type": "heartbeat", "id": 7}', "bad_field"),
+    ],
+)
+async def test_garbage_gets_a_precise_error_and_the_page_stays(app, frame: str, code: str) -> None:
+    client, _ = app
+    site = await connect(client, Role.SITE, "S1")
+    await receive(site, "welcome")
+    await site.send_str(frame)
+    assert (await receive(site, "error"))["code"] == code
+    await site.send_json({"type": "heartbeat", "id": "still-here"})
+    assert (await receive(site, "ack"))["id"] == "still-here"
+    await site.close()
