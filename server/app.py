@@ -44,6 +44,7 @@ class AppState:
     hub: Hub = None  # type: ignore[assignment]
     engine: Any = None  # media.MediaEngine when media is enabled
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)  # WHIP/WHEP sessions
+    lectures: dict[str, Any] = dataclasses.field(default_factory=dict)  # media Lecture by class
     catalogues: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     demo: dict[str, Any] | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
@@ -145,7 +146,7 @@ def _store_ctx(state: AppState):  # noqa: ANN202
 
 def _media_ctx(state: AppState):  # noqa: ANN202
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        from media import MediaConfig, MediaEngine
+        from media.engine import MediaConfig, MediaEngine
 
         cfg = state.config
         state.engine = MediaEngine(

@@ -66,19 +66,18 @@ async def read_sdp(request: web.Request) -> str:
 
 
 def lecture_of(state: AppState, session: ClassSession) -> Any:
-    """The media lecture of a class, created once with the class's codec and live callback."""
+    """The media lecture of a class, created with the class's codec, wired to the hub once."""
     lecture = state.engine.lecture(session.id, video_codec=session.video_codec)
-    if getattr(lecture, "_lopso_wired", False):
+    if state.lectures.get(session.id) is lecture:
         return lecture
-    tasks: set[asyncio.Task[None]] = set()
+    state.lectures[session.id] = lecture
 
     def on_live(live: bool) -> None:
         task = asyncio.get_running_loop().create_task(_announce_live(state, session.id, live))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
 
     lecture.on_live = on_live
-    lecture._lopso_wired = True
     return lecture
 
 

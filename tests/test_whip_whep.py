@@ -1,0 +1,123 @@
+"""WHIP publish and WHEP view with real aiortc peers through the app and the media engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
+from server.models import EventKind, Role
+from serverproc import mint, running_app
+from test_api import seed
+
+
+@pytest.fixture
+async def app(tmp_path: Path):
+    async with running_app(tmp_path, media=True, batch_interval_s=0.2) as (client, state):
+        await seed(client)
+        yield client, state
+
+
+async def offer_of(pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+def bearer(role: Role, site: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(role, 'c1', site)}", "Content-Type": "application/sdp"}
+
+
+async def publish(client) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection()
+    pc.addTrack(ToneAudioTrack())
+    pc.addTrack(NumberedVideoTrack())
+    reply = await client.post("/whip/c1", data=await offer_of(pc), headers=bearer(Role.LECTURER))
+    assert reply.status == 201, await reply.text()
+    assert reply.content_type == "application/sdp"
+    location = reply.headers["Location"]
+    assert location.startswith("/whip/c1/")
+    await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+    return pc, location
+
+
+async def view(client, site: str) -> tuple[RTCPeerConnection, str, asyncio.Queue]:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    frames: asyncio.Queue = asyncio.Queue()
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        if track.kind == "video":
+            async def pump() -> None:
+                while True:
+                    frames.put_nowait(await track.recv())
+            asyncio.ensure_future(pump())
+
+    reply = await client.post(f"/whep/c1/{site}", data=await offer_of(pc), headers=bearer(Role.SITE, site))
+    assert reply.status == 201, await reply.text()
+    location = reply.headers["Location"]
+    assert location.startswith(f"/whep/c1/{site}/")
+    await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+    return pc, location, frames
+
+
+async def decoded_numbers(frames: asyncio.Queue, count: int, timeout: float = 15.0) -> list[int | None]:
+    numbers, deadline = [], time.monotonic() + timeout
+    while len(numbers) < count:
+        frame = await asyncio.wait_for(frames.get(), max(0.1, deadline - time.monotonic()))
+        numbers.append(read_number(frame))
+    return numbers
+
+
+async def test_publish_view_and_delete(app) -> None:
+    client, state = app
+    site_ws = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S1")})
+    viewer, viewer_location, frames = await view(client, "S1")  # before the lecturer is live
+    publisher, publisher_location = await publish(client)
+    try:
+        numbers = await decoded_numbers(frames, 20)
+        assert None not in numbers, numbers
+        assert numbers == sorted(numbers)
+        live = None
+        while live is None:
+            message = json.loads((await site_ws.receive(timeout=5)).data)
+            if message["type"] == "live":
+                live = message["live"]
+        assert live is True
+        started = await state.store.events("c1", kinds=[EventKind.CLASS_STARTED])
+        assert len(started) == 1
+
+        headers = {"Authorization": bearer(Role.SITE, "S1")["Authorization"]}
+        other = await client.delete(viewer_location, headers={"Authorization": bearer(Role.SITE, "S2")["Authorization"]})
+        assert other.status == 403
+        assert (await client.delete(viewer_location, headers=headers)).status == 200
+        gone = await client.delete(viewer_location, headers=headers)
+        assert gone.status == 404 and (await gone.json())["error"]["code"] == "unknown_resource"
+
+        lecturer = {"Authorization": bearer(Role.LECTURER)["Authorization"]}
+        assert (await client.delete(publisher_location, headers=lecturer)).status == 200
+        while True:
+            message = json.loads((await site_ws.receive(timeout=5)).data)
+            if message["type"] == "live":
+                assert message["live"] is False
+                break
+        assert state.resources == {}
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await site_ws.close()
+
+
+async def test_options_and_patch(app) -> None:
+    client, _ = app
+    reply = await client.options("/whip/c1")
+    assert reply.status == 204 and "POST" in reply.headers["Allow"]
+    reply = await client.patch("/whep/c1/S1/abc", headers=bearer(Role.SITE, "S1"), data="x")
+    assert reply.status == 405 and (await reply.json())["error"]["code"] == "method_not_allowed"
+    assert "DELETE" in reply.headers["Allow"]
