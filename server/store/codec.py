@@ -35,7 +35,11 @@ def event_body(event: Event) -> str:
 
 def event_from_body(body: str | bytes, seq: int) -> Event:
     """Rebuild an event from `event_body` text and the seq the store gave it."""
-    raw = json.loads(body)
+    return event_from_raw(json.loads(body), seq)
+
+
+def event_from_raw(raw: dict[str, Any], seq: int) -> Event:
+    """Rebuild an event from decoded `event_body` JSON and its seq."""
     return Event(
         session_id=raw["session_id"],
         kind=EventKind(raw["kind"]),
