@@ -27,8 +27,10 @@ class Wall {
     this.tiles.clear();
     this.communes.clear();
     this.root.textContent = "";
+    const collator = new Intl.Collator(this.lang === "en" ? "en" : "vi", { numeric: true });
     const sorted = sites.slice().sort(function (a, b) {
-      return String(a.commune).localeCompare(String(b.commune)) || String(a.name).localeCompare(String(b.name));
+      return collator.compare(String(a.commune || ""), String(b.commune || "")) ||
+        collator.compare(String(a.name || ""), String(b.name || ""));
     });
     const frag = document.createDocumentFragment();
     for (const site of sorted) this.addTile(site, frag);
@@ -118,7 +120,7 @@ class Wall {
     if (help) el.setAttribute("data-help", String(site.help_open));
     else if (old.help_open > 0) el.removeAttribute("data-help");
     if (old.name !== site.name) setText(tile.name, shortName(site.name));
-    setText(tile.hc, site.headcount === null || site.headcount === undefined ? "👥 –" : "👥 " + site.headcount);
+    setText(tile.hc, t("mod_tile_people", { n: typeof site.headcount === "number" ? site.headcount : "–" }));
     setText(tile.q, qualityFigure(site));
     el.title = tileTitle(site, this.lang);
   }

@@ -1,0 +1,243 @@
+"""A whole class in headless Chromium (issue 3): studio goes live, two sites play, the moderator
+sees them with their headcounts, a reload is one rejoin, the CSV export lists both sites.
+
+Plus quick static checks of the pages' strings and scripts that need no browser.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+import re
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+WEB = pathlib.Path(__file__).resolve().parents[2] / "web"
+HEADCOUNTS = (37, 52)
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+def http_get(url: str, token: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as reply:
+        return reply.status, dict(reply.headers), reply.read()
+
+
+def frames(page: Any) -> int:
+    return int(page.evaluate("window.lopso.framesDecoded()"))
+
+
+def wait_state(page: Any, state: str, timeout_ms: int = 30_000) -> None:
+    page.wait_for_function("(s) => window.lopso && window.lopso.state === s", arg=state,
+                           timeout=timeout_ms)
+
+
+def assert_frames_rising(page: Any, seconds: float = 2.0) -> tuple[int, int]:
+    """framesDecoded grows over `seconds`: the site really decodes video."""
+    before = frames(page)
+    page.wait_for_timeout(int(seconds * 1000))
+    after = frames(page)
+    assert after > before, f"framesDecoded stuck at {before} → {after}"
+    return before, after
+
+
+def report_headcount(page: Any, count: int) -> None:
+    page.click("#open-headcount")
+    page.fill("#hc-count", str(count))
+    page.select_option("#hc-phase", "start")
+    page.click("#hc-submit")
+    page.wait_for_selector("#hc-result[data-kind=ok]")
+
+
+def site_on_wall(moderator: Any, code: str) -> dict[str, Any] | None:
+    return moderator.evaluate("(c) => window.lopso.site(c)", code)
+
+
+def wait_wall(moderator: Any, code: str, status: str, headcount: int) -> None:
+    moderator.wait_for_function(
+        "([c, s, h]) => { const x = window.lopso && window.lopso.site(c);"
+        " return !!x && x.status === s && x.headcount === h; }",
+        arg=[code, status, headcount], timeout=20_000)
+
+
+def find_record(payload: Any, code: str) -> dict[str, Any]:
+    """The per-site record for `code` in the attendance JSON, wherever the list sits."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if code in (node.get("code"), node.get("site_code"), node.get("site")) and \
+                    "rejoins" in node:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(payload)
+    assert len(found) == 1, f"expected one record for {code}, found {len(found)}"
+    return found[0]
+
+
+# ---- the class ---------------------------------------------------------------------------
+
+def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
+    demo = lopso.demo
+    sites = demo["sites"][:2]
+    assert len(sites) == 2
+    started = time.monotonic()
+
+    moderator = browser_pages.open(demo["moderator"]["url"], name="moderator")
+    moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+    for s in sites:
+        assert moderator.locator(f'.tile[data-code="{s["code"]}"]').count() == 1
+
+    # A site opened before the lecture waits, then plays by itself when the lecturer goes live.
+    early = browser_pages.open(sites[0]["url"], name="site1")
+    wait_state(early, "waiting")
+    assert early.locator("#card").is_visible()
+
+    studio = browser_pages.open(demo["lecturer"]["url"], name="studio")
+    studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
+    studio.click("#golive")
+    wait_state(studio, "live")
+
+    late = browser_pages.open(sites[1]["url"], name="site2")
+    for page in (early, late):
+        wait_state(page, "playing")
+        page.click("#start")  # the operator's one click: sound + full screen
+        assert_frames_rising(page)
+    assert early.locator("#card").is_hidden()
+
+    for page, count in zip((early, late), HEADCOUNTS):
+        report_headcount(page, count)
+    for s, count in zip(sites, HEADCOUNTS):
+        wait_wall(moderator, s["code"], "playing", count)
+        tile = moderator.locator(f'.tile[data-code="{s["code"]}"]')
+        assert tile.get_attribute("data-status") == "playing"
+        assert str(count) in tile.inner_text()
+    moderator.wait_for_function(
+        "(n) => window.lopso.totals.people === n && window.lopso.totals.playing === 2",
+        arg=sum(HEADCOUNTS))
+    assert moderator.locator("#t-playing").inner_text().strip() == "2"
+
+    # The studio sees the same counts.
+    studio.wait_for_function("window.lopso.totals.playing === 2")
+
+    # Reload one site: it plays again, and stays one site record with one rejoin.
+    early.reload()
+    wait_state(early, "playing")
+    assert_frames_rising(early)
+    moderator.wait_for_function(
+        "(c) => { const x = window.lopso.site(c); return !!x && x.status === 'playing'"
+        " && x.rejoins === 1; }", arg=sites[0]["code"])
+
+    token = demo["moderator"]["token"]
+    sid = demo["session_id"]
+    _, _, body = http_get(f"{lopso.url}/api/sessions/{sid}/attendance", token)
+    attendance = json.loads(body)
+    first = find_record(attendance, sites[0]["code"])
+    second = find_record(attendance, sites[1]["code"])
+    assert first["rejoins"] == 1, first
+    assert second["rejoins"] == 0, second
+
+    # The CSV export behind the moderator's button lists both sites (UTF-8 with BOM).
+    csv_href = moderator.get_attribute("#export-csv", "href")
+    status, headers, raw = http_get(f"{lopso.url}{csv_href}", token)
+    assert status == 200 and raw.startswith(b"\xef\xbb\xbf"), headers
+    text = raw.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text)))
+    for s in sites:
+        assert any(s["code"] in row for row in rows), f"{s['code']} not in CSV:\n{text[:800]}"
+        assert s["name"] in text
+
+    for name in ("moderator", "site1", "site2", "studio"):
+        errors = [line for line in browser_pages.console(name) if line.startswith("pageerror")]
+        assert not errors, f"{name}: {errors}"
+    elapsed = time.monotonic() - started
+    print(f"e2e class: {elapsed:.1f}s")
+
+
+def test_english_switch_keeps_the_token(lopso: Any, browser_pages: Any) -> None:
+    site = lopso.demo["sites"][0]
+    page = browser_pages.open(site["url"], name="site-en", lang="en")
+    assert page.locator("html").get_attribute("lang") == "en"
+    assert page.locator("#open-help").inner_text().strip().endswith("Need help")
+    href = page.get_attribute("[data-lang-switch=vi]", "href")
+    assert "token=" in href and "lang=vi" in href
+    page.click("[data-lang-switch=vi]")
+    page.wait_for_function("document.documentElement.lang === 'vi'")
+    assert page.locator("#open-help").inner_text().strip().endswith("Cần hỗ trợ")
+
+
+# ---- static checks of the pages (no browser) ----------------------------------------------
+
+def catalogue(lang: str) -> dict[str, str]:
+    return json.loads((WEB / "static" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def test_catalogues_have_the_same_keys_and_no_blanks() -> None:
+    vi, en = catalogue("vi"), catalogue("en")
+    assert set(vi) == set(en), set(vi) ^ set(en)
+    assert all(v.strip() for v in vi.values()) and all(v.strip() for v in en.values())
+    placeholders = re.compile(r"\{(\w+)\}")
+    for key in vi:
+        assert set(placeholders.findall(vi[key])) == set(placeholders.findall(en[key])), key
+
+
+def used_keys() -> set[str]:
+    keys: set[str] = set()
+    for path in (WEB / "templates").glob("*.html"):
+        keys |= set(re.findall(r"\bt\.([a-z][a-z0-9_]*)\b", path.read_text(encoding="utf-8")))
+    for path in (WEB / "static" / "js").glob("*.js"):
+        keys |= set(re.findall(r"\bt\(\"([a-z][a-z0-9_]*)\"", path.read_text(encoding="utf-8")))
+    keys.discard("get")
+    return {k for k in keys if not k.endswith("_")}  # prefixes of dynamic keys, listed below
+
+
+def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
+    vi = catalogue("vi")
+    dynamic = {f"state_{s}" for s in ("connecting", "reconnecting", "waiting", "playing",
+                                      "stalled", "ended", "offline", "never_joined")}
+    dynamic |= {f"help_{r}" for r in ("no_picture", "no_sound", "connection", "other")}
+    dynamic |= {f"quality_{q}" for q in ("good", "non_optimal", "poor", "lost")}
+    dynamic |= {f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting",
+                                               "ended")}
+    dynamic |= {f"prompt_{p}" for p in ("start", "mid", "end")}
+    missing = sorted((used_keys() | dynamic) - set(vi))
+    assert not missing, missing
+
+
+# Syntax newer than the old Chromium / Android WebViews in village halls (Chrome 61+ runs
+# ES modules): optional chaining and nullish coalescing (80), class fields (72), and the like.
+MODERN = [r"\?\.[A-Za-z_$(\[]", r"\?\?", r"^\s+(static\s+)?#?[A-Za-z_$][\w$]*\s*=[^=]",
+          r"\.toggleAttribute\(", r"\.replaceAll\(", r"\.at\(", r"structuredClone"]
+
+
+@pytest.mark.parametrize("path", sorted((WEB / "static" / "js").glob("*.js")), ids=lambda p: p.name)
+def test_scripts_avoid_syntax_old_browsers_lack(path: pathlib.Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    in_class = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^(export\s+)?class\s", line):
+            in_class = True
+        elif line.startswith("}"):
+            in_class = False
+        for pattern in MODERN:
+            if pattern.startswith("^") and not (in_class and line.startswith("  ") and
+                                                not line.startswith("    ")):
+                continue
+            assert not re.search(pattern, line), f"{path.name}:{number}: {line.strip()}"
+
+
+def test_protocol_library_has_no_dom_code() -> None:
+    text = (WEB / "static" / "js" / "protocol.js").read_text(encoding="utf-8")
+    for word in ("document.", "getElementById", "querySelector", "innerHTML", "textContent"):
+        assert word not in text, word
