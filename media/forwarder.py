@@ -27,7 +27,10 @@ from .rtcp import ClockMapping, sender_report
 
 logger = logging.getLogger(__name__)
 
-KEYFRAME_REPLAY_AGE = 3.0  # seconds: older cached keyframes cost the viewer too much catch-up
+# A cached keyframe is replayed to a joining viewer only while it is fresh: an older one
+# means a burst of catch-up frames and added latency, so a throttled PLI is cheaper.
+KEYFRAME_REPLAY_AGE = 1.0  # seconds
+KEYFRAME_REPLAY_PACKETS = 120
 
 
 class Munger:
@@ -131,6 +134,7 @@ class TrackForwarder:
         self.packets = 0
         self.octets = 0
         self.dropped = 0
+        self.replays = 0
         self._timer: Any = None
 
     # -- incoming ---------------------------------------------------------------------------
@@ -221,11 +225,12 @@ class TrackForwarder:
         if self.clock() - cache.keyframe_time > KEYFRAME_REPLAY_AGE:
             return False
         packets = cache.since_keyframe()
-        if packets is None:
+        if packets is None or len(packets) > KEYFRAME_REPLAY_PACKETS:
             return False
         for packet in packets:
             viewer.endpoint.send_rtp(rtp.with_payload_type(packet, viewer.payload_type))
         self._add(viewer)
+        self.replays += 1
         return True
 
     # -- feedback from viewers --------------------------------------------------------------

@@ -17,6 +17,13 @@ Hooks used (aiortc 1.16.0):
 - RTCPeerConnection.__certificates and RTCCertificate._create_ssl_context: per-connection
   override widening the DTLS cipher list to RSA-certificate peers (GStreamer, Janus, FFmpeg).
 - RTCDtlsTransport._srtp_profiles: SRTP profiles offered in DTLS use_srtp.
+
+Client-side hooks, for tests and load tools driving aiortc peers as viewers/publishers:
+- RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms): instance override to simulate
+  loss on a peer's receive path.
+- RTCRtpSender._handle_rtcp_packet(packet): instance override to observe the feedback (PLI,
+  NACK) a publisher receives.
+- RTCRtpReceiver._enabled: a receiver that drops every packet unparsed (cheap viewers).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import aiortc
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtcpSrPacket, RtpPacket, unwrap_rtx
 
 from .errors import MediaError
@@ -79,6 +87,8 @@ def check_hooks() -> None:
     for name in ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "receive"):
         _require(RTCRtpReceiver, name, "RTCRtpReceiver")
     _require(RTCCertificate, "_create_ssl_context", "RTCCertificate")
+    _require(RTCDtlsTransport, "_handle_rtp_data", "RTCDtlsTransport")
+    _require(RTCRtpSender, "_handle_rtcp_packet", "RTCRtpSender")
     pc = RTCPeerConnection()  # never negotiated: opens no socket, needs no close
     receiver = pc.addTransceiver("video", direction="recvonly").receiver
     for name in ("decoder_queue", "jitter_buffer", "codecs", "rtx_ssrc"):
@@ -156,3 +166,30 @@ def widen_dtls(pc: RTCPeerConnection) -> None:
 def set_srtp_profiles(transport: RTCDtlsTransport, profiles: list[Any]) -> None:
     """Choose the SRTP protection profiles one DTLS transport offers/accepts."""
     transport._srtp_profiles = profiles
+
+
+def drop_incoming_rtp(transport: RTCDtlsTransport, drop: Callable[[bytes], bool]) -> None:
+    """Simulated loss: decrypted RTP for which `drop(data)` is true never reaches receivers."""
+    original = transport._handle_rtp_data
+
+    async def handle(data: bytes, arrival_time_ms: int) -> None:
+        if not drop(data):
+            await original(data, arrival_time_ms)
+
+    transport._handle_rtp_data = handle  # type: ignore[method-assign]
+
+
+def tap_sender_rtcp(sender: RTCRtpSender, on_rtcp: Callable[[Any], None]) -> None:
+    """Observe every RTCP packet routed to a sender (PLI, FIR, NACK, RR) before it acts on it."""
+    original = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        on_rtcp(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def mute_receiver(receiver: RTCRtpReceiver) -> None:
+    """Make a receiver drop packets unparsed (RTCP and PLIs still work): a cheap viewer."""
+    receiver._enabled = False

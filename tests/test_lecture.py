@@ -1,0 +1,323 @@
+"""A lecture end to end: real aiortc publishers and viewers over loopback, one MediaSocket.
+
+Video frames carry their number as a block pattern (tests/mediaclip.py), so a viewer can check
+every frame it decodes against what was published and spot a corrupt one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtcpPsfbPacket
+
+from media import hooks, rtp
+from media.engine import MediaConfig, MediaEngine
+from media.errors import CodecMismatchError, LectureClosedError
+from media.rtcp import time_from_ntp
+from tests.mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
+
+pytestmark = pytest.mark.timeout(60) if hasattr(pytest.mark, "timeout") else []
+
+
+@pytest.fixture
+async def engine():
+    engine = MediaEngine(MediaConfig("127.0.0.1", 0))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+class PublisherPeer:
+    """An aiortc peer publishing numbered video (+ tone audio) to a lecture."""
+
+    def __init__(self, offset: int = 0, tint: int = 0, codec: str | None = None) -> None:
+        self.pc = RTCPeerConnection()
+        self.video = NumberedVideoTrack(offset, tint)
+        self.pc.addTrack(ToneAudioTrack())
+        sender = self.pc.addTrack(self.video)
+        self.video_sender = sender
+        if codec is not None:
+            transceiver = next(t for t in self.pc.getTransceivers() if t.sender is sender)
+            caps = RTCRtpReceiver.getCapabilities("video").codecs
+            transceiver.setCodecPreferences([c for c in caps if c.mimeType == f"video/{codec}"])
+        self.plis_received = 0
+        hooks.tap_sender_rtcp(sender, self._on_rtcp)
+
+    def _on_rtcp(self, packet) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (1, 4):
+            self.plis_received += 1
+
+    async def publish(self, lecture):
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer, publisher = await lecture.publish(self.pc.localDescription.sdp)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        return publisher
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class ViewerPeer:
+    """An aiortc viewer; decodes video and records each frame's number and arrival time."""
+
+    def __init__(self, decode: bool = True, drop=None, codec: str | None = None) -> None:
+        self.pc = RTCPeerConnection()
+        self.pc.addTransceiver("audio", direction="recvonly")
+        video = self.pc.addTransceiver("video", direction="recvonly")
+        if codec is not None:
+            caps = RTCRtpReceiver.getCapabilities("video").codecs
+            video.setCodecPreferences([c for c in caps if c.mimeType == f"video/{codec}"])
+        self.video_receiver = video.receiver
+        self.frames: list[tuple[float, int | None]] = []
+        self.audio_frames = 0
+        self.reports: dict[int, list] = {}
+        self.packets: list[tuple[int, int, int]] = []
+        self.tasks: list[asyncio.Task] = []
+        self.drop = drop
+        if decode:
+            self.pc.on("track", self._on_track)
+        else:
+            for t in self.pc.getTransceivers():
+                hooks.hook_receiver(t.receiver, self._on_packet, self._on_report)
+
+    def _on_packet(self, packet) -> None:
+        self.packets.append((packet.ssrc, packet.sequence_number, packet.timestamp))
+
+    def _on_report(self, report) -> None:
+        self.reports.setdefault(report.ssrc, []).append((time.time(), report))
+
+    def _on_track(self, track) -> None:
+        self.tasks.append(asyncio.ensure_future(self._consume(track)))
+
+    async def _consume(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.frames.append((time.monotonic(), read_number(frame)))
+                else:
+                    self.audio_frames += 1
+        except MediaStreamError:
+            pass
+
+    async def subscribe(self, lecture):
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer, viewer = await lecture.subscribe(self.pc.localDescription.sdp)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        if self.drop is not None:  # after BUNDLE settled which transport carries video
+            hooks.drop_incoming_rtp(self.video_receiver.transport, self.drop)
+        return viewer
+
+    def numbers(self) -> list[int | None]:
+        return [n for _, n in self.frames]
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.pc.close()
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def assert_clean_increasing(numbers: list[int | None]) -> None:
+    assert numbers, "no frame decoded"
+    assert None not in numbers, f"corrupt frames at {[i for i, n in enumerate(numbers) if n is None]}"
+    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+
+
+async def test_three_viewers_decode_every_published_frame(engine):
+    lecture = engine.lecture("three", video_codec="VP8")
+    lives = []
+    lecture.on_live = lives.append
+    viewers = [ViewerPeer() for _ in range(3)]
+    sessions = [await v.subscribe(lecture) for v in viewers]  # before the lecturer is live
+    publisher = PublisherPeer()
+    try:
+        await publisher.publish(lecture)
+        await wait_for(lambda: all(len(v.frames) >= 60 for v in viewers))
+        for v in viewers:
+            numbers = v.numbers()
+            assert_clean_increasing(numbers)
+            assert numbers[-1] - numbers[0] + 1 - len(numbers) <= 2  # (almost) no frame skipped
+            assert v.audio_frames > 0
+        stats = [s.stats() for s in sessions]
+        assert all(s.packets_sent > 100 and s.state == "connected" for s in stats)
+        assert lives == [True] and lecture.stats().live
+    finally:
+        for v in viewers:
+            await v.close()
+        await publisher.close()
+
+
+async def test_viewer_joining_mid_stream_starts_on_a_clean_frame(engine):
+    lecture = engine.lecture("late", video_codec="VP8")
+    publisher = PublisherPeer()
+    early, late = ViewerPeer(), ViewerPeer()
+    try:
+        await publisher.publish(lecture)
+        await early.subscribe(lecture)
+        await wait_for(lambda: len(early.frames) >= 45)
+        joined_at, live_number = time.monotonic(), early.numbers()[-1]
+        await late.subscribe(lecture)
+        await wait_for(lambda: len(late.frames) >= 15)
+        assert_clean_increasing(late.numbers())
+        assert late.frames[0][0] - joined_at < 2.0
+        assert late.numbers()[0] >= live_number - 31  # a keyframe at most ~1 s old
+    finally:
+        await early.close()
+        await late.close()
+        await publisher.close()
+
+
+async def test_nack_repair_under_5_percent_loss_leaves_no_corrupt_frame(engine):
+    lecture = engine.lecture("lossy", video_codec="VP8")
+    publisher = PublisherPeer()
+    video_ssrc = lecture.tracks["video"].ssrc
+    seen: set[int] = set()
+
+    def drop(data: bytes) -> bool:
+        _m, _pt, seq, _ts, ssrc = rtp.fields(data)
+        if ssrc != video_ssrc or seq in seen:
+            return False  # audio, RTX and second copies pass
+        seen.add(seq)
+        return seq % 20 == 7  # 5 % of first transmissions
+
+    viewer = ViewerPeer(drop=drop)
+    try:
+        await publisher.publish(lecture)
+        session = await viewer.subscribe(lecture)
+        await wait_for(lambda: len(viewer.frames) >= 75, timeout=15)
+        assert_clean_increasing(viewer.numbers())
+        stats = session.stats()
+        assert stats.nacks > 0 and stats.retransmits > 0
+        numbers = viewer.numbers()
+        assert numbers[-1] - numbers[0] + 1 - len(numbers) <= 3
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_fifty_viewers_plis_reach_publisher_at_most_twice_a_second(engine):
+    lecture = engine.lecture("storm", video_codec="VP8")
+    publisher = PublisherPeer()
+    viewers = [ViewerPeer(decode=False) for _ in range(50)]
+    try:
+        await publisher.publish(lecture)
+        sessions = [await v.subscribe(lecture) for v in viewers]
+        await wait_for(lambda: all(s.endpoint.state == "connected" for s in sessions), timeout=20)
+        await wait_for(lambda: all(v.packets for v in viewers), timeout=10)
+        await asyncio.sleep(0.6)
+        before_pub, before_relay = publisher.plis_received, lecture.stats().keyframe_requests
+        ssrc = lecture.tracks["video"].ssrc
+        start, rounds = time.monotonic(), 0
+        while time.monotonic() - start < 2.5:
+            for v in viewers:
+                await hooks.send_pli(v.video_receiver, ssrc)
+            rounds += 1
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - start
+        await asyncio.sleep(0.3)
+        upstream = publisher.plis_received - before_pub
+        assert rounds >= 5 and sum(s.stats().plis for s in sessions) >= 50 * (rounds - 1)
+        assert 1 <= upstream <= 2 * elapsed + 1, upstream
+        assert lecture.stats().keyframe_requests - before_relay <= 2 * elapsed + 1
+    finally:
+        for v in viewers:
+            await v.close()
+        await publisher.close()
+
+
+async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
+    lecture = engine.lecture("switch", video_codec="VP8")
+    viewers = [ViewerPeer(), ViewerPeer()]
+    camera, screen, again = PublisherPeer(0), PublisherPeer(20000, tint=0), PublisherPeer(40000)
+    try:
+        for v in viewers:
+            await v.subscribe(lecture)
+        await camera.publish(lecture)
+        await wait_for(lambda: all(len(v.frames) >= 20 for v in viewers))
+        await screen.publish(lecture)  # camera -> screen: a new track from a new peer
+        await wait_for(lambda: all(any(n and 20000 <= n < 40000 for n in v.numbers()) for v in viewers))
+        await wait_for(lambda: all(sum(1 for n in v.numbers() if n and n >= 20000) >= 20 for v in viewers))
+        await camera.close()
+        await screen.close()  # the lecturer drops ...
+        await asyncio.sleep(0.5)
+        await again.publish(lecture)  # ... and reconnects
+        await wait_for(lambda: all(sum(1 for n in v.numbers() if n and n >= 40000) >= 20 for v in viewers))
+        for v in viewers:
+            assert_clean_increasing(v.numbers())
+        assert lecture.stats().publishers == 3
+    finally:
+        for v in viewers:
+            await v.close()
+        for p in (camera, screen, again):
+            await p.close()
+
+
+async def test_lip_sync_sender_reports_match_publisher_clock(engine):
+    lecture = engine.lecture("sync", video_codec="VP8")
+    publisher = PublisherPeer()
+    viewer = ViewerPeer(decode=False)
+    try:
+        await publisher.publish(lecture)
+        await viewer.subscribe(lecture)
+        tracks = lecture.tracks
+        await wait_for(lambda: all(len(viewer.reports.get(t.ssrc, [])) >= 2 for t in tracks.values()), 12)
+        for kind, track in tracks.items():
+            mapping = track.mappings[track.munger.source]  # the publisher's own SR
+            for _, report in viewer.reports[track.ssrc]:
+                info = report.sender_info
+                rtp_in = (info.rtp_timestamp - track.munger.ts_offset) & 0xFFFFFFFF
+                delta = ((rtp_in - mapping.rtp + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+                publisher_wall = mapping.time + delta / track.clock_rate
+                assert abs(publisher_wall - time_from_ntp(info.ntp_timestamp)) < 0.020, kind
+        # and the outgoing timestamps the viewer saw are the publisher's shifted by that offset
+        video_ts = [ts for ssrc, _, ts in viewer.packets if ssrc == tracks["video"].ssrc]
+        assert video_ts and tracks["video"].packets >= len(video_ts) // 2
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_codec_mismatch_is_a_clear_error(engine):
+    lecture = engine.lecture("h264-class", video_codec="H264")
+    viewer = ViewerPeer(codec="VP8")
+    publisher = PublisherPeer(codec="VP8")
+    try:
+        await viewer.pc.setLocalDescription(await viewer.pc.createOffer())
+        with pytest.raises(CodecMismatchError, match="sends video as H264.*offered only VP8"):
+            await lecture.subscribe(viewer.pc.localDescription.sdp)
+        with pytest.raises(CodecMismatchError, match="H264"):
+            await publisher.publish(lecture)
+        with pytest.raises(CodecMismatchError):
+            engine.lecture("h264-class", video_codec="VP8")
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_closed_lecture_refuses_and_viewer_close_fires_once(engine):
+    lecture = engine.lecture("closing")
+    viewer = ViewerPeer(decode=False)
+    try:
+        session = await viewer.subscribe(lecture)
+        closed = []
+        session.on_close = closed.append
+        await wait_for(lambda: session.endpoint.state == "connected")
+        await lecture.close()
+        await session.close()
+        assert closed == [session] and "closing" not in engine.lectures
+        with pytest.raises(LectureClosedError):
+            await lecture.subscribe("v=0\r\n")
+    finally:
+        await viewer.close()
