@@ -203,3 +203,34 @@ async def test_unknown_route_and_method_are_json(app) -> None:
     assert reply.status == 404 and (await reply.json())["error"]["code"] == "not_found"
     reply = await client.put("/api/sessions/c1", headers=ADMIN)
     assert reply.status == 405 and (await reply.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_attendance_exports(app) -> None:
+    client, _ = app
+    site = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S1")})
+    await site.receive_json()
+    await site.send_json({"type": "headcount", "count": 30, "phase": "start", "id": "a"})
+    while (await site.receive_json())["type"] != "ack":
+        pass
+    await site.close()
+    params = {"token": mint(Role.MODERATOR, "c1")}
+    reply = await client.get("/api/sessions/c1/attendance.csv", params=params)
+    assert reply.status == 200 and reply.content_type == "text/csv"
+    assert "attachment" in reply.headers["Content-Disposition"]
+    body = await reply.read()
+    assert body.startswith("\ufeff".encode())
+    text = body.decode("utf-8-sig")
+    assert "Nhà văn hóa thôn Đông" in text and "Nhà văn hóa tổ dân phố 3" in text
+    assert "Nhà văn hóa thôn Bắc" not in text  # S3 is not in this class
+    report = await (await client.get("/api/sessions/c1/attendance", params=params)).json()
+    assert {s["code"] for s in report["sites"]} == {"S1", "S2"}
+    xlsx = await client.get("/api/sessions/c1/attendance.xlsx", params=params)
+    assert xlsx.status == 200 and (await xlsx.read())[:2] == b"PK"
+    bad = await client.get("/api/sessions/c1/attendance.csv", params={**params, "level": "x"})
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_query"
+    commune = await client.get("/api/sessions/c1/attendance.csv",
+                               params={**params, "commune": "Xã Tiên Lữ"})
+    assert "Nhà văn hóa tổ dân phố 3" not in (await commune.read()).decode("utf-8-sig")
+    denied = await client.get("/api/sessions/c1/attendance.csv",
+                              params={"token": mint(Role.SITE, "c1", "S1")})
+    assert denied.status == 403

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -174,12 +173,63 @@ async def checkin(request: web.Request) -> web.Response:
 
 
 # --- attendance -----------------------------------------------------------------------------
-async def _attendance(request: web.Request) -> tuple[Any, ClassSession]:
+async def _report(request: web.Request) -> tuple[Any, ClassSession]:
+    """The class's attendance report, derived from its ledger now (narrowed by ?commune=)."""
+    from server import attendance, exports
+
     state = request.app[STATE]
     sid = request.match_info["sid"]
     authorize_request(request, Action.EXPORT, sid)
     session = await session_or_404(state.store, sid)
-    return state, session
+    sites = await state.store.list_sites()
+    report = attendance.derive(session, sites, await state.store.events(sid), time.time())
+    commune = request.query.get("commune")
+    if commune:
+        try:
+            report = exports.report_for_commune(report, commune)
+        except exports.ExportError as exc:
+            raise ValidationError(str(exc), code="bad_query") from None
+    return report, session
+
+
+def _options(request: web.Request) -> dict[str, str]:
+    lang = request.query.get("lang", "vi")
+    if lang not in ("vi", "en"):
+        raise ValidationError("lang must be vi or en", code="bad_query")
+    return {"lang": lang}
+
+
+def _download(body: bytes, content_type: str, filename: str) -> web.Response:
+    return web.Response(body=body, content_type=content_type, headers={
+        "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
+
+
+async def attendance_json(request: web.Request) -> web.Response:
+    from server import exports
+
+    report, _ = await _report(request)
+    return web.Response(body=exports.to_json_bytes(report), content_type="application/json")
+
+
+async def attendance_csv(request: web.Request) -> web.Response:
+    from server import exports
+
+    report, session = await _report(request)
+    level = request.query.get("level", "sites")
+    try:
+        body = exports.to_csv(report, level=level, **_options(request))
+    except exports.ExportError as exc:
+        raise ValidationError(str(exc), code="bad_query") from None
+    return _download(body, "text/csv", f"lopso-{session.id}-{level}.csv")
+
+
+async def attendance_xlsx(request: web.Request) -> web.Response:
+    from server import exports
+
+    report, session = await _report(request)
+    body = exports.to_xlsx(report, **_options(request))
+    kind = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    return _download(body, kind, f"lopso-{session.id}.xlsx")
 
 
 def add_routes(app: web.Application) -> None:
@@ -191,6 +241,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/sessions/{sid}/end", end_session)
     r.add_get("/api/sessions/{sid}/links", session_links)
     r.add_post("/api/sessions/{sid}/sites/{site}/checkins", checkin)
+    r.add_get("/api/sessions/{sid}/attendance", attendance_json)
+    r.add_get("/api/sessions/{sid}/attendance.csv", attendance_csv)
+    r.add_get("/api/sessions/{sid}/attendance.xlsx", attendance_xlsx)
 
 
-__all__ = ["add_routes", "dataclasses", "parse_time", "read_json", "session_from_body"]
+__all__ = ["add_routes", "parse_time", "read_json", "session_from_body"]

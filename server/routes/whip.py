@@ -62,6 +62,8 @@ async def read_sdp(request: web.Request) -> str:
         raise ValidationError("SDP offer is not UTF-8 text", code="sdp_invalid") from None
     if not offer.lstrip().startswith("v=0"):
         raise ValidationError("SDP offer must start with v=0", code="sdp_invalid")
+    if "\nm=" not in offer:
+        raise ValidationError("SDP offer has no media section (m= line)", code="sdp_invalid")
     return offer
 
 

@@ -1,0 +1,175 @@
+"""Bad input never crashes: precise 4xx or a clean close, and everyone else keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.rtcrtpsender import RTCRtpSender
+
+from server import auth
+from server.models import Role
+from serverproc import SECRET, mint, running_app
+from test_api import ADMIN, seed
+
+
+@pytest.fixture
+async def app(tmp_path: Path):
+    async with running_app(tmp_path, media=True, ws_idle_timeout_s=1.0) as (client, state):
+        await seed(client)
+        yield client, state
+
+
+def sdp_headers(token: str, content_type: str = "application/sdp") -> dict[str, str]:
+    if not token:
+        return {"Content-Type": content_type}
+    return {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+
+
+LECTURER = mint(Role.LECTURER, "c1")
+S1 = mint(Role.SITE, "c1", "S1")
+
+
+async def viewer_offer(codec: str | None = None) -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    video = pc.addTransceiver("video", direction="recvonly")
+    if codec:
+        caps = RTCRtpSender.getCapabilities("video").codecs
+        video.setCodecPreferences([c for c in caps if c.mimeType == f"video/{codec}"])
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+@pytest.mark.parametrize(
+    ("path", "token", "body", "content_type", "status", "code"),
+    [
+        ("/whip/c1", LECTURER, b"hello", "application/sdp", 400, "sdp_invalid"),
+        ("/whip/c1", LECTURER, b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n", "application/sdp", 400, "sdp_invalid"),
+        ("/whip/c1", LECTURER, b"v=0\r\n\xff\xfe", "application/sdp", 400, "sdp_invalid"),
+        ("/whep/c1/S1", S1, b"v=0\r\n" + b"a=x\r\n" * 20000, "application/sdp", 413, "body_too_large"),
+        ("/whip/c1", LECTURER, b"v=0\r\n", "text/plain", 415, "content_type"),
+        ("/whip/c1", "", b"v=0\r\n", "application/sdp", 401, "token_missing"),
+        ("/whip/c1", LECTURER[:-3] + "AAA", b"v=0\r\n", "application/sdp", 401, "token_bad_signature"),
+        ("/whip/c1", auth.mint(SECRET.encode(), "c1", Role.LECTURER, ttl_s=-1), b"v=0\r\n",
+         "application/sdp", 401, "token_expired"),
+        ("/whip/c1", mint(Role.LECTURER, "c2"), b"v=0\r\n", "application/sdp", 403, "wrong_class"),
+        ("/whip/c1", S1, b"v=0\r\n", "application/sdp", 403, "wrong_role"),
+        ("/whep/c1/S2", S1, b"v=0\r\n", "application/sdp", 403, "wrong_site"),
+        ("/whip/zz", mint(Role.LECTURER, "zz"), b"v=0\r\n", "application/sdp", 404, "unknown_class"),
+        ("/whep/c1/S3", mint(Role.SITE, "c1", "S3"), b"v=0\r\n", "application/sdp", 404, "unknown_site"),
+    ],
+)
+async def test_signalling_errors(app, path, token, body, content_type, status, code) -> None:
+    client, _ = app
+    reply = await client.post(path, data=body, headers=sdp_headers(token, content_type))
+    assert reply.status == status, await reply.text()
+    assert (await reply.json())["error"]["code"] == code
+    if status == 401:
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_codec_mismatch_is_406(app) -> None:
+    client, _ = app
+    reply = await client.post("/whep/c1/S1", data=await viewer_offer("H264"), headers=sdp_headers(S1))
+    assert reply.status == 406, await reply.text()
+    assert (await reply.json())["error"]["code"] == "codec_mismatch"
+
+
+async def test_unknown_resource_and_ended_class(app) -> None:
+    client, _ = app
+    reply = await client.delete("/whip/c1/nope", headers={"Authorization": f"Bearer {LECTURER}"})
+    assert reply.status == 404 and (await reply.json())["error"]["code"] == "unknown_resource"
+    await client.post("/api/sessions/c1/end", headers={"Authorization": f"Bearer {LECTURER}"})
+    reply = await client.post("/whep/c1/S1", data=await viewer_offer(), headers=sdp_headers(S1))
+    assert reply.status == 409 and (await reply.json())["error"]["code"] == "class_ended"
+
+
+async def test_oversized_and_malformed_api_bodies(app) -> None:
+    client, _ = app
+    huge = b"code,name\n" + b"A1,x\n" * 1_000_000  # 5 MB > the 4 MiB limit
+    reply = await client.post("/api/sites/import", data=huge, headers={**ADMIN, "Content-Type": "text/csv"})
+    assert reply.status == 413 and (await reply.json())["error"]["code"] == "body_too_large"
+    reply = await client.post("/api/sessions", data=b"{nope", headers={**ADMIN, "Content-Type": "application/json"})
+    assert reply.status == 400 and (await reply.json())["error"]["code"] == "bad_json"
+    reply = await client.post("/api/sessions", data=b"{}", headers={**ADMIN, "Content-Type": "text/plain"})
+    assert reply.status == 415
+    reply = await client.post("/api/sites/import", data="code,name\nbad code,x\n".encode(),
+                              headers={**ADMIN, "Content-Type": "text/csv"})
+    assert reply.status == 400 and "line 2" in (await reply.json())["error"]["message"]
+
+
+async def test_websocket_refuses_bad_tokens_before_upgrade(app) -> None:
+    client, _ = app
+    for token, status in (("", 401), ("x.y", 401), (mint(Role.SITE, "c1", "S3"), 404),
+                          (mint(Role.PARTICIPANT, "c1", "S1"), 403), (mint(Role.MODERATOR, "zz"), 403)):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect("/ws/c1", params={"token": token})
+        assert info.value.status == status
+
+
+async def closed_with(ws) -> int:
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return ws.close_code
+
+
+async def test_garbage_flood_idle_and_oversize_close_only_their_socket(app) -> None:
+    client, _ = app
+    bystander = await client.ws_connect("/ws/c1", params={"token": mint(Role.MODERATOR, "c1")})
+
+    async def keep_alive() -> None:
+        while True:
+            await bystander.send_json({"type": "heartbeat"})
+            await asyncio.sleep(0.3)
+
+    beating = asyncio.ensure_future(keep_alive())
+
+    garbage = await client.ws_connect("/ws/c1", params={"token": S1})
+    for _ in range(25):
+        await garbage.send_str("\x00not json")
+    assert await closed_with(garbage) == 1008
+
+    flood = await client.ws_connect("/ws/c1", params={"token": S1})
+    for _ in range(60):
+        await flood.send_json({"type": "heartbeat"})
+    assert await closed_with(flood) == 1008
+
+    big = await client.ws_connect("/ws/c1", params={"token": S1})
+    await big.send_str(json.dumps({"type": "question", "text": "x" * 20000}))
+    assert await closed_with(big) == 1009
+
+    binary = await client.ws_connect("/ws/c1", params={"token": S1})
+    await binary.send_bytes(b"\x01\x02")
+    while True:
+        msg = await binary.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (msg, binary.close_code)
+        data = json.loads(msg.data)
+        if data["type"] == "error":
+            assert data["code"] == "bad_frame"
+            break
+    await binary.close()
+
+    idle = await client.ws_connect("/ws/c1", params={"token": S1})
+    assert await closed_with(idle) == 1001  # idle timeout is 1 s here
+
+    # the bystander kept working all along (it heartbeats; it saw the site come and go)
+    beating.cancel()
+    await bystander.send_json({"type": "heartbeat", "id": "ok"})
+    while True:
+        msg = await bystander.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        if json.loads(msg.data)["type"] == "ack":
+            break
+    assert (await client.get("/healthz")).status == 200
+    reply = await client.post("/whep/c1/S1", data=await viewer_offer(), headers=sdp_headers(S1))
+    assert reply.status == 201
+    await bystander.close()
+    await asyncio.sleep(0)
