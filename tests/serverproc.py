@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,13 +51,15 @@ class LopsoServer:
     """`lopso serve` in a subprocess on a free port with a temp data dir and a demo class."""
 
     def __init__(self, tmp_path: Path, *, demo_sites: int = 2, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, startup_timeout_s: float = 30.0) -> None:
+                 env: dict[str, str] | None = None, startup_timeout_s: float = 30.0,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.dir = Path(tmp_path)
         self.data = self.dir / "data"
         self.demo_path = self.dir / "demo.json"
         self.port = free_port()
         self.media_port = free_port(socket.SOCK_DGRAM)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.demo_sites = demo_sites
         self.extra_args = extra_args or []
         self.env = env or {}
@@ -77,6 +80,8 @@ class LopsoServer:
                 "--port", str(self.port), "--data", str(self.data),
                 "--media-host", "127.0.0.1", "--media-port", str(self.media_port),
                 "--announce", "127.0.0.1"]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         if self.demo_sites:
             args += ["--demo-json", str(self.demo_path), "--demo-sites", str(self.demo_sites)]
         return args + self.extra_args
@@ -103,7 +108,8 @@ class LopsoServer:
 
     def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
+            context = ssl._create_unverified_context() if self.tls else None
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1, context=context) as reply:
                 return reply.status == 200
         except OSError:
             return False

@@ -1,0 +1,116 @@
+"""The `lopso` command as a real subprocess: serve --demo-json, sites import, token, class create."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from server import auth
+from server.config import SECRET_FILE
+from server.models import Role
+from serverproc import LopsoServer
+
+
+def lopso(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "server", *args, "--data", str(data)],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10, context=context) as reply:
+        return reply.status, reply.read().decode()
+
+
+def test_serve_demo_json_has_exact_keys_and_working_links(tmp_path: Path) -> None:
+    with LopsoServer(tmp_path, demo_sites=12) as srv:
+        demo = srv.demo
+        assert set(demo) == {"session_id", "lecturer", "moderator", "sites"}
+        assert set(demo["lecturer"]) == {"url", "whip_url", "token"}
+        assert set(demo["moderator"]) == {"url", "token"}
+        assert len(demo["sites"]) == 12
+        assert all(set(s) == {"code", "name", "commune", "url", "whep_url", "token"} for s in demo["sites"])
+        assert {s["commune"] for s in demo["sites"]} == {"Xã Tiên Lữ", "Xã Hoàng Hoa Thám", "Phường Hiến Nam"}
+        assert all(s["name"].startswith("Nhà văn hóa ") for s in demo["sites"])
+        assert demo["lecturer"]["whip_url"] == f"{srv.url}/whip/{demo['session_id']}"
+        for link in (demo["lecturer"]["url"], demo["moderator"]["url"], demo["sites"][0]["url"]):
+            assert link.startswith(srv.url + "/")
+            status, html = get(link)
+            assert status == 200 and 'id="page-config"' in html
+        claims = auth.verify(b"test-secret-0123456789abcdef", demo["sites"][3]["token"])
+        assert claims.role is Role.SITE and claims.site == demo["sites"][3]["code"]
+        status, landing = get(srv.url + "/")
+        assert status == 200 and demo["session_id"] in landing
+        assert demo["moderator"]["url"] in srv.log()  # links printed on startup
+
+
+def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
+    csv_path = tmp_path / "sites.csv"
+    csv_path.write_bytes(
+        "code,name,village,commune,province\r\n"
+        "TL-1,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên\r\n"
+        "TL-2,Nhà văn hóa thôn Đoài,Thôn Đoài,Xã Tiên Lữ,Hưng Yên\r\n".encode("utf-8-sig"))
+    data = tmp_path / "data"
+    done = lopso("sites", "import", str(csv_path), data=data)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"imported": 2}
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,name\nok,x\nnot ok,y\n", encoding="utf-8")
+    failed = lopso("sites", "import", str(bad), data=data)
+    assert failed.returncode == 1 and "line 3" in failed.stderr
+
+    made = lopso("class", "create", "--title", "Chuyển đổi số", "--starts-at", "2026-12-01T01:00:00Z",
+                 "--sites", "TL-2", "--id", "dec1", data=data)
+    assert made.returncode == 0, made.stderr
+    body = json.loads(made.stdout)
+    assert body["class"]["id"] == "dec1" and body["class"]["site_codes"] == ["TL-2"]
+    assert [s["name"] for s in body["links"]["sites"]] == ["Nhà văn hóa thôn Đoài"]
+
+    minted = lopso("token", "--class", "dec1", "--role", "site", "--site", "TL-2", data=data)
+    assert minted.returncode == 0, minted.stderr
+    secret = (data / SECRET_FILE).read_bytes()
+    claims = auth.verify(secret, minted.stdout.strip())
+    assert (claims.sid, claims.role, claims.site) == ("dec1", Role.SITE, "TL-2")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["serve", "--port", "99999"], "port must be between"),
+     (["serve", "--tls-cert", "/nonexistent.pem"], "needs both a certificate")],
+)
+def test_bad_configuration_exits_2_with_a_precise_message(tmp_path: Path, args, message) -> None:
+    done = lopso(*args, data=tmp_path / "data")
+    assert done.returncode == 2 and message in done.stderr
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_when_given_a_certificate(tmp_path: Path) -> None:
+    with LopsoServer(tmp_path, demo_sites=1, tls=self_signed(tmp_path)) as srv:
+        assert srv.url.startswith("https://")
+        assert srv.demo["lecturer"]["url"].startswith(srv.url)
+        status, html = get(srv.demo["lecturer"]["url"], ssl._create_unverified_context())
+        assert status == 200 and "page-config" in html
