@@ -136,11 +136,13 @@ async def end_session(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     authorize_request(request, Action.END_CLASS, sid)
     session = await state.hub.end_class(await session_or_404(state.store, sid))
-    if state.engine is not None:
-        for rid, resource in list(state.resources.items()):
-            if resource.sid == sid:
-                state.resources.pop(rid, None)
-                await resource.handle.close()
+    for rid, resource in list(state.resources.items()):
+        if resource.sid == sid:
+            state.resources.pop(rid, None)
+            await resource.handle.close()
+    lecture = state.lectures.pop(sid, None)
+    if lecture is not None:
+        await lecture.close()
     return web.json_response(session_wire(session))
 
 
