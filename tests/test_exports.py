@@ -1,0 +1,190 @@
+"""Exports opened back: CSV with BOM through the csv module, XLSX through openpyxl, JSON."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+
+import pytest
+from openpyxl import load_workbook
+
+from server.attendance import AttendanceReport, derive
+from server.exports import (
+    ExportError,
+    iso_utc,
+    report_for_commune,
+    to_csv,
+    to_json,
+    to_json_bytes,
+    to_xlsx,
+)
+from server.models import ClassSession, Event, EventKind, Site
+
+K = EventKind
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC = 15:00:00 in Hà Nội / Hồ Chí Minh (UTC+7)
+
+
+def ev(kind: EventKind, minutes: float, site: str | None = None, **data) -> Event:
+    return Event(session_id="c1", kind=kind, at=T0 + minutes * 60, site_code=site, data=data)
+
+
+@pytest.fixture(name="report")
+def fixture_report() -> AttendanceReport:
+    sites = [
+        Site("HY-01", "Nhà văn hóa thôn Đông Kỳ", "Thôn Đông Kỳ", "Xã Tiên Lữ", "Hưng Yên"),
+        Site("HY-02", "Nhà văn hóa thôn Hải Triều", "Thôn Hải Triều", "Xã Tiên Lữ", "Hưng Yên"),
+        Site("HY-03", "Nhà văn hóa tổ dân phố 5", "Tổ 5", "Phường Hiến Nam", "Hưng Yên"),
+    ]
+    events = [
+        ev(K.CLASS_STARTED, 0), ev(K.CLASS_ENDED, 90),
+        ev(K.SITE_JOINED, -20, "HY-01"), ev(K.SITE_LEFT, 30, "HY-01"),
+        ev(K.SITE_JOINED, 31.5, "HY-01"), ev(K.SITE_LEFT, 91, "HY-01"),
+        ev(K.HEADCOUNT, 1, "HY-01", count=45, phase="start"),
+        ev(K.HEADCOUNT, 46, "HY-01", count=52, phase="mid"),
+        ev(K.CHECKIN, 2, "HY-01", name="Nguyễn Văn An", by="qr"),
+        ev(K.QUALITY, 10, "HY-01", **{"class": "poor"}),
+        ev(K.HELP_REQUESTED, 11, "HY-01", help_id="h1", reason="no_sound"),
+        ev(K.SITE_JOINED, 25, "HY-02"), ev(K.SITE_LEFT, 85, "HY-02"),
+        ev(K.HEADCOUNT, 26, "HY-02", count=30, phase="other"),
+    ]
+    session = ClassSession(id="c1", title="Chuyển đổi số cho mọi người", starts_at=T0,
+                           ends_at=T0 + 5400, site_codes=("HY-01", "HY-02", "HY-03"))
+    return derive(session, sites, events, T0 + 7200)
+
+
+def read_csv(data: bytes) -> list[list[str]]:
+    assert data.startswith(b"\xef\xbb\xbf"), "CSV must start with a UTF-8 BOM for Excel"
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+
+
+def test_sites_csv_vietnamese(report):
+    rows = read_csv(to_csv(report))
+    header = rows[0]
+    assert header[:6] == ["Mã điểm cầu", "Tên điểm cầu", "Thôn/Tổ dân phố", "Xã/Phường", "Tỉnh", "Trạng thái"]
+    by_code = {row[0]: dict(zip(header, row)) for row in rows[1:]}
+    assert list(by_code) == ["HY-03", "HY-01", "HY-02"]  # by commune, then code
+    one = by_code["HY-01"]
+    assert one["Tên điểm cầu"] == "Nhà văn hóa thôn Đông Kỳ"
+    assert one["Trạng thái"] == "Có mặt trực tuyến"
+    assert one["Vào lần đầu"] == "2027-01-15 14:40:00"  # 07:40 UTC shown in UTC+7
+    assert one["Rời lần cuối"] == "2027-01-15 16:31:00"
+    assert one["Số phút kết nối"] == "88.5"
+    assert one["Số lần vào lại"] == "1"
+    assert (one["Số người đầu buổi"], one["Số người giữa buổi"], one["Số người cuối buổi"]) == ("45", "52", "")
+    assert one["Số người điểm danh"] == "1"
+    assert one["Số phút chất lượng kém"] == "1.0"
+    assert one["Chất lượng gần nhất"] == "Kém"
+    assert one["Các khoảng kết nối"] == "14:40–15:30; 15:31–16:31"
+    assert by_code["HY-02"]["Trạng thái"] == "Vào muộn"
+    assert by_code["HY-03"]["Trạng thái"] == "Chưa tham gia"
+    assert by_code["HY-03"]["Vào lần đầu"] == ""
+
+
+def test_sites_csv_english(report):
+    rows = read_csv(to_csv(report, lang="en"))
+    assert rows[0][:3] == ["Site code", "Site name", "Village / residential group"]
+    statuses = {row[0]: row[5] for row in rows[1:]}
+    assert statuses == {"HY-01": "Present online", "HY-02": "Late", "HY-03": "Never joined"}
+
+
+def test_communes_csv_ends_with_the_province(report):
+    rows = read_csv(to_csv(report, "communes"))
+    header = rows[0]
+    table = [dict(zip(header, row)) for row in rows[1:]]
+    assert [r["Xã/Phường"] for r in table] == ["Phường Hiến Nam", "Xã Tiên Lữ", "Hưng Yên"]
+    tien_lu = table[1]
+    assert tien_lu["Số điểm cầu dự kiến"] == "2"
+    assert tien_lu["Số điểm cầu đã tham gia"] == "2"
+    assert tien_lu["Số người tham dự (cao nhất)"] == str(52 + 30)
+    assert tien_lu["Số điểm cầu: Vào muộn"] == "1"
+    assert table[2]["Số điểm cầu chưa tham gia"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("level", "rows", "first"),
+    [("never_joined", 1, ["HY-03", "Nhà văn hóa tổ dân phố 5", "Tổ 5", "Phường Hiến Nam", "Hưng Yên"]),
+     ("intervals", 3, ["HY-01", "Nhà văn hóa thôn Đông Kỳ", "Xã Tiên Lữ", "2027-01-15 14:40:00",
+                       "2027-01-15 15:30:00", "50.0", ""])],
+)
+def test_other_csv_levels(report, level, rows, first):
+    table = read_csv(to_csv(report, level))
+    assert len(table) == rows + 1
+    assert table[1] == first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"level": "people"}, "unknown export level"), ({"lang": "fr"}, "unknown export language"),
+     ({"tz": "Mars/Olympus"}, "unknown time zone")],
+)
+def test_bad_export_arguments(report, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        to_csv(report, **kwargs)
+
+
+def test_xlsx_opened_back(report):
+    book = load_workbook(io.BytesIO(to_xlsx(report)))
+    assert book.sheetnames == ["Điểm cầu", "Xã phường", "Toàn tỉnh", "Chưa tham gia"]
+    sites = book["Điểm cầu"]
+    assert sites.freeze_panes == "A2"
+    assert sites["A1"].font.bold and sites["A1"].value == "Mã điểm cầu"
+    assert sites.column_dimensions["B"].width >= 30
+    rows = list(sites.iter_rows(min_row=2, values_only=True))
+    assert [r[0] for r in rows] == ["HY-03", "HY-01", "HY-02"]
+    hy01 = rows[1]
+    assert hy01[5] == "Có mặt trực tuyến"
+    assert hy01[6] == dt.datetime(2027, 1, 15, 14, 40)  # a real date-time cell, local time
+    assert sites.cell(row=3, column=7).is_date
+    assert hy01[8] == pytest.approx(88.5)
+    assert hy01[11] == 45 and hy01[14] == 52
+    communes = book["Xã phường"]
+    assert [r[0] for r in communes.iter_rows(min_row=2, values_only=True)] == [
+        "Phường Hiến Nam", "Xã Tiên Lữ", "Hưng Yên"]
+    summary = dict(book["Toàn tỉnh"].iter_rows(min_row=2, values_only=True))
+    assert summary["Buổi học"] == "Chuyển đổi số cho mọi người"
+    assert summary["Bắt đầu"] == dt.datetime(2027, 1, 15, 15, 0)
+    assert summary["Tình trạng"] == "Đã kết thúc"
+    assert summary["Số điểm cầu chưa tham gia"] == 1
+    never = list(book["Chưa tham gia"].iter_rows(values_only=True))
+    assert never[1][0] == "HY-03" and len(never) == 2
+
+
+def test_xlsx_english(report):
+    book = load_workbook(io.BytesIO(to_xlsx(report, lang="en")))
+    assert book.sheetnames == ["Sites", "Communes", "Province", "Never joined"]
+    assert book["Sites"]["F3"].value == "Present online"
+
+
+def test_json_is_machine_readable(report):
+    data = json.loads(to_json_bytes(report))
+    assert data == to_json(report)
+    assert data["window"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T09:30:00Z",
+                              "started": True, "ended": True, "seconds": 5400.0}
+    assert data["never_joined"] == ["HY-03"]
+    site = next(s for s in data["sites"] if s["code"] == "HY-01")
+    assert site["status"] == "present"
+    assert site["first_join"] == "2027-01-15T07:40:00Z"
+    assert site["intervals"][1] == {"start": "2027-01-15T08:31:30Z", "end": "2027-01-15T09:31:00Z",
+                                    "open": False, "seconds": 3570.0}
+    assert site["headcount"]["peak"] == 52
+    assert "join_key" not in site
+    assert data["province"]["sites_never_joined"] == 1
+    assert "Nhà văn hóa".encode() in to_json_bytes(report)  # not \\u-escaped
+
+
+def test_one_commune(report):
+    tien_lu = report_for_commune(report, "Xã Tiên Lữ")
+    assert [r.code for r in tien_lu.sites] == ["HY-01", "HY-02"]
+    assert tien_lu.province.sites_expected == 2 and tien_lu.never_joined == ()
+    rows = read_csv(to_csv(tien_lu, "communes"))
+    assert [r[0] for r in rows[1:]] == ["Xã Tiên Lữ", "Xã Tiên Lữ"]
+    with pytest.raises(ExportError, match="no site"):
+        report_for_commune(report, "Xã Không Có")
+
+
+@pytest.mark.parametrize(("epoch", "iso"), [(None, None), (T0, "2027-01-15T08:00:00Z"),
+                                            (T0 + 0.6, "2027-01-15T08:00:01Z")])
+def test_iso_utc(epoch, iso):
+    assert iso_utc(epoch) == iso
