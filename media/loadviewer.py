@@ -87,13 +87,15 @@ class ViewerCounters:
     streams: dict[int, StreamCounter] = field(default_factory=dict)
 
 
-def parse_answer(sdp: str) -> RemoteParams:
-    """ICE credentials, fingerprint, setup and the first UDP host candidate of an answer."""
+def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
+    """ICE credentials, fingerprint, setup and a UDP candidate of an answer (`prefer_host`'s
+    if the answer has one, else the first)."""
     try:
         description = SessionDescription.parse(sdp)
         media = description.media[0]
-        candidate = next(c for m in description.media for c in m.ice_candidates
-                         if c.protocol.lower() == "udp")  # fmt: skip
+        udp = [c for m in description.media for c in m.ice_candidates
+               if c.protocol.lower() == "udp" and ":" not in c.ip]  # fmt: skip
+        candidate = next((c for c in udp if c.ip == prefer_host), None) or udp[0]
         fp = media.dtls.fingerprints[0]
         setup = {"client": "active", "server": "passive", "auto": "actpass"}[media.dtls.role]
         return RemoteParams(media.ice.usernameFragment, media.ice.password,
@@ -218,6 +220,12 @@ class LoadViewer:
         try:
             message = ice.parse(data)
         except ice.StunError:
+            return
+        request = ice.binding_request_of(message)
+        if request is not None:  # a full-ICE server (aiortc) checks us too
+            if request.local_ufrag == self.ufrag and ice.verify(request, self.pwd):
+                self._udp.sendto(ice.binding_success(request, self._remote.address, self.pwd),
+                                 self._remote.address)  # fmt: skip
             return
         if not ice.is_binding_success(message, self._check_txid, self._remote.pwd):
             return
