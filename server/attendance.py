@@ -46,7 +46,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from server.models import ClassSession, Event, EventKind, Site
 from server.quality import QualityClass, sample_class
@@ -304,11 +304,13 @@ def lecture_window(session: ClassSession, class_events: list[Event], now: float)
     ended_at = max(ends) if ends else session.ended_at
     if ended_at is not None and starts and max(starts) > ended_at:
         ended_at = None  # went live again after it was ended: still going on
-    if ended_at is None and started_at is None and session.ends_at is not None:
-        if session.ends_at <= now:
-            ended_at = session.ends_at  # never went live: the planned window, once past
+    never_live = ended_at is None and started_at is None
+    if never_live and session.ends_at is not None and session.ends_at <= now:
+        ended_at = session.ends_at  # never went live: the planned window, once past
     end = max(start, min(ended_at, now) if ended_at is not None else now)
-    return LectureWindow(start=start, end=end, started=started_at is not None, ended=ended_at is not None)
+    return LectureWindow(
+        start=start, end=end, started=started_at is not None, ended=ended_at is not None
+    )
 
 
 def site_record(
@@ -336,13 +338,17 @@ def _record(
     for events in parts.values():
         if len(events) > 1:
             events.sort(key=_BY_AT)
-    intervals, joins = _intervals(parts[EventKind.SITE_JOINED.value], parts[EventKind.SITE_LEFT.value], window, now)
+    intervals, joins = _intervals(
+        parts[EventKind.SITE_JOINED.value], parts[EventKind.SITE_LEFT.value], window, now
+    )
     connected_s = sum(_overlap(i.start, i.end, window.start, window.end) for i in intervals)
     pct = 100.0 * connected_s / window.seconds if window.seconds > 0 else 0.0
     late, left_early = _lateness(intervals, window, rules)
     heads = _headcounts(parts[EventKind.HEADCOUNT.value], window, rules)
     quality_s, last_quality = _quality(parts[EventKind.QUALITY.value], window, rules)
-    help_total, help_open = _help(parts[EventKind.HELP_REQUESTED.value], parts[EventKind.HELP_RESOLVED.value])
+    help_total, help_open = _help(
+        parts[EventKind.HELP_REQUESTED.value], parts[EventKind.HELP_RESOLVED.value]
+    )
     checkins = parts[EventKind.CHECKIN.value]
     connected_now = bool(intervals) and intervals[-1].open and not window.ended
     return SiteRecord(
@@ -438,7 +444,7 @@ def _counted(joins: list[Event], leaves: list[Event]) -> list[tuple[float, float
 def _merge(spans: list[tuple[float, float, bool]]) -> list[Interval]:
     """Merge overlapping or touching intervals (two tabs, two nodes, reconnects)."""
     spans.sort(key=lambda s: s[0])
-    merged: list[list] = []
+    merged: list[list[Any]] = []
     for start, end, is_open in spans:
         if merged and start <= merged[-1][1]:
             last = merged[-1]
@@ -542,9 +548,9 @@ def _quality(
         at = event.at
         if prev is not None:  # the previous sample holds until this one, or for `hold`
             end = prev_at + hold
-            end = at if at < end else end
-            end = w_end if w_end < end else end
-            start = prev_at if prev_at > w_start else w_start
+            end = min(end, at)
+            end = min(end, w_end)
+            start = max(w_start, prev_at)
             if end > start:
                 seconds[prev] = seconds.get(prev, 0.0) + (end - start)
         prev_at, prev = at, quality
@@ -607,13 +613,13 @@ def _province_name(records: list[SiteRecord]) -> str:
 
 
 __all__ = [
+    "STATUS_LABELS",
     "AttendanceReport",
     "Interval",
     "LectureWindow",
     "QualityClass",
     "Rollup",
     "Rules",
-    "STATUS_LABELS",
     "SiteRecord",
     "Status",
     "derive",

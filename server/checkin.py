@@ -154,15 +154,18 @@ def parse_checkin(body: Mapping[str, Any], by: str = "qr") -> Checkin:
     unknown = set(body) - {"name", "ident"}
     if unknown:
         raise CheckinError(f"unknown check-in fields: {', '.join(sorted(map(str, unknown)))}")
-    return Checkin(name=clean_name(body.get("name")), ident=normalize_ident(body.get("ident")), by=by)
+    return Checkin(
+        name=clean_name(body.get("name")), ident=normalize_ident(body.get("ident")), by=by
+    )
 
 
 # --- rate limits ------------------------------------------------------------------------------
 
+
 class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``; starts full."""
 
-    __slots__ = ("rate", "burst", "_clock", "_tokens", "_at")
+    __slots__ = ("_at", "_clock", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
         if not (rate > 0 and burst >= 1 and math.isfinite(rate) and math.isfinite(burst)):
@@ -229,8 +232,9 @@ class KeyedLimiter:
         """Take a token for ``key`` or raise RateLimitedError."""
         bucket = self.bucket(key)
         if not bucket.take():
-            raise RateLimitedError(f"too many check-ins {what or 'for ' + key}; slow down",
-                                   bucket.retry_after())
+            raise RateLimitedError(
+                f"too many check-ins {what or 'for ' + key}; slow down", bucket.retry_after()
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,7 +257,9 @@ class CheckinLimiter:
     """Check-in rate limits per (class, site) and per client address."""
 
     def __init__(
-        self, limits: CheckinLimits | None = None, clock: Clock = time.monotonic,
+        self,
+        limits: CheckinLimits | None = None,
+        clock: Clock = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
         limits = limits or CheckinLimits()
@@ -266,7 +272,9 @@ class CheckinLimiter:
         addr = self.addresses.bucket(address) if address else None
         for bucket, what in ((site, f"for site {site_code}"), (addr, "from this address")):
             if bucket is not None and bucket.available() < 1.0:
-                raise RateLimitedError(f"too many check-ins {what}; slow down", bucket.retry_after())
+                raise RateLimitedError(
+                    f"too many check-ins {what}; slow down", bucket.retry_after()
+                )
         site.take()
         if addr is not None:
             addr.take()

@@ -53,54 +53,167 @@ class Column:
     width: int = 14
 
 
-def _c(key: str, vi: str, en: str, get: Callable[[Any, str], Any], kind: str = "text",
-       width: int = 14) -> Column:
+def _c(
+    key: str, vi: str, en: str, get: Callable[[Any, str], Any], kind: str = "text", width: int = 14
+) -> Column:
     return Column(key, vi, en, get, kind, width)
 
 
 SITE_COLUMNS: tuple[Column, ...] = (
     _c("code", "Mã điểm cầu", "Site code", lambda r, _: r.site.code, width=14),
     _c("name", "Tên điểm cầu", "Site name", lambda r, _: r.site.name, width=34),
-    _c("village", "Thôn/Tổ dân phố", "Village / residential group", lambda r, _: r.site.village, width=22),
+    _c(
+        "village",
+        "Thôn/Tổ dân phố",
+        "Village / residential group",
+        lambda r, _: r.site.village,
+        width=22,
+    ),
     _c("commune", "Xã/Phường", "Commune", lambda r, _: r.site.commune, width=22),
     _c("province", "Tỉnh", "Province", lambda r, _: r.site.province, width=14),
     _c("status", "Trạng thái", "Status", lambda r, lang: status_label(r.status, lang), width=20),
     _c("first_join", "Vào lần đầu", "First join", lambda r, _: r.first_join, "time", 20),
     _c("last_leave", "Rời lần cuối", "Last leave", lambda r, _: r.last_leave, "time", 20),
-    _c("connected_minutes", "Số phút kết nối", "Connected minutes", lambda r, _: r.connected_minutes, "float"),
-    _c("connected_pct", "% thời lượng buổi học", "% of the lecture", lambda r, _: r.connected_pct, "float"),
+    _c(
+        "connected_minutes",
+        "Số phút kết nối",
+        "Connected minutes",
+        lambda r, _: r.connected_minutes,
+        "float",
+    ),
+    _c(
+        "connected_pct",
+        "% thời lượng buổi học",
+        "% of the lecture",
+        lambda r, _: r.connected_pct,
+        "float",
+    ),
     _c("rejoins", "Số lần vào lại", "Rejoins", lambda r, _: r.rejoins, "int"),
-    _c("headcount_start", "Số người đầu buổi", "Headcount at start", lambda r, _: r.headcount_start, "int"),
-    _c("headcount_mid", "Số người giữa buổi", "Headcount at mid", lambda r, _: r.headcount_mid, "int"),
-    _c("headcount_end", "Số người cuối buổi", "Headcount at end", lambda r, _: r.headcount_end, "int"),
-    _c("headcount_peak", "Số người cao nhất", "Peak headcount", lambda r, _: r.headcount_peak, "int"),
-    _c("headcount_latest", "Số người báo gần nhất", "Latest headcount", lambda r, _: r.headcount_latest, "int"),
+    _c(
+        "headcount_start",
+        "Số người đầu buổi",
+        "Headcount at start",
+        lambda r, _: r.headcount_start,
+        "int",
+    ),
+    _c(
+        "headcount_mid",
+        "Số người giữa buổi",
+        "Headcount at mid",
+        lambda r, _: r.headcount_mid,
+        "int",
+    ),
+    _c(
+        "headcount_end",
+        "Số người cuối buổi",
+        "Headcount at end",
+        lambda r, _: r.headcount_end,
+        "int",
+    ),
+    _c(
+        "headcount_peak",
+        "Số người cao nhất",
+        "Peak headcount",
+        lambda r, _: r.headcount_peak,
+        "int",
+    ),
+    _c(
+        "headcount_latest",
+        "Số người báo gần nhất",
+        "Latest headcount",
+        lambda r, _: r.headcount_latest,
+        "int",
+    ),
     _c("checkins", "Số người điểm danh", "Check-ins", lambda r, _: r.checkins, "int"),
-    _c("poor_minutes", "Số phút chất lượng kém", "Minutes in poor quality", lambda r, _: r.poor_s / 60, "float"),
-    _c("last_quality", "Chất lượng gần nhất", "Latest quality",
-       lambda r, lang: quality_label(r.last_quality, lang), width=16),
+    _c(
+        "poor_minutes",
+        "Số phút chất lượng kém",
+        "Minutes in poor quality",
+        lambda r, _: r.poor_s / 60,
+        "float",
+    ),
+    _c(
+        "last_quality",
+        "Chất lượng gần nhất",
+        "Latest quality",
+        lambda r, lang: quality_label(r.last_quality, lang),
+        width=16,
+    ),
     _c("help_requests", "Yêu cầu hỗ trợ", "Help requests", lambda r, _: r.help_requests, "int"),
     _c("help_open", "Hỗ trợ chưa xử lý", "Help still open", lambda r, _: r.help_open, "int"),
     _c("questions", "Câu hỏi", "Questions", lambda r, _: r.questions, "int"),
-    _c("intervals", "Các khoảng kết nối", "Connected intervals", lambda r, _: r.intervals, "spans", 40),
+    _c(
+        "intervals",
+        "Các khoảng kết nối",
+        "Connected intervals",
+        lambda r, _: r.intervals,
+        "spans",
+        40,
+    ),
 )
+
+
+def _status_count(status: str) -> Callable[[Rollup, str], int]:
+    """Getter of one status's count in a roll-up."""
+    return lambda rollup_, _lang: rollup_.status_counts.get(status, 0)
+
 
 COMMUNE_COLUMNS: tuple[Column, ...] = (
     _c("commune", "Xã/Phường", "Commune", lambda c, _: c.name, width=26),
-    _c("sites_expected", "Số điểm cầu dự kiến", "Sites expected", lambda c, _: c.sites_expected, "int"),
-    _c("sites_joined", "Số điểm cầu đã tham gia", "Sites joined", lambda c, _: c.sites_joined, "int"),
-    _c("sites_never_joined", "Số điểm cầu chưa tham gia", "Sites never joined",
-       lambda c, _: c.sites_never_joined, "int"),
+    _c(
+        "sites_expected",
+        "Số điểm cầu dự kiến",
+        "Sites expected",
+        lambda c, _: c.sites_expected,
+        "int",
+    ),
+    _c(
+        "sites_joined",
+        "Số điểm cầu đã tham gia",
+        "Sites joined",
+        lambda c, _: c.sites_joined,
+        "int",
+    ),
+    _c(
+        "sites_never_joined",
+        "Số điểm cầu chưa tham gia",
+        "Sites never joined",
+        lambda c, _: c.sites_never_joined,
+        "int",
+    ),
     *(
-        _c(f"status_{s.value}", f"Số điểm cầu: {status_label(s, 'vi')}", f"Sites: {status_label(s, 'en')}",
-           (lambda c, _, s=s: c.status_counts.get(s.value, 0)), "int")
+        _c(
+            f"status_{s.value}",
+            f"Số điểm cầu: {status_label(s, 'vi')}",
+            f"Sites: {status_label(s, 'en')}",
+            _status_count(s.value),
+            "int",
+        )
         for s in (Status.PRESENT, Status.LATE, Status.LEFT_EARLY, Status.ABSENT)
     ),
     _c("people", "Số người tham dự (cao nhất)", "People (peak)", lambda c, _: c.people, "int"),
-    _c("people_latest", "Số người báo gần nhất", "People (latest)", lambda c, _: c.people_latest, "int"),
+    _c(
+        "people_latest",
+        "Số người báo gần nhất",
+        "People (latest)",
+        lambda c, _: c.people_latest,
+        "int",
+    ),
     _c("checkins", "Số người điểm danh", "Check-ins", lambda c, _: c.checkins, "int"),
-    _c("connected_minutes", "Tổng số phút kết nối", "Connected minutes", lambda c, _: c.connected_minutes, "float"),
-    _c("poor_minutes", "Số phút chất lượng kém", "Minutes in poor quality", lambda c, _: c.poor_minutes, "float"),
+    _c(
+        "connected_minutes",
+        "Tổng số phút kết nối",
+        "Connected minutes",
+        lambda c, _: c.connected_minutes,
+        "float",
+    ),
+    _c(
+        "poor_minutes",
+        "Số phút chất lượng kém",
+        "Minutes in poor quality",
+        lambda c, _: c.poor_minutes,
+        "float",
+    ),
     _c("help_requests", "Yêu cầu hỗ trợ", "Help requests", lambda c, _: c.help_requests, "int"),
     _c("help_open", "Hỗ trợ chưa xử lý", "Help still open", lambda c, _: c.help_open, "int"),
     _c("questions", "Câu hỏi", "Questions", lambda c, _: c.questions, "int"),
@@ -159,7 +272,7 @@ def iso_utc(epoch: float | None) -> str | None:
     """A UTC epoch as ISO 8601 with a Z (whole seconds), None stays None."""
     if epoch is None:
         return None
-    return dt.datetime.fromtimestamp(round(epoch), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(round(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def spans_text(intervals: Sequence[Any], tz: dt.tzinfo) -> str:
@@ -268,7 +381,9 @@ def _summary_rows(report: AttendanceReport, lang: str, zone: dt.tzinfo) -> list[
     """(label, value) rows of the province summary sheet."""
     vi = lang == "vi"
     w, p, s = report.window, report.province, report.session
-    state = ("Đã kết thúc" if vi else "Ended") if w.ended else ("Đang diễn ra" if vi else "Going on")
+    state = (
+        ("Đã kết thúc" if vi else "Ended") if w.ended else ("Đang diễn ra" if vi else "Going on")
+    )
     rows: list[tuple[str, Any]] = [
         ("Buổi học" if vi else "Class", s.title),
         ("Mã buổi học" if vi else "Class id", s.id),
@@ -284,15 +399,20 @@ def _summary_rows(report: AttendanceReport, lang: str, zone: dt.tzinfo) -> list[
     return rows
 
 
-def _write_summary(book: Any, title: str, report: AttendanceReport, lang: str, zone: dt.tzinfo) -> None:
+def _write_summary(
+    book: Any, title: str, report: AttendanceReport, lang: str, zone: dt.tzinfo
+) -> None:
     from openpyxl.cell import WriteOnlyCell
 
     sheet = book.create_sheet(title)
     sheet.freeze_panes = "A2"
     sheet.column_dimensions["A"].width = 34
     sheet.column_dimensions["B"].width = 30
-    sheet.append(_header_cells(sheet, ["Chỉ tiêu" if lang == "vi" else "Item",
-                                       "Giá trị" if lang == "vi" else "Value"]))
+    sheet.append(
+        _header_cells(
+            sheet, ["Chỉ tiêu" if lang == "vi" else "Item", "Giá trị" if lang == "vi" else "Value"]
+        )
+    )
     for label, value in _summary_rows(report, lang, zone):
         cell = WriteOnlyCell(sheet, value=value)
         if isinstance(value, dt.datetime):
@@ -303,6 +423,7 @@ def _write_summary(book: Any, title: str, report: AttendanceReport, lang: str, z
 
 
 # --- JSON ---------------------------------------------------------------------------------------
+
 
 def _rollup_dict(r: Rollup) -> dict[str, Any]:
     data = dataclasses.asdict(r)
@@ -316,22 +437,49 @@ def site_dict(r: SiteRecord) -> dict[str, Any]:
     """One site record as JSON-ready data (times ISO UTC; no join key)."""
     site = r.site
     return {
-        "code": site.code, "name": site.name, "village": site.village, "commune": site.commune,
-        "province": site.province, "expected": r.expected, "status": r.status.value,
-        "late": r.late, "left_early": r.left_early, "connected_now": r.connected_now,
-        "first_join": iso_utc(r.first_join), "last_leave": iso_utc(r.last_leave),
-        "intervals": [{"start": iso_utc(i.start), "end": iso_utc(i.end), "open": i.open,
-                       "seconds": round(i.seconds, 3)} for i in r.intervals],
-        "rejoins": r.rejoins, "connected_seconds": round(r.connected_s, 3),
+        "code": site.code,
+        "name": site.name,
+        "village": site.village,
+        "commune": site.commune,
+        "province": site.province,
+        "expected": r.expected,
+        "status": r.status.value,
+        "late": r.late,
+        "left_early": r.left_early,
+        "connected_now": r.connected_now,
+        "first_join": iso_utc(r.first_join),
+        "last_leave": iso_utc(r.last_leave),
+        "intervals": [
+            {
+                "start": iso_utc(i.start),
+                "end": iso_utc(i.end),
+                "open": i.open,
+                "seconds": round(i.seconds, 3),
+            }
+            for i in r.intervals
+        ],
+        "rejoins": r.rejoins,
+        "connected_seconds": round(r.connected_s, 3),
         "connected_minutes": round(r.connected_minutes, 2),
-        "connected_pct": round(r.connected_pct, 2), "online_seconds": round(r.online_s, 3),
-        "headcount": {"start": r.headcount_start, "mid": r.headcount_mid, "end": r.headcount_end,
-                      "latest": r.headcount_latest, "peak": r.headcount_peak,
-                      "reports": r.headcount_reports},
-        "people": r.people, "checkins": r.checkins, "checkins_by_operator": r.checkins_by_operator,
+        "connected_pct": round(r.connected_pct, 2),
+        "online_seconds": round(r.online_s, 3),
+        "headcount": {
+            "start": r.headcount_start,
+            "mid": r.headcount_mid,
+            "end": r.headcount_end,
+            "latest": r.headcount_latest,
+            "peak": r.headcount_peak,
+            "reports": r.headcount_reports,
+        },
+        "people": r.people,
+        "checkins": r.checkins,
+        "checkins_by_operator": r.checkins_by_operator,
         "quality_seconds": {k: round(v, 3) for k, v in r.quality_s.items()},
-        "poor_seconds": round(r.poor_s, 3), "last_quality": r.last_quality,
-        "help_requests": r.help_requests, "help_open": r.help_open, "questions": r.questions,
+        "poor_seconds": round(r.poor_s, 3),
+        "last_quality": r.last_quality,
+        "help_requests": r.help_requests,
+        "help_open": r.help_open,
+        "questions": r.questions,
     }
 
 
@@ -339,11 +487,21 @@ def to_json(report: AttendanceReport) -> dict[str, Any]:
     """The whole report as JSON-ready data: class, window, rules, province, communes, sites."""
     s, w = report.session, report.window
     return {
-        "session": {"id": s.id, "title": s.title, "planned_start": iso_utc(s.starts_at),
-                    "planned_end": iso_utc(s.ends_at), "video_codec": s.video_codec},
+        "session": {
+            "id": s.id,
+            "title": s.title,
+            "planned_start": iso_utc(s.starts_at),
+            "planned_end": iso_utc(s.ends_at),
+            "video_codec": s.video_codec,
+        },
         "generated_at": iso_utc(report.generated_at),
-        "window": {"start": iso_utc(w.start), "end": iso_utc(w.end), "started": w.started,
-                   "ended": w.ended, "seconds": round(w.seconds, 3)},
+        "window": {
+            "start": iso_utc(w.start),
+            "end": iso_utc(w.end),
+            "started": w.started,
+            "ended": w.ended,
+            "seconds": round(w.seconds, 3),
+        },
         "rules": dataclasses.asdict(report.rules),
         "people_rule": "sum over sites of max(peak headcount, check-ins)",
         "province": _rollup_dict(report.province),
@@ -359,6 +517,7 @@ def to_json_bytes(report: AttendanceReport) -> bytes:
 
 
 # --- one commune ------------------------------------------------------------------------------
+
 
 def report_for_commune(report: AttendanceReport, commune: str) -> AttendanceReport:
     """The report narrowed to one commune's sites (its roll-up stands as the 'province')."""
@@ -378,9 +537,9 @@ def report_for_commune(report: AttendanceReport, commune: str) -> AttendanceRepo
 __all__ = [
     "COMMUNE_COLUMNS",
     "DEFAULT_TZ",
-    "ExportError",
     "LEVELS",
     "SITE_COLUMNS",
+    "ExportError",
     "iso_utc",
     "local_time",
     "report_for_commune",

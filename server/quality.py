@@ -115,7 +115,9 @@ def classify(
     return QualityClass.POOR
 
 
-def classify_sample(sample: Mapping[str, Any], *, require_both: bool = False) -> QualityClass | None:
+def classify_sample(
+    sample: Mapping[str, Any], *, require_both: bool = False
+) -> QualityClass | None:
     """Quality class of a QUALITY event's data (``kbps``, ``loss_pct``, optional
     ``target_kbps``, ``height``, ``no_media_s``). Raises QualitySampleError on bad numbers."""
     kbps = _number(sample, "kbps")

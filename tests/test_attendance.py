@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.attendance import Interval, Rules, Status, derive, lecture_window, site_record, status_label
+from server.attendance import (
+    Interval,
+    Rules,
+    Status,
+    derive,
+    lecture_window,
+    site_record,
+    status_label,
+)
 from server.models import ClassSession, Event, EventKind
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z, the planned start
@@ -35,8 +43,13 @@ def lecture(start: float = 0, end: float | None = 90) -> list[Event]:
 
 def session(**kw) -> ClassSession:
     """Class c1 planned 08:00-09:30 UTC for sites A, B, C."""
-    fields = {"id": "c1", "title": "Chuyên đề 1", "starts_at": T0, "ends_at": at(90),
-              "site_codes": ("A", "B", "C")}
+    fields = {
+        "id": "c1",
+        "title": "Chuyên đề 1",
+        "starts_at": T0,
+        "ends_at": at(90),
+        "site_codes": ("A", "B", "C"),
+    }
     return ClassSession(**(fields | kw))
 
 
@@ -52,22 +65,48 @@ def spans(rec) -> list[tuple[float, float]]:
 
 # --- intervals --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("site_events", "now_min", "expected_spans", "rejoins", "connected_min"),
     [
         pytest.param([(K.SITE_JOINED, -10), (K.SITE_LEFT, 95)], 120, [(-10, 95)], 0, 90, id="one"),
-        pytest.param([(K.SITE_JOINED, 0), (K.SITE_LEFT, 30), (K.SITE_JOINED, 32), (K.SITE_LEFT, 90)],
-                     120, [(0, 30), (32, 90)], 1, 88, id="reconnect"),
-        pytest.param([(K.SITE_JOINED, 0), (K.SITE_JOINED, 10), (K.SITE_LEFT, 20), (K.SITE_LEFT, 50)],
-                     120, [(0, 50)], 1, 50, id="two-tabs-overlap"),
-        pytest.param([(K.SITE_JOINED, 0), (K.SITE_JOINED, 29.99), (K.SITE_LEFT, 30), (K.SITE_LEFT, 60)],
-                     120, [(0, 60)], 1, 60, id="reload-on-other-node-skewed"),
-        pytest.param([(K.SITE_JOINED, 30), (K.SITE_LEFT, 30), (K.SITE_JOINED, 30)], 120, [(30, 90)], 1,
-                     60, id="leave-and-join-same-instant"),
+        pytest.param(
+            [(K.SITE_JOINED, 0), (K.SITE_LEFT, 30), (K.SITE_JOINED, 32), (K.SITE_LEFT, 90)],
+            120,
+            [(0, 30), (32, 90)],
+            1,
+            88,
+            id="reconnect",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 0), (K.SITE_JOINED, 10), (K.SITE_LEFT, 20), (K.SITE_LEFT, 50)],
+            120,
+            [(0, 50)],
+            1,
+            50,
+            id="two-tabs-overlap",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 0), (K.SITE_JOINED, 29.99), (K.SITE_LEFT, 30), (K.SITE_LEFT, 60)],
+            120,
+            [(0, 60)],
+            1,
+            60,
+            id="reload-on-other-node-skewed",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 30), (K.SITE_LEFT, 30), (K.SITE_JOINED, 30)],
+            120,
+            [(30, 90)],
+            1,
+            60,
+            id="leave-and-join-same-instant",
+        ),
         pytest.param([(K.SITE_JOINED, 20)], 120, [(20, 90)], 0, 70, id="never-left-class-ended"),
         pytest.param([(K.SITE_LEFT, 20)], 120, [], 0, 0, id="leave-without-join-ignored"),
-        pytest.param([(K.SITE_JOINED, 95), (K.SITE_LEFT, 100)], 120, [(95, 100)], 0, 0,
-                     id="after-the-end"),
+        pytest.param(
+            [(K.SITE_JOINED, 95), (K.SITE_LEFT, 100)], 120, [(95, 100)], 0, 0, id="after-the-end"
+        ),
     ],
 )
 def test_intervals(site_events, now_min, expected_spans, rejoins, connected_min):
@@ -122,6 +161,7 @@ def test_clock_ahead_is_clamped_to_now():
 
 # --- statuses ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("joined", "left", "status", "late", "left_early"),
     [
@@ -143,7 +183,11 @@ def test_statuses(joined, left, status, late, left_early):
 
 @pytest.mark.parametrize(
     ("rules", "status"),
-    [({}, Status.LATE), ({"late_after_s": 1800}, Status.PRESENT), ({"absent_below_pct": 80}, Status.ABSENT)],
+    [
+        ({}, Status.LATE),
+        ({"late_after_s": 1800}, Status.PRESENT),
+        ({"absent_below_pct": 80}, Status.ABSENT),
+    ],
 )
 def test_thresholds_are_parameters(rules, status):
     rec = record(lecture() + [ev(K.SITE_JOINED, 20), ev(K.SITE_LEFT, 90)], **rules)
@@ -157,9 +201,14 @@ def test_before_the_lecture_every_connected_site_is_present():
 
 @pytest.mark.parametrize(
     ("status", "lang", "label"),
-    [(Status.PRESENT, "vi", "Có mặt trực tuyến"), (Status.LATE, "vi", "Vào muộn"),
-     (Status.LEFT_EARLY, "vi", "Rời sớm"), (Status.ABSENT, "vi", "Vắng mặt"),
-     (Status.NEVER_JOINED, "vi", "Chưa tham gia"), ("never_joined", "en", "Never joined")],
+    [
+        (Status.PRESENT, "vi", "Có mặt trực tuyến"),
+        (Status.LATE, "vi", "Vào muộn"),
+        (Status.LEFT_EARLY, "vi", "Rời sớm"),
+        (Status.ABSENT, "vi", "Vắng mặt"),
+        (Status.NEVER_JOINED, "vi", "Chưa tham gia"),
+        ("never_joined", "en", "Never joined"),
+    ],
 )
 def test_status_labels(status, lang, label):
     assert status_label(status, lang) == label
@@ -167,18 +216,32 @@ def test_status_labels(status, lang, label):
 
 # --- lecture window ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("events", "session_kw", "now_min", "window"),
     [
         pytest.param(lecture(5, 100), {}, 200, (5, 100, True, True), id="events"),
-        pytest.param(lecture(5, None) + lecture(7, 80), {}, 200, (5, 80, True, True), id="first-start-last-end"),
-        pytest.param(lecture(5, 40) + lecture(45, None), {}, 60, (5, 60, True, False), id="live-again"),
+        pytest.param(
+            lecture(5, None) + lecture(7, 80),
+            {},
+            200,
+            (5, 80, True, True),
+            id="first-start-last-end",
+        ),
+        pytest.param(
+            lecture(5, 40) + lecture(45, None), {}, 60, (5, 60, True, False), id="live-again"
+        ),
         pytest.param(lecture(5, None), {}, 60, (5, 60, True, False), id="no-end-yet"),
         pytest.param([], {}, 200, (0, 90, False, True), id="planned-window-past"),
         pytest.param([], {}, 30, (0, 30, False, False), id="planned-window-now"),
         pytest.param([], {"ends_at": None}, 30, (0, 30, False, False), id="no-planned-end"),
-        pytest.param([], {"started_at": at(3), "ended_at": at(70)}, 200, (3, 70, True, True),
-                     id="session-fields"),
+        pytest.param(
+            [],
+            {"started_at": at(3), "ended_at": at(70)},
+            200,
+            (3, 70, True, True),
+            id="session-fields",
+        ),
         pytest.param([], {}, -30, (0, 0, False, False), id="before-start"),
     ],
 )
@@ -189,18 +252,37 @@ def test_lecture_window(events, session_kw, now_min, window):
 
 # --- headcounts -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("reports", "ended", "expected"),
     [
-        pytest.param([(1, 40, "start"), (44, 55, "mid"), (88, 50, "end")], True, (40, 55, 50, 50, 55),
-                     id="explicit-phases"),
-        pytest.param([(1, 40, "start"), (3, 42, "start")], True, (42, None, None, 42, 42),
-                     id="correction-wins"),
-        pytest.param([(2, 30, "other"), (50, 60, "other"), (85, 45, "other")], True, (30, 60, 45, 45, 60),
-                     id="nearest-report"),
-        pytest.param([(2, 30, "other")], True, (30, None, None, 30, 30), id="too-far-from-mid-and-end"),
-        pytest.param([(2, 30, "start"), (40, 35, "other")], False, (30, 35, None, 35, 35),
-                     id="end-waits-for-the-class-end"),
+        pytest.param(
+            [(1, 40, "start"), (44, 55, "mid"), (88, 50, "end")],
+            True,
+            (40, 55, 50, 50, 55),
+            id="explicit-phases",
+        ),
+        pytest.param(
+            [(1, 40, "start"), (3, 42, "start")],
+            True,
+            (42, None, None, 42, 42),
+            id="correction-wins",
+        ),
+        pytest.param(
+            [(2, 30, "other"), (50, 60, "other"), (85, 45, "other")],
+            True,
+            (30, 60, 45, 45, 60),
+            id="nearest-report",
+        ),
+        pytest.param(
+            [(2, 30, "other")], True, (30, None, None, 30, 30), id="too-far-from-mid-and-end"
+        ),
+        pytest.param(
+            [(2, 30, "start"), (40, 35, "other")],
+            False,
+            (30, 35, None, 35, 35),
+            id="end-waits-for-the-class-end",
+        ),
         pytest.param([], True, (None, None, None, None, None), id="none"),
     ],
 )
@@ -208,29 +290,45 @@ def test_headcounts(reports, ended, expected):
     events = lecture(0, 90 if ended else None)
     events += [ev(K.HEADCOUNT, m, count=c, phase=p) for m, c, p in reports]
     rec = record(events, now_min=120 if ended else 80)
-    got = (rec.headcount_start, rec.headcount_mid, rec.headcount_end, rec.headcount_latest,
-           rec.headcount_peak)
+    got = (
+        rec.headcount_start,
+        rec.headcount_mid,
+        rec.headcount_end,
+        rec.headcount_latest,
+        rec.headcount_peak,
+    )
     assert got == expected
     assert rec.headcount_reports == len(reports)
 
 
 @pytest.mark.parametrize("bad", [{"count": -1}, {"count": "12"}, {"count": True}, {}])
 def test_malformed_headcounts_are_ignored(bad):
-    rec = record(lecture() + [ev(K.HEADCOUNT, 1, count=20, phase="start"), ev(K.HEADCOUNT, 2, **bad)])
+    rec = record(
+        lecture() + [ev(K.HEADCOUNT, 1, count=20, phase="start"), ev(K.HEADCOUNT, 2, **bad)]
+    )
     assert (rec.headcount_latest, rec.headcount_reports) == (20, 1)
 
 
 # --- quality, check-ins, help, questions ------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("samples", "expected"),
     [
-        pytest.param([(10, {"class": "good"}), (10.5, {"class": "poor"}), (11, {"class": "good"})],
-                     {"good": 90, "poor": 30}, id="holds-until-next"),
-        pytest.param([(10, {"class": "poor"}), (20, {"class": "good"})], {"poor": 60, "good": 60},
-                     id="hold-capped-at-60s"),
+        pytest.param(
+            [(10, {"class": "good"}), (10.5, {"class": "poor"}), (11, {"class": "good"})],
+            {"good": 90, "poor": 30},
+            id="holds-until-next",
+        ),
+        pytest.param(
+            [(10, {"class": "poor"}), (20, {"class": "good"})],
+            {"poor": 60, "good": 60},
+            id="hold-capped-at-60s",
+        ),
         pytest.param([(89.5, {"class": "lost"})], {"lost": 30}, id="clipped-to-window"),
-        pytest.param([(5, {"kbps": 100, "loss_pct": 20.0})], {"poor": 60}, id="classified-from-figures"),
+        pytest.param(
+            [(5, {"kbps": 100, "loss_pct": 20.0})], {"poor": 60}, id="classified-from-figures"
+        ),
         pytest.param([(5, {"kbps": "x"})], {}, id="malformed-skipped"),
     ],
 )
@@ -255,14 +353,24 @@ def test_checkins_help_and_questions():
 
 
 def test_site_record_alone_matches_derive():
-    events = lecture() + [ev(K.SITE_JOINED, 3), ev(K.SITE_LEFT, 70), ev(K.HEADCOUNT, 4, count=9, phase="start")]
+    events = lecture() + [
+        ev(K.SITE_JOINED, 3),
+        ev(K.SITE_LEFT, 70),
+        ev(K.HEADCOUNT, 4, count=9, phase="start"),
+    ]
     report = derive(session(), [], events, at(120))
-    alone = site_record(report.site("A").site, [e for e in events if e.site_code == "A"], report.window,
-                        at(120), Rules())
+    alone = site_record(
+        report.site("A").site,
+        [e for e in events if e.site_code == "A"],
+        report.window,
+        at(120),
+        Rules(),
+    )
     assert alone == report.site("A")
 
 
 # --- roll-ups ---------------------------------------------------------------------------------
+
 
 def test_rollups_and_never_joined():
     from server.models import Site
@@ -273,11 +381,15 @@ def test_rollups_and_never_joined():
         Site("C", "Nhà văn hóa tổ 3", commune="Phường Hiến Nam", province="Hưng Yên"),
     ]
     events = lecture() + [
-        ev(K.SITE_JOINED, 0, "A"), ev(K.SITE_LEFT, 90, "A"),
-        ev(K.HEADCOUNT, 1, "A", count=40, phase="start"), ev(K.HEADCOUNT, 50, "A", count=35, phase="mid"),
-        ev(K.SITE_JOINED, 30, "B"), ev(K.HEADCOUNT, 31, "B", count=5, phase="other"),
+        ev(K.SITE_JOINED, 0, "A"),
+        ev(K.SITE_LEFT, 90, "A"),
+        ev(K.HEADCOUNT, 1, "A", count=40, phase="start"),
+        ev(K.HEADCOUNT, 50, "A", count=35, phase="mid"),
+        ev(K.SITE_JOINED, 30, "B"),
+        ev(K.HEADCOUNT, 31, "B", count=5, phase="other"),
         *[ev(K.CHECKIN, 32 + i / 10, "B", name=f"p{i}") for i in range(8)],
-        ev(K.SITE_JOINED, 10, "Z"), ev(K.SITE_LEFT, 20, "Z"),  # not expected, not in the registry
+        ev(K.SITE_JOINED, 10, "Z"),
+        ev(K.SITE_LEFT, 20, "Z"),  # not expected, not in the registry
     ]
     report = derive(session(), sites, events, at(120))
     assert [r.code for r in report.sites] == ["Z", "C", "A", "B"]  # by commune ("" first), code
@@ -292,7 +404,11 @@ def test_rollups_and_never_joined():
     assert tien_lu.status_counts["present"] == 1 and tien_lu.status_counts["late"] == 1
     province = report.province
     assert province.name == "Hưng Yên"
-    assert (province.sites_expected, province.sites_joined, province.sites_never_joined) == (3, 3, 1)
+    assert (province.sites_expected, province.sites_joined, province.sites_never_joined) == (
+        3,
+        3,
+        1,
+    )
     assert province.connected_minutes == pytest.approx(90 + 60 + 10)
     assert sum(province.status_counts.values()) == 4
 
@@ -316,7 +432,11 @@ _KINDS = [K.SITE_JOINED, K.SITE_LEFT, K.HEADCOUNT, K.QUALITY, K.CHECKIN]
 
 
 def _event(kind: EventKind, minute: float, n: int) -> Event:
-    data = {"count": n % 80, "phase": ("start", "mid", "end", "other")[n % 4]} if kind is K.HEADCOUNT else {}
+    data = (
+        {"count": n % 80, "phase": ("start", "mid", "end", "other")[n % 4]}
+        if kind is K.HEADCOUNT
+        else {}
+    )
     if kind is K.QUALITY:
         data = {"class": ("good", "poor", "lost", "non_optimal")[n % 4]}
     return ev(kind, minute, ("A", "B")[n % 2], **data)
@@ -324,13 +444,18 @@ def _event(kind: EventKind, minute: float, n: int) -> Event:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.tuples(st.sampled_from(_KINDS), st.integers(-600, 6000)), max_size=40,
-             unique_by=lambda t: t[1]),
+    st.lists(
+        st.tuples(st.sampled_from(_KINDS), st.integers(-600, 6000)),
+        max_size=40,
+        unique_by=lambda t: t[1],
+    ),
     st.booleans(),
     st.randoms(use_true_random=False),
 )
 def test_order_of_arrival_does_not_matter(raw, ended, rnd):
-    events = lecture(0, 90 if ended else None) + [_event(k, s / 60, n) for n, (k, s) in enumerate(raw)]
+    events = lecture(0, 90 if ended else None) + [
+        _event(k, s / 60, n) for n, (k, s) in enumerate(raw)
+    ]
     shuffled = events[:]
     rnd.shuffle(shuffled)
     now = at(100 if ended else 60)
@@ -352,8 +477,18 @@ def test_timing_5000_sites_100_events_each():
     for code in sites[:4950]:
         t = rnd.uniform(-10, 0)
         for k in range(100):
-            kind = (K.SITE_JOINED, K.QUALITY, K.QUALITY, K.HEADCOUNT, K.CHECKIN, K.QUALITY, K.QUALITY,
-                    K.QUALITY, K.QUALITY, K.SITE_LEFT)[k % 10]
+            kind = (
+                K.SITE_JOINED,
+                K.QUALITY,
+                K.QUALITY,
+                K.HEADCOUNT,
+                K.CHECKIN,
+                K.QUALITY,
+                K.QUALITY,
+                K.QUALITY,
+                K.QUALITY,
+                K.SITE_LEFT,
+            )[k % 10]
             data = {"count": 40 + k, "phase": "other"} if kind is K.HEADCOUNT else {}
             data = {"class": "good", "kbps": 900, "loss_pct": 1.0} if kind is K.QUALITY else data
             events.append(ev(kind, t, code, **data))

@@ -37,9 +37,12 @@ class FakeClock:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("  Nguyễn   Văn An ", "Nguyễn Văn An"),
-     ("Nguye\u0302\u0303n Thi\u0323 Ha\u0300", "Nguyễn Thị Hà"),  # decomposed input -> NFC
-     ("Bà Tư", "Bà Tư"), ("O'Brien-Lê", "O'Brien-Lê")],
+    [
+        ("  Nguyễn   Văn An ", "Nguyễn Văn An"),
+        ("Nguye\u0302\u0303n Thi\u0323 Ha\u0300", "Nguyễn Thị Hà"),  # decomposed input -> NFC
+        ("Bà Tư", "Bà Tư"),
+        ("O'Brien-Lê", "O'Brien-Lê"),
+    ],
 )
 def test_clean_name(raw, clean):
     assert clean_name(raw) == clean
@@ -47,8 +50,15 @@ def test_clean_name(raw, clean):
 
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(None, "must be a string"), ("   ", "required"), ("x" * 101, "longer than 100"),
-     ("An\u200b", "invisible"), ("An\x00", "control"), ("12345", "letters"), (42, "must be a string")],
+    [
+        (None, "must be a string"),
+        ("   ", "required"),
+        ("x" * 101, "longer than 100"),
+        ("An\u200b", "invisible"),
+        ("An\x00", "control"),
+        ("12345", "letters"),
+        (42, "must be a string"),
+    ],
 )
 def test_bad_names(raw, message):
     with pytest.raises(InvalidNameError, match=message):
@@ -57,8 +67,12 @@ def test_bad_names(raw, message):
 
 @pytest.mark.parametrize(
     ("a", "b", "same"),
-    [("Nguyễn Văn Ân", "nguyen van an", True), ("ĐỖ THỊ HÀ", "do thi ha", True),
-     ("Trần  Bình.", "tran binh", True), ("Nguyễn Văn An", "Nguyễn Văn Anh", False)],
+    [
+        ("Nguyễn Văn Ân", "nguyen van an", True),
+        ("ĐỖ THỊ HÀ", "do thi ha", True),
+        ("Trần  Bình.", "tran binh", True),
+        ("Nguyễn Văn An", "Nguyễn Văn Anh", False),
+    ],
 )
 def test_name_key_folds_case_spacing_and_diacritics(a, b, same):
     assert (name_key(a) == name_key(b)) is same
@@ -66,23 +80,34 @@ def test_name_key_folds_case_spacing_and_diacritics(a, b, same):
 
 @pytest.mark.parametrize(
     ("raw", "ident"),
-    [(None, None), ("", None), ("  ", None), ("0912 345 678", "0912345678"),
-     ("+84 912 345 678", "0912345678"), ("84-912-345-678", "0912345678"),
-     ("001203004567", "001203004567"), ("ab.12/3", "AB123"), ("０９１２", "0912")],
+    [
+        (None, None),
+        ("", None),
+        ("  ", None),
+        ("0912 345 678", "0912345678"),
+        ("+84 912 345 678", "0912345678"),
+        ("84-912-345-678", "0912345678"),
+        ("001203004567", "001203004567"),
+        ("ab.12/3", "AB123"),
+        ("０９１２", "0912"),
+    ],
 )
 def test_normalize_ident(raw, ident):
     assert normalize_ident(raw) == ident
 
 
-@pytest.mark.parametrize(("raw", "message"), [("x" * 41, "longer"), ("12#4", "only letters"),
-                                              ("12+4", "only letters"), (12, "string")])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [("x" * 41, "longer"), ("12#4", "only letters"), ("12+4", "only letters"), (12, "string")],
+)
 def test_bad_idents(raw, message):
     with pytest.raises(InvalidIdentError, match=message):
         normalize_ident(raw)
 
 
-@pytest.mark.parametrize(("ident", "masked"), [(None, None), ("0912345678", "•••••••678"),
-                                               ("AB12", "•••2"), ("7", "7")])
+@pytest.mark.parametrize(
+    ("ident", "masked"), [(None, None), ("0912345678", "•••••••678"), ("AB12", "•••2"), ("7", "7")]
+)
 def test_mask_ident(ident, masked):
     assert mask_ident(ident) == masked
 
@@ -92,7 +117,11 @@ def test_mask_ident(ident, masked):
     [
         (("c1", "A", "Nguyễn Văn An", None), ("c1", "A", "nguyen van an", None), True),
         (("c1", "A", "Nguyễn Văn An", None), ("c1", "B", "Nguyễn Văn An", None), False),  # per site
-        (("c1", "A", "An", "0912345678"), ("c1", "B", "Nguyễn Văn An", "0912345678"), True),  # per class
+        (
+            ("c1", "A", "An", "0912345678"),
+            ("c1", "B", "Nguyễn Văn An", "0912345678"),
+            True,
+        ),  # per class
         (("c1", "A", "An", "0912345678"), ("c2", "A", "An", "0912345678"), False),
         (("c1", "A", "An", "0912345678"), ("c1", "A", "An", None), False),
         (("c1", "A", "An", "0912345678"), ("c1", "A", "An", "0912345679"), False),
@@ -108,16 +137,23 @@ def test_dedupe_key_holds_no_personal_data():
 
 
 def test_parse_checkin():
-    assert parse_checkin({"name": " Lê  Thị Hoa ", "ident": "+84912345678"}, by="operator") == Checkin(
-        "Lê Thị Hoa", "0912345678", "operator")
+    assert parse_checkin(
+        {"name": " Lê  Thị Hoa ", "ident": "+84912345678"}, by="operator"
+    ) == Checkin("Lê Thị Hoa", "0912345678", "operator")
     assert parse_checkin({"name": "Hoa"}).event_data() == {"name": "Hoa", "ident": None, "by": "qr"}
-    assert parse_checkin({"name": "Hoa", "ident": "0912345678"}).event_data()["ident"] == "•••••••678"
+    assert (
+        parse_checkin({"name": "Hoa", "ident": "0912345678"}).event_data()["ident"] == "•••••••678"
+    )
 
 
 @pytest.mark.parametrize(
     ("body", "by", "error", "message"),
-    [([], "qr", CheckinError, "JSON object"), ({"name": "An", "age": 3}, "qr", CheckinError, "unknown"),
-     ({"name": "An"}, "robot", CheckinError, "'by'"), ({}, "qr", InvalidNameError, "string")],
+    [
+        ([], "qr", CheckinError, "JSON object"),
+        ({"name": "An", "age": 3}, "qr", CheckinError, "unknown"),
+        ({"name": "An"}, "robot", CheckinError, "'by'"),
+        ({}, "qr", InvalidNameError, "string"),
+    ],
 )
 def test_parse_checkin_errors(body, by, error, message):
     with pytest.raises(error, match=message):
@@ -134,6 +170,7 @@ def test_clean_name_either_cleans_or_says_why(raw):
 
 
 # --- rate limits ------------------------------------------------------------------------------
+
 
 def test_token_bucket_refills_with_the_clock():
     clock = FakeClock()
@@ -171,8 +208,9 @@ def test_keyed_limiter_is_per_key_and_bounded():
 
 def test_checkin_limiter_site_and_address():
     clock = FakeClock()
-    limiter = CheckinLimiter(CheckinLimits(site_rate=1, site_burst=3, address_rate=1, address_burst=2),
-                             clock=clock)
+    limiter = CheckinLimiter(
+        CheckinLimits(site_rate=1, site_burst=3, address_rate=1, address_burst=2), clock=clock
+    )
     limiter.check("c1", "A", "10.0.0.1")
     limiter.check("c1", "A", "10.0.0.1")
     with pytest.raises(RateLimitedError, match="from this address"):

@@ -38,19 +38,28 @@ def fixture_report() -> AttendanceReport:
         Site("HY-03", "Nhà văn hóa tổ dân phố 5", "Tổ 5", "Phường Hiến Nam", "Hưng Yên"),
     ]
     events = [
-        ev(K.CLASS_STARTED, 0), ev(K.CLASS_ENDED, 90),
-        ev(K.SITE_JOINED, -20, "HY-01"), ev(K.SITE_LEFT, 30, "HY-01"),
-        ev(K.SITE_JOINED, 31.5, "HY-01"), ev(K.SITE_LEFT, 91, "HY-01"),
+        ev(K.CLASS_STARTED, 0),
+        ev(K.CLASS_ENDED, 90),
+        ev(K.SITE_JOINED, -20, "HY-01"),
+        ev(K.SITE_LEFT, 30, "HY-01"),
+        ev(K.SITE_JOINED, 31.5, "HY-01"),
+        ev(K.SITE_LEFT, 91, "HY-01"),
         ev(K.HEADCOUNT, 1, "HY-01", count=45, phase="start"),
         ev(K.HEADCOUNT, 46, "HY-01", count=52, phase="mid"),
         ev(K.CHECKIN, 2, "HY-01", name="Nguyễn Văn An", by="qr"),
         ev(K.QUALITY, 10, "HY-01", **{"class": "poor"}),
         ev(K.HELP_REQUESTED, 11, "HY-01", help_id="h1", reason="no_sound"),
-        ev(K.SITE_JOINED, 25, "HY-02"), ev(K.SITE_LEFT, 85, "HY-02"),
+        ev(K.SITE_JOINED, 25, "HY-02"),
+        ev(K.SITE_LEFT, 85, "HY-02"),
         ev(K.HEADCOUNT, 26, "HY-02", count=30, phase="other"),
     ]
-    session = ClassSession(id="c1", title="Chuyển đổi số cho mọi người", starts_at=T0,
-                           ends_at=T0 + 5400, site_codes=("HY-01", "HY-02", "HY-03"))
+    session = ClassSession(
+        id="c1",
+        title="Chuyển đổi số cho mọi người",
+        starts_at=T0,
+        ends_at=T0 + 5400,
+        site_codes=("HY-01", "HY-02", "HY-03"),
+    )
     return derive(session, sites, events, T0 + 7200)
 
 
@@ -62,7 +71,14 @@ def read_csv(data: bytes) -> list[list[str]]:
 def test_sites_csv_vietnamese(report):
     rows = read_csv(to_csv(report))
     header = rows[0]
-    assert header[:6] == ["Mã điểm cầu", "Tên điểm cầu", "Thôn/Tổ dân phố", "Xã/Phường", "Tỉnh", "Trạng thái"]
+    assert header[:6] == [
+        "Mã điểm cầu",
+        "Tên điểm cầu",
+        "Thôn/Tổ dân phố",
+        "Xã/Phường",
+        "Tỉnh",
+        "Trạng thái",
+    ]
     by_code = {row[0]: dict(zip(header, row)) for row in rows[1:]}
     assert list(by_code) == ["HY-03", "HY-01", "HY-02"]  # by commune, then code
     one = by_code["HY-01"]
@@ -72,7 +88,11 @@ def test_sites_csv_vietnamese(report):
     assert one["Rời lần cuối"] == "2027-01-15 16:31:00"
     assert one["Số phút kết nối"] == "88.5"
     assert one["Số lần vào lại"] == "1"
-    assert (one["Số người đầu buổi"], one["Số người giữa buổi"], one["Số người cuối buổi"]) == ("45", "52", "")
+    assert (one["Số người đầu buổi"], one["Số người giữa buổi"], one["Số người cuối buổi"]) == (
+        "45",
+        "52",
+        "",
+    )
     assert one["Số người điểm danh"] == "1"
     assert one["Số phút chất lượng kém"] == "1.0"
     assert one["Chất lượng gần nhất"] == "Kém"
@@ -104,9 +124,26 @@ def test_communes_csv_ends_with_the_province(report):
 
 @pytest.mark.parametrize(
     ("level", "rows", "first"),
-    [("never_joined", 1, ["HY-03", "Nhà văn hóa tổ dân phố 5", "Tổ 5", "Phường Hiến Nam", "Hưng Yên"]),
-     ("intervals", 3, ["HY-01", "Nhà văn hóa thôn Đông Kỳ", "Xã Tiên Lữ", "2027-01-15 14:40:00",
-                       "2027-01-15 15:30:00", "50.0", ""])],
+    [
+        (
+            "never_joined",
+            1,
+            ["HY-03", "Nhà văn hóa tổ dân phố 5", "Tổ 5", "Phường Hiến Nam", "Hưng Yên"],
+        ),
+        (
+            "intervals",
+            3,
+            [
+                "HY-01",
+                "Nhà văn hóa thôn Đông Kỳ",
+                "Xã Tiên Lữ",
+                "2027-01-15 14:40:00",
+                "2027-01-15 15:30:00",
+                "50.0",
+                "",
+            ],
+        ),
+    ],
 )
 def test_other_csv_levels(report, level, rows, first):
     table = read_csv(to_csv(report, level))
@@ -116,8 +153,11 @@ def test_other_csv_levels(report, level, rows, first):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"level": "people"}, "unknown export level"), ({"lang": "fr"}, "unknown export language"),
-     ({"tz": "Mars/Olympus"}, "unknown time zone")],
+    [
+        ({"level": "people"}, "unknown export level"),
+        ({"lang": "fr"}, "unknown export language"),
+        ({"tz": "Mars/Olympus"}, "unknown time zone"),
+    ],
 )
 def test_bad_export_arguments(report, kwargs, message):
     with pytest.raises(ExportError, match=message):
@@ -141,7 +181,10 @@ def test_xlsx_opened_back(report):
     assert hy01[11] == 45 and hy01[14] == 52
     communes = book["Xã phường"]
     assert [r[0] for r in communes.iter_rows(min_row=2, values_only=True)] == [
-        "Phường Hiến Nam", "Xã Tiên Lữ", "Hưng Yên"]
+        "Phường Hiến Nam",
+        "Xã Tiên Lữ",
+        "Hưng Yên",
+    ]
     summary = dict(book["Toàn tỉnh"].iter_rows(min_row=2, values_only=True))
     assert summary["Buổi học"] == "Chuyển đổi số cho mọi người"
     assert summary["Bắt đầu"] == dt.datetime(2027, 1, 15, 15, 0)
@@ -160,14 +203,23 @@ def test_xlsx_english(report):
 def test_json_is_machine_readable(report):
     data = json.loads(to_json_bytes(report))
     assert data == to_json(report)
-    assert data["window"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T09:30:00Z",
-                              "started": True, "ended": True, "seconds": 5400.0}
+    assert data["window"] == {
+        "start": "2027-01-15T08:00:00Z",
+        "end": "2027-01-15T09:30:00Z",
+        "started": True,
+        "ended": True,
+        "seconds": 5400.0,
+    }
     assert data["never_joined"] == ["HY-03"]
     site = next(s for s in data["sites"] if s["code"] == "HY-01")
     assert site["status"] == "present"
     assert site["first_join"] == "2027-01-15T07:40:00Z"
-    assert site["intervals"][1] == {"start": "2027-01-15T08:31:30Z", "end": "2027-01-15T09:31:00Z",
-                                    "open": False, "seconds": 3570.0}
+    assert site["intervals"][1] == {
+        "start": "2027-01-15T08:31:30Z",
+        "end": "2027-01-15T09:31:00Z",
+        "open": False,
+        "seconds": 3570.0,
+    }
     assert site["headcount"]["peak"] == 52
     assert "join_key" not in site
     assert data["province"]["sites_never_joined"] == 1
@@ -184,7 +236,9 @@ def test_one_commune(report):
         report_for_commune(report, "Xã Không Có")
 
 
-@pytest.mark.parametrize(("epoch", "iso"), [(None, None), (T0, "2027-01-15T08:00:00Z"),
-                                            (T0 + 0.6, "2027-01-15T08:00:01Z")])
+@pytest.mark.parametrize(
+    ("epoch", "iso"),
+    [(None, None), (T0, "2027-01-15T08:00:00Z"), (T0 + 0.6, "2027-01-15T08:00:01Z")],
+)
 def test_iso_utc(epoch, iso):
     assert iso_utc(epoch) == iso

@@ -67,8 +67,16 @@ def test_require_both_takes_the_worse(kbps, loss, expected):
 
 @pytest.mark.parametrize(
     ("height", "target"),
-    [(None, DEFAULT_TARGET_KBPS), (0, DEFAULT_TARGET_KBPS), (180, 200), (170, 200), (360, 500),
-     (480, 1500), (720, 1500), (1080, 1500)],
+    [
+        (None, DEFAULT_TARGET_KBPS),
+        (0, DEFAULT_TARGET_KBPS),
+        (180, 200),
+        (170, 200),
+        (360, 500),
+        (480, 1500),
+        (720, 1500),
+        (1080, 1500),
+    ],
 )
 def test_vp8_targets_by_height(height, target):
     assert target_kbps_for_height(height) == target
@@ -113,8 +121,13 @@ def test_sample_class(sample, expected):
 
 @pytest.mark.parametrize(
     ("quality", "lang", "label"),
-    [(G, "vi", "Tốt"), ("poor", "vi", "Kém"), (L, "en", "Lost"), (N, "xx", "Non-optimal"),
-     (None, "vi", "")],
+    [
+        (G, "vi", "Tốt"),
+        ("poor", "vi", "Kém"),
+        (L, "en", "Lost"),
+        (N, "xx", "Non-optimal"),
+        (None, "vi", ""),
+    ],
 )
 def test_labels(quality, lang, label):
     assert quality_label(quality, lang) == label
