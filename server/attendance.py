@@ -25,8 +25,9 @@ Definitions (all times UTC epoch seconds):
   than ``Rules.absent_below_pct`` of the lecture), ``late`` (first connected in the lecture more
   than ``Rules.late_after_s`` after it started), ``left_early`` (last connected in the lecture
   more than ``Rules.left_early_s`` before its end; while the class goes on, a site gone for that
-  long), else ``present``. Before the lecture starts, every site that connected is ``present``.
-  ``late`` and ``left_early`` are also kept as separate flags.
+  long), else ``present``. Before the lecture starts, every site that connected is ``present``;
+  while it goes on, a site connected now is never ``absent`` (it may still make it: it is
+  ``late`` or ``present``). ``late`` and ``left_early`` are also kept as separate flags.
 - Headcounts: at start / mid / end, the latest report with that explicit ``phase``; failing
   that, the report nearest to that point of the lecture (its start, middle, end) within
   ``Rules.headcount_near_s``. The end figure waits for the class to end. Latest and peak too.
@@ -354,7 +355,7 @@ def _record(
     return SiteRecord(
         site=site,
         expected=expected,
-        status=_status(intervals, pct, late, left_early, window, rules),
+        status=_status(intervals, pct, late, left_early, window, rules, connected_now),
         late=late,
         left_early=left_early,
         connected_now=connected_now,
@@ -477,13 +478,14 @@ def _status(
     left_early: bool,
     window: LectureWindow,
     rules: Rules,
+    connected_now: bool,
 ) -> Status:
     """The one status of a site (see the module docstring for the order)."""
     if not intervals:
         return Status.NEVER_JOINED
     if window.seconds <= 0:
         return Status.PRESENT
-    if pct < rules.absent_below_pct:
+    if pct < rules.absent_below_pct and not connected_now:
         return Status.ABSENT
     if late:
         return Status.LATE

@@ -200,6 +200,23 @@ def test_before_the_lecture_every_connected_site_is_present():
 
 
 @pytest.mark.parametrize(
+    ("site_events", "now_min", "status"),
+    [
+        pytest.param([(K.SITE_JOINED, 20)], 25, Status.LATE, id="late-and-connected-not-absent"),
+        pytest.param([(K.SITE_JOINED, 5)], 25, Status.PRESENT, id="connected-early-enough"),
+        pytest.param([(K.SITE_JOINED, 0), (K.SITE_LEFT, 10)], 40, Status.ABSENT, id="gone"),
+        pytest.param(
+            [(K.SITE_JOINED, 0), (K.SITE_LEFT, 30)], 50, Status.LEFT_EARLY, id="gone-20-min"
+        ),
+        pytest.param([(K.SITE_JOINED, 0), (K.SITE_LEFT, 30)], 40, Status.PRESENT, id="gone-10-min"),
+    ],
+)
+def test_statuses_while_the_class_goes_on(site_events, now_min, status):
+    rec = record(lecture(end=None) + [ev(kind, m) for kind, m in site_events], now_min)
+    assert rec.status is status
+
+
+@pytest.mark.parametrize(
     ("status", "lang", "label"),
     [
         (Status.PRESENT, "vi", "Có mặt trực tuyến"),
