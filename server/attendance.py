@@ -15,7 +15,9 @@ Definitions (all times UTC epoch seconds):
   ``data["conn"]`` (a connection id) they are paired by it, whatever their order, so clock skew
   between the nodes that saw them cannot matter. Otherwise a per-site count of open connections
   is kept (two tabs, or a reconnect on another node seen before the old node's leave, keep the
-  site connected; a leave with nothing open is ignored). A join never closed stays open until
+  site connected; a leave with nothing open is ignored). A connection (with a ``conn``) never
+  closed ends where the site's next connection starts: its node died (``kill -9`` writes no
+  SITE_LEFT) and the page reconnected elsewhere. The last one never closed stays open until
   the class end (or ``now`` while it goes on). Overlapping intervals are merged. Events are
   sorted by ``at``; an ``at`` later than ``now + Rules.skew_s`` is clamped to ``now``.
 - Rejoins: distinct SITE_JOINED connections (by ``conn``, else by event) minus one, as
@@ -41,6 +43,7 @@ Definitions (all times UTC epoch seconds):
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import math
@@ -398,10 +401,28 @@ def _intervals(
         else:
             unpaired_joins.append(event)
     unpaired_leaves = _pair_leaves(leaves, paired)
-    raw = [(s, e, math.isnan(e)) for s, e in paired.values()]  # nan end: still open
+    raw = _orphans_closed(list(paired.values()))
     raw += _counted(unpaired_joins, unpaired_leaves)
     spans = [(s, max(s, open_end) if is_open else e, is_open) for s, e, is_open in raw]
     return _merge(spans), len(paired) + len(unpaired_joins)
+
+
+def _orphans_closed(spans: list[list[float]]) -> list[tuple[float, float, bool]]:
+    """Connection spans (a nan end: never closed); one never closed that a later connection
+    of the site follows ends where that one starts: its node died (kill -9 writes no
+    SITE_LEFT) or its leave was lost, and the page reconnected."""
+    starts = sorted(span[0] for span in spans)
+    out: list[tuple[float, float, bool]] = []
+    for start, end in spans:
+        if math.isnan(end):
+            later = bisect.bisect_right(starts, start)
+            if later < len(starts):
+                out.append((start, starts[later], False))
+                continue
+            out.append((start, end, True))
+        else:
+            out.append((start, end, False))
+    return out
 
 
 def _pair_leaves(leaves: list[Event], paired: dict[str, list[float]]) -> list[Event]:

@@ -132,6 +132,44 @@ def test_connection_ids_pair_whatever_the_clocks():
     assert rec.rejoins == 1
 
 
+@pytest.mark.parametrize(
+    ("site_events", "expected_spans", "connected_now"),
+    [
+        pytest.param(
+            [(K.SITE_JOINED, 0, "a"), (K.SITE_JOINED, 30.2, "b"), (K.SITE_LEFT, 60, "b")],
+            [(0, 60)],
+            False,
+            id="edge-killed-then-page-left",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 0, "a"), (K.SITE_JOINED, 30, "b")],
+            [(0, 80)],
+            True,
+            id="edge-killed-page-still-there",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 0, "a"), (K.SITE_JOINED, 10, "b"), (K.SITE_LEFT, 20, "b")],
+            [(0, 20)],
+            False,
+            id="orphan-ends-at-the-next-connection",
+        ),
+        pytest.param(
+            [(K.SITE_JOINED, 0, "a"), (K.SITE_JOINED, 10, "b"), (K.SITE_LEFT, 20, "b")]
+            + [(K.SITE_LEFT, 50, "a")],
+            [(0, 50)],
+            False,
+            id="two-tabs-both-closed",
+        ),
+    ],
+)
+def test_connections_whose_node_died(site_events, expected_spans, connected_now):
+    events = lecture(end=None) + [ev(kind, m, conn=c) for kind, m, c in site_events]
+    rec = record(events, now_min=80)
+    assert spans(rec) == pytest.approx(expected_spans)
+    assert rec.connected_now is connected_now
+    assert rec.rejoins == 1
+
+
 def test_connection_leave_stamped_before_its_join_is_swapped():
     rec = record(lecture() + [ev(K.SITE_JOINED, 10, conn="x"), ev(K.SITE_LEFT, 9.5, conn="x")])
     assert spans(rec) == [(9.5, 10)]
