@@ -241,3 +241,81 @@ def test_protocol_library_has_no_dom_code() -> None:
     text = (WEB / "static" / "js" / "protocol.js").read_text(encoding="utf-8")
     for word in ("document.", "getElementById", "querySelector", "innerHTML", "textContent"):
         assert word not in text, word
+
+
+# ---- moderation round trip -----------------------------------------------------------------
+
+def test_moderator_resolves_help_and_messages_a_site(lopso: Any, browser_pages: Any) -> None:
+    site = lopso.demo["sites"][1]
+    moderator = browser_pages.open(lopso.demo["moderator"]["url"], name="moderator")
+    moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+    player = browser_pages.open(site["url"], name="site")
+    player.wait_for_function("window.lopso && window.lopso.wsState === 'open'")
+
+    player.click("#open-help")
+    player.check("input[value=no_sound]")
+    player.fill("#help-text", "Loa hỏng")
+    player.click("#form-help button[type=submit]")
+    player.wait_for_selector("#help-result[data-kind=ok]")
+    player.wait_for_selector("#panel-help", state="hidden")
+    item = moderator.locator(f'#help-list li[data-site="{site["code"]}"]')
+    item.wait_for()
+    assert "Loa hỏng" in item.inner_text()
+    moderator.wait_for_selector(f'.tile[data-code="{site["code"]}"][data-help]')
+    item.locator("button", has_text="Đã xử lý").click()
+    item.wait_for(state="detached")
+    player.wait_for_function("document.getElementById('toast').textContent.indexOf('đã xử lý') >= 0")
+    moderator.wait_for_selector(f'.tile[data-code="{site["code"]}"]:not([data-help])')
+
+    player.click("#open-question")
+    player.fill("#q-text", "Xin giảng lại phần mật khẩu?")
+    player.click("#form-question button[type=submit]")
+    player.wait_for_selector("#q-result[data-kind=ok]")
+    player.wait_for_selector("#panel-question", state="hidden")
+    moderator.locator("#question-list li", has_text="mật khẩu").wait_for()
+
+    moderator.click(f'.tile[data-code="{site["code"]}"]')
+    moderator.click("#detail-message")
+    moderator.fill("#msg-text", "Điểm cầu kiểm tra loa giúp nhé")
+    moderator.click("#form-message button[type=submit]")
+    player.wait_for_selector("#message:not([hidden])")
+    assert "kiểm tra loa" in player.inner_text("#message-text")
+
+
+def test_wall_of_5000_sites_updates_only_what_changed(lopso: Any, browser_pages: Any) -> None:
+    """The province wall: a 5,000-site snapshot, then batches of changes, timed in the page."""
+    moderator = browser_pages.open(lopso.demo["moderator"]["url"], name="wall",
+                                   viewport={"width": 1600, "height": 900})
+    moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+    statuses = ["playing", "waiting", "reconnecting", "offline", "never_joined"]
+    sites = [{"code": f"W{i:05d}", "name": f"Nhà văn hóa thôn {i}", "commune": f"Xã {i % 104:03d}",
+              "status": statuses[i % 5], "headcount": i % 90, "peak_headcount": 90,
+              "quality": "good" if i % 5 == 0 else None, "rtt_ms": 80, "loss_pct": 0.5,
+              "kbps": 1400, "rejoins": 0, "since": "2026-11-26T03:00:00Z", "help_open": 0}
+             for i in range(5000)]
+    totals = {"expected": 5000, "connected": 3000, "playing": 1000, "people": 222500,
+              "help_open": 0}
+    moderator.evaluate("(m) => window.lopso.feed(m)", {"type": "sites", "sites": sites,
+                                                       "totals": totals})
+    assert moderator.evaluate("window.lopso.tileCount()") == 5000
+    assert moderator.locator("section.commune").count() == 104
+    snapshot_ms = moderator.evaluate("window.lopso.metrics.lastMs")
+
+    times = []
+    for batch in range(5):
+        changed = [dict(sites[(batch * 997 + k * 7) % 5000], status="reconnecting",
+                        headcount=batch) for k in range(500)]
+        moderator.evaluate("(m) => window.lopso.feed(m)", {"type": "sites_update",
+                                                           "sites": changed, "totals": totals})
+        times.append(moderator.evaluate("window.lopso.metrics.lastMs"))
+    code = sites[(4 * 997) % 5000]["code"]
+    tile = moderator.locator(f'.tile[data-code="{code}"]')
+    assert tile.get_attribute("data-status") == "reconnecting"
+    assert "4 người" in (tile.text_content() or "")
+    moderator.select_option("#filter-status", "reconnecting")
+    shown = moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length")
+    assert 1000 <= shown <= 5000
+    print(f"wall: snapshot of 5000 in {snapshot_ms:.0f} ms; 500-site updates in "
+          f"{', '.join(f'{t:.0f}' for t in times)} ms")
+    # Generous bound for a loaded 2-core CI machine; issue 5's test measures the real budget.
+    assert max(times) < 1000

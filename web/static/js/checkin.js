@@ -42,7 +42,6 @@ async function submit(page, url) {
   }
   const body = { name: name };
   if (ident) body.ident = ident;
-  if (page.site && page.site.code) body.site = page.site.code;
   $("submit").disabled = true;
   setText(result, t("sending"));
   try {

@@ -101,6 +101,8 @@ class Wall {
     el.appendChild(hc);
     el.appendChild(q);
     el.addEventListener("click", () => { if (this.onSelect) this.onSelect(site.code); });
+    // The tooltip is built when a pointer arrives, not on every update (5,000 tiles).
+    el.addEventListener("mouseenter", () => { el.title = tileTitle(this.tiles.get(site.code).site, this.lang); });
     g.box.appendChild(el);
     g.codes.push(site.code);
     const tile = { site: {}, el: el, name: name, hc: hc, q: q, key: "" };
@@ -122,7 +124,6 @@ class Wall {
     if (old.name !== site.name) setText(tile.name, shortName(site.name));
     setText(tile.hc, t("mod_tile_people", { n: typeof site.headcount === "number" ? site.headcount : "–" }));
     setText(tile.q, qualityFigure(site));
-    el.title = tileTitle(site, this.lang);
   }
 
   refreshCommune(name) {
@@ -219,6 +220,8 @@ function main() {
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
     tileCount: function () { return wall.tiles.size; },
+    // Tests and load drills feed server messages straight in (e.g. a 5,000-site snapshot).
+    feed: function (msg) { state.channel.emit(msg.type, msg); },
   };
   wall.onSelect = function (code) { select(state, code); };
   wireChannel(state);
@@ -253,7 +256,8 @@ function wireChannel(state) {
   ch.on("class_ended", function () { setLiveBadge(state, "ended"); });
   ch.on("sites", function (msg) {
     measured(state, function () {
-      $("wall-empty").hidden = true;
+      const empty = $("wall-empty");
+      if (empty) empty.remove(); // a reconnect brings a new snapshot: only the first removes it
       state.wall.snapshot(msg.sites || []);
       fillCommuneTargets(state);
       showTotals(state, msg.totals);

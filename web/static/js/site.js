@@ -97,12 +97,13 @@ function wireChannel(player) {
   });
   ch.on("welcome", function (msg) {
     setLive(player, !!msg.live);
-    if (msg.session && msg.session.ended_at) endClass(player);
+    if (msg.ended || (msg.session && msg.session.ended_at)) endClass(player);
   });
   ch.on("live", function (msg) { setLive(player, !!msg.live); });
   ch.on("class_ended", function () { endClass(player); });
   ch.on("headcount_prompt", function (msg) { showPrompt(msg.phase); });
   ch.on("message", function (msg) { showMessage(msg.text, msg.from); });
+  ch.on("help_resolved", function () { toast(t("site_help_resolved"), 8000); });
   ch.on("command", function (msg) {
     if (msg.action === "reconnect") {
       toast(t("site_reconnect_ordered"));
@@ -307,7 +308,9 @@ function showPrompt(phase) {
 }
 
 function showMessage(text, from) {
-  setText($("message-from"), from ? t("site_message_from", { from: from }) : t("site_message"));
+  const role = t("role_" + from);
+  setText($("message-from"), from ? t("site_message_from", { from: role === "role_" + from ? from : role })
+    : t("site_message"));
   setText($("message-text"), text || "");
   $("message").hidden = false;
 }
@@ -322,6 +325,7 @@ function wireControls(player) {
   $("open-headcount").addEventListener("click", function () { openPanel("panel-headcount", "hc-count"); });
   $("open-help").addEventListener("click", function () { openPanel("panel-help"); });
   $("open-checkin").addEventListener("click", function () { openPanel("panel-checkin", "ci-name"); });
+  $("open-question").addEventListener("click", function () { openPanel("panel-question", "q-text"); });
   $("prompt-open").addEventListener("click", function () {
     $("hc-phase").value = $("prompt").getAttribute("data-phase") || "start";
     $("prompt").hidden = true;
@@ -340,6 +344,7 @@ function wireControls(player) {
   $("form-headcount").addEventListener("submit", function (ev) { ev.preventDefault(); submitHeadcount(player); });
   $("form-help").addEventListener("submit", function (ev) { ev.preventDefault(); submitHelp(player); });
   $("form-checkin").addEventListener("submit", function (ev) { ev.preventDefault(); submitCheckin(player); });
+  $("form-question").addEventListener("submit", function (ev) { ev.preventDefault(); submitQuestion(player); });
 }
 
 function startWatching() {
@@ -378,17 +383,16 @@ function closePanel(panel) {
   if (panel) panel.hidden = true;
 }
 
-/** Send an acked message and report progress in `resultEl`; resolves true on ack. */
+/** Send an acked message and report progress in `resultEl`; resolves with the ack or null. */
 async function sendAcked(player, msg, resultEl) {
   resultEl.removeAttribute("data-kind");
   setText(resultEl, player.channel.state === "open" ? t("sending") : t("queued_offline"));
   try {
-    await player.channel.request(msg);
-    return true;
+    return await player.channel.request(msg);
   } catch (err) {
     resultEl.setAttribute("data-kind", "error");
     setText(resultEl, errorText(err));
-    return false;
+    return null;
   }
 }
 
@@ -425,6 +429,8 @@ async function submitHelp(player) {
     result.setAttribute("data-kind", "ok");
     setText(result, t("site_help_ok"));
     form.reset();
+    toast(t("site_help_ok"), 6000);
+    setTimeout(function () { closePanel($("panel-help")); }, 2000);
   }
 }
 
@@ -435,11 +441,24 @@ async function submitCheckin(player) {
   if (!name) return;
   const msg = { type: "checkin", name: name };
   if (ident) msg.ident = ident;
-  if (await sendAcked(player, msg, result)) {
-    result.setAttribute("data-kind", "ok");
-    setText(result, t("checkin_ok", { name: name }));
+  const ack = await sendAcked(player, msg, result);
+  if (ack) {
+    result.setAttribute("data-kind", ack.duplicate ? "warn" : "ok");
+    setText(result, t(ack.duplicate ? "checkin_duplicate" : "checkin_ok", { name: name }));
     $("form-checkin").reset();
     $("ci-name").focus();
+  }
+}
+
+async function submitQuestion(player) {
+  const text = $("q-text").value.trim().slice(0, 500);
+  const result = $("q-result");
+  if (!text) return;
+  if (await sendAcked(player, { type: "question", text: text }, result)) {
+    result.setAttribute("data-kind", "ok");
+    setText(result, t("site_question_ok"));
+    $("form-question").reset();
+    setTimeout(function () { closePanel($("panel-question")); }, 2000);
   }
 }
 
