@@ -195,6 +195,8 @@ async def test_pages_check_tokens(app, path, role, site, status) -> None:
     client, _ = app
     reply = await client.get(path, params={"token": mint(role, "c1", site)})
     assert reply.status == status
+    assert reply.content_type == "text/html"  # a person opened it: an error page, not JSON
+    assert 'class="error-page"' in await reply.text()
 
 
 async def test_unknown_route_and_method_are_json(app) -> None:

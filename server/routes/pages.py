@@ -6,6 +6,9 @@ from `<script type="application/json" id="page-config">`.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -13,10 +16,13 @@ from aiohttp import web
 
 from server import auth
 from server.app import STATE, AppState, authorize_request, pick_lang, session_or_404
-from server.errors import UnknownError
+from server.errors import UnknownError, describe
 from server.hub import session_wire
 from server.models import ClassSession, Role, Site
 from server.roles import Action
+
+log = logging.getLogger(__name__)
+PageHandler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Response:
@@ -26,6 +32,30 @@ def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Respons
     html = template.render(lang=lang, t=state.catalogue(lang), page=page)
     return web.Response(text=html, content_type="text/html",
                         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def page_errors(handler: PageHandler) -> PageHandler:
+    """A person opened a link: show errors as a page in their language, not as JSON."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown as an error page
+            known = describe(exc)
+            if known is None:
+                log.exception("page failed", extra={"path": request.path})
+                known = (500, "internal", "")
+            status, code, message = known
+            page = {"lang": pick_lang(request),
+                    "error": {"status": status, "code": code, "message": message}}
+            response = render(request, "error", page)
+            response.set_status(status)
+            return response
+
+    return wrapped
 
 
 def _session_page(session: ClassSession) -> dict[str, Any]:
@@ -61,12 +91,14 @@ async def _site(state: AppState, session: ClassSession, code: str) -> Site:
     return site
 
 
+@page_errors
 async def studio(request: web.Request) -> web.Response:
     _, session, page = await _base(request, "lecturer", Action.PUBLISH)
     page["whip_url"] = f"/whip/{quote(session.id)}"
     return render(request, "studio", page)
 
 
+@page_errors
 async def site_player(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "site", Action.VIEW, code)
@@ -80,6 +112,7 @@ async def site_player(request: web.Request) -> web.Response:
     return render(request, "site", page)
 
 
+@page_errors
 async def moderator(request: web.Request) -> web.Response:
     _, session, page = await _base(request, "moderator", Action.MODERATE)
     base = f"/api/sessions/{quote(session.id)}/attendance"
@@ -89,6 +122,7 @@ async def moderator(request: web.Request) -> web.Response:
     return render(request, "moderator", page)
 
 
+@page_errors
 async def checkin_page(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "participant", Action.CHECKIN, code)
