@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 import uuid
@@ -159,6 +160,7 @@ class ClassLive:
         self.peers: set[Peer] = set()
         self.local_joins: dict[str, int] = {}
         self.open_help: dict[str, set[str]] = {}
+        self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
         self.dirty: set[str] = set()
         self.live = False
@@ -207,6 +209,7 @@ class ClassLive:
         elif event.kind is EventKind.HEADCOUNT:
             self._count(state, int(event.data.get("count", 0)))
         elif event.kind is EventKind.HELP_REQUESTED:
+            self.known_help.add(event.data.get("help_id", ""))
             self.open_help.setdefault(state.code, set()).add(event.data.get("help_id", ""))
             state.help_open = len(self.open_help[state.code])
         elif event.kind is EventKind.HELP_RESOLVED:
@@ -361,9 +364,9 @@ class ClassLive:
                 "server_time": iso(self.hub.clock())}
 
     # --- site reports -------------------------------------------------------------------------
-    async def headcount(self, code: str, count: int, phase: str) -> None:
+    async def headcount(self, code: str, count: int, phase: str, ref: str | None = None) -> None:
         await self.hub.append(self.session.id, EventKind.HEADCOUNT, code,
-                              {"count": count, "phase": phase})
+                              {"count": count, "phase": phase}, ref)
         state = self.sites[code]
         await self.patch(code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0))
 
@@ -378,10 +381,13 @@ class ClassLive:
         await self.patch(code, quality=value, rtt_ms=sample.get("rtt_ms"),
                          loss_pct=sample.get("loss_pct"), kbps=sample.get("kbps"))
 
-    async def help(self, code: str, reason: str, text: str) -> str:
-        help_id = uuid.uuid4().hex[:12]
+    async def help(self, code: str, reason: str, text: str, ref: str | None = None) -> str:
+        help_id = event_id(self.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
+        if help_id in self.known_help:
+            return help_id  # a resend
+        self.known_help.add(help_id)
         event = await self.hub.append(self.session.id, EventKind.HELP_REQUESTED, code,
-                                      {"help_id": help_id, "reason": reason, "text": text})
+                                      {"help_id": help_id, "reason": reason, "text": text}, ref)
         self.open_help.setdefault(code, set()).add(help_id)
         await self.patch(code, help_open=len(self.open_help[code]))
         body = {"type": "help", "site": code, "help_id": help_id, "reason": reason,
@@ -399,10 +405,12 @@ class ClassLive:
         await self.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
         return True
 
-    async def question(self, code: str, text: str) -> str:
-        question_id = uuid.uuid4().hex[:12]
+    async def question(self, code: str, text: str, ref: str | None = None) -> str:
+        question_id = event_id(self.session.id, code, EventKind.QUESTION, ref)[:12]
+        if question_id in self.questions:
+            return question_id  # a resend
         event = await self.hub.append(self.session.id, EventKind.QUESTION, code,
-                                      {"question_id": question_id, "text": text})
+                                      {"question_id": question_id, "text": text}, ref)
         question = _question(event)
         self.questions[question_id] = question
         await self.broadcast({"roles": ["moderator", "admin"]}, {"type": "question", **question},
@@ -422,6 +430,14 @@ class ClassLive:
 def _question(event: Event) -> dict[str, Any]:
     return {"site": event.site_code, "question_id": event.data.get("question_id"),
             "text": event.data.get("text", ""), "at": iso(event.at)}
+
+
+def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:
+    """A fresh id, or one derived from the sender's message id (idempotent resends)."""
+    if ref is None:
+        return uuid.uuid4().hex
+    key = f"{sid}\x1f{site or ''}\x1f{kind.value}\x1f{ref}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
 
 
 def checkin_key(site_code: str, name: str, ident: str | None) -> str:
@@ -463,14 +479,16 @@ class Hub:
         return [site for site in found if site is not None]
 
     def event(self, sid: str, kind: EventKind, site: str | None = None,
-              data: dict[str, Any] | None = None) -> Event:
+              data: dict[str, Any] | None = None, ref: str | None = None) -> Event:
+        """A new ledger event; `ref` (a page's message id) makes its id repeatable, so a
+        message resent after a reconnect is stored once."""
         return Event(session_id=sid, kind=kind, at=self.clock(), site_code=site,
-                     data=data or {}, id=uuid.uuid4().hex, node=self.node_id)
+                     data=data or {}, id=event_id(sid, site, kind, ref), node=self.node_id)
 
     async def append(self, sid: str, kind: EventKind, site: str | None = None,
-                     data: dict[str, Any] | None = None) -> Event:
-        """Append to the ledger; returns once durable."""
-        return await self.store.append(self.event(sid, kind, site, data))
+                     data: dict[str, Any] | None = None, ref: str | None = None) -> Event:
+        """Append to the ledger; returns once durable (the earlier event for a resent `ref`)."""
+        return await self.store.append(self.event(sid, kind, site, data, ref))
 
     async def set_live(self, session: ClassSession, live: bool) -> None:
         """The lecturer started or stopped sending: tell every page; prompt headcounts."""

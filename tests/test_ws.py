@@ -281,3 +281,24 @@ async def test_garbage_gets_a_precise_error_and_the_page_stays(app, frame: str, 
     await site.send_json({"type": "heartbeat", "id": "still-here"})
     assert (await receive(site, "ack"))["id"] == "still-here"
     await site.close()
+
+
+async def test_resent_messages_are_stored_once(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    for attempt in range(2):  # the page resends its unacked messages after a reconnect
+        site = await connect(client, Role.SITE, "S1")
+        await site.send_json({"type": "headcount", "count": 12, "phase": "mid", "id": "hc-1"})
+        await site.send_json({"type": "help", "reason": "other", "text": "?", "id": "help-1"})
+        await site.send_json({"type": "question", "text": "Hỏi", "id": "q-1"})
+        acks = [await receive(site, "ack") for _ in range(3)]
+        if attempt == 0:
+            first = acks
+        else:
+            assert acks == first  # same help_id and question_id
+        await site.close()
+    kinds = [e.kind for e in await state.store.events("c1", site_code="S1")
+             if e.kind not in (EventKind.SITE_JOINED, EventKind.SITE_LEFT)]
+    assert sorted(k.value for k in kinds) == ["headcount", "help_requested", "question"]
+    assert len([m for m in [await receive(mod, "help")]]) == 1
+    await mod.close()

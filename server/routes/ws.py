@@ -45,6 +45,7 @@ class Context:
     peer: Peer
     room: ClassLive
     claims: auth.Claims
+    ref: str | None = None  # the message's id: resends of one message are stored once
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -109,7 +110,7 @@ async def on_status(ctx: Context, data: dict[str, Any]) -> None:
 
 async def on_headcount(ctx: Context, data: dict[str, Any]) -> None:
     count = integer(data, "count", 0, 10_000)
-    await ctx.room.headcount(own_site(ctx), count, choice(data, "phase", PHASES))
+    await ctx.room.headcount(own_site(ctx), count, choice(data, "phase", PHASES), ctx.ref)
 
 
 async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
@@ -122,11 +123,11 @@ async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     reason = choice(data, "reason", HELP_REASONS)
     body = text(data, "text", 500, required=False) or ""
-    return {"help_id": await ctx.room.help(own_site(ctx), reason, body)}
+    return {"help_id": await ctx.room.help(own_site(ctx), reason, body, ctx.ref)}
 
 
 async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
-    return {"question_id": await ctx.room.question(own_site(ctx), text(data, "text", 500))}
+    return {"question_id": await ctx.room.question(own_site(ctx), text(data, "text", 500), ctx.ref)}
 
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +210,7 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
         handler, action = HANDLERS[kind]
         if action is not None and not may(ctx.claims.role, action):
             raise ValidationError(f"role {ctx.claims.role.value} may not send {kind}", code="forbidden")
-        result = await handler(ctx, data)
+        result = await handler(dataclasses.replace(ctx, ref=message_id), data)
     except json.JSONDecodeError:
         return {"type": "error", "id": None, "code": "bad_json", "message": "frame is not JSON"}
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error message
