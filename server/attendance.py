@@ -570,10 +570,11 @@ def _quality(
             quality = classified.value
         at = event.at
         if prev is not None:  # the previous sample holds until this one, or for `hold`
+            # (conditional expressions: this loop runs per sample, min()/max() cost 3x more)
             end = prev_at + hold
-            end = min(end, at)
-            end = min(end, w_end)
-            start = max(w_start, prev_at)
+            end = at if at < end else end  # noqa: FURB136
+            end = w_end if w_end < end else end  # noqa: FURB136
+            start = prev_at if prev_at > w_start else w_start  # noqa: FURB136
             if end > start:
                 seconds[prev] = seconds.get(prev, 0.0) + (end - start)
         prev_at, prev = at, quality
