@@ -8,9 +8,11 @@ error shape of docs/protocol.md; an unknown exception is logged and fails only i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from server import auth
 from server.config import Config
 from server.errors import AuthError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
-from server.models import ClassSession
+from server.models import ClassSession, NodeInfo
 from server.roles import Action
 from server.store import open_store
 from server.store.base import Store
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(web_assets.__file__).parent
 LANGS = ("vi", "en")
+VIEWERS_PER_NODE = 500  # load 1.0: a rough per-process capacity until measured (issue 2)
 
 
 @dataclasses.dataclass
@@ -161,6 +164,44 @@ def _media_ctx(state: AppState):  # noqa: ANN202
     return ctx
 
 
+NODE_HEARTBEAT_S = 5.0
+
+
+def _node_ctx(state: AppState):  # noqa: ANN202
+    """Announce this node (role, addresses, load) to the store every few seconds (cluster)."""
+
+    async def beat_forever() -> None:
+        while True:
+            try:
+                await state.store.heartbeat(node_info(state), ttl_s=3 * NODE_HEARTBEAT_S)
+            except Exception:
+                log.exception("node heartbeat failed", extra={"node": state.config.node_id})
+            await asyncio.sleep(NODE_HEARTBEAT_S)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(beat_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
+def node_info(state: AppState) -> NodeInfo:
+    """This node as the cluster sees it."""
+    cfg = state.config
+    lectures = dict(getattr(state.engine, "lectures", {}) or {})
+    viewers = sum(len(getattr(lecture, "viewers", ())) for lecture in lectures.values())
+    port = getattr(state.engine, "port", cfg.media_port) if state.engine else cfg.media_port
+    return NodeInfo(id=cfg.node_id, role=cfg.role, http_url=cfg.base_url,
+                    media_host=cfg.announce[0] if cfg.announce else cfg.media_host,
+                    media_port=port, load=viewers / VIEWERS_PER_NODE, viewers=viewers,
+                    lectures=tuple(sorted(lectures)), at=time.time())
+
+
 def _demo_ctx(state: AppState):  # noqa: ANN202
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from server.demo import create_demo, print_links, write_demo_json
@@ -192,6 +233,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     app.cleanup_ctx.append(_store_ctx(state))
     if media:
         app.cleanup_ctx.append(_media_ctx(state))
+    app.cleanup_ctx.append(_node_ctx(state))
     app.cleanup_ctx.append(_demo_ctx(state))
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)

@@ -236,3 +236,10 @@ async def test_attendance_exports(app) -> None:
     denied = await client.get("/api/sessions/c1/attendance.csv",
                               params={"token": mint(Role.SITE, "c1", "S1")})
     assert denied.status == 403
+
+
+async def test_node_heartbeat_is_in_the_store(app) -> None:
+    client, state = app
+    nodes = await state.store.nodes()
+    assert [n.id for n in nodes] == [state.config.node_id]
+    assert nodes[0].role == "all" and nodes[0].viewers == 0
