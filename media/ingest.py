@@ -38,6 +38,16 @@ def _preferences(kind: str, spec: CodecSpec) -> list:
     return chosen
 
 
+def _offered_kinds(offer: str) -> list[str]:
+    """Media kinds of the offer's m-lines, in order (a video-only encoder offers no audio)."""
+    if not isinstance(offer, str) or not offer.lstrip().startswith("v=0"):
+        raise SdpError("publisher offer is not SDP (it must start with v=0)")
+    kinds = [line[2:].split(" ", 1)[0] for line in offer.splitlines() if line.startswith("m=")]
+    if not kinds:
+        raise SdpError("publisher offer has no media line")
+    return kinds
+
+
 class Publisher:
     """One publishing peer; packets and sender reports go to the sinks, tagged by kind."""
 
@@ -59,9 +69,10 @@ class Publisher:
 
     async def start(self, offer: str) -> str:
         """Answer the publisher's offer; media flows once ICE/DTLS connect."""
-        for kind, spec in self.specs.items():
-            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-            transceiver.setCodecPreferences(_preferences(kind, spec))
+        for kind in _offered_kinds(offer):
+            if kind in self.specs:
+                transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+                transceiver.setCodecPreferences(_preferences(kind, self.specs[kind]))
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except ValueError as exc:

@@ -106,3 +106,71 @@ def write_h264_clip(directory: pathlib.Path, seconds: float = 4.0, fps: int = 30
         for packet in video.encode():
             container.mux(packet)
     return path
+
+
+def ecdsa_identity(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A P-256 ECDSA key and self-signed certificate (PEM files) for an FFmpeg publisher."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lopso-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "whip.crt", directory / "whip.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def publish_whip(url: str, clip: str, token: str, cert: str | None = None, key: str | None = None) -> int:
+    """Stream a clip in real time through FFmpeg's WHIP muxer (PyAV); returns packets sent.
+
+    Runs in its own process (see __main__): the muxer's HTTP and DTLS calls block inside
+    FFmpeg, which would starve an event loop in the same process.
+    """
+    import time
+
+    options = {"authorization": token}
+    if cert and key:
+        options.update(cert_file=cert, key_file=key)
+    sent = 0
+    with av.open(clip) as source:
+        with av.open(url, "w", format="whip", options=options) as out:
+            stream = out.add_stream_from_template(source.streams.video[0])
+            start = time.monotonic()
+            for packet in source.demux(source.streams.video[0]):
+                if packet.dts is None:
+                    continue
+                delay = start + float(packet.pts * packet.time_base) - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                packet.stream = stream
+                out.mux(packet)
+                sent += 1
+    return sent
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(publish_whip(*sys.argv[1:]), flush=True)
