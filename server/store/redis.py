@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
 LRANGE_CHUNK = 5000
+PUBSUB_POLL_S = 1.0
 
 
 class RedisStore:
@@ -58,6 +59,7 @@ class RedisStore:
         self._sent: set[str] = set()  # channel keys SUBSCRIBE was sent for, this connection
         self._live: set[str] = set()  # channels Redis confirmed, this connection
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     async def __aenter__(self) -> RedisStore:
         await self.open()
@@ -76,6 +78,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
         )
         self._client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
+        self._closing = False
         await self._call(self._client.ping)
         self._scripts = {
             name: self._client.register_script(getattr(redis_scripts, name))
@@ -85,12 +88,17 @@ class RedisStore:
 
     async def close(self) -> None:
         """End subscriptions, stop the reader, close the connections."""
+        self._closing = True
         self._hub.close_all()
         tasks = [t for t in (self._pubsub_task, *self._tasks) if t is not None]
         self._pubsub_task = None
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # redis-py can swallow a cancel during a read; the reader also polls `_closing`
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=PUBSUB_POLL_S + 1)
+            if pending:
+                log.warning("redis store tasks did not stop", extra={"pending": len(pending)})
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose(close_connection_pool=True)
@@ -282,17 +290,17 @@ class RedisStore:
         """Hold one subscribed connection; on any failure, reconnect and re-subscribe."""
         delay = 0.05
         control = self._channel_key(f"_control:{uuid.uuid4().hex}")
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub()
             try:
                 async with self._sub_lock:
-                    # always subscribed to something, so a blocking read is valid
+                    # always subscribed to something, so reading is always valid
                     await pubsub.subscribe(control)
                     self._pubsub = pubsub
                 await self._sync_subscriptions()
                 delay = 0.05
-                while True:
-                    message = await pubsub.get_message(timeout=None)
+                while not self._closing:
+                    message = await pubsub.get_message(timeout=PUBSUB_POLL_S)
                     if message is not None:
                         self._on_pubsub_message(message)
             except RETRYABLE as exc:
@@ -304,6 +312,8 @@ class RedisStore:
                     self._sent.clear()
                     self._live.clear()
                 await _quietly(pubsub.aclose())
+            if self._closing:
+                return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
