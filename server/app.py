@@ -51,12 +51,15 @@ class AppState:
     catalogues: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     demo: dict[str, Any] | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
-    signalling_limiter: auth.RateLimiter = dataclasses.field(
-        default_factory=lambda: auth.RateLimiter(rate=20.0, burst=60))
-    checkin_site_limiter: auth.RateLimiter = dataclasses.field(
-        default_factory=lambda: auth.RateLimiter(rate=20.0, burst=200))
-    checkin_addr_limiter: auth.RateLimiter = dataclasses.field(
-        default_factory=lambda: auth.RateLimiter(rate=2.0, burst=20))
+    signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    checkin_site_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    checkin_addr_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
+        self.checkin_site_limiter = auth.RateLimiter(cfg.checkin_rate_site, 10 * cfg.checkin_rate_site)
+        self.checkin_addr_limiter = auth.RateLimiter(cfg.checkin_rate_addr, 10 * cfg.checkin_rate_addr)
 
     def catalogue(self, lang: str) -> dict[str, str]:
         """The page strings of `lang` from web/static/i18n/<lang>.json (empty if missing)."""

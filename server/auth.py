@@ -128,7 +128,7 @@ def bearer(header: str | None, query_token: str | None) -> str:
 
 
 class RateLimiter:
-    """Token bucket per key: `rate` events per second with bursts up to `burst`."""
+    """Token bucket per key: `rate` events per second with bursts up to `burst` (rate 0: off)."""
 
     def __init__(
         self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
@@ -138,6 +138,8 @@ class RateLimiter:
 
     def check(self, key: str) -> None:
         """Take one token for `key` or raise RateLimitedError."""
+        if self._rate <= 0:
+            return
         now = self._clock()
         level, last = self._buckets.get(key, (self._burst, now))
         level = min(self._burst, level + (now - last) * self._rate)

@@ -48,6 +48,9 @@ class Config:
     max_body_bytes: int = 4 * 1024 * 1024
     ws_idle_timeout_s: float = 30.0
     batch_interval_s: float = 1.0
+    signalling_rate: float = 50.0  # WHIP/WHEP requests per second per client address; 0 = off
+    checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
+    checkin_rate_addr: float = 10.0  # check-ins per second per client address; 0 = off
 
     @property
     def tls(self) -> bool:
@@ -103,6 +106,19 @@ def _addresses(raw: Any) -> tuple[str, ...]:
     return tuple(x.strip() for x in items if x.strip())
 
 
+def _rate(name: str):  # noqa: ANN202
+    def parse(raw: Any) -> float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{name} must be 0 (no limit) or positive, got {value}")
+        return value
+
+    return parse
+
+
 def _positive_float(name: str):  # noqa: ANN202
     def parse(raw: Any) -> float:
         try:
@@ -138,6 +154,9 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "max_body_bytes": ("LOPSO_MAX_BODY", _int("max body bytes", 1024, 1 << 30)),
     "ws_idle_timeout_s": ("LOPSO_WS_IDLE_TIMEOUT", _positive_float("WebSocket idle timeout")),
     "batch_interval_s": ("LOPSO_BATCH_INTERVAL", _positive_float("batch interval")),
+    "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
+    "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
+    "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
 }
 
 

@@ -243,3 +243,16 @@ async def test_node_heartbeat_is_in_the_store(app) -> None:
     nodes = await state.store.nodes()
     assert [n.id for n in nodes] == [state.config.node_id]
     assert nodes[0].role == "all" and nodes[0].viewers == 0
+
+
+async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
+    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_rate_site=0) as (client, _):
+        await seed(client)
+        headers = auth(Role.PARTICIPANT, site="S1")
+        statuses = []
+        for i in range(15):  # a burst of 10 is allowed, then 1 per second
+            reply = await client.post("/api/sessions/c1/sites/S1/checkins",
+                                      json={"name": f"Người {i}"}, headers=headers)
+            statuses.append(reply.status)
+        assert statuses.count(201) in (10, 11) and statuses.count(429) >= 4
+        assert (await reply.json())["error"]["code"] == "rate_limited"

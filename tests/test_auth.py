@@ -125,3 +125,9 @@ def test_rate_limiter_allows_burst_then_refills() -> None:
     limiter.check("a")
     with pytest.raises(RateLimitedError):
         limiter.check("a")
+
+
+def test_rate_zero_means_no_limit() -> None:
+    limiter = auth.RateLimiter(rate=0, burst=0, clock=lambda: 0.0)
+    for _ in range(1000):
+        limiter.check("a")
