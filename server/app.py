@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class AppState:
 
 
 STATE = web.AppKey("state", AppState)
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
 # --- request helpers shared by the routes --------------------------------------------------
@@ -122,7 +123,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return json_error(exc.status, code, exc.reason or code, headers)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - translated or logged, never fatal
+    except Exception as exc:
         known = describe(exc)
         if known is None:
             log.exception("request failed", extra={"method": request.method, "path": request.path})
@@ -134,7 +135,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 # --- lifecycle ----------------------------------------------------------------------------
-def _store_ctx(state: AppState):  # noqa: ANN202
+def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
         state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
@@ -150,7 +151,7 @@ def _store_ctx(state: AppState):  # noqa: ANN202
     return ctx
 
 
-def _media_ctx(state: AppState):  # noqa: ANN202
+def _media_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from media.engine import MediaConfig, MediaEngine
 
@@ -170,7 +171,7 @@ def _media_ctx(state: AppState):  # noqa: ANN202
 NODE_HEARTBEAT_S = 5.0
 
 
-def _node_ctx(state: AppState):  # noqa: ANN202
+def _node_ctx(state: AppState) -> CleanupCtx:
     """Announce this node (role, addresses, load) to the store every few seconds (cluster)."""
 
     async def beat_forever() -> None:
@@ -205,7 +206,7 @@ def node_info(state: AppState) -> NodeInfo:
                     lectures=tuple(sorted(lectures)), at=time.time())
 
 
-def _demo_ctx(state: AppState):  # noqa: ANN202
+def _demo_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from server.demo import create_demo, print_links, write_demo_json
 

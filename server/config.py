@@ -10,7 +10,7 @@ import dataclasses
 import os
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class Config:
 
 
 # setting name -> (environment variable, parser)
-def _int(name: str, low: int, high: int):  # noqa: ANN202 - small parser factory
+def _int(name: str, low: int, high: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         try:
             value = int(raw)
@@ -84,7 +84,7 @@ def _int(name: str, low: int, high: int):  # noqa: ANN202 - small parser factory
     return parse
 
 
-def _choice(name: str, options: tuple[str, ...]):  # noqa: ANN202
+def _choice(name: str, options: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
         value = str(raw).strip().lower()
         if value not in options:
@@ -106,7 +106,7 @@ def _addresses(raw: Any) -> tuple[str, ...]:
     return tuple(x.strip() for x in items if x.strip())
 
 
-def _rate(name: str):  # noqa: ANN202
+def _rate(name: str) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
         try:
             value = float(raw)
@@ -119,7 +119,7 @@ def _rate(name: str):  # noqa: ANN202
     return parse
 
 
-def _positive_float(name: str):  # noqa: ANN202
+def _positive_float(name: str) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
         try:
             value = float(raw)

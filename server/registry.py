@@ -112,7 +112,7 @@ def _site(
     )
 
 
-async def import_sites(store, data: bytes) -> int:  # noqa: ANN001 - a server.store Store
+async def import_sites(store, data: bytes) -> int:
     """Parse CSV bytes and upsert the sites, keeping a known site's join key when none is given."""
     sites = parse_sites(decode_csv(data), new_key=lambda: "")
     merged = []

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from serverproc import mint, running_app
 
 from server.models import EventKind, Role
-from serverproc import mint, running_app
 
 CSV = (
     "\ufeffcode,name,village,commune,province\n"
@@ -153,7 +153,7 @@ async def test_ending_a_class(app) -> None:
 
 
 def page_config(html: str) -> dict:
-    match = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)
+    match = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.DOTALL)
     assert match, html[:500]
     return json.loads(match.group(1))
 
@@ -239,7 +239,7 @@ async def test_attendance_exports(app) -> None:
 
 
 async def test_node_heartbeat_is_in_the_store(app) -> None:
-    client, state = app
+    _, state = app
     nodes = await state.store.nodes()
     assert [n.id for n in nodes] == [state.config.node_id]
     assert nodes[0].role == "all" and nodes[0].viewers == 0

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.rtcrtpsender import RTCRtpSender
+from serverproc import SECRET, mint, running_app
+from test_api import ADMIN, seed
 
 from server import auth
 from server.models import Role
-from serverproc import SECRET, mint, running_app
-from test_api import ADMIN, seed
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ async def test_oversized_and_malformed_api_bodies(app) -> None:
     assert reply.status == 400 and (await reply.json())["error"]["code"] == "bad_json"
     reply = await client.post("/api/sessions", data=b"{}", headers={**ADMIN, "Content-Type": "text/plain"})
     assert reply.status == 415
-    reply = await client.post("/api/sites/import", data="code,name\nbad code,x\n".encode(),
+    reply = await client.post("/api/sites/import", data=b"code,name\nbad code,x\n",
                               headers={**ADMIN, "Content-Type": "text/csv"})
     assert reply.status == 400 and "line 2" in (await reply.json())["error"]["message"]
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-
-from server.models import EventKind, Role
 from serverproc import mint, running_app
 from test_api import seed
 
-
+from server.models import EventKind, Role
 
 BATCH = 0.25
 
@@ -100,13 +99,13 @@ async def test_updates_are_batched_and_carry_only_changed_sites(app) -> None:
     while time.monotonic() - started < 4 * BATCH:
         try:
             msg = await mod.receive(timeout=4 * BATCH)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         updates.append((time.monotonic(), json.loads(msg.data)))
     assert updates and all(u["type"] == "sites_update" for _, u in updates)
     assert all([s["code"] for s in u["sites"]] == ["S2"] for _, u in updates)
     assert len(updates) <= 4  # 22 changes in a few batches, not 22 messages
-    gaps = [b - a for (a, _), (b, _) in zip(updates, updates[1:])]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(updates)]
     assert all(gap >= BATCH * 0.7 for gap in gaps), gaps
     assert site_in(updates[-1][1], "S2")["headcount"] == 7
 

@@ -43,7 +43,7 @@ def page_errors(handler: PageHandler) -> PageHandler:
             return await handler(request)
         except web.HTTPException:
             raise
-        except Exception as exc:  # noqa: BLE001 - shown as an error page
+        except Exception as exc:
             known = describe(exc)
             if known is None:
                 log.exception("page failed", extra={"path": request.path})
@@ -77,7 +77,7 @@ async def _base(request: web.Request, role: str, action: Action, site_code: str 
     sid = request.match_info["sid"]
     claims = authorize_request(request, action, sid, site_code)
     session = await session_or_404(state.store, sid)
-    token = request.query["token"] if "token" in request.query else ""
+    token = request.query.get("token", "")
     page = {"sid": sid, "role": claims.role.value if role == "" else role, "token": token,
             "lang": pick_lang(request), "site": None, "session": _session_page(session),
             "ws_url": f"/ws/{quote(sid)}?token={quote(token)}"}

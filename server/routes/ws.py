@@ -21,11 +21,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from server import auth
+from server.app import STATE, authorize_request, session_or_404
 from server.errors import LopsoError, UnknownError, ValidationError, describe
 from server.hub import ClassLive, Peer
 from server.models import Role
 from server.roles import Action, may
-from server.app import STATE, authorize_request, session_or_404
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ async def _read(ws: web.WebSocketResponse, ctx: Context, idle_s: float) -> None:
     while not ws.closed and not ctx.peer.closed:
         try:
             msg = await ws.receive(timeout=idle_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await ws.close(code=1001, message=b"no message for too long")
             return
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
