@@ -196,3 +196,14 @@ async def test_concurrent_append_rate(redis_proc):
         print(f"\nredis add_checkin: {rate:.0f}/s concurrent (appendfsync always)")
         assert all(created for _, created in results)
         assert rate > 100
+
+
+async def test_scripts_reload_after_script_flush(two_nodes, redis_proc):
+    a, _ = two_nodes
+    await a.append(checkin(1))
+    client = aioredis.Redis.from_url(redis_proc.url)
+    await client.script_flush()
+    await client.aclose()
+    stored = await asyncio.gather(*(a.append(checkin(i)) for i in range(2, 12)))
+    assert sorted(e.seq for e in stored) == list(range(2, 12))
+    assert await a.presence("c1") == {}

@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
+from server.store.redis_batch import ScriptBatcher
 from server.store.subscription import Subscription, SubscriptionHub
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class RedisStore:
         self.retry_for_s = retry_for_s
         self._max_connections = max_connections
         self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, Any] = {}
+        self._scripts: ScriptBatcher | None = None
         self._hub = SubscriptionHub(queue_size)
         self._hub.on_empty = self._on_channel_empty
         self._pubsub: Any = None
@@ -80,10 +81,11 @@ class RedisStore:
         self._client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._closing = False
         await self._call(self._client.ping)
-        self._scripts = {
-            name: self._client.register_script(getattr(redis_scripts, name))
+        self._scripts = ScriptBatcher(self._client, {
+            name: getattr(redis_scripts, name)
             for name in ("APPEND", "CHECKIN", "SET_PRESENCE", "PRESENCE")
-        }
+        })
+        await self._call(self._scripts.load)
         self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="lopso-redis-pubsub")
 
     async def close(self) -> None:
@@ -99,6 +101,8 @@ class RedisStore:
             _, pending = await asyncio.wait(tasks, timeout=PUBSUB_POLL_S + 1)
             if pending:
                 log.warning("redis store tasks did not stop", extra={"pending": len(pending)})
+        if self._scripts is not None:
+            self._scripts.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose(close_connection_pool=True)
@@ -140,7 +144,7 @@ class RedisStore:
         event = self._complete(event)
         keys = self._ledger_keys(event.session_id)[:2]
         args = [event.id, codec.event_body(event)]
-        seq, body, _ = await self._call(lambda: self._scripts["APPEND"](keys=keys, args=args))
+        seq, body, _ = await self._call(lambda: self._script("APPEND", keys, args))
         return codec.event_from_body(body, int(seq))
 
     async def add_checkin(self, event: Event, dedupe_key: str) -> tuple[Event, bool]:
@@ -149,7 +153,7 @@ class RedisStore:
         keys = self._ledger_keys(event.session_id)
         args = [event.id, codec.event_body(event), dedupe_key]
         seq, body, created = await self._call(
-            lambda: self._scripts["CHECKIN"](keys=keys, args=args))
+            lambda: self._script("CHECKIN", keys, args))
         return codec.event_from_body(body, int(seq)), bool(created)
 
     async def events(self, session_id: str, after_seq: int = 0,
@@ -182,7 +186,7 @@ class RedisStore:
                            ttl_s: float) -> None:
         keys = [self._presence_key(session_id)]
         args = [site_code, codec.dumps(state), max(1, int(ttl_s * 1000))]
-        await self._call(lambda: self._scripts["SET_PRESENCE"](keys=keys, args=args))
+        await self._call(lambda: self._script("SET_PRESENCE", keys, args))
 
     async def clear_presence(self, session_id: str, site_code: str) -> None:
         key = self._presence_key(session_id)
@@ -190,7 +194,7 @@ class RedisStore:
 
     async def presence(self, session_id: str) -> dict[str, dict[str, Any]]:
         keys = [self._presence_key(session_id)]
-        flat = await self._call(lambda: self._scripts["PRESENCE"](keys=keys, args=[]))
+        flat = await self._call(lambda: self._script("PRESENCE", keys, []))
         return {flat[i].decode(): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     # pub/sub ------------------------------------------------------------------------------
@@ -240,6 +244,11 @@ class RedisStore:
         if self._client is None:
             raise StoreError("store is not open")
         return self._client
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        if self._scripts is None or self._client is None:
+            raise StoreError("store is not open")
+        return self._scripts.call(name, keys, args)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
