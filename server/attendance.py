@@ -273,25 +273,28 @@ _Parts = dict[str, list[Event]]  # by EventKind value: enum members hash slowly
 def _group(
     events: Iterable[Event], session_id: str, now: float, latest: float
 ) -> tuple[list[Event], dict[str, _Parts]]:
-    """Split a class's events into class-level ones and per-site, per-kind lists (one pass);
-    times after ``latest`` (a node's clock ahead) become ``now``."""
+    """Split a class's events into class-level ones (times after ``latest``, a node's clock
+    ahead, become ``now``) and per-site, per-kind lists (one pass)."""
     started, ended = EventKind.CLASS_STARTED, EventKind.CLASS_ENDED
     class_events: list[Event] = []
     by_site: dict[str, _Parts] = {}
     for event in events:
         if event.session_id != session_id:
             continue
-        if event.at > latest:
-            event = dataclasses.replace(event, at=now)
         kind = event.kind
         if kind is started or kind is ended:
-            class_events.append(event)
+            class_events.append(_clamp(event, latest, now))
         elif event.site_code:
             parts = by_site.get(event.site_code)
             if parts is None:
                 by_site[event.site_code] = parts = _empty_parts()
             parts[kind._value_].append(event)
     return class_events, by_site
+
+
+def _clamp(event: Event, latest: float, now: float) -> Event:
+    """The event, with its time set to ``now`` when it is after ``latest``."""
+    return dataclasses.replace(event, at=now) if event.at > latest else event
 
 
 def _empty_parts() -> _Parts:
@@ -327,10 +330,7 @@ def site_record(
 ) -> SiteRecord:
     """Derive one site's record from its own events (any order) and the lecture window."""
     parts = _empty_parts()
-    latest = now + rules.skew_s
     for event in events:
-        if event.at > latest:
-            event = dataclasses.replace(event, at=now)
         parts[EventKind(event.kind).value].append(event)
     return _record(site, parts, window, now, rules, expected)
 
@@ -338,10 +338,14 @@ def site_record(
 def _record(
     site: Site, parts: _Parts, window: LectureWindow, now: float, rules: Rules, expected: bool
 ) -> SiteRecord:
-    """One site's record from its events split by kind (clamped already; sorted in place)."""
+    """One site's record from its events split by kind (lists sorted and clamped in place)."""
+    latest = now + rules.skew_s
     for events in parts.values():
         if len(events) > 1:
             events.sort(key=_BY_AT)
+        if events and events[-1].at > latest:  # clamp after sorting: keeps their order
+            for i in range(bisect.bisect_right(events, latest, key=_BY_AT), len(events)):
+                events[i] = _clamp(events[i], latest, now)
     intervals, joins = _intervals(
         parts[EventKind.SITE_JOINED.value], parts[EventKind.SITE_LEFT.value], window, now
     )

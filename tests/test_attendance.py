@@ -494,6 +494,8 @@ def _event(kind: EventKind, minute: float, n: int) -> Event:
     )
     if kind is K.QUALITY:
         data = {"class": ("good", "poor", "lost", "non_optimal")[n % 4]}
+    if kind in (K.SITE_JOINED, K.SITE_LEFT) and n % 3:
+        data = {"conn": f"c{n % 5}"}  # some connections with ids, some without
     return ev(kind, minute, ("A", "B")[n % 2], **data)
 
 
