@@ -21,6 +21,7 @@ import pytest
 
 from tests.serverproc import LopsoServer
 
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = os.environ.get("LOPSO_CHROMIUM", "/usr/lib/chromium/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -124,6 +125,18 @@ class BrowserPages:
                 context.close()
             except Exception:  # noqa: BLE001 - browser may already be gone
                 pass
+
+
+@pytest.fixture(autouse=True)
+def server_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a test that used the server fails, keep the server's log next to the screenshots."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if "lopso" in request.fixturenames and (report is None or report.failed):
+        srv = request.getfixturevalue("lopso")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        (ARTIFACTS / f"{name}-server.log").write_text(srv.log(), encoding="utf-8")
 
 
 @pytest.fixture

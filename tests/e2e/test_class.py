@@ -34,8 +34,13 @@ def frames(page: Any) -> int:
 
 
 def wait_state(page: Any, state: str, timeout_ms: int = 30_000) -> None:
-    page.wait_for_function("(s) => window.lopso && window.lopso.state === s", arg=state,
-                           timeout=timeout_ms)
+    try:
+        page.wait_for_function("(s) => window.lopso && window.lopso.state === s", arg=state,
+                               timeout=timeout_ms)
+    except Exception as exc:  # noqa: BLE001 - say what the page was doing instead
+        seen = page.evaluate("window.lopso ? {state: window.lopso.state, ws: window.lopso.wsState,"
+                             " whep: window.lopso.whepConnects} : null")
+        raise AssertionError(f"{page.url}: never reached {state!r}; page says {seen}") from exc
 
 
 def assert_frames_rising(page: Any, seconds: float = 2.0) -> tuple[int, int]:
@@ -130,6 +135,15 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
 
     # The studio sees the same counts.
     studio.wait_for_function("window.lopso.totals.playing === 2")
+
+    # Slides with the camera as picture-in-picture, slides alone, camera again: one video
+    # track whose source is swapped, so the sites keep decoding and never renegotiate.
+    for mode in ("pip", "screen", "camera"):
+        studio.click(f"#src-{mode}")
+        studio.wait_for_function("(m) => window.lopso.mode === m", arg=mode)
+        assert_frames_rising(late, 1.5)
+    assert late.evaluate("window.lopso.whepConnects") == 1
+    assert studio.evaluate("window.lopso.state") == "live"
 
     # Reload one site: it plays again, and stays one site record with one rejoin.
     early.reload()
