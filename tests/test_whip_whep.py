@@ -121,3 +121,57 @@ async def test_options_and_patch(app) -> None:
     reply = await client.patch("/whep/c1/S1/abc", headers=bearer(Role.SITE, "S1"), data="x")
     assert reply.status == 405 and (await reply.json())["error"]["code"] == "method_not_allowed"
     assert "DELETE" in reply.headers["Allow"]
+
+
+async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
+    """A WHIP client that is not ours, FFmpeg 8.1's muxer (PyAV), through `lopso serve`'s own
+    endpoint (token, Location, DELETE), to an aiortc WHEP viewer. FFmpeg gets an ECDSA
+    identity (cert_file/key_file): with its default one the DTLS handshake fails (media/)."""
+    import subprocess
+    import sys
+
+    from aiohttp import ClientSession
+
+    from mediaclip import ecdsa_identity, write_h264_clip
+    from serverproc import LopsoServer
+
+    clip = write_h264_clip(tmp_path)
+    cert, key = ecdsa_identity(tmp_path)
+    with LopsoServer(tmp_path / "srv", demo_sites=1) as srv:
+        site = srv.demo["sites"][0]["code"]
+        async with ClientSession(srv.url) as http:
+            body = {"id": "h264", "title": "H264", "starts_at": 1, "video_codec": "H264",
+                    "site_codes": [site]}
+            reply = await http.post("/api/sessions", json=body,
+                                    headers={"Authorization": f"Bearer {srv.admin_token()}"})
+            assert reply.status == 201, await reply.text()
+            pc = RTCPeerConnection()
+            pc.addTransceiver("video", direction="recvonly")
+            frames: asyncio.Queue = asyncio.Queue()
+
+            @pc.on("track")
+            def on_track(track) -> None:
+                async def pump() -> None:
+                    while True:
+                        frames.put_nowait(await track.recv())
+                asyncio.ensure_future(pump())
+
+            token = mint(Role.SITE, "h264", site)
+            reply = await http.post(f"/whep/h264/{site}", data=await offer_of(pc),
+                                    headers={"Authorization": f"Bearer {token}",
+                                             "Content-Type": "application/sdp"})
+            assert reply.status == 201, await reply.text()
+            await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+            pusher = subprocess.Popen(
+                [sys.executable, "-m", "mediaclip", f"{srv.url}/whip/h264",
+                 str(clip), mint(Role.LECTURER, "h264"), str(cert), str(key)],
+                cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True)
+            try:
+                numbers = await decoded_numbers(frames, 30, timeout=20)
+                assert None not in numbers and numbers == sorted(numbers), numbers
+            finally:
+                pusher.kill()
+                output, _ = pusher.communicate(timeout=10)
+                await pc.close()
+            assert "DTLS" not in output, output[-2000:]
