@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Take the README's screenshots: a demo class with the lecturer live and two sites playing.
+
+    python scripts/screenshots.py [--out docs/screenshots] [--sites 12]
+
+Starts `lopso serve --demo-json` on a free port (tests/serverproc.py), drives Debian's headless
+Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site.png,
+moderator.png and checkin.png (small: half-scale PNGs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import tempfile
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.serverproc import LopsoServer  # noqa: E402
+
+DESKTOP = {"width": 1280, "height": 720}
+PHONE = {"width": 390, "height": 720}
+
+
+def new_page(browser: Any, viewport: dict[str, int], scale: float) -> Any:
+    context = browser.new_context(permissions=["camera", "microphone"], viewport=viewport,
+                                  device_scale_factor=scale, locale="vi-VN")
+    context.set_default_timeout(30_000)
+    return context.new_page()
+
+
+def shoot(page: Any, out: pathlib.Path, name: str) -> None:
+    path = out / f"{name}.png"
+    page.screenshot(path=str(path))
+    print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+          f"{path.stat().st_size // 1024} KiB")
+
+
+def run(out: pathlib.Path, sites: int, scale: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, LopsoServer(pathlib.Path(tmp), demo_sites=sites) as srv, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        demo = srv.demo
+        landing = new_page(browser, DESKTOP, scale)
+        landing.goto(srv.url + "/")
+        shoot(landing, out, "landing")
+
+        studio = new_page(browser, DESKTOP, scale)
+        studio.goto(demo["lecturer"]["url"])
+        studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
+        studio.click("#golive")
+        studio.wait_for_function("window.lopso.state === 'live'")
+
+        players = []
+        for i, site in enumerate(demo["sites"][:2]):
+            page = new_page(browser, DESKTOP, scale)
+            page.goto(site["url"])
+            page.wait_for_function("window.lopso.state === 'playing'")
+            page.click("#start")
+            page.click("#open-headcount")
+            page.fill("#hc-count", str(40 + 13 * i))
+            page.click("#hc-submit")
+            page.wait_for_selector("#hc-result[data-kind=ok]")
+            players.append(page)
+        players[1].click("#open-help")
+        players[1].check("input[value=no_sound]")
+        players[1].click("#form-help button[type=submit]")
+        players[1].wait_for_selector("#help-result[data-kind=ok]")
+        players[0].wait_for_timeout(2000)
+        shoot(players[0], out, "site")
+
+        moderator = new_page(browser, DESKTOP, scale)
+        moderator.goto(demo["moderator"]["url"])
+        moderator.wait_for_function("window.lopso.totals.playing >= 2")
+        studio.wait_for_timeout(1500)
+        shoot(studio, out, "studio")
+        shoot(moderator, out, "moderator")
+
+        site_page = players[0]
+        checkin_url = site_page.get_attribute("#checkin-link", "href")
+        phone = new_page(browser, PHONE, scale)
+        phone.goto(checkin_url)
+        phone.fill("#name", "Nguyễn Thị Hoa")
+        shoot(phone, out, "checkin")
+        browser.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "screenshots")
+    parser.add_argument("--sites", type=int, default=12, help="demo sites (default 12)")
+    parser.add_argument("--scale", type=float, default=0.5, help="device scale factor (0.5)")
+    args = parser.parse_args(argv)
+    run(args.out, args.sites, args.scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
