@@ -282,9 +282,21 @@ def spans_text(intervals: Sequence[Any], tz: dt.tzinfo) -> str:
     )
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text(value: Any) -> Any:
+    """Text that Excel would run as a formula gets a leading apostrophe (CSV injection)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv_value(value: Any, kind: str, tz: dt.tzinfo) -> Any:
     if value is None:
         return ""
+    if kind == "text":
+        return _csv_text(value)
     if kind == "spans":
         return spans_text(value, tz)
     if kind == "time":
@@ -362,7 +374,19 @@ def _write_table(
     sheet.append(_header_cells(sheet, [getattr(c, lang) for c in columns]))
     getters = [(c.get, c.kind) for c in columns]
     for row in rows:  # plain values: styled cells cost ~100x more (datetimes get a date format)
-        sheet.append([_xlsx_value(get(row, lang), kind, zone) for get, kind in getters])
+        values = [_xlsx_value(get(row, lang), kind, zone) for get, kind in getters]
+        sheet.append([_xlsx_text(sheet, v) for v in values])
+
+
+def _xlsx_text(sheet: Any, value: Any) -> Any:
+    """A string openpyxl would store as a formula ("=...") as a cell holding plain text."""
+    if isinstance(value, str) and value.startswith("="):
+        from openpyxl.cell import WriteOnlyCell
+
+        cell = WriteOnlyCell(sheet, value=value)
+        cell.data_type = "s"
+        return cell
+    return value
 
 
 def _xlsx_value(value: Any, kind: str, zone: dt.tzinfo) -> Any:
@@ -415,6 +439,8 @@ def _write_summary(
     )
     for label, value in _summary_rows(report, lang, zone):
         cell = WriteOnlyCell(sheet, value=value)
+        if isinstance(value, str):
+            cell.data_type = "s"  # a title starting with "=" is text, not a formula
         if isinstance(value, dt.datetime):
             cell.number_format = _NUMBER_FORMATS["time"]
         elif isinstance(value, float):
@@ -511,6 +537,17 @@ def to_json(report: AttendanceReport) -> dict[str, Any]:
     }
 
 
+def to_summary(report: AttendanceReport) -> dict[str, Any]:
+    """The class's totals without per-site records: for the end-of-class webhook."""
+    full = to_json(report)
+    del full["sites"]
+    full["never_joined"] = [
+        {"code": r.site.code, "name": r.site.name, "commune": r.site.commune}
+        for r in report.never_joined
+    ]
+    return full
+
+
 def to_json_bytes(report: AttendanceReport) -> bytes:
     """``to_json`` encoded as UTF-8 (Vietnamese kept readable, not escaped)."""
     return json.dumps(to_json(report), ensure_ascii=False).encode("utf-8")
@@ -547,5 +584,6 @@ __all__ = [
     "to_csv",
     "to_json",
     "to_json_bytes",
+    "to_summary",
     "to_xlsx",
 ]

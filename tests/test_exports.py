@@ -18,6 +18,7 @@ from server.exports import (
     to_csv,
     to_json,
     to_json_bytes,
+    to_summary,
     to_xlsx,
 )
 from server.models import ClassSession, Event, EventKind, Site
@@ -242,3 +243,26 @@ def test_one_commune(report):
 )
 def test_iso_utc(epoch, iso):
     assert iso_utc(epoch) == iso
+
+
+def test_summary_for_the_webhook(report):
+    summary = to_summary(report)
+    assert "sites" not in summary
+    assert summary["never_joined"] == [
+        {"code": "HY-03", "name": "Nhà văn hóa tổ dân phố 5", "commune": "Phường Hiến Nam"}
+    ]
+    assert summary["province"]["people"] == 52 + 30
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def test_formulas_are_never_exported_as_formulas():
+    site = Site("X-1", '=HYPERLINK("http://example.invalid","bấm")', commune="+Xã Lạ")
+    session = ClassSession(id="c1", title="=1+2", starts_at=T0, site_codes=("X-1",))
+    report = derive(session, [site], [], T0 + 60)
+    rows = read_csv(to_csv(report))
+    assert rows[1][1] == "'" + site.name and rows[1][3] == "'+Xã Lạ"
+    book = load_workbook(io.BytesIO(to_xlsx(report)))
+    cell = book["Điểm cầu"]["B2"]
+    assert (cell.value, cell.data_type) == (site.name, "s")
+    summary = book["Toàn tỉnh"]["B2"]
+    assert (summary.value, summary.data_type) == ("=1+2", "s")
