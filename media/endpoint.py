@@ -27,6 +27,11 @@ from media.errors import MediaError
 from media.srtp import MAX_TRAILER, FastProtector, SrtpContext, SrtpError
 from media.udp import SLOT_SIZE, Libc, MmsgBatch, UdpSocket
 
+try:  # the builtin behind cffi's FFI.memmove, without its Python-level wrapper frame
+    from _cffi_backend import memmove as _cffi_memmove
+except ImportError:  # pragma: no cover
+    _cffi_memmove = Libc().ffi.memmove
+
 logger = logging.getLogger(__name__)
 
 BATCH = 64
@@ -419,6 +424,8 @@ class Fanout:
         self.drops = 0
         """Copies the kernel refused (socket buffer full) or SRTP failed to protect."""
         self._expected = 0
+        self._payload_types: list[int] = []
+        self._last_length = -1
 
     def add(self, endpoint: Endpoint, payload_type: int) -> None:
         """Send this stream to `endpoint` with its payload type (marker bit kept)."""
@@ -450,21 +457,32 @@ class Fanout:
         self.packets += 1
         self.payload_bytes += n
         marker = packet[1] & 0x80
-        memmove = self._sock.libc.ffi.memmove
+        variants = {}
+        for pt in self._payload_types:  # one patched copy per payload type, not per viewer
+            variant = variants[pt] = bytearray(packet)
+            variant[1] = marker | pt
+        memmove = _cffi_memmove
         protect = self._sock.protector.protect_fn
         cell = self._sock.protector.length
         fd = self._sock.udp.fd
+        # Slot lengths stay valid while packets keep their size (each slot's tag is fixed).
+        same_length = n == self._last_length
+        failed = False
         sent = 0
-        for batch, entries in self._plan:
-            for slot, iov, handle, pt in entries:
-                memmove(slot, packet, n)
-                slot[1] = marker | pt
-                cell[0] = n
-                if protect(handle, slot, cell):
-                    cell[0] = 0
-                    self.drops += 1
-                iov.iov_len = cell[0]
-            sent += batch.send(fd, len(entries))
+        for batch, groups in self._plan:
+            for pt, entries in groups:
+                data = variants[pt]
+                for slot, iov, handle in entries:
+                    memmove(slot, data, n)
+                    cell[0] = n
+                    if protect(handle, slot, cell):
+                        iov.iov_len = 0  # an empty datagram; receivers ignore it
+                        failed = True
+                        self.drops += 1
+                    elif not same_length:
+                        iov.iov_len = cell[0]
+            sent += batch.send(fd, batch.used)
+        self._last_length = -1 if failed else n
         if self._slow:
             sent += self._send_slow(packet, marker)
         self.copies += sent
@@ -509,18 +527,23 @@ class Fanout:
         use_fast = self._sock.protector.available
         fast = [t for t in targets if use_fast and t[0].srtp.tx_handle is not None]  # type: ignore[union-attr]
         self._slow = [t for t in targets if not (use_fast and t[0].srtp.tx_handle is not None)]  # type: ignore[union-attr]
+        fast.sort(key=lambda t: t[1])
+        self._payload_types = sorted({pt for _, pt in targets})
         self._plan = []
         for start in range(0, len(fast), BATCH):
             index = start // BATCH
             if index == len(self._batches):
                 self._batches.append(MmsgBatch(self._sock.libc, BATCH))
             batch = self._batches[index]
-            entries = []
-            for i, (ep, pt) in enumerate(fast[start : start + BATCH]):
+            chunk = fast[start : start + BATCH]
+            batch.used = len(chunk)
+            groups: dict[int, list[tuple]] = {}
+            for i, (ep, pt) in enumerate(chunk):
                 if ep.sockaddr is None:
                     ep.sockaddr = batch.address(ep.remote_address)  # type: ignore[arg-type]
                 batch.set_address(i, ep.sockaddr)
-                entries.append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle, pt))  # type: ignore[union-attr]  # noqa: E501
-            self._plan.append((batch, entries))
+                groups.setdefault(pt, []).append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle))  # type: ignore[union-attr]  # noqa: E501
+            self._plan.append((batch, list(groups.items())))
+        self._last_length = -1  # iov lengths must be written on the next send
         self._expected = len(targets)
         self._generation = self._sock.generation

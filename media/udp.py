@@ -75,6 +75,8 @@ class MmsgBatch:
         ffi = libc.ffi
         self._libc = libc
         self.capacity = capacity
+        self.used = 0
+        """Slots in use, for callers that keep a fixed layout between sends."""
         self._data = ffi.new("unsigned char[]", capacity * SLOT_SIZE)
         self._iov = ffi.new("struct iovec[]", capacity)
         self._msgs = ffi.new("struct mmsghdr[]", capacity)

@@ -219,9 +219,19 @@ class LopsoRelay:
 
     async def measure_start(self, _arg) -> str:
         self.mark = self.counters()
+        if self.options.get("profile"):
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
         return "ok"
 
     async def measure_stop(self, _arg) -> dict:
+        if self.options.get("profile"):
+            import pstats
+
+            self.profiler.disable()
+            pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         cpu, copies, packets_in, now = self.counters()
         cpu0, copies0, in0, then = self.mark
         return {"cpu_s": cpu - cpu0, "copies": copies - copies0,
@@ -390,7 +400,7 @@ async def wait_until(predicate, timeout: float, step: float = 0.5) -> bool:
 async def run(args: argparse.Namespace) -> dict:
     mode = "mediarelay" if args.baseline == "mediarelay" else "lopso"
     clip = make_clip(args.warmup + args.seconds + 15)
-    options = {"clip": str(clip), "uvloop": args.uvloop}
+    options = {"clip": str(clip), "uvloop": args.uvloop, "profile": args.profile}
     relay = Remote("mediarelay" if mode == "mediarelay" else "relay", options)
     publisher, viewers = Remote("publisher", options), Remote("viewers", options)
     try:
@@ -444,6 +454,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 viewers, under a minute")
     parser.add_argument("--baseline", choices=["mediarelay"], default=None)
     parser.add_argument("--uvloop", action="store_true", help="run the relay on uvloop")
+    parser.add_argument("--profile", action="store_true", help="cProfile the relay's window")
     args = parser.parse_args()
     default_viewers = 4 if args.baseline else 100
     args.viewers = (args.viewers if args.viewers is not None else default_viewers) - 1

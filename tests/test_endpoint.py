@@ -296,3 +296,21 @@ async def test_random_datagrams_from_a_verified_address_never_crash(sock, viewer
     fanout.add(ep, viewer.pts["video"])
     assert fanout.send(rtp(1)) == 1
     await wait_for(lambda: viewer.received)
+
+
+async def test_payload_types_and_lengths_per_member(sock, viewers):
+    group = [viewers() for _ in range(3)]
+    endpoints = await asyncio.gather(*(v.connect(sock) for v in group))
+    fanout = sock.fanout()
+    chosen = [96, 100, 96]
+    for e, pt in zip(endpoints, chosen):
+        fanout.add(e, pt)
+    sizes = [500, 500, 800, 800, 800, 300, 1100]
+    sent = [rtp(i, marker=i % 2 == 0, size=size) for i, size in enumerate(sizes)]
+    for p in sent:
+        assert fanout.send(p) == 3
+    await wait_for(lambda: all(len(v.received) == len(sent) for v in group))
+    for v, pt in zip(group, chosen):
+        for original, got in zip(sent, v.received):
+            assert got[1] == (original[1] & 0x80) | pt
+            assert got[2:] == original[2:]

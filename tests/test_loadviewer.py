@@ -108,3 +108,22 @@ async def test_parse_answer_reads_ice_lite_answer():
     params = parse_answer(answer)
     assert params == RemoteParams("abcd", "p" * 22, ("sha-256", "AA:BB"), "passive",
                                   ("192.0.2.9", 8189))  # fmt: skip
+
+
+async def test_seventy_viewers_span_two_sendmmsg_batches(sock):
+    identity = DtlsIdentity()
+    viewers = [LoadViewer(identity=identity) for _ in range(70)]
+    try:
+        endpoints = await asyncio.gather(*(connect(sock, v) for v in viewers))
+        fanout = sock.fanout()
+        for ep in endpoints:
+            fanout.add(ep, 96)
+        endpoints[3].close()
+        for seq in range(5):
+            assert fanout.send(rtp(seq)) == 69
+        await wait_for(lambda: sum(v.counters.packets for v in viewers) == 69 * 5)
+        assert viewers[3].counters.packets == 0
+        assert all(v.stats()["lost"] == 0 for v in viewers)
+        assert endpoints[0].stats()["packets_sent"] == 5
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
