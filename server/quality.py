@@ -7,15 +7,19 @@ The rule implemented (shared/REFERENCES.md, "Quality classes"), checked in this 
 1. ``lost``: no media for more than 3 s. A sample says so with ``no_media_s > 3``, or with a
    received bitrate of exactly 0 kbit/s (the browser sums getStats over a 5 s window, so zero
    bytes means no media for longer than 3 s).
+   Callers should not classify while the lecture is not live (a waiting player receives no
+   media by design: that is not ``lost``).
 2. ``good``: received bitrate >= 50 % of the target bitrate, OR packet loss < 6 %.
 3. ``non_optimal``: bitrate >= 30 % of target, OR loss < 8 %.
 4. ``poor``: bitrate >= 10 % of target, OR loss < 12 %.
 5. Anything worse than poor that still has media is ``poor`` too: Jitsi has no class between
    poor and lost, and ``lost`` means no media at all.
 
-"OR" is literal, as in the reference: either criterion is enough to reach a class. A
-criterion whose input is missing (no bitrate, or no loss figure) is skipped; a sample with
-neither is ``None`` (unknown). ``require_both=True`` gives the stricter reading (both measured
+"OR" is literal, as in the reference: either criterion is enough to reach a class. That is
+also what a lecture needs: static slides make the encoder send far below its target bitrate
+with nothing wrong, and low loss then still reads as good. A criterion whose input is
+missing (no bitrate, or no loss figure) is skipped; a sample with neither is ``None``
+(unknown). ``require_both=True`` gives the stricter reading (both measured
 criteria must hold) for callers who want it.
 
 The target bitrate is the sample's ``target_kbps`` when given, otherwise VP8's target for the
