@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -62,17 +63,35 @@ class RedisProcess:
         """Start the server and wait until it answers PING (after loading its AOF)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes",
-             "--appendfsync", self.appendfsync, "--save", "", "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.appendfsync,
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RedisProcessError(f"redis-server exited with {self.proc.returncode}, "
-                                        f"see {self.directory / 'redis.log'}")
+                raise RedisProcessError(
+                    f"redis-server exited with {self.proc.returncode}, "
+                    f"see {self.directory / 'redis.log'}"
+                )
             if ping(self.port):
                 return
             time.sleep(0.02)
@@ -106,7 +125,7 @@ class RedisProcess:
             proc.kill()
             proc.wait()
 
-    def __enter__(self) -> RedisProcess:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -21,9 +20,12 @@ import pytest
 
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store.embedded import EmbeddedStore
-from tests.redisproc import RedisProcess, redis_module  # noqa: F401 (fixture)
+from tests import redisproc
+from tests.redisproc import RedisProcess
 
 STORES = ["embedded", "redis"]
+
+redis_module = redisproc.redis_module  # the fixture, shared with other test modules
 
 
 @pytest.fixture(params=STORES)
@@ -49,17 +51,31 @@ async def store(make_store: Callable[[], object]) -> AsyncIterator[object]:
         await s.close()
 
 
-def ev(kind: EventKind = EventKind.SITE_JOINED, sid: str = "c1", site: str | None = "S1",
-       **data: object) -> Event:
-    return Event(session_id=sid, kind=kind, at=time.time(), site_code=site, data=dict(data),
-                 id=uuid.uuid4().hex, node="n1")
+def ev(
+    kind: EventKind = EventKind.SITE_JOINED,
+    sid: str = "c1",
+    site: str | None = "S1",
+    **data: object,
+) -> Event:
+    return Event(
+        session_id=sid,
+        kind=kind,
+        at=time.time(),
+        site_code=site,
+        data=dict(data),
+        id=uuid.uuid4().hex,
+        node="n1",
+    )
 
 
 # registry and classes ---------------------------------------------------------------------
 
+
 async def test_sites_upsert_get_list(store):
-    sites = [Site("B-2", "Nhà văn hoá thôn Đông", "Thôn Đông", "Xã Tân Hưng", "Hưng Yên", "k2"),
-             Site("A-1", "Hall A", commune="C1")]
+    sites = [
+        Site("B-2", "Nhà văn hoá thôn Đông", "Thôn Đông", "Xã Tân Hưng", "Hưng Yên", "k2"),
+        Site("A-1", "Hall A", commune="C1"),
+    ]
     assert await store.upsert_sites(sites) == 2
     assert await store.get_site("B-2") == sites[0]
     assert await store.get_site("nope") is None
@@ -71,22 +87,30 @@ async def test_sites_upsert_get_list(store):
 
 
 async def test_sessions_put_get_list(store):
-    s1 = ClassSession("c1", "Chuyên đề 1", starts_at=1764122400.123456, site_codes=("A", "B"),
-                      created_at=1.5)
+    s1 = ClassSession(
+        "c1", "Chuyên đề 1", starts_at=1764122400.123456, site_codes=("A", "B"), created_at=1.5
+    )
     s2 = ClassSession("c2", "Topic 2", starts_at=2.0, video_codec="H264")
     await store.put_session(s1)
     await store.put_session(s2)
     assert await store.get_session("c1") == s1
     assert await store.get_session("zz") is None
     assert [s.id for s in await store.list_sessions()] == ["c1", "c2"]
-    ended = ClassSession("c1", "Chuyên đề 1", starts_at=s1.starts_at, site_codes=("A", "B"),
-                         started_at=10.0, ended_at=20.0)
+    ended = ClassSession(
+        "c1",
+        "Chuyên đề 1",
+        starts_at=s1.starts_at,
+        site_codes=("A", "B"),
+        started_at=10.0,
+        ended_at=20.0,
+    )
     await store.put_session(ended)
     assert await store.get_session("c1") == ended
     assert len(await store.list_sessions()) == 2
 
 
 # ledger -----------------------------------------------------------------------------------
+
 
 async def test_append_assigns_seq_per_class_and_round_trips(store):
     e1 = ev(EventKind.HEADCOUNT, count=37, phase="start", note="Nguyễn Văn Ánh")
@@ -140,8 +164,9 @@ async def test_events_filters(store):
     assert seqs(await store.events("c1", after_seq=3)) == [4, 5]
     assert seqs(await store.events("c1", after_seq=5)) == []
     assert seqs(await store.events("c1", kinds=[EventKind.SITE_JOINED])) == [1, 3]
-    assert seqs(await store.events("c1", kinds=[EventKind.SITE_JOINED, EventKind.SITE_LEFT],
-                                   site_code="A")) == [1, 5]
+    assert seqs(
+        await store.events("c1", kinds=[EventKind.SITE_JOINED, EventKind.SITE_LEFT], site_code="A")
+    ) == [1, 5]
     assert seqs(await store.events("c1", site_code="A", after_seq=1)) == [2, 5]
     assert seqs(await store.events("c1", kinds=[])) == []
     assert seqs(await store.events("nope")) == []
@@ -151,7 +176,8 @@ async def test_events_filters(store):
 async def test_checkin_dedupe_under_concurrency(store):
     attempts = [ev(EventKind.CHECKIN, site="A", name=f"P{i % 50}") for i in range(100)]
     results = await asyncio.gather(
-        *(store.add_checkin(e, f"A:p{i % 50}") for i, e in enumerate(attempts)))
+        *(store.add_checkin(e, f"A:p{i % 50}") for i, e in enumerate(attempts))
+    )
     assert sum(created for _, created in results) == 50
     stored = await store.events("c1", kinds=[EventKind.CHECKIN])
     assert len(stored) == 50
@@ -170,22 +196,26 @@ async def test_checkin_retry_and_other_class(store):
     assert await store.add_checkin(first, "A:lan") == (stored, True)
     # another person with the same key: rejected, told who holds it
     assert await store.add_checkin(ev(EventKind.CHECKIN, site="A", name="Lan"), "A:lan") == (
-        stored, False)
+        stored,
+        False,
+    )
     # the same key in another class is a different check-in
-    other, created = await store.add_checkin(ev(EventKind.CHECKIN, sid="c2", name="Lan"),
-                                             "A:lan")
+    other, created = await store.add_checkin(ev(EventKind.CHECKIN, sid="c2", name="Lan"), "A:lan")
     assert created and other.session_id == "c2"
     assert len(await store.events("c1")) == 1
 
 
 # presence ---------------------------------------------------------------------------------
 
+
 async def test_presence_set_clear_and_expiry(store):
     await store.set_presence("c1", "A", {"status": "playing", "rtt_ms": 40.5}, ttl_s=30)
     await store.set_presence("c1", "B", {"status": "waiting"}, ttl_s=0.3)
     await store.set_presence("c2", "A", {"status": "offline"}, ttl_s=30)
-    assert await store.presence("c1") == {"A": {"status": "playing", "rtt_ms": 40.5},
-                                          "B": {"status": "waiting"}}
+    assert await store.presence("c1") == {
+        "A": {"status": "playing", "rtt_ms": 40.5},
+        "B": {"status": "waiting"},
+    }
     await store.set_presence("c1", "A", {"status": "reconnecting"}, ttl_s=30)
     await asyncio.sleep(0.45)
     assert await store.presence("c1") == {"A": {"status": "reconnecting"}}
@@ -203,19 +233,23 @@ async def test_presence_set_clear_and_expiry(store):
 
 # pub/sub ----------------------------------------------------------------------------------
 
+
 async def _next(sub, timeout: float = 3.0):
     return await asyncio.wait_for(sub.__anext__(), timeout)
 
 
 async def test_pubsub_delivers_in_order_to_every_subscriber(store):
-    async with store.subscribe("room") as a, store.subscribe("room") as b:
-        async with store.subscribe("elsewhere") as other:
-            for i in range(5):
-                await store.publish("room", {"i": i, "text": "Xin chào"})
-            await store.publish("elsewhere", {"x": 1})
-            assert [(await _next(a))["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
-            assert [(await _next(b))["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
-            assert await _next(other) == {"x": 1}
+    async with (
+        store.subscribe("room") as a,
+        store.subscribe("room") as b,
+        store.subscribe("elsewhere") as other,
+    ):
+        for i in range(5):
+            await store.publish("room", {"i": i, "text": "Xin chào"})
+        await store.publish("elsewhere", {"x": 1})
+        assert [(await _next(a))["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert [(await _next(b))["i"] for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert await _next(other) == {"x": 1}
     # closed: the iteration ends, and nothing more arrives
     await store.publish("room", {"i": 99})
     with pytest.raises(StopAsyncIteration):
@@ -260,9 +294,19 @@ async def test_pubsub_slow_subscriber_drops_oldest(store):
 
 # nodes ------------------------------------------------------------------------------------
 
+
 async def test_nodes_heartbeat_and_ttl(store):
-    a = NodeInfo("edge-a", "edge", "http://10.0.0.1:8080", "10.0.0.1", 40000, 0.25, 50,
-                 lectures=("c1",), at=1.0)
+    a = NodeInfo(
+        "edge-a",
+        "edge",
+        "http://10.0.0.1:8080",
+        "10.0.0.1",
+        40000,
+        0.25,
+        50,
+        lectures=("c1",),
+        at=1.0,
+    )
     b = NodeInfo("edge-b", "edge", "http://10.0.0.2:8080", "10.0.0.2", 40001, 0.0, 0, at=1.0)
     await store.heartbeat(a, ttl_s=30)
     await store.heartbeat(b, ttl_s=0.3)
@@ -274,6 +318,7 @@ async def test_nodes_heartbeat_and_ttl(store):
 
 
 # persistence ------------------------------------------------------------------------------
+
 
 async def test_state_survives_close_and_reopen(make_store):
     first = make_store()
@@ -329,20 +374,26 @@ APPENDER = textwrap.dedent("""
 
 async def test_embedded_acknowledged_appends_survive_kill_9(tmp_path: Path):
     """A child appends and prints each acknowledged event; kill -9; all of them are there."""
-    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(tmp_path)],
-                            stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        APPENDER,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
     acked: dict[str, int] = {}
     deadline = time.monotonic() + 15
     try:
         while len(acked) < 1500 and time.monotonic() < deadline:
-            line = await asyncio.to_thread(proc.stdout.readline)
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
             if not line:
                 break
             event_id, seq = line.split()
             acked[event_id.decode()] = int(seq)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = await asyncio.to_thread(proc.communicate)
+        rest, _ = await proc.communicate()
     for line in rest.splitlines():  # acknowledged before the kill, still in the pipe
         parts = line.split()
         if len(parts) == 2:

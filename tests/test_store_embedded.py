@@ -17,8 +17,15 @@ from server.store.embedded import DB_NAME, EmbeddedStore
 
 
 def checkin(i: int) -> Event:
-    return Event("c1", EventKind.CHECKIN, time.time(), f"S{i % 5000}", {"name": f"P{i}"},
-                 uuid.uuid4().hex, "n1")
+    return Event(
+        "c1",
+        EventKind.CHECKIN,
+        time.time(),
+        f"S{i % 5000}",
+        {"name": f"P{i}"},
+        uuid.uuid4().hex,
+        "n1",
+    )
 
 
 async def test_open_store_without_redis_is_embedded(tmp_path: Path):
@@ -46,8 +53,7 @@ async def test_concurrent_appends_share_commits_and_are_fast(tmp_path: Path):
     async with EmbeddedStore(tmp_path) as store:
         n = 2000
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(store.add_checkin(checkin(i), f"k{i}") for i in range(n)))
+        results = await asyncio.gather(*(store.add_checkin(checkin(i), f"k{i}") for i in range(n)))
         elapsed = time.perf_counter() - started
         commits = store._writer.commits
         print(f"\nembedded add_checkin: {n / elapsed:.0f}/s concurrent, {commits} commits")
@@ -63,12 +69,16 @@ async def test_concurrent_appends_share_commits_and_are_fast(tmp_path: Path):
 
 async def test_failed_operation_does_not_spoil_its_group(tmp_path: Path):
     async with EmbeddedStore(tmp_path) as store:
+
         def explode(ledger):
             ledger.conn.execute("INSERT INTO no_such_table VALUES (1)")
 
         results = await asyncio.gather(
-            store.append(checkin(1)), store._write(explode), store.append(checkin(2)),
-            return_exceptions=True)
+            store.append(checkin(1)),
+            store._write(explode),
+            store.append(checkin(2)),
+            return_exceptions=True,
+        )
         assert isinstance(results[1], StoreError)
         assert [r.seq for r in (results[0], results[2])] == [1, 2]
         assert [e.seq for e in await store.events("c1")] == [1, 2]
@@ -93,3 +103,13 @@ async def test_closed_store_refuses_work(tmp_path: Path):
         await store.append(checkin(1))
     with pytest.raises(StoreError):
         await store.events("c1")
+
+
+async def test_another_writer_on_the_same_file_does_not_break_seqs(tmp_path: Path):
+    """A second process (a CLI command) appending to the file between our writes."""
+    async with EmbeddedStore(tmp_path) as ours:
+        assert (await ours.append(checkin(1))).seq == 1
+        async with EmbeddedStore(tmp_path, node_id="cli") as other:
+            assert (await other.append(checkin(2))).seq == 2
+        assert (await ours.append(checkin(3))).seq == 3
+        assert [e.seq for e in await ours.events("c1")] == [1, 2, 3]

@@ -15,12 +15,16 @@ from server.models import Event, EventKind
 from server.store import open_store
 from server.store.base import StoreError
 from server.store.redis import RedisStore
-from tests.redisproc import RedisProcess, free_port, redis_proc  # noqa: F401 (fixture)
+from tests import redisproc
+from tests.redisproc import RedisProcess, free_port
+
+redis_proc = redisproc.redis_proc  # the fixture, shared with other test modules
 
 
 def checkin(i: int, sid: str = "c1") -> Event:
-    return Event(sid, EventKind.CHECKIN, time.time(), f"S{i % 50}", {"name": f"P{i}"},
-                 uuid.uuid4().hex, "n1")
+    return Event(
+        sid, EventKind.CHECKIN, time.time(), f"S{i % 50}", {"name": f"P{i}"}, uuid.uuid4().hex, "n1"
+    )
 
 
 @pytest.fixture
@@ -99,7 +103,7 @@ async def test_append_whose_reply_was_lost_is_retried_not_duplicated(redis_proc)
         assert second.seq == 2
         assert [e.id for e in await store.events("c1")][1:] == [second.id]
         proxy.armed = True
-        first, created = await store.add_checkin(checkin(2), "lan")
+        _, created = await store.add_checkin(checkin(2), "lan")
         assert proxy.dropped == 2 and created  # the retry of the winner still says created
         assert len(await store.events("c1")) == 3
     finally:
@@ -190,8 +194,9 @@ async def test_concurrent_append_rate(redis_proc):
         await store.append(checkin(0))
         n = 2000
         started = time.perf_counter()
-        results = await asyncio.gather(*(store.add_checkin(checkin(i), f"k{i}")
-                                         for i in range(1, n + 1)))
+        results = await asyncio.gather(
+            *(store.add_checkin(checkin(i), f"k{i}") for i in range(1, n + 1))
+        )
         rate = n / (time.perf_counter() - started)
         print(f"\nredis add_checkin: {rate:.0f}/s concurrent (appendfsync always)")
         assert all(created for _, created in results)

@@ -1,8 +1,8 @@
 """Stores behind one contract (server/store/base.py): embedded SQLite, or Redis for a cluster.
 
-    store = await open_store(config.redis_url, config.data_dir, config.node_id)
-    ...
-    await store.close()
+store = await open_store(config.redis_url, config.data_dir, config.node_id)
+...
+await store.close()
 """
 
 from __future__ import annotations

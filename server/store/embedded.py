@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, sqlite_ledger
@@ -68,7 +68,7 @@ class _Writer:
         try:
             conn = sqlite_ledger.connect(self._path)
             conn.executescript(sqlite_ledger.SCHEMA)
-        except BaseException as exc:  # reported to start()
+        except Exception as exc:  # noqa: BLE001 (reported to start())
             self._error = exc
             self._started.set()
             return
@@ -88,17 +88,22 @@ class _Writer:
                 self._settle(self._commit(conn, ledger, ops))
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, ledger: sqlite_ledger.Ledger,
-                ops: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]]) -> list[Any]:
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        ledger: sqlite_ledger.Ledger,
+        ops: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]],
+    ) -> list[Any]:
         """One transaction for all ops; a failing op is rolled back alone (savepoint)."""
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            ledger.check_outside_writes()
             for fn, future in ops:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = fn(ledger)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (fails this op, not its group)
                     conn.execute("ROLLBACK TO op")
                     ledger.forget_seqs()
                     if isinstance(exc, sqlite3.Error):
@@ -149,7 +154,7 @@ class EmbeddedStore:
         self._presence: dict[str, dict[str, tuple[dict[str, Any], float]]] = {}
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
 
-    async def __aenter__(self) -> EmbeddedStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -164,9 +169,7 @@ class EmbeddedStore:
         await loop.run_in_executor(None, writer.start)
         self._writer = writer
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="lopso-sqlite-read")
-        self._read_conn = await loop.run_in_executor(
-            self._reader, sqlite_ledger.connect, self.path
-        )
+        self._read_conn = await loop.run_in_executor(self._reader, sqlite_ledger.connect, self.path)
 
     async def close(self) -> None:
         """Commit pending writes, stop the threads, end subscriptions."""
@@ -193,8 +196,9 @@ class EmbeddedStore:
         return codec.site_from_json(bodies[0]) if bodies else None
 
     async def list_sites(self) -> list[Site]:
-        return [codec.site_from_json(b) for b in await self._read(sqlite_ledger.select_bodies,
-                                                                   "sites")]
+        return [
+            codec.site_from_json(b) for b in await self._read(sqlite_ledger.select_bodies, "sites")
+        ]
 
     # classes ------------------------------------------------------------------------------
 
@@ -216,32 +220,46 @@ class EmbeddedStore:
         """Store the event durably (idempotent on event.id) and return it with its seq."""
         event = self._complete(event)
         body = codec.event_body(event)
-        stored = await self._write(lambda ledger: ledger.append(
-            event.session_id, event.id, event.kind.value, event.site_code, body))
+        stored = await self._write(
+            lambda ledger: ledger.append(
+                event.session_id, event.id, event.kind.value, event.site_code, body
+            )
+        )
         return codec.event_from_body(stored.body, stored.seq)
 
     async def add_checkin(self, event: Event, dedupe_key: str) -> tuple[Event, bool]:
         """Append a check-in unless `dedupe_key` is taken in this class (atomic)."""
         event = self._complete(event)
         body = codec.event_body(event)
-        stored = await self._write(lambda ledger: ledger.add_checkin(
-            event.session_id, dedupe_key, event.id, event.kind.value, event.site_code, body))
+        stored = await self._write(
+            lambda ledger: ledger.add_checkin(
+                event.session_id, dedupe_key, event.id, event.kind.value, event.site_code, body
+            )
+        )
         return codec.event_from_body(stored.body, stored.seq), stored.created
 
-    async def events(self, session_id: str, after_seq: int = 0,
-                     kinds: Iterable[EventKind] | None = None,
-                     site_code: str | None = None) -> list[Event]:
+    async def events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        kinds: Iterable[EventKind] | None = None,
+        site_code: str | None = None,
+    ) -> list[Event]:
         kind_values = None if kinds is None else [EventKind(k).value for k in kinds]
-        rows = await self._read(sqlite_ledger.select_events, session_id, after_seq,
-                                kind_values, site_code)
+        rows = await self._read(
+            sqlite_ledger.select_events, session_id, after_seq, kind_values, site_code
+        )
         return [codec.event_from_body(body, seq) for body, seq in rows]
 
     # presence -----------------------------------------------------------------------------
 
-    async def set_presence(self, session_id: str, site_code: str, state: dict[str, Any],
-                           ttl_s: float) -> None:
+    async def set_presence(
+        self, session_id: str, site_code: str, state: dict[str, Any], ttl_s: float
+    ) -> None:
         self._presence.setdefault(session_id, {})[site_code] = (
-            dict(state), time.monotonic() + ttl_s)
+            dict(state),
+            time.monotonic() + ttl_s,
+        )
 
     async def clear_presence(self, session_id: str, site_code: str) -> None:
         self._presence.get(session_id, {}).pop(site_code, None)
@@ -281,8 +299,9 @@ class EmbeddedStore:
         """Fill in the id and node when the producer left them empty."""
         if event.id and event.node:
             return event
-        return dataclasses.replace(event, id=event.id or uuid.uuid4().hex,
-                                   node=event.node or self.node_id)
+        return dataclasses.replace(
+            event, id=event.id or uuid.uuid4().hex, node=event.node or self.node_id
+        )
 
     async def _write(self, fn: Callable[[sqlite_ledger.Ledger], T]) -> T:
         if self._writer is None:

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -42,9 +42,15 @@ PUBSUB_POLL_S = 1.0
 class RedisStore:
     """Store on a Redis server (AOF on); keys under `prefix`, so deployments can share one."""
 
-    def __init__(self, url: str, node_id: str = "local", prefix: str = "lopso",
-                 retry_for_s: float = 30.0, max_connections: int = 64,
-                 queue_size: int = 1000):
+    def __init__(
+        self,
+        url: str,
+        node_id: str = "local",
+        prefix: str = "lopso",
+        retry_for_s: float = 30.0,
+        max_connections: int = 64,
+        queue_size: int = 1000,
+    ):
         self.url = url
         self.node_id = node_id
         self.prefix = prefix
@@ -62,7 +68,7 @@ class RedisStore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
-    async def __aenter__(self) -> RedisStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -74,17 +80,24 @@ class RedisStore:
     async def open(self) -> None:
         """Connect (retrying while Redis starts), load the scripts, start the pub/sub reader."""
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=self._max_connections, timeout=self.retry_for_s,
-            socket_connect_timeout=2.0, socket_timeout=10.0, socket_keepalive=True,
+            self.url,
+            max_connections=self._max_connections,
+            timeout=self.retry_for_s,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+            socket_keepalive=True,
             retry=Retry(NoBackoff(), 1),
         )
         self._client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._closing = False
         await self._call(self._client.ping)
-        self._scripts = ScriptBatcher(self._client, {
-            name: getattr(redis_scripts, name)
-            for name in ("APPEND", "CHECKIN", "SET_PRESENCE", "PRESENCE")
-        })
+        self._scripts = ScriptBatcher(
+            self._client,
+            {
+                name: getattr(redis_scripts, name)
+                for name in ("APPEND", "CHECKIN", "SET_PRESENCE", "PRESENCE")
+            },
+        )
         await self._call(self._scripts.load)
         self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="lopso-redis-pubsub")
 
@@ -112,7 +125,8 @@ class RedisStore:
     async def upsert_sites(self, sites: Iterable[Site]) -> int:
         mapping = {s.code: codec.site_to_json(s) for s in sites}
         if mapping:
-            await self._call(lambda: self._redis.hset(self._key("sites"), mapping=mapping))
+            key = self._key("sites")
+            await self._call(lambda: self._redis.hset(key, mapping=mapping))  # type: ignore[arg-type]
         return len(mapping)
 
     async def get_site(self, code: str) -> Site | None:
@@ -152,13 +166,16 @@ class RedisStore:
         event = self._complete(event)
         keys = self._ledger_keys(event.session_id)
         args = [event.id, codec.event_body(event), dedupe_key]
-        seq, body, created = await self._call(
-            lambda: self._script("CHECKIN", keys, args))
+        seq, body, created = await self._call(lambda: self._script("CHECKIN", keys, args))
         return codec.event_from_body(body, int(seq)), bool(created)
 
-    async def events(self, session_id: str, after_seq: int = 0,
-                     kinds: Iterable[EventKind] | None = None,
-                     site_code: str | None = None) -> list[Event]:
+    async def events(
+        self,
+        session_id: str,
+        after_seq: int = 0,
+        kinds: Iterable[EventKind] | None = None,
+        site_code: str | None = None,
+    ) -> list[Event]:
         kind_set = None if kinds is None else {EventKind(k).value for k in kinds}
         if kind_set is not None and not kind_set:
             return []
@@ -166,24 +183,23 @@ class RedisStore:
         out: list[Event] = []
         start = max(after_seq, 0)
         while True:
-            first = start
-            chunk = await self._call(
-                lambda: self._redis.lrange(log_key, first, first + LRANGE_CHUNK - 1))
+            chunk = await self._lrange(log_key, start, start + LRANGE_CHUNK - 1)
             for offset, body in enumerate(chunk):
                 raw = json.loads(body)
                 if kind_set is not None and raw["kind"] not in kind_set:
                     continue
                 if site_code is not None and raw["site_code"] != site_code:
                     continue
-                out.append(codec.event_from_raw(raw, first + offset + 1))
+                out.append(codec.event_from_raw(raw, start + offset + 1))
             if len(chunk) < LRANGE_CHUNK:
                 return out
             start += LRANGE_CHUNK
 
     # presence -----------------------------------------------------------------------------
 
-    async def set_presence(self, session_id: str, site_code: str, state: dict[str, Any],
-                           ttl_s: float) -> None:
+    async def set_presence(
+        self, session_id: str, site_code: str, state: dict[str, Any], ttl_s: float
+    ) -> None:
         keys = [self._presence_key(session_id)]
         args = [site_code, codec.dumps(state), max(1, int(ttl_s * 1000))]
         await self._call(lambda: self._script("SET_PRESENCE", keys, args))
@@ -228,7 +244,8 @@ class RedisStore:
 
     async def nodes(self) -> list[NodeInfo]:
         index = self._key("nodes")
-        ids = sorted(i.decode() for i in await self._call(lambda: self._redis.smembers(index)))
+        members = await self._call(lambda: self._redis.smembers(index))
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         if not ids:
             return []
         bodies = await self._call(lambda: self._redis.mget([self._key("node", i) for i in ids]))
@@ -244,6 +261,9 @@ class RedisStore:
         if self._client is None:
             raise StoreError("store is not open")
         return self._client
+
+    async def _lrange(self, key: str, first: int, last: int) -> list[bytes | str]:
+        return await self._call(lambda: self._redis.lrange(key, first, last))
 
     def _script(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
         if self._scripts is None or self._client is None:
@@ -266,8 +286,9 @@ class RedisStore:
     def _complete(self, event: Event) -> Event:
         if event.id and event.node:
             return event
-        return dataclasses.replace(event, id=event.id or uuid.uuid4().hex,
-                                   node=event.node or self.node_id)
+        return dataclasses.replace(
+            event, id=event.id or uuid.uuid4().hex, node=event.node or self.node_id
+        )
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis operation, retrying connection failures for up to `retry_for_s`."""
@@ -313,14 +334,15 @@ class RedisStore:
                     if message is not None:
                         self._on_pubsub_message(message)
             except RETRYABLE as exc:
-                log.warning("redis pub/sub connection lost, reconnecting",
-                            extra={"error": str(exc)})
+                log.warning(
+                    "redis pub/sub connection lost, reconnecting", extra={"error": str(exc)}
+                )
             finally:
                 async with self._sub_lock:
                     self._pubsub = None
                     self._sent.clear()
                     self._live.clear()
-                await _quietly(pubsub.aclose())
+                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
             if self._closing:
                 return
             await asyncio.sleep(delay)
@@ -347,7 +369,7 @@ class RedisStore:
     def _on_pubsub_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         key = message["channel"].decode()
-        channel = key[len(self._channel_key("")):]
+        channel = key[len(self._channel_key("")) :]
         if kind == "subscribe":
             self._live.add(key)
             self._hub.mark_ready(channel)
@@ -369,5 +391,5 @@ class RedisStore:
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     try:
         await awaitable
-    except Exception:  # closing a broken connection may fail again; nothing to do
-        pass
+    except Exception as exc:  # noqa: BLE001 (closing a broken connection may fail again)
+        log.debug("ignored error while closing", extra={"error": str(exc)})

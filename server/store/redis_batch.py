@@ -16,8 +16,13 @@ from redis import exceptions as rexc
 class ScriptBatcher:
     """Queues EVALSHA calls and flushes them as pipelines (no MULTI: each script is atomic)."""
 
-    def __init__(self, client: aioredis.Redis, scripts: dict[str, str], max_batch: int = 256,
-                 max_in_flight: int = 8):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        scripts: dict[str, str],
+        max_batch: int = 256,
+        max_in_flight: int = 8,
+    ):
         self._client = client
         self._source = scripts
         self._sha: dict[str, str] = {}
@@ -49,7 +54,7 @@ class ScriptBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         while self._queue:
-            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             task = asyncio.ensure_future(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -76,8 +81,9 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _execute(self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]
-                       ) -> list[Any]:
+    async def _execute(
+        self, batch: list[tuple[str, Sequence[Any], asyncio.Future[Any]]]
+    ) -> list[Any]:
         if not self._sha:
             await self.load()
         async with self._client.pipeline(transaction=False) as pipe:

@@ -47,15 +47,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-SET_PRESENCE = _NOW_MS + """
+SET_PRESENCE = (
+    _NOW_MS
+    + """
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.0f', now + ttl) .. '|' .. ARGV[2])
 -- the whole hash goes an hour after its last refresh (a class long over)
 redis.call('PEXPIRE', KEYS[1], math.max(ttl, 3600000))
 return 1
 """
+)
 
-PRESENCE = _NOW_MS + """
+PRESENCE = (
+    _NOW_MS
+    + """
 local all = redis.call('HGETALL', KEYS[1])
 local out = {}
 for i = 1, #all, 2 do
@@ -70,3 +75,4 @@ for i = 1, #all, 2 do
 end
 return out
 """
+)

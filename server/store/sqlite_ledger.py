@@ -59,13 +59,25 @@ class Ledger:
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
         self._last_seq: dict[str, int] = {}
+        self._data_version = -1
+
+    def check_outside_writes(self) -> None:
+        """Drop the seq cache if another connection (say a CLI command) committed meanwhile.
+
+        Call inside the write transaction: `data_version` changes only for others' commits.
+        """
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._last_seq.clear()
 
     def forget_seqs(self) -> None:
         """Drop the seq cache (after a rolled-back transaction)."""
         self._last_seq.clear()
 
-    def append(self, session_id: str, event_id: str, kind: str, site: str | None,
-               body: str) -> StoredEvent:
+    def append(
+        self, session_id: str, event_id: str, kind: str, site: str | None, body: str
+    ) -> StoredEvent:
         """Insert the event unless its id exists; return the stored row either way."""
         row = self.conn.execute("SELECT body, seq FROM events WHERE id = ?", (event_id,)).fetchone()
         if row is not None:
@@ -78,8 +90,15 @@ class Ledger:
         self._last_seq[session_id] = seq
         return StoredEvent(body, seq, True)
 
-    def add_checkin(self, session_id: str, dedupe_key: str, event_id: str, kind: str,
-                    site: str | None, body: str) -> StoredEvent:
+    def add_checkin(
+        self,
+        session_id: str,
+        dedupe_key: str,
+        event_id: str,
+        kind: str,
+        site: str | None,
+        body: str,
+    ) -> StoredEvent:
         """Append a check-in unless the key is taken; `created` is True for the key's owner.
 
         A retry of the very request that took the key (same event id) answers as the first
@@ -121,8 +140,13 @@ class Ledger:
         return last + 1
 
 
-def select_events(conn: sqlite3.Connection, session_id: str, after_seq: int,
-                  kinds: Iterable[str] | None, site: str | None) -> list[tuple[str, int]]:
+def select_events(
+    conn: sqlite3.Connection,
+    session_id: str,
+    after_seq: int,
+    kinds: Iterable[str] | None,
+    site: str | None,
+) -> list[tuple[str, int]]:
     """(body, seq) of a class's events after `after_seq`, filtered, in seq order."""
     sql = "SELECT body, seq FROM events WHERE session_id = ? AND seq > ?"
     args: list[Any] = [session_id, after_seq]

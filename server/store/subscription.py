@@ -11,7 +11,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,10 @@ class Subscription:
             self._queue.get_nowait()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("subscriber too slow, dropped oldest messages",
-                            extra={"channel": self.channel, "dropped": self.dropped})
+                log.warning(
+                    "subscriber too slow, dropped oldest messages",
+                    extra={"channel": self.channel, "dropped": self.dropped},
+                )
         self._queue.put_nowait(message)
 
     def mark_ready(self) -> None:
@@ -70,7 +72,7 @@ class Subscription:
         """Async spelling of `close`, as async generators have."""
         self.close()
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
@@ -81,7 +83,7 @@ class Subscription:
             raise StopAsyncIteration
         return item  # type: ignore[no-any-return]
 
-    async def __aenter__(self) -> Subscription:
+    async def __aenter__(self) -> Self:
         await self.ready()
         return self
 
