@@ -267,9 +267,25 @@ class ClassLive:
 
     # --- batched updates ---------------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        last_sweep = self.hub.clock()
         while True:
             await asyncio.sleep(self.hub.limits.batch_interval_s)
+            if self.hub.clock() - last_sweep >= self.hub.limits.presence_ttl_s / 3:
+                last_sweep = self.hub.clock()
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("presence sweep failed", extra={"sid": self.session.id})
             self.flush()
+
+    async def sweep(self) -> None:
+        """Mark offline the sites whose presence expired (their node died without a word)."""
+        present = await self.hub.store.presence(self.session.id)
+        now = self.hub.clock()
+        for code, state in self.sites.items():
+            if state.status in CONNECTED and code not in present and code not in self.local_joins:
+                state.status, state.since = "offline", now
+                self.dirty.add(code)
 
     def flush(self) -> None:
         """Send one `sites_update` with the changed sites to this node's watchers."""

@@ -114,3 +114,16 @@ def test_https_when_given_a_certificate(tmp_path: Path) -> None:
         assert srv.demo["lecturer"]["url"].startswith(srv.url)
         status, html = get(srv.demo["lecturer"]["url"], ssl._create_unverified_context())
         assert status == 200 and "page-config" in html
+
+
+def test_json_log_lines_carry_extra_fields() -> None:
+    import logging
+
+    from server.cli import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("server.x", logging.INFO, __file__, 1, "site joined", (), None)
+    record.sid, record.site = "c1", "Nhà văn hóa thôn Đông"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "site joined" and line["level"] == "INFO" and line["logger"] == "server.x"
+    assert line["sid"] == "c1" and line["site"] == "Nhà văn hóa thôn Đông"
+    assert TextFormatter("%(message)s").format(record) == "site joined sid=c1 site=Nhà văn hóa thôn Đông"

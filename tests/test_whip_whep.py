@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-
 from mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
-from server.models import EventKind, Role
 from serverproc import mint, running_app
 from test_api import seed
+
+from server.models import EventKind, Role
 
 
 @pytest.fixture
@@ -131,7 +131,6 @@ async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
     import sys
 
     from aiohttp import ClientSession
-
     from mediaclip import ecdsa_identity, write_h264_clip
     from serverproc import LopsoServer
 

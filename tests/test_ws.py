@@ -301,3 +301,39 @@ async def test_resent_messages_are_stored_once(app) -> None:
     assert sorted(k.value for k in kinds) == ["headcount", "help_requested", "question"]
     assert len([m for m in [await receive(mod, "help")]]) == 1
     await mod.close()
+
+
+async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path) -> None:
+    """The hub alone on the embedded store: a mid-class prompt, and a site whose node died."""
+    from server.hub import Hub, HubLimits, Peer
+    from server.models import ClassSession, Site
+    from server.store import open_store
+
+    store = await open_store(None, tmp_path, "n1")
+    hub = Hub(store, "n1", HubLimits(batch_interval_s=0.05, presence_ttl_s=0.3, mid_prompt_s=0.2))
+    try:
+        await store.upsert_sites([Site("A", "Nhà văn hóa thôn A"), Site("B", "Nhà văn hóa thôn B")])
+        session = ClassSession(id="k", title="t", starts_at=time.time())
+        await store.put_session(session)
+        room = await hub.room(session)
+        peer = Peer("k", Role.SITE, await store.get_site("A"))
+        await room.join(peer)
+        # site B is shown connected through another node, whose presence then expires
+        await store.set_presence("k", "B", {"status": "playing", "node": "n2"}, 0.2)
+        await room.patch("B", status="playing")
+        await hub.set_live(session, True)
+        prompts = []
+        deadline = time.monotonic() + 3
+        while len(prompts) < 2 and time.monotonic() < deadline:
+            message = await asyncio.wait_for(peer.outbox.get(), 3)
+            if message and message["type"] == "headcount_prompt":
+                prompts.append(message["phase"])
+        assert prompts == ["start", "mid"]
+        deadline = time.monotonic() + 3
+        while room.sites["B"].status != "offline" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert room.sites["B"].status == "offline"
+        assert room.sites["A"].status == "waiting"  # still here: its page is on this node
+    finally:
+        await hub.close()
+        await store.close()
