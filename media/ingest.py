@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Callable
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import sdp as aiosdp
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from . import hooks
@@ -25,14 +27,26 @@ PacketSink = Callable[[str, RtpPacket], None]
 ReportSink = Callable[[str, RtcpSrPacket], None]
 
 
-def _preferences(kind: str, spec: CodecSpec) -> list:
-    """The receiver capabilities matching the lecture codec, with RTX for video."""
+def _h264_profile(offer: str) -> str:
+    """42e01f if the offer has a constrained-baseline H264, else 42001f (plain baseline)."""
+    for value in re.findall(r"profile-level-id=([0-9a-fA-F]{6})", offer):
+        try:
+            profile, _level = aiosdp.parse_h264_profile_level_id(value)
+        except ValueError:
+            continue
+        if profile == aiosdp.H264Profile.PROFILE_CONSTRAINED_BASELINE:
+            return "42e01f"
+    return "42001f"
+
+
+def _preferences(kind: str, spec: CodecSpec, offer: str) -> list:
+    """The receiver capabilities matching the lecture codec (one H264 profile), with RTX."""
     wanted = spec.name.lower()
     caps = RTCRtpReceiver.getCapabilities(kind).codecs
     chosen = [c for c in caps if c.mimeType.split("/")[-1].lower() == wanted]
     if wanted == "h264":
-        profile = spec.fmtp.split("profile-level-id=")[-1][:6].lower()
-        chosen.sort(key=lambda c: c.parameters.get("profile-level-id", "").lower() != profile)
+        profile = _h264_profile(offer)
+        chosen = [c for c in chosen if c.parameters.get("profile-level-id", "").lower() == profile]
     if kind == "video":
         chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
     return chosen
@@ -72,7 +86,7 @@ class Publisher:
         for kind in _offered_kinds(offer):
             if kind in self.specs:
                 transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-                transceiver.setCodecPreferences(_preferences(kind, self.specs[kind]))
+                transceiver.setCodecPreferences(_preferences(kind, self.specs[kind], offer))
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         except ValueError as exc:
@@ -83,6 +97,7 @@ class Publisher:
                 f"({', '.join(s.describe() for s in self.specs.values())}): {exc}"
             ) from exc
         self._tap_all()
+        hooks.legacy_curve_dtls_client(self.pc)  # after BUNDLE settled the transports
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

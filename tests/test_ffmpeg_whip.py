@@ -70,15 +70,17 @@ async def run_ffmpeg(*args: str, timeout: float = 25.0) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
-async def test_ffmpeg_whip_publishes_and_viewer_decodes(whip_server, tmp_path):
+@pytest.mark.parametrize("identity", ["ffmpeg-default", "ecdsa-p256-files"])
+async def test_ffmpeg_whip_publishes_and_viewer_decodes(whip_server, tmp_path, identity):
+    """FFmpeg's default identity is an ECDSA P-224 certificate (see media/hooks.py)."""
     lecture, url = whip_server
     CACHE.mkdir(parents=True, exist_ok=True)
     clip = write_h264_clip(CACHE)
-    cert, key = ecdsa_identity(tmp_path)
+    files = [str(p) for p in ecdsa_identity(tmp_path)] if identity == "ecdsa-p256-files" else []
     viewer = ViewerPeer(codec="H264")
     try:
         await viewer.subscribe(lecture)
-        code, output = await run_ffmpeg(url, str(clip), "secret-token", str(cert), str(key))
+        code, output = await run_ffmpeg(url, str(clip), "secret-token", *files)
         assert code == 0, output[-2000:]
         assert int(output.strip().splitlines()[-1]) == 120
         await wait_for(lambda: len(viewer.frames) >= 30, timeout=5)

@@ -314,6 +314,24 @@ async def test_codec_mismatch_is_a_clear_error(engine):
         await publisher.close()
 
 
+@pytest.mark.parametrize("codec, rtpmap", [("VP8", "VP8/90000"), ("H264", "H264/90000")])
+async def test_publisher_answer_keeps_the_class_codec(engine, codec, rtpmap):
+    from tests.test_sdp import CHROME_OFFER
+
+    offer = CHROME_OFFER.replace("a=recvonly", "a=sendonly")
+    lecture = engine.lecture(f"answer-{codec}", video_codec=codec)
+    answer, publisher = await lecture.publish(offer)
+    try:
+        video = answer[answer.index("m=video"):]
+        codecs = [line.split(" ", 1)[1] for line in video.splitlines() if line.startswith("a=rtpmap:")]
+        assert [c for c in codecs if not c.startswith("rtx/")] == [rtpmap]
+        if codec == "H264":
+            assert "packetization-mode=1;profile-level-id=42e01f" in video
+        assert "a=recvonly" in video
+    finally:
+        await publisher.close()
+
+
 async def test_closed_lecture_refuses_and_viewer_close_fires_once(engine):
     lecture = engine.lecture("closing")
     viewer = ViewerPeer(decode=False)
