@@ -184,6 +184,11 @@ class SiteRecord:
         return self.connected_s / 60.0
 
     @property
+    def help_resolved(self) -> int:
+        """Help requests marked resolved."""
+        return self.help_requests - self.help_open
+
+    @property
     def people(self) -> int:
         """People this site counts for: max(peak headcount, check-ins)."""
         return max(self.headcount_peak or 0, self.checkins)

@@ -505,6 +505,7 @@ def site_dict(r: SiteRecord) -> dict[str, Any]:
         "last_quality": r.last_quality,
         "help_requests": r.help_requests,
         "help_open": r.help_open,
+        "help_resolved": r.help_resolved,
         "questions": r.questions,
     }
 

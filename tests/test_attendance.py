@@ -404,7 +404,7 @@ def test_checkins_help_and_questions():
     ]
     rec = record(events)
     assert (rec.checkins, rec.checkins_by_operator) == (2, 1)
-    assert (rec.help_requests, rec.help_open, rec.questions) == (2, 1, 1)
+    assert (rec.help_requests, rec.help_open, rec.help_resolved, rec.questions) == (2, 1, 1, 1)
 
 
 def test_site_record_alone_matches_derive():
