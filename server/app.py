@@ -101,6 +101,15 @@ async def session_or_404(store: Store, sid: str) -> ClassSession:
     return session
 
 
+def client_address(request: web.Request) -> str:
+    """The client's address; behind a trusted reverse proxy, X-Forwarded-For's first entry."""
+    if request.app[STATE].config.trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+        if forwarded:
+            return forwarded
+    return request.remote or "unknown"
+
+
 def json_error(status: int, code: str, message: str, headers: Any = None) -> web.Response:
     return web.json_response(error_body(code, message), status=status, headers=headers)
 

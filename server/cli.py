@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--role", choices=("all", "origin", "edge"))
     serve.add_argument("--public-url", dest="public_url", help="base of the links handed out")
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    serve.add_argument("--trust-proxy", dest="trust_proxy", action="store_true", default=None,
+                       help="behind a reverse proxy: take the client address from X-Forwarded-For")
 
     sites = commands.add_parser("sites", help="site registry").add_subparsers(dest="sites_cmd", required=True)
     imp = sites.add_parser("import", help="import sites from a CSV file")
@@ -116,7 +118,7 @@ def _data(parser: argparse.ArgumentParser) -> None:
 
 _SERVE_KEYS = ("host", "port", "data_dir", "tls_cert", "tls_key", "demo_json", "demo_sites",
                "media_host", "media_port", "announce", "redis_url", "role", "public_url",
-               "log_format")
+               "log_format", "trust_proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

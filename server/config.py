@@ -51,6 +51,7 @@ class Config:
     signalling_rate: float = 50.0  # WHIP/WHEP requests per second per client address; 0 = off
     checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
     checkin_rate_addr: float = 10.0  # check-ins per second per client address; 0 = off
+    trust_proxy: bool = False  # behind a reverse proxy: the client is X-Forwarded-For's first
 
     @property
     def tls(self) -> bool:
@@ -119,6 +120,18 @@ def _rate(name: str) -> Callable[[Any], float]:
     return parse
 
 
+def _flag(name: str) -> Callable[[Any], bool]:
+    def parse(raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        value = str(raw).strip().lower()
+        if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return value in ("1", "true", "yes", "on")
+
+    return parse
+
+
 def _positive_float(name: str) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
         try:
@@ -157,6 +170,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
+    "trust_proxy": ("LOPSO_TRUST_PROXY", _flag("trust proxy")),
 }
 
 

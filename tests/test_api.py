@@ -256,3 +256,14 @@ async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
             statuses.append(reply.status)
         assert statuses.count(201) in (10, 11) and statuses.count(429) >= 4
         assert (await reply.json())["error"]["code"] == "rate_limited"
+
+
+async def test_behind_a_trusted_proxy_limits_apply_per_forwarded_client(tmp_path: Path) -> None:
+    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_rate_site=0,
+                           trust_proxy=True) as (client, _):
+        await seed(client)
+        headers = auth(Role.PARTICIPANT, site="S1")
+        for i in range(30):  # 30 phones behind one proxy: each its own address, none limited
+            reply = await client.post("/api/sessions/c1/sites/S1/checkins", json={"name": f"N{i}"},
+                                      headers={**headers, "X-Forwarded-For": f"10.0.0.{i}, 127.0.0.1"})
+            assert reply.status == 201

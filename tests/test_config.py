@@ -73,6 +73,8 @@ def test_https_base_url(tmp_path: Path) -> None:
         ({}, {"LOPSO_PUBLIC_URL": "lop.example.vn"}, "public URL must start with"),
         ({"bogus": 1}, {}, "unknown setting 'bogus'"),
         ({}, {"LOPSO_WS_IDLE_TIMEOUT": "-1"}, "idle timeout must be positive"),
+        ({}, {"LOPSO_TRUST_PROXY": "maybe"}, "trust proxy must be true or false"),
+        ({}, {"LOPSO_CHECKIN_RATE_ADDR": "-2"}, "must be 0 \\(no limit\\) or positive"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:

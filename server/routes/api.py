@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from server import auth
-from server.app import STATE, authorize_request, claims_of, session_or_404
+from server.app import STATE, authorize_request, claims_of, client_address, session_or_404
 from server.demo import class_links
 from server.errors import ContentTypeError, ForbiddenError, ValidationError
 from server.hub import session_wire, site_wire
@@ -161,7 +161,7 @@ async def checkin(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid, code = request.match_info["sid"], request.match_info["site"]
     authorize_request(request, Action.CHECKIN, sid, code)
-    state.checkin_addr_limiter.check(f"addr:{request.remote}")
+    state.checkin_addr_limiter.check(f"addr:{client_address(request)}")
     state.checkin_site_limiter.check(f"site:{sid}:{code}")
     body = await read_json(request)
     name = text(body, "name", 100)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import STATE, AppState, authorize_request, session_or_404
+from server.app import STATE, AppState, authorize_request, client_address, session_or_404
 from server.errors import (
     BodyTooLargeError,
     ClassEndedError,
@@ -100,7 +100,7 @@ def _created(location: str, answer: str) -> web.Response:
 async def open_class(request: web.Request, action: Action, site: str | None) -> ClassSession:
     """Rate-limit, authorize, and fetch a class that has not ended."""
     state = request.app[STATE]
-    state.signalling_limiter.check(f"sig:{request.remote}")
+    state.signalling_limiter.check(f"sig:{client_address(request)}")
     sid = request.match_info["sid"]
     authorize_request(request, action, sid, site)
     session = await session_or_404(state.store, sid)
