@@ -287,6 +287,9 @@ def _group(
         if event.session_id != session_id:
             continue
         kind = event.kind
+        if kind.__class__ is not EventKind:  # a plain string from a lax producer
+            kind = EventKind(kind)
+            event = dataclasses.replace(event, kind=kind)
         if kind is started or kind is ended:
             class_events.append(_clamp(event, latest, now))
         elif event.site_code:

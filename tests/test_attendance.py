@@ -557,3 +557,10 @@ def test_timing_5000_sites_100_events_each():
     assert report.province.sites_never_joined == 50
     assert report.province.checkins == 4950 * 10
     assert elapsed < 5.0  # ~0.5 s on the 2-core CI machine; generous against a loaded box
+
+
+def test_kinds_given_as_plain_strings_are_understood():
+    events = [Event("c1", "class_started", at(0)), Event("c1", "class_ended", at(90))]  # type: ignore[arg-type]
+    events += [Event("c1", "site_joined", at(0), "A"), Event("c1", "site_left", at(90), "A")]  # type: ignore[arg-type]
+    report = derive(session(), [], events, at(120))
+    assert report.window.ended and report.site("A").status is Status.PRESENT
