@@ -333,3 +333,32 @@ def test_wall_of_5000_sites_updates_only_what_changed(lopso: Any, browser_pages:
           f"{', '.join(f'{t:.0f}' for t in times)} ms")
     # Generous bound for a loaded 2-core CI machine; issue 5's test measures the real budget.
     assert max(times) < 1000
+
+
+# ---- resilience --------------------------------------------------------------------------
+
+def test_pages_recover_by_themselves_when_the_server_restarts(
+        tmp_path: pathlib.Path, browser_pages: Any) -> None:
+    """Server down mid-lecture: the studio republishes and the site plays again, untouched."""
+    from tests.serverproc import LopsoServer
+
+    with LopsoServer(tmp_path, demo_sites=1) as srv:
+        demo = srv.demo  # the class survives the restart (same data dir and secret)
+        studio = browser_pages.open(demo["lecturer"]["url"], name="studio")
+        studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
+        studio.click("#golive")
+        wait_state(studio, "live")
+        site = browser_pages.open(demo["sites"][0]["url"], name="site")
+        wait_state(site, "playing")
+
+        srv.stop()
+        wait_state(site, "reconnecting", 30_000)
+        wait_state(studio, "reconnecting", 30_000)
+        down_at = time.monotonic()
+        srv.start()
+        wait_state(studio, "live", 45_000)
+        wait_state(site, "playing", 45_000)
+        recovered_s = time.monotonic() - down_at
+        assert_frames_rising(site)
+        assert site.evaluate("window.lopso.wsState") == "open"
+        print(f"recovered {recovered_s:.1f}s after the server came back")

@@ -8,7 +8,7 @@ import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitc
 
 const STALL_MS = 5000; // live but no new frame this long → stalled
 const STALL_RECONNECT_MS = 12000; // stalled this long → new WHEP connection
-const DISCONNECTED_GRACE_MS = 5000; // ICE "disconnected" often heals by itself
+const DISCONNECTED_GRACE_MS = 3000; // ICE "disconnected" often heals by itself
 const QUALITY_EVERY_MS = 5000;
 
 /** Everything the page knows; `derive()` turns it into one displayed state. */

@@ -296,7 +296,7 @@ function onConnectionState(studio, pc, gen) {
   } else if (s === "disconnected") {
     setTimeout(function () {
       if (gen === studio.generation && pc.connectionState === "disconnected") republish(studio);
-    }, 4000);
+    }, 3000);
   }
 }
 
