@@ -272,6 +272,23 @@ def derive(
     )
 
 
+def derive_site(
+    session: ClassSession,
+    site: Site,
+    events: Iterable[Event],
+    now: float,
+    rules: Rules | None = None,
+) -> SiteRecord:
+    """One site's record (a moderator's drill-down) from the class's CLASS_STARTED/ENDED
+    events and that site's events, without deriving every other site."""
+    rules = rules or Rules()
+    class_events, by_site = _group(events, session.id, now, now + rules.skew_s)
+    window = lecture_window(session, class_events, now)
+    expected = not session.site_codes or site.code in session.site_codes
+    parts = by_site.get(site.code) or _empty_parts()
+    return _record(site, parts, window, now, rules, expected)
+
+
 _Parts = dict[str, list[Event]]  # by EventKind value: enum members hash slowly
 
 
@@ -659,6 +676,7 @@ __all__ = [
     "SiteRecord",
     "Status",
     "derive",
+    "derive_site",
     "lecture_window",
     "rollup",
     "site_record",

@@ -14,6 +14,7 @@ from server.attendance import (
     Rules,
     Status,
     derive,
+    derive_site,
     lecture_window,
     site_record,
     status_label,
@@ -405,6 +406,12 @@ def test_checkins_help_and_questions():
     rec = record(events)
     assert (rec.checkins, rec.checkins_by_operator) == (2, 1)
     assert (rec.help_requests, rec.help_open, rec.help_resolved, rec.questions) == (2, 1, 1, 1)
+
+
+def test_derive_site_matches_derive():
+    events = lecture() + [ev(K.SITE_JOINED, 3), ev(K.SITE_LEFT, 70), ev(K.SITE_JOINED, 5, "B")]
+    report = derive(session(), [], events, at(120))
+    assert derive_site(session(), report.site("A").site, events, at(120)) == report.site("A")
 
 
 def test_site_record_alone_matches_derive():
