@@ -123,7 +123,8 @@ _HTTP_CODES = {400: "bad_request", 401: "token_invalid", 403: "forbidden", 404: 
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """The one place where errors become HTTP responses."""
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -138,15 +138,15 @@ class Peer:
     def matches(self, to: dict[str, Any]) -> bool:
         """True when a delivery addressed `to` is meant for this page."""
         if "roles" in to:
-            return self.role.value in to["roles"]
+            return bool(self.role.value in to["roles"])
         if self.site is None:
             return False
         if to.get("all"):
             return True
         if "site" in to:
-            return self.site.code == to["site"]
+            return bool(self.site.code == to["site"])
         if "commune" in to:
-            return self.site.commune == to["commune"]
+            return bool(self.site.commune == to["commune"])
         return False
 
 

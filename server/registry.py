@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from server.errors import ValidationError
 from server.models import Site
+from server.store.base import Store
 
 CODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 REQUIRED = ("code", "name")
@@ -57,11 +58,11 @@ def parse_sites(
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
-        site, problem = _site(header, row, new_key)
-        if problem is None and site.code in seen:
-            problem = f"duplicate code {site.code!r} (first on line {seen[site.code]})"
-        if problem is not None:
-            problems.append((line, problem))
+        site = _site(header, row, new_key)
+        if isinstance(site, Site) and site.code in seen:
+            site = f"duplicate code {site.code!r} (first on line {seen[site.code]})"
+        if isinstance(site, str):
+            problems.append((line, site))
             continue
         seen[site.code] = line
         sites.append(site)
@@ -85,34 +86,30 @@ def _header(row: list[str] | None) -> dict[str, int]:
     return {name: index for index, name in enumerate(names) if name}
 
 
-def _site(
-    header: dict[str, int], row: list[str], new_key: Callable[[], str]
-) -> tuple[Site, None] | tuple[None, str]:
+def _site(header: dict[str, int], row: list[str], new_key: Callable[[], str]) -> Site | str:
+    """The row's Site, or the problem with it."""
     if len(row) > len(header):
-        return None, f"{len(row)} fields, header has {len(header)}"
+        return f"{len(row)} fields, header has {len(header)}"
     fields = {name: (row[i].strip() if i < len(row) else "") for name, i in header.items()}
     code = fields["code"]
     if not CODE_RE.fullmatch(code):
-        return None, f"code {code!r} must be 1-64 of A-Z a-z 0-9 _ . -"
+        return f"code {code!r} must be 1-64 of A-Z a-z 0-9 _ . -"
     if not fields["name"]:
-        return None, "name is empty"
+        return "name is empty"
     long = [name for name, value in fields.items() if len(value) > MAX_FIELD]
     if long:
-        return None, f"{long[0]} longer than {MAX_FIELD} characters"
-    return (
-        Site(
-            code=code,
-            name=fields["name"],
-            village=fields.get("village", ""),
-            commune=fields.get("commune", ""),
-            province=fields.get("province", ""),
-            join_key=fields.get("join_key") or new_key(),
-        ),
-        None,
+        return f"{long[0]} longer than {MAX_FIELD} characters"
+    return Site(
+        code=code,
+        name=fields["name"],
+        village=fields.get("village", ""),
+        commune=fields.get("commune", ""),
+        province=fields.get("province", ""),
+        join_key=fields.get("join_key") or new_key(),
     )
 
 
-async def import_sites(store, data: bytes) -> int:
+async def import_sites(store: Store, data: bytes) -> int:
     """Parse CSV bytes and upsert the sites, keeping a known site's join key when none is given."""
     sites = parse_sites(decode_csv(data), new_key=lambda: "")
     merged = []
@@ -122,4 +119,4 @@ async def import_sites(store, data: bytes) -> int:
             known = await store.get_site(site.code)
             key = known.join_key if known and known.join_key else secrets.token_urlsafe(12)
         merged.append(dataclasses.replace(site, join_key=key))
-    return await store.upsert_sites(merged)
+    return int(await store.upsert_sites(merged))

@@ -20,7 +20,7 @@ from server.hub import session_wire, site_wire
 from server.models import ClassSession, Role
 from server.registry import CODE_RE, import_sites
 from server.roles import Action
-from server.routes.ws import text
+from server.routes.ws import optional_text, text
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ async def session_from_body(body: dict[str, Any], store: Any) -> ClassSession:
     missing = [c for c in codes if await store.get_site(c) is None]
     if missing:
         raise ValidationError(f"unknown site codes: {', '.join(missing[:20])}", code="unknown_site")
-    return ClassSession(id=sid, title=title or "", starts_at=starts_at, ends_at=ends_at,
+    return ClassSession(id=sid, title=title, starts_at=starts_at, ends_at=ends_at,
                         video_codec=codec, site_codes=tuple(dict.fromkeys(codes)),
                         created_at=time.time())
 
@@ -165,11 +165,11 @@ async def checkin(request: web.Request) -> web.Response:
     state.checkin_site_limiter.check(f"site:{sid}:{code}")
     body = await read_json(request)
     name = text(body, "name", 100)
-    ident = text(body, "ident", 40, required=False) or None
+    ident = optional_text(body, "ident", 40)
     room = await state.hub.room(await session_or_404(state.store, sid))
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
-    event, created = await room.checkin(code, name or "", ident, "qr")
+    event, created = await room.checkin(code, name, ident, "qr")
     return web.json_response({"duplicate": not created, "event_id": event.id},
                              status=201 if created else 200)
 

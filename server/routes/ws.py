@@ -52,15 +52,22 @@ Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 # --- field validation ---------------------------------------------------------------------
-def text(data: dict[str, Any], key: str, limit: int, *, required: bool = True) -> str | None:
+def text(data: dict[str, Any], key: str, limit: int) -> str:
+    """A required, non-blank string field of at most `limit` characters (stripped)."""
     value = data.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or (required and not value.strip()):
+    if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{key} must be a non-empty string", code="bad_field")
     if len(value) > limit:
         raise ValidationError(f"{key} is longer than {limit} characters", code="bad_field")
     return value.strip()
+
+
+def optional_text(data: dict[str, Any], key: str, limit: int) -> str | None:
+    """An optional string field: None when absent or blank."""
+    value = data.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return text(data, key, limit)
 
 
 def choice(data: dict[str, Any], key: str, options: tuple[str, ...]) -> str:
@@ -122,7 +129,7 @@ async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
 
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     reason = choice(data, "reason", HELP_REASONS)
-    body = text(data, "text", 500, required=False) or ""
+    body = optional_text(data, "text", 500) or ""
     return {"help_id": await ctx.room.help(own_site(ctx), reason, body, ctx.ref)}
 
 
@@ -132,7 +139,7 @@ async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     name = text(data, "name", 100)
-    ident = text(data, "ident", 40, required=False) or None
+    ident = optional_text(data, "ident", 40)
     _, created = await ctx.room.checkin(own_site(ctx), name, ident, "operator")
     return {"duplicate": not created}
 
@@ -143,6 +150,7 @@ async def on_message(ctx: Context, data: dict[str, Any]) -> None:
     if not isinstance(to, dict) or len(to) != 1:
         raise ValidationError('to must be {"site": code}, {"commune": name} or {"all": true}',
                               code="bad_field")
+    target: dict[str, Any]
     if "site" in to:
         target = {"site": site_of(ctx, to["site"])}
     elif "commune" in to and isinstance(to["commune"], str):
@@ -297,6 +305,7 @@ async def _read(ws: web.WebSocketResponse, ctx: Context, idle_s: float) -> None:
         if len(recent) > FLOOD_MESSAGES:
             await ws.close(code=1008, message=b"too many messages")
             return
+        reply: dict[str, Any] | None
         if msg.type is not WSMsgType.TEXT:
             reply = {"type": "error", "id": None, "code": "bad_frame",
                      "message": "only JSON text frames are accepted"}
