@@ -297,3 +297,23 @@ def test_timing_exports_5000_sites():
     book = load_workbook(io.BytesIO(to_xlsx(report)), read_only=True)
     assert sum(1 for _ in book["Điểm cầu"].iter_rows()) == 5001
     assert len(list(book["Chưa tham gia"].iter_rows())) == 101
+
+
+def test_vietnam_time_without_tzdata(report, monkeypatch):
+    from server import exports
+
+    def no_tzdata(key: str):
+        raise exports.ZoneInfoNotFoundError(key)
+
+    monkeypatch.setattr(exports, "ZoneInfo", no_tzdata)
+    rows = read_csv(to_csv(report))
+    assert rows[2][6] == "2027-01-15 14:40:00"  # UTC+7 all the same (no daylight saving)
+    with pytest.raises(ExportError, match="unknown time zone"):
+        to_csv(report, tz="Europe/Paris")
+
+
+def test_one_commune_workbook(report):
+    book = load_workbook(io.BytesIO(to_xlsx(report_for_commune(report, "Phường Hiến Nam"))))
+    assert [r[0] for r in book["Điểm cầu"].iter_rows(min_row=2, values_only=True)] == ["HY-03"]
+    summary = dict(book["Toàn tỉnh"].iter_rows(min_row=2, values_only=True))
+    assert summary["Số điểm cầu dự kiến"] == 1
