@@ -571,3 +571,17 @@ def test_kinds_given_as_plain_strings_are_understood():
     events += [Event("c1", "site_joined", at(0), "A"), Event("c1", "site_left", at(90), "A")]  # type: ignore[arg-type]
     report = derive(session(), [], events, at(120))
     assert report.window.ended and report.site("A").status is Status.PRESENT
+
+
+def test_the_rules_are_pure():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, server.attendance, server.quality, server.exports, server.checkin\n"
+        "print(sorted(m for m in ('aiohttp', 'aiortc', 'redis', 'openpyxl') if m in sys.modules))"
+    )
+    run = [sys.executable, "-c", code]
+    out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"  # openpyxl too: loaded only when an XLSX is made
