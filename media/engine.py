@@ -54,9 +54,13 @@ class MediaEngine:
                 )
             return lecture
         lecture = Lecture(lecture_id, spec, self.socket)
-        lecture.on_closed = lambda closed: self.lectures.pop(closed.id, None)
+        lecture.on_closed = self._forget
         self.lectures[lecture_id] = lecture
         return lecture
+
+    def _forget(self, lecture: Lecture) -> None:
+        if self.lectures.get(lecture.id) is lecture:
+            del self.lectures[lecture.id]
 
     async def close(self) -> None:
         """Close every lecture, then the socket."""

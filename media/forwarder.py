@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import rtp
 from .keyframe import KeyframeThrottle, keyframe_detector
@@ -286,7 +287,8 @@ class TrackForwarder:
 
     def sender_report(self, now: float | None = None) -> bytes | None:
         """An SR for viewers: the publisher's clock mapping shifted by the munger's offset."""
-        mapping = self.mappings.get(self.munger.source)
+        source = self.munger.source
+        mapping = None if source is None else self.mappings.get(source)
         if mapping is None:
             return None
         now = self.clock() if now is None else now

@@ -34,7 +34,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiortc
 from aiortc import RTCPeerConnection
@@ -73,7 +74,7 @@ class _NullDecoderQueue:
 
     def get(self, *args: Any, **kwargs: Any) -> None:
         """Tell the decoder thread to stop."""
-        return None
+        return
 
 
 class _NullJitterBuffer:
@@ -84,15 +85,24 @@ class _NullJitterBuffer:
         return False, None
 
 
+def _certificates(pc: RTCPeerConnection) -> list[RTCCertificate]:
+    certificates: list[RTCCertificate] = getattr(pc, "_RTCPeerConnection__certificates")  # noqa: B009
+    return certificates
+
+
 def _require(obj: Any, name: str, where: str) -> None:
     if not hasattr(obj, name):
-        raise HookError(f"aiortc {aiortc.__version__}: {where} has no {name}; media/hooks.py needs it")
+        raise HookError(
+            f"aiortc {aiortc.__version__}: {where} has no {name}; media/hooks.py needs it"
+        )
 
 
 def check_hooks() -> None:
     """Raise HookError naming the first missing internal (or a different aiortc version)."""
     if aiortc.__version__ != AIORTC_VERSION:
-        raise HookError(f"aiortc {aiortc.__version__} installed, media/hooks.py is for {AIORTC_VERSION}")
+        raise HookError(
+            f"aiortc {aiortc.__version__} installed, media/hooks.py is for {AIORTC_VERSION}"
+        )
     for name in ("_handle_rtp_packet", "_handle_rtcp_packet", "_send_rtcp_pli", "receive"):
         _require(RTCRtpReceiver, name, "RTCRtpReceiver")
     _require(RTCCertificate, "_create_ssl_context", "RTCCertificate")
@@ -107,7 +117,7 @@ def check_hooks() -> None:
     for name in ("_srtp_profiles", "_role", "_state", "_ssl"):
         _require(receiver.transport, name, "RTCDtlsTransport instance")
     for name in ("_cert", "_key"):
-        _require(getattr(pc, "_RTCPeerConnection__certificates")[0], name, "RTCCertificate instance")
+        _require(_certificates(pc)[0], name, "RTCCertificate instance")
     _require(pc, "_RTCPeerConnection__certificates", "RTCPeerConnection")
 
 
@@ -165,15 +175,17 @@ def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
 
 def widen_dtls(pc: RTCPeerConnection) -> None:
     """Let this connection's DTLS accept RSA-certificate peers too (not only ECDSA)."""
-    for certificate in getattr(pc, "_RTCPeerConnection__certificates"):
+    for certificate in _certificates(pc):
         original = certificate._create_ssl_context
 
-        def create(srtp_profiles, _original=original):
+        def create(
+            srtp_profiles: list[Any], _original: Callable[..., SSL.Context] = original
+        ) -> SSL.Context:
             ctx = _original(srtp_profiles=srtp_profiles)
             ctx.set_cipher_list(CIPHERS)
             return ctx
 
-        certificate._create_ssl_context = create
+        certificate._create_ssl_context = create  # type: ignore[method-assign]
 
 
 def set_srtp_profiles(transport: RTCDtlsTransport, profiles: list[Any]) -> None:
@@ -237,7 +249,7 @@ class _SrtpProfile(ctypes.Structure):
     _fields_ = [("name", ctypes.c_char_p), ("id", ctypes.c_ulong)]
 
 
-def _load_libssl():
+def _load_libssl() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     """The system libssl/libcrypto with argument types declared, or None if absent."""
     path = ctypes.util.find_library("ssl")
     crypto_path = ctypes.util.find_library("crypto")
@@ -246,23 +258,42 @@ def _load_libssl():
     ssl, crypto = ctypes.CDLL(path), ctypes.CDLL(crypto_path)
     p, i, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     sigs = {
-        (ssl, "DTLS_client_method"): ([], p), (ssl, "SSL_CTX_new"): ([p], p),
-        (ssl, "SSL_CTX_free"): ([p], None), (ssl, "SSL_CTX_set_cipher_list"): ([p, ctypes.c_char_p], i),
-        (ssl, "SSL_CTX_ctrl"): ([p, i, L, p], L), (ssl, "SSL_CTX_set_tlsext_use_srtp"): ([p, ctypes.c_char_p], i),
-        (ssl, "SSL_CTX_use_certificate"): ([p, p], i), (ssl, "SSL_CTX_use_PrivateKey"): ([p, p], i),
+        (ssl, "DTLS_client_method"): ([], p),
+        (ssl, "SSL_CTX_new"): ([p], p),
+        (ssl, "SSL_CTX_free"): ([p], None),
+        (ssl, "SSL_CTX_set_cipher_list"): ([p, ctypes.c_char_p], i),
+        (ssl, "SSL_CTX_ctrl"): ([p, i, L, p], L),
+        (ssl, "SSL_CTX_set_tlsext_use_srtp"): ([p, ctypes.c_char_p], i),
+        (ssl, "SSL_CTX_use_certificate"): ([p, p], i),
+        (ssl, "SSL_CTX_use_PrivateKey"): ([p, p], i),
         (ssl, "SSL_CTX_set_options"): ([p, ctypes.c_uint64], ctypes.c_uint64),
-        (ssl, "SSL_new"): ([p], p), (ssl, "SSL_free"): ([p], None), (ssl, "SSL_set_bio"): ([p, p, p], None),
-        (ssl, "SSL_set_connect_state"): ([p], None), (ssl, "SSL_do_handshake"): ([p], i),
-        (ssl, "SSL_get_error"): ([p, i], i), (ssl, "SSL_ctrl"): ([p, i, L, p], L),
-        (ssl, "SSL_read"): ([p, p, i], i), (ssl, "SSL_write"): ([p, p, i], i), (ssl, "SSL_shutdown"): ([p], i),
+        (ssl, "SSL_new"): ([p], p),
+        (ssl, "SSL_free"): ([p], None),
+        (ssl, "SSL_set_bio"): ([p, p, p], None),
+        (ssl, "SSL_set_connect_state"): ([p], None),
+        (ssl, "SSL_do_handshake"): ([p], i),
+        (ssl, "SSL_get_error"): ([p, i], i),
+        (ssl, "SSL_ctrl"): ([p, i, L, p], L),
+        (ssl, "SSL_read"): ([p, p, i], i),
+        (ssl, "SSL_write"): ([p, p, i], i),
+        (ssl, "SSL_shutdown"): ([p], i),
         (ssl, "SSL_get_selected_srtp_profile"): ([p], ctypes.POINTER(_SrtpProfile)),
-        (ssl, "SSL_export_keying_material"): ([p, p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, p, ctypes.c_size_t, i], i),
+        (ssl, "SSL_export_keying_material"): (
+            [p, p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, p, ctypes.c_size_t, i],
+            i,
+        ),
         (ssl, "SSL_get1_peer_certificate"): ([p], p),
-        (crypto, "BIO_s_mem"): ([], p), (crypto, "BIO_new"): ([p], p), (crypto, "BIO_write"): ([p, p, i], i),
-        (crypto, "BIO_read"): ([p, p, i], i), (crypto, "BIO_ctrl_pending"): ([p], ctypes.c_size_t),
-        (crypto, "d2i_X509"): ([p, p, L], p), (crypto, "X509_free"): ([p], None),
-        (crypto, "i2d_X509"): ([p, p], i), (crypto, "d2i_AutoPrivateKey"): ([p, p, L], p),
-        (crypto, "EVP_PKEY_free"): ([p], None), (crypto, "CRYPTO_free"): ([p, ctypes.c_char_p, i], None),
+        (crypto, "BIO_s_mem"): ([], p),
+        (crypto, "BIO_new"): ([p], p),
+        (crypto, "BIO_write"): ([p, p, i], i),
+        (crypto, "BIO_read"): ([p, p, i], i),
+        (crypto, "BIO_ctrl_pending"): ([p], ctypes.c_size_t),
+        (crypto, "d2i_X509"): ([p, p, L], p),
+        (crypto, "X509_free"): ([p], None),
+        (crypto, "i2d_X509"): ([p, p], i),
+        (crypto, "d2i_AutoPrivateKey"): ([p, p, L], p),
+        (crypto, "EVP_PKEY_free"): ([p], None),
+        (crypto, "CRYPTO_free"): ([p, ctypes.c_char_p, i], None),
     }
     for (lib, name), (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -270,7 +301,7 @@ def _load_libssl():
     return ssl, crypto
 
 
-def _d2i(fn, der: bytes):
+def _d2i(fn: Callable[..., Any], der: bytes) -> Any:
     buf = ctypes.create_string_buffer(der, len(der))
     ptr = ctypes.c_void_p(ctypes.addressof(buf))
     obj = fn(None, ctypes.byref(ptr), len(der))
@@ -282,7 +313,13 @@ def _d2i(fn, der: bytes):
 class LibsslDtlsClient:
     """The subset of pyOpenSSL's `SSL.Connection` that RTCDtlsTransport uses, on system libssl."""
 
-    def __init__(self, libs, cert_der: bytes, key_der: bytes, srtp_profiles: bytes) -> None:
+    def __init__(
+        self,
+        libs: tuple[ctypes.CDLL, ctypes.CDLL],
+        cert_der: bytes,
+        key_der: bytes,
+        srtp_profiles: bytes,
+    ) -> None:
         self.ssl_lib, self.crypto = libs
         s, c = self.ssl_lib, self.crypto
         self.ctx = s.SSL_CTX_new(s.DTLS_client_method())
@@ -322,7 +359,7 @@ class LibsslDtlsClient:
 
     def bio_write(self, data: bytes) -> int:
         """A datagram from the peer."""
-        return self.crypto.BIO_write(self.rbio, data, len(data))
+        return int(self.crypto.BIO_write(self.rbio, data, len(data)))
 
     def bio_read(self, size: int) -> bytes:
         """The next datagram to send (whole records, at most `size` bytes), or b''."""
@@ -343,18 +380,18 @@ class LibsslDtlsClient:
         """Application data (data channels)."""
         return self._check(self.ssl_lib.SSL_write(self.ssl, data, len(data)))
 
-    def DTLSv1_get_timeout(self) -> float | None:  # noqa: N802 - pyOpenSSL's name
+    def DTLSv1_get_timeout(self) -> float | None:
         """Seconds until a retransmission is due, or None."""
         tv = _Timeval()
         if self.ssl_lib.SSL_ctrl(self.ssl, DTLS_CTRL_GET_TIMEOUT, 0, ctypes.byref(tv)):
-            return tv.tv_sec + tv.tv_usec / 1e6
+            return float(tv.tv_sec + tv.tv_usec / 1e6)
         return None
 
-    def DTLSv1_handle_timeout(self) -> bool:  # noqa: N802 - pyOpenSSL's name
+    def DTLSv1_handle_timeout(self) -> bool:
         """Retransmit the last flight if its timer expired."""
         return bool(self.ssl_lib.SSL_ctrl(self.ssl, DTLS_CTRL_HANDLE_TIMEOUT, 0, None))
 
-    def get_peer_certificate(self, as_cryptography: bool = True):
+    def get_peer_certificate(self, as_cryptography: bool = True) -> x509.Certificate | None:
         """The server's certificate (cryptography object), for the fingerprint check."""
         cert = self.ssl_lib.SSL_get1_peer_certificate(self.ssl)
         if not cert:
@@ -371,16 +408,18 @@ class LibsslDtlsClient:
         profile = self.ssl_lib.SSL_get_selected_srtp_profile(self.ssl)
         return profile.contents.name if profile else b""
 
-    def export_keying_material(self, label: bytes, length: int, context=None) -> bytes:
+    def export_keying_material(self, label: bytes, length: int, context: Any = None) -> bytes:
         """RFC 5705 exporter (EXTRACTOR-dtls_srtp)."""
         out = ctypes.create_string_buffer(length)
-        if not self.ssl_lib.SSL_export_keying_material(self.ssl, out, length, label, len(label), None, 0, 0):
+        if not self.ssl_lib.SSL_export_keying_material(
+            self.ssl, out, length, label, len(label), None, 0, 0
+        ):
             raise SSL.Error([("system libssl", "export", "failed")])
         return out.raw
 
     def shutdown(self) -> bool:
         """Send close_notify."""
-        return self.ssl_lib.SSL_shutdown(self.ssl) == 1
+        return bool(self.ssl_lib.SSL_shutdown(self.ssl) == 1)
 
     def __del__(self) -> None:
         if getattr(self, "ssl", None):
@@ -397,7 +436,7 @@ def legacy_curve_dtls_client(pc: RTCPeerConnection) -> None:
     if libs is None:
         logger.info("system libssl not found: DTLS servers on P-224 will fail")
         return
-    certificate = getattr(pc, "_RTCPeerConnection__certificates")[0]
+    certificate = _certificates(pc)[0]
     cert_der = certificate._cert.public_bytes(serialization.Encoding.DER)
     key_der = certificate._key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -409,7 +448,7 @@ def legacy_curve_dtls_client(pc: RTCPeerConnection) -> None:
         async def handshake() -> None:
             if transport._role == "client" and transport._state == State.CONNECTING:
                 profiles = b":".join(p.openssl_profile for p in transport._srtp_profiles)
-                transport._ssl = LibsslDtlsClient(libs, cert_der, key_der, profiles)
+                transport._ssl = LibsslDtlsClient(libs, cert_der, key_der, profiles)  # type: ignore[assignment]
             await original()
 
         transport._do_handshake = handshake  # type: ignore[method-assign]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpReceiver, RTCSessionDescription
 from aiortc import sdp as aiosdp
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
@@ -39,14 +39,17 @@ def _h264_profile(offer: str) -> str:
     return "42001f"
 
 
-def _preferences(kind: str, spec: CodecSpec, offer: str) -> list:
+def _preferences(kind: str, spec: CodecSpec, offer: str) -> list[RTCRtpCodecCapability]:
     """The receiver capabilities matching the lecture codec (one H264 profile), with RTX."""
     wanted = spec.name.lower()
-    caps = RTCRtpReceiver.getCapabilities(kind).codecs
+    capabilities = RTCRtpReceiver.getCapabilities(kind)
+    caps = capabilities.codecs if capabilities is not None else []
     chosen = [c for c in caps if c.mimeType.split("/")[-1].lower() == wanted]
     if wanted == "h264":
         profile = _h264_profile(offer)
-        chosen = [c for c in chosen if c.parameters.get("profile-level-id", "").lower() == profile]
+        chosen = [
+            c for c in chosen if str(c.parameters.get("profile-level-id", "")).lower() == profile
+        ]
     if kind == "video":
         chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
     return chosen
@@ -65,15 +68,22 @@ def _offered_kinds(offer: str) -> list[str]:
 class Publisher:
     """One publishing peer; packets and sender reports go to the sinks, tagged by kind."""
 
-    def __init__(self, specs: dict[str, CodecSpec], on_packet: PacketSink, on_report: ReportSink) -> None:
+    def __init__(
+        self,
+        specs: dict[str, CodecSpec],
+        on_packet: PacketSink,
+        on_report: ReportSink,
+        on_gone: Callable[[Publisher], None] | None = None,
+    ) -> None:
         self.specs = specs
         self.on_packet = on_packet
         self.on_report = on_report
+        self.on_gone = on_gone  # the lecture's own bookkeeping, kept apart from on_close
         self.pc = RTCPeerConnection()
         hooks.widen_dtls(self.pc)
         self.receivers: dict[str, RTCRtpReceiver] = {}
         self.ssrcs: dict[str, int] = {}
-        self.on_close: Callable[[], None] | None = None
+        self.on_close: Callable[[Publisher], None] | None = None
         self.keyframe_requests = 0
         self.packets = 0
         self.octets = 0
@@ -110,11 +120,18 @@ class Publisher:
                 continue
             self._tapped.add(id(receiver))
             self.receivers.setdefault(kind, receiver)
-            hooks.hook_receiver(
-                receiver,
-                lambda packet, kind=kind, receiver=receiver: self._packet(kind, receiver, packet),
-                lambda report, kind=kind: self.on_report(kind, report),
-            )
+            hooks.hook_receiver(receiver, *self._sinks(kind, receiver))
+
+    def _sinks(
+        self, kind: str, receiver: RTCRtpReceiver
+    ) -> tuple[Callable[[RtpPacket], None], Callable[[RtcpSrPacket], None]]:
+        def on_packet(packet: RtpPacket) -> None:
+            self._packet(kind, receiver, packet)
+
+        def on_report(report: RtcpSrPacket) -> None:
+            self.on_report(kind, report)
+
+        return on_packet, on_report
 
     def _packet(self, kind: str, receiver: RTCRtpReceiver, packet: RtpPacket) -> None:
         if self._closed:
@@ -140,7 +157,7 @@ class Publisher:
             asyncio.ensure_future(self.close())
 
     async def close(self) -> None:
-        """Stop the peer connection (idempotent); calls on_close once."""
+        """Stop the peer connection (idempotent); calls on_close(publisher) once."""
         if self._closed:
             return
         self._closed = True
@@ -150,5 +167,7 @@ class Publisher:
             raise
         except Exception:  # a half-negotiated peer may fail to stop cleanly; it is gone anyway
             logger.debug("publisher close error", exc_info=True)
+        if self.on_gone is not None:
+            self.on_gone(self)
         if self.on_close is not None:
-            self.on_close()
+            self.on_close(self)

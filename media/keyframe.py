@@ -7,6 +7,8 @@ request per 500 ms), so requests are coalesced per track.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 H264_IDR = 5
 H264_SPS = 7
 H264_STAP_A = 24
@@ -64,7 +66,7 @@ def h264_is_keyframe_start(payload: bytes) -> bool:
     return False
 
 
-def keyframe_detector(codec: str):
+def keyframe_detector(codec: str) -> Callable[[bytes], bool]:
     """The keyframe-start test for a codec name ("VP8", "H264"); audio: every packet starts."""
     name = codec.upper()
     if name == "VP8":

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
@@ -59,14 +60,14 @@ class LectureStats:
 class Viewer:
     """One viewer's endpoint and its membership of the lecture's tracks."""
 
-    def __init__(self, lecture: "Lecture", endpoint: Any, lines: list[MediaLine]) -> None:
+    def __init__(self, lecture: Lecture, endpoint: Any, lines: list[MediaLine]) -> None:
         self.lecture = lecture
         self.endpoint = endpoint
         self.tracks = {
             line.kind: ViewerTrack(endpoint, line.payload_type, line.rtx_payload_type)
             for line in lines
         }
-        self.on_close: Callable[["Viewer"], None] | None = None
+        self.on_close: Callable[[Viewer], None] | None = None
         self.reports: dict[str, Any] = {}
         self.rtt: float | None = None
         self.closed = False
@@ -146,7 +147,7 @@ class Viewer:
             self.on_close(self)
 
     async def close(self) -> None:
-        """Leave the lecture and close the endpoint (idempotent); calls on_close once."""
+        """Leave the lecture and close the endpoint (idempotent); calls on_close(viewer) once."""
         self._close()
 
 
@@ -166,7 +167,7 @@ class Lecture:
         self.publisher: Publisher | None = None
         self.viewers: set[Viewer] = set()
         self.on_live: Callable[[bool], None] | None = None
-        self.on_closed: Callable[["Lecture"], None] | None = None
+        self.on_closed: Callable[[Lecture], None] | None = None
         self.live = False
         self.closed = False
         self.publishers = 0
@@ -183,6 +184,7 @@ class Lecture:
             self.specs,
             lambda kind, packet: self._on_packet(publisher, kind, packet),
             lambda kind, report: self._on_report(publisher, kind, report),
+            self._on_publisher_closed,
         )
         try:
             answer = await publisher.start(offer)
@@ -192,7 +194,6 @@ class Lecture:
         self._check_open()
         old, self.publisher = self.publisher, publisher
         self.publishers += 1
-        publisher.on_close = lambda: self._on_publisher_closed(publisher)
         for track in self.tracks.values():
             track.source_changed()
         if old is not None:
@@ -205,7 +206,11 @@ class Lecture:
         if not self.live:
             self._set_live(True)
         self.tracks[kind].on_rtp(
-            packet.ssrc, packet.marker, packet.sequence_number, packet.timestamp, packet.payload
+            packet.ssrc,
+            bool(packet.marker),
+            packet.sequence_number,
+            packet.timestamp,
+            packet.payload,
         )
 
     def _on_report(self, publisher: Publisher, kind: str, report: RtcpSrPacket) -> None:
@@ -215,7 +220,11 @@ class Lecture:
 
     def _on_publisher_closed(self, publisher: Publisher) -> None:
         p = self._retired
-        self._retired = (p[0] + publisher.packets, p[1] + publisher.octets, p[2] + publisher.keyframe_requests)
+        self._retired = (
+            p[0] + publisher.packets,
+            p[1] + publisher.octets,
+            p[2] + publisher.keyframe_requests,
+        )
         if publisher is self.publisher:
             self.publisher = None
             for track in self.tracks.values():
@@ -282,7 +291,9 @@ class Lecture:
         if now - then >= 0.5:
             rate = (packets - count) / (now - then)
             self._rate = (now, packets, rate)
-        return LectureStats(self.live, len(self.viewers), packets, octets, rate, int(requests), self.publishers)
+        return LectureStats(
+            self.live, len(self.viewers), packets, octets, rate, int(requests), self.publishers
+        )
 
     def _check_open(self) -> None:
         if self.closed:

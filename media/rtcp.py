@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from aiortc.rtp import (
     RtcpPacket,
     RtcpPsfbPacket,
+    RtcpReceiverInfo,
     RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSenderInfo,
@@ -83,10 +84,12 @@ def _fir_targets(fci: bytes) -> set[int]:
     return {struct.unpack_from("!L", fci, pos)[0] for pos in range(0, len(fci) - 7, 8)}
 
 
-def _add_report_blocks(feedback: Feedback, reports) -> None:
+def _add_report_blocks(feedback: Feedback, reports: list[RtcpReceiverInfo]) -> None:
     for r in reports:
         feedback.reports.append(
-            ReceptionReport(r.ssrc, r.fraction_lost / 256.0, r.packets_lost, r.jitter, r.lsr, r.dlsr)
+            ReceptionReport(
+                r.ssrc, r.fraction_lost / 256.0, r.packets_lost, r.jitter, r.lsr, r.dlsr
+            )
         )
 
 
@@ -137,7 +140,7 @@ class ClockMapping:
         return (self.rtp + round((t - self.time) * self.clock_rate)) & 0xFFFFFFFF
 
     @classmethod
-    def from_sr(cls, packet: RtcpSrPacket, clock_rate: int) -> "ClockMapping":
+    def from_sr(cls, packet: RtcpSrPacket, clock_rate: int) -> ClockMapping:
         """The mapping a publisher's SR states."""
         info = packet.sender_info
         return cls(packet.ssrc, time_from_ntp(info.ntp_timestamp), info.rtp_timestamp, clock_rate)

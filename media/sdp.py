@@ -10,6 +10,7 @@ forwarder strips them.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiortc import sdp as aiosdp
@@ -41,7 +42,9 @@ class CodecSpec:
 
 OPUS = CodecSpec("opus", 48000, 2, "minptime=10;useinbandfec=1")
 VP8 = CodecSpec("VP8", 90000)
-H264 = CodecSpec("H264", 90000, None, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+H264 = CodecSpec(
+    "H264", 90000, None, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+)
 
 
 def video_codec(name: str) -> CodecSpec:
@@ -107,11 +110,15 @@ def _codec_matches(spec: CodecSpec, codec: RTCRtpCodecParameters) -> bool:
     return profile[:4] in CONSTRAINED_BASELINE_FAMILY
 
 
-def _pick_codec(spec: CodecSpec, codecs: list[RTCRtpCodecParameters]):
+def _pick_codec(
+    spec: CodecSpec, codecs: list[RTCRtpCodecParameters]
+) -> RTCRtpCodecParameters | None:
     matches = [c for c in codecs if _codec_matches(spec, c)]
     if spec.name.upper() == "H264":
         wanted = spec.fmtp.split("profile-level-id=")[-1][:4]
-        matches.sort(key=lambda c: str(c.parameters.get("profile-level-id", "")).lower()[:4] != wanted)
+        matches.sort(
+            key=lambda c: str(c.parameters.get("profile-level-id", "")).lower()[:4] != wanted
+        )
     return matches[0] if matches else None
 
 
@@ -153,7 +160,9 @@ def _remote_transport(media: list[aiosdp.MediaDescription]) -> RemoteTransport:
     fp = first.dtls.fingerprints[0]
     role = first.dtls.role
     setup = {"auto": "actpass", "client": "active", "server": "passive"}.get(role, "actpass")
-    return RemoteTransport(first.ice.usernameFragment, first.ice.password, (fp.algorithm, fp.value), setup)
+    return RemoteTransport(
+        first.ice.usernameFragment, first.ice.password, (fp.algorithm, fp.value), setup
+    )
 
 
 def parse_viewer_offer(text: str, tracks: dict[str, CodecSpec]) -> ViewerOffer:
@@ -175,7 +184,9 @@ def parse_viewer_offer(text: str, tracks: dict[str, CodecSpec]) -> ViewerOffer:
     return offer
 
 
-def _negotiate_line(media, tracks: dict[str, CodecSpec], taken: set[str]) -> MediaLine | None:
+def _negotiate_line(
+    media: aiosdp.MediaDescription, tracks: dict[str, CodecSpec], taken: set[str]
+) -> MediaLine | None:
     spec = tracks.get(media.kind)
     if spec is None or media.kind in taken or media.port == 0:
         return None
@@ -191,7 +202,10 @@ def _negotiate_line(media, tracks: dict[str, CodecSpec], taken: set[str]) -> Med
         )
     taken.add(media.kind)
     mid = media.rtp.muxId or str(len(taken) - 1)
-    return MediaLine(media.kind, mid, codec.payloadType, _rtx_for(codec, media.rtp.codecs))
+    pt = codec.payloadType
+    if pt is None:
+        raise SdpError(f"{media.kind} codec {codec.mimeType} has no payload type")
+    return MediaLine(media.kind, mid, pt, _rtx_for(codec, media.rtp.codecs))
 
 
 def _check_bundle(description: aiosdp.SessionDescription, offer: ViewerOffer) -> None:
@@ -229,12 +243,23 @@ def _ssrc_lines(kind: str, ssrc: int, rtx_ssrc: int | None, cname: str) -> list[
     return out
 
 
-def _media_section(media, line: MediaLine | None, spec, local: LocalTransport, ssrcs) -> list[str]:
-    if line is None:
+def _media_section(
+    media: aiosdp.MediaDescription,
+    line: MediaLine | None,
+    spec: CodecSpec | None,
+    local: LocalTransport,
+    ssrcs: Mapping[str, tuple[int, int | None]],
+) -> list[str]:
+    if line is None or spec is None:
         mid = media.rtp.muxId
-        out = [f"m={media.kind} 0 {media.profile} {' '.join(map(str, media.fmt))}", "c=IN IP4 0.0.0.0"]
+        out = [
+            f"m={media.kind} 0 {media.profile} {' '.join(map(str, media.fmt))}",
+            "c=IN IP4 0.0.0.0",
+        ]
         return out + ([f"a=mid:{mid}"] if mid else []) + ["a=inactive"]
-    fmts = [line.payload_type] + ([line.rtx_payload_type] if line.rtx_payload_type is not None else [])
+    fmts = [line.payload_type] + (
+        [line.rtx_payload_type] if line.rtx_payload_type is not None else []
+    )
     ssrc, rtx_ssrc = ssrcs[line.kind]
     if line.rtx_payload_type is None:
         rtx_ssrc = None
@@ -256,7 +281,7 @@ def build_answer(
     offer: ViewerOffer,
     tracks: dict[str, CodecSpec],
     local: LocalTransport,
-    ssrcs: dict[str, tuple[int, int | None]],
+    ssrcs: Mapping[str, tuple[int, int | None]],
 ) -> str:
     """The SDP answer for a parsed viewer offer (m-lines in the offer's order)."""
     mids = [line.mid for line in offer.lines if line is not None]

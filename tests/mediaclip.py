@@ -42,7 +42,9 @@ def read_number(frame: VideoFrame) -> int | None:
     for bit in range(BITS):
         row, col = divmod(bit, GRID)
         y, x = row * BLOCK_H, col * BLOCK_W
-        mean = float(gray[y + MARGIN : y + BLOCK_H - MARGIN, x + MARGIN : x + BLOCK_W - MARGIN].mean())
+        mean = float(
+            gray[y + MARGIN : y + BLOCK_H - MARGIN, x + MARGIN : x + BLOCK_W - MARGIN].mean()
+        )
         if 60 < mean < 190:
             return None
         number = (number << 1) | (1 if mean >= 190 else 0)
@@ -61,7 +63,9 @@ class NumberedVideoTrack(VideoStreamTrack):
     async def recv(self) -> VideoFrame:
         """The next numbered frame at 30 fps."""
         pts, time_base = await self.next_timestamp()
-        frame = VideoFrame.from_ndarray(number_image(self.offset + self.count, self.tint), format="rgb24")
+        frame = VideoFrame.from_ndarray(
+            number_image(self.offset + self.count, self.tint), format="rgb24"
+        )
         frame.pts = pts
         frame.time_base = time_base
         self.count += 1
@@ -119,7 +123,7 @@ def ecdsa_identity(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lopso-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -142,7 +146,9 @@ def ecdsa_identity(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]
     return cert_path, key_path
 
 
-def publish_whip(url: str, clip: str, token: str, cert: str | None = None, key: str | None = None) -> int:
+def publish_whip(
+    url: str, clip: str, token: str, cert: str | None = None, key: str | None = None
+) -> int:
     """Stream a clip in real time through FFmpeg's WHIP muxer (PyAV); returns packets sent.
 
     Runs in its own process (see __main__): the muxer's HTTP and DTLS calls block inside
@@ -154,19 +160,18 @@ def publish_whip(url: str, clip: str, token: str, cert: str | None = None, key: 
     if cert and key:
         options.update(cert_file=cert, key_file=key)
     sent = 0
-    with av.open(clip) as source:
-        with av.open(url, "w", format="whip", options=options) as out:
-            stream = out.add_stream_from_template(source.streams.video[0])
-            start = time.monotonic()
-            for packet in source.demux(source.streams.video[0]):
-                if packet.dts is None:
-                    continue
-                delay = start + float(packet.pts * packet.time_base) - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                packet.stream = stream
-                out.mux(packet)
-                sent += 1
+    with av.open(clip) as source, av.open(url, "w", format="whip", options=options) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        start = time.monotonic()
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is None:
+                continue
+            delay = start + float(packet.pts * packet.time_base) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            packet.stream = stream
+            out.mux(packet)
+            sent += 1
     return sent
 
 

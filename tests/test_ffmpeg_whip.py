@@ -34,7 +34,9 @@ async def whip_server():
         answer, publisher = await lecture.publish(await request.text())
         publishers["1"] = publisher
         return web.Response(
-            status=201, text=answer, content_type="application/sdp",
+            status=201,
+            text=answer,
+            content_type="application/sdp",
             headers={"Location": "/whip/ffmpeg/1"},
         )
 
@@ -59,12 +61,17 @@ async def whip_server():
 
 async def run_ffmpeg(*args: str, timeout: float = 25.0) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.mediaclip", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "tests.mediaclip",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         out, _ = await proc.communicate()
     return proc.returncode, out.decode(errors="replace")

@@ -4,13 +4,15 @@ The fan-out and endpoints here are small recorders with the media.endpoint inter
 real ones are exercised in tests/test_lecture.py with aiortc peers.
 """
 
+from itertools import pairwise
+
+from aiortc.rtp import RtcpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
 from media import rtp
 from media.forwarder import Munger, TrackForwarder, ViewerTrack
 from media.rtcp import ClockMapping, time_from_ntp
-from aiortc.rtp import RtcpPacket
 
 KEY = bytes([0x10, 0x00, 0x9D])  # VP8 keyframe start
 DELTA = bytes([0x10, 0x01, 0x00])  # VP8 interframe start
@@ -83,7 +85,7 @@ def test_munger_outgoing_seq_is_contiguous(runs):
             r = m.rewrite(run + 10, (base + i) & 0xFFFF, i * 960, True, now)
             out.append(r)
     seqs = [r[0] for r in out if r is not None]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
 
 
 def test_viewer_waits_for_keyframe_and_requests_one():
@@ -133,7 +135,7 @@ def test_nack_answered_with_rtx_or_plain():
     track.on_nack(rtx_viewer, [seqs[2]])
     assert plain.endpoint.sent == [plain.endpoint.sent[0]] and plain.retransmits == 1
     assert rtp.fields(plain.endpoint.sent[0])[1:3] == (97, seqs[1])
-    marker, pt, _seq, _ts, ssrc = rtp.fields(rtx_viewer.endpoint.sent[0])
+    _marker, pt, _seq, _ts, ssrc = rtp.fields(rtx_viewer.endpoint.sent[0])
     assert (pt, ssrc) == (99, track.rtx_ssrc)
     body = rtp.payload(rtx_viewer.endpoint.sent[0])
     assert int.from_bytes(body[:2], "big") == seqs[2] and body[2:] == CONT
@@ -161,7 +163,7 @@ def test_new_source_takes_over_at_its_keyframe_and_old_one_is_retired():
     payloads = [rtp.payload(p) for p in viewer.endpoint.sent]
     seqs = [rtp.fields(p)[2] for p in viewer.endpoint.sent]
     assert payloads == [KEY, DELTA, KEY]
-    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+    assert all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
     assert requests  # the new source was asked for a keyframe
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
@@ -131,8 +132,10 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:
 
 def assert_clean_increasing(numbers: list[int | None]) -> None:
     assert numbers, "no frame decoded"
-    assert None not in numbers, f"corrupt frames at {[i for i, n in enumerate(numbers) if n is None]}"
-    assert all(b > a for a, b in zip(numbers, numbers[1:])), numbers
+    assert None not in numbers, (
+        f"corrupt frames at {[i for i, n in enumerate(numbers) if n is None]}"
+    )
+    assert all(b > a for a, b in pairwise(numbers)), numbers
 
 
 async def test_three_viewers_decode_every_published_frame(engine):
@@ -247,13 +250,19 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
         await camera.publish(lecture)
         await wait_for(lambda: all(len(v.frames) >= 20 for v in viewers))
         await screen.publish(lecture)  # camera -> screen: a new track from a new peer
-        await wait_for(lambda: all(any(n and 20000 <= n < 40000 for n in v.numbers()) for v in viewers))
-        await wait_for(lambda: all(sum(1 for n in v.numbers() if n and n >= 20000) >= 20 for v in viewers))
+        await wait_for(
+            lambda: all(any(n and 20000 <= n < 40000 for n in v.numbers()) for v in viewers)
+        )
+        await wait_for(
+            lambda: all(sum(1 for n in v.numbers() if n and n >= 20000) >= 20 for v in viewers)
+        )
         await camera.close()
         await screen.close()  # the lecturer drops ...
         await asyncio.sleep(0.5)
         await again.publish(lecture)  # ... and reconnects
-        await wait_for(lambda: all(sum(1 for n in v.numbers() if n and n >= 40000) >= 20 for v in viewers))
+        await wait_for(
+            lambda: all(sum(1 for n in v.numbers() if n and n >= 40000) >= 20 for v in viewers)
+        )
         for v in viewers:
             assert_clean_increasing(v.numbers())
         assert lecture.stats().publishers == 3
@@ -281,7 +290,9 @@ async def test_lip_sync_sender_reports_match_publisher_clock(engine):
     try:
         await publisher.publish(lecture)
         await viewer.subscribe(lecture)
-        await wait_for(lambda: all(len(viewer.reports.get(t.ssrc, [])) >= 3 for t in tracks.values()), 12)
+        await wait_for(
+            lambda: all(len(viewer.reports.get(t.ssrc, [])) >= 3 for t in tracks.values()), 12
+        )
         for kind, track in tracks.items():
             for _, report in viewer.reports[track.ssrc]:
                 info = report.sender_info
@@ -322,8 +333,10 @@ async def test_publisher_answer_keeps_the_class_codec(engine, codec, rtpmap):
     lecture = engine.lecture(f"answer-{codec}", video_codec=codec)
     answer, publisher = await lecture.publish(offer)
     try:
-        video = answer[answer.index("m=video"):]
-        codecs = [line.split(" ", 1)[1] for line in video.splitlines() if line.startswith("a=rtpmap:")]
+        video = answer[answer.index("m=video") :]
+        codecs = [
+            line.split(" ", 1)[1] for line in video.splitlines() if line.startswith("a=rtpmap:")
+        ]
         assert [c for c in codecs if not c.startswith("rtx/")] == [rtpmap]
         if codec == "H264":
             assert "packetization-mode=1;profile-level-id=42e01f" in video

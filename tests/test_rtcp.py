@@ -4,10 +4,10 @@ import struct
 
 import pytest
 from aiortc.rtp import (
+    RtcpPacket,
     RtcpPsfbPacket,
     RtcpReceiverInfo,
     RtcpRrPacket,
-    RtcpPacket,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,7 +32,12 @@ def test_compound_rr_nack_pli_fir():
     fir = RtcpPsfbPacket(fmt=4, ssrc=9, media_ssrc=0, fci=struct.pack("!LBxxx", 777, 1))
     fb = parse_feedback(bytes(rr) + nack + bytes(pli) + bytes(fir))
     report = fb.reports[0]
-    assert (report.ssrc, report.fraction_lost, report.cumulative_lost, report.jitter) == (1234, 0.25, 17, 900)
+    assert (report.ssrc, report.fraction_lost, report.cumulative_lost, report.jitter) == (
+        1234,
+        0.25,
+        17,
+        900,
+    )
     assert sorted(fb.nacks[1234]) == [0, 3, 65535]
     assert fb.keyframes == {1234, 777} and (fb.plis, fb.firs) == (1, 1)
 

@@ -7,32 +7,62 @@ from media.errors import CodecMismatchError, SdpError
 from media.sdp import H264, OPUS, VP8, LocalTransport, build_answer, parse_viewer_offer, video_codec
 
 LOCAL = LocalTransport(
-    "ufrag1", "pwd0123456789012345678901", ("sha-256", "AA:BB"), "passive",
+    "ufrag1",
+    "pwd0123456789012345678901",
+    ("sha-256", "AA:BB"),
+    "passive",
     ["1 1 udp 2130706431 192.0.2.10 8189 typ host"],
 )
 SSRCS = {"audio": (11, 12), "video": (21, 22)}
 
-CHROME_OFFER = "\r\n".join([
-    "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1",
+CHROME_LINES = [
+    "v=0",
+    "o=- 1 2 IN IP4 127.0.0.1",
+    "s=-",
+    "t=0 0",
+    "a=group:BUNDLE 0 1",
     "a=msid-semantic: WMS",
-    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63", "c=IN IP4 0.0.0.0", "a=rtcp:9 IN IP4 0.0.0.0",
-    "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx", "a=ice-options:trickle",
-    "a=fingerprint:sha-256 11:22:33", "a=setup:actpass", "a=mid:0", "a=recvonly", "a=rtcp-mux",
-    "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1", "a=rtpmap:63 red/48000/2",
-    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 106 107 39 40", "c=IN IP4 0.0.0.0",
-    "a=ice-ufrag:abcd", "a=ice-pwd:abcdefghijklmnopqrstuvwx",
-    "a=fingerprint:sha-256 11:22:33", "a=setup:actpass", "a=mid:1", "a=recvonly", "a=rtcp-mux",
-    "a=rtpmap:96 VP8/90000", "a=rtcp-fb:96 nack", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 63",
+    "c=IN IP4 0.0.0.0",
+    "a=rtcp:9 IN IP4 0.0.0.0",
+    "a=ice-ufrag:abcd",
+    "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+    "a=ice-options:trickle",
+    "a=fingerprint:sha-256 11:22:33",
+    "a=setup:actpass",
+    "a=mid:0",
+    "a=recvonly",
+    "a=rtcp-mux",
+    "a=rtpmap:111 opus/48000/2",
+    "a=fmtp:111 minptime=10;useinbandfec=1",
+    "a=rtpmap:63 red/48000/2",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 106 107 39 40",
+    "c=IN IP4 0.0.0.0",
+    "a=ice-ufrag:abcd",
+    "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+    "a=fingerprint:sha-256 11:22:33",
+    "a=setup:actpass",
+    "a=mid:1",
+    "a=recvonly",
+    "a=rtcp-mux",
+    "a=rtpmap:96 VP8/90000",
+    "a=rtcp-fb:96 nack",
+    "a=rtpmap:97 rtx/90000",
+    "a=fmtp:97 apt=96",
     "a=rtpmap:102 H264/90000",
     "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
-    "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102",
+    "a=rtpmap:103 rtx/90000",
+    "a=fmtp:103 apt=102",
     "a=rtpmap:106 H264/90000",
     "a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-    "a=rtpmap:107 rtx/90000", "a=fmtp:107 apt=106",
+    "a=rtpmap:107 rtx/90000",
+    "a=fmtp:107 apt=106",
     "a=rtpmap:39 H264/90000",
     "a=fmtp:39 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f",
-    "a=rtpmap:40 AV1/90000", "",
-])
+    "a=rtpmap:40 AV1/90000",
+    "",
+]
+CHROME_OFFER = "\r\n".join(CHROME_LINES)
 
 
 @pytest.mark.parametrize("spec, pt, rtx", [(VP8, 96, 97), (H264, 106, 107)])
@@ -74,7 +104,9 @@ def test_codec_mismatch_names_offer_and_class_codec():
     with pytest.raises(CodecMismatchError) as info:
         parse_viewer_offer(offer, {"audio": OPUS, "video": VP8})
     message = str(info.value)
-    assert "this class sends video as VP8" in message and "VP9" in message and "H264/42e01f" in message
+    assert (
+        "this class sends video as VP8" in message and "VP9" in message and "H264/42e01f" in message
+    )
 
 
 def test_h264_needs_packetization_mode_1():
@@ -92,7 +124,10 @@ def test_h264_needs_packetization_mode_1():
         (CHROME_OFFER.replace("a=fingerprint:sha-256 11:22:33\r\n", ""), "fingerprint"),
         (CHROME_OFFER.replace("a=rtcp-mux\r\n", ""), "rtcp-mux"),
         (CHROME_OFFER.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0"), "BUNDLE"),
-        (CHROME_OFFER.replace("m=video 9 UDP/TLS/RTP/SAVPF 96", "m=video 9 UDP/TLS/RTP/SAVPF x"), "parsed"),
+        (
+            CHROME_OFFER.replace("m=video 9 UDP/TLS/RTP/SAVPF 96", "m=video 9 UDP/TLS/RTP/SAVPF x"),
+            "parsed",
+        ),
     ],
 )
 def test_malformed_offers(text, message):
