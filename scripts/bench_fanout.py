@@ -192,11 +192,23 @@ class LopsoRelay:
 
     def __init__(self, options: dict) -> None:
         self.options = options
-        self.mark = (0.0, 0, 0, 0.0)
+        self.mark: tuple = ()
 
     async def start(self, _arg) -> str:
+        from media.endpoint import Fanout
         from media.engine import MediaConfig, MediaEngine
 
+        self.fanout_cpu = 0.0
+        send = Fanout.send
+
+        def timed_send(fanout, packet):  # diagnostic: the fan-out's share of the relay's CPU
+            t0 = time.thread_time()
+            try:
+                return send(fanout, packet)
+            finally:
+                self.fanout_cpu += time.thread_time() - t0
+
+        Fanout.send = timed_send
         self.engine = MediaEngine(MediaConfig(host="127.0.0.1"))
         await self.engine.start()
         self.lecture = self.engine.lecture("bench", video_codec="VP8")
@@ -213,16 +225,18 @@ class LopsoRelay:
             answers.append(answer)
         return answers
 
-    def counters(self) -> tuple[float, int, int, float]:
+    def counters(self) -> tuple:
         copies = sum(v.stats().packets_sent for v in list(self.lecture.viewers))
-        return cpu_seconds(), copies, self.lecture.stats().packets_in, time.monotonic()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return (cpu_seconds(), copies, self.lecture.stats().packets_in, time.monotonic(),
+                usage.ru_utime, usage.ru_stime, self.fanout_cpu)  # fmt: skip
 
     async def measure_start(self, _arg) -> str:
         self.mark = self.counters()
         if self.options.get("profile"):
             import cProfile
 
-            self.profiler = cProfile.Profile()
+            self.profiler = cProfile.Profile(time.process_time)  # CPU, not wall, time
             self.profiler.enable()
         return "ok"
 
@@ -232,11 +246,12 @@ class LopsoRelay:
 
             self.profiler.disable()
             pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-        cpu, copies, packets_in, now = self.counters()
-        cpu0, copies0, in0, then = self.mark
+        cpu, copies, packets_in, now, user, system, fanout = self.counters()
+        cpu0, copies0, in0, then, user0, system0, fanout0 = self.mark
         return {"cpu_s": cpu - cpu0, "copies": copies - copies0,
                 "packets_in": packets_in - in0, "seconds": now - then,
-                "viewers": len(self.lecture.viewers)}  # fmt: skip
+                "viewers": len(self.lecture.viewers), "user_s": user - user0,
+                "sys_s": system - system0, "fanout_cpu_s": fanout - fanout0}  # fmt: skip
 
     async def quit(self, _arg) -> None:
         await self.engine.close()
@@ -310,31 +325,40 @@ class MediaRelayBaseline(LopsoRelay):
 
 
 class Viewers:
-    """N load viewers and one decoding, verifying aiortc viewer."""
+    """Load viewers (options["verifier"] False) or the one decoding, verifying aiortc viewer.
+
+    The verifier runs in its own process so that N load viewers cannot starve its decoder.
+    """
 
     def __init__(self, options: dict) -> None:
         self.options = options
+        self.verifier = bool(options.get("verifier"))
+        self.load: list = []
+        self.pc = None
+        self.tasks: list = []
         self.verified = 0
         self.corrupt = 0
-        self.frames_numbers: list[int] = []
+        self.numbers: list[int] = []
 
     async def offers(self, count: int) -> list[str]:
-        from aiortc import RTCPeerConnection
+        if self.verifier:
+            from aiortc import RTCPeerConnection
 
+            self.pc = RTCPeerConnection()
+            self.pc.addTransceiver("audio", direction="recvonly")
+            self.pc.addTransceiver("video", direction="recvonly")
+            self.pc.on("track", lambda t: self.tasks.append(asyncio.ensure_future(self.watch(t))))
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            return [self.pc.localDescription.sdp]
         from media.dtls import DtlsIdentity
         from media.loadviewer import LoadViewer
 
         identity = DtlsIdentity()
-        self.load = [LoadViewer(identity=identity) for _ in range(count)]
+        decrypt = bool(self.options.get("decrypt"))
+        self.load = [LoadViewer(identity=identity, decrypt=decrypt) for _ in range(count)]
         for viewer in self.load:
             await viewer.start()
-        self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.tasks = []
-        self.pc.on("track", lambda track: self.tasks.append(asyncio.ensure_future(self.watch(track))))
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return [v.offer("VP8") for v in self.load] + [self.pc.localDescription.sdp]
+        return [v.offer("VP8") for v in self.load]
 
     async def watch(self, track) -> None:
         from aiortc.mediastreams import MediaStreamError
@@ -353,28 +377,30 @@ class Viewers:
                 self.corrupt += 1
             else:
                 self.verified += 1
-                self.frames_numbers.append(number)
+                self.numbers.append(number)
 
     async def connect(self, answers: list[str]) -> int:
-        from aiortc import RTCSessionDescription
+        if self.pc is not None:
+            from aiortc import RTCSessionDescription
 
-        await self.pc.setRemoteDescription(RTCSessionDescription(answers[-1], "answer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(answers[0], "answer"))
+            return 1
         results = await asyncio.gather(*(v.connect(a, timeout=30) for v, a in zip(self.load, answers)),
                                        return_exceptions=True)  # fmt: skip
         return sum(1 for r in results if r is None)
 
     async def stats(self, _arg) -> dict:
         stats = [v.stats() for v in self.load]
-        numbers = self.frames_numbers
-        backwards = sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)
+        numbers = self.numbers
         return {"packets": sum(s["packets"] for s in stats), "lost": sum(s["lost"] for s in stats),
                 "srtp_errors": sum(s["srtp_errors"] for s in stats),
                 "receiving": sum(1 for s in stats if s["packets"] > 0),
                 "verified_frames": self.verified, "corrupt_frames": self.corrupt,
-                "out_of_order_frames": backwards}  # fmt: skip
+                "out_of_order_frames": sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)}  # fmt: skip
 
     async def quit(self, _arg) -> None:
-        await self.pc.close()
+        if self.pc is not None:
+            await self.pc.close()
         for task in self.tasks:
             task.cancel()
         for viewer in self.load:
@@ -400,20 +426,25 @@ async def wait_until(predicate, timeout: float, step: float = 0.5) -> bool:
 async def run(args: argparse.Namespace) -> dict:
     mode = "mediarelay" if args.baseline == "mediarelay" else "lopso"
     clip = make_clip(args.warmup + args.seconds + 15)
-    options = {"clip": str(clip), "uvloop": args.uvloop, "profile": args.profile}
+    options = {"clip": str(clip), "uvloop": args.uvloop, "profile": args.profile,
+               "decrypt": args.decrypt}  # fmt: skip
     relay = Remote("mediarelay" if mode == "mediarelay" else "relay", options)
-    publisher, viewers = Remote("publisher", options), Remote("viewers", options)
+    publisher = Remote("publisher", options)
+    viewers = Remote("viewers", options)
+    verifier = Remote("viewers", {**options, "verifier": True})
     try:
         await relay.call("start")
         answer = await relay.call("publish", await publisher.call("offer"))
         await publisher.call("answer", answer)
-        offers = await viewers.call("offers", args.viewers)
-        answers = await relay.call("subscribe", offers, timeout=120)
-        connected = await viewers.call("connect", answers, timeout=120)
+        connected = 0
+        for group, count in ((verifier, 1), (viewers, args.viewers)):
+            offers = await group.call("offers", count)
+            answers = await relay.call("subscribe", offers, timeout=120)
+            connected += await group.call("connect", answers, timeout=120)
 
         async def receiving() -> bool:
-            stats = await viewers.call("stats")
-            return stats["receiving"] == args.viewers and stats["verified_frames"] > 0
+            load, checked = await viewers.call("stats"), await verifier.call("stats")
+            return load["receiving"] == args.viewers and checked["verified_frames"] > 0
 
         await wait_until(receiving, 20)
         await asyncio.sleep(args.warmup)
@@ -421,9 +452,11 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.sleep(args.seconds)
         window = await relay.call("measure_stop")
         seen = await viewers.call("stats")
+        checked = await verifier.call("stats")
     finally:
-        for remote in (publisher, viewers, relay):
+        for remote in (publisher, viewers, verifier, relay):
             await remote.stop()
+    seen.update({k: checked[k] for k in ("verified_frames", "corrupt_frames", "out_of_order_frames")})
     return summarise(mode, args, connected, window, seen)
 
 
@@ -433,7 +466,7 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
     per_packet = 1e6 * cpu / copies if copies else None
     per_viewer_s = per_packet * in_pps / 1e6 if per_packet and in_pps else None
     return {
-        "mode": mode, "viewers": args.viewers + 1, "connected": connected + 1,
+        "mode": mode, "viewers": args.viewers + 1, "connected": connected,
         "seconds": round(seconds, 2), "in_pps": round(in_pps, 1),
         "fwd_pps": round(copies / seconds, 1) if seconds else 0.0,
         "relay_cpu_pct": round(100 * cpu / seconds, 1) if seconds else 0.0,
@@ -443,6 +476,10 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "out_of_order_frames": seen["out_of_order_frames"],
         "lost_packets": seen["lost"], "srtp_errors": seen["srtp_errors"],
         "receiving_viewers": seen["receiving"], "uvloop": args.uvloop,
+        "relay_user_s": round(window.get("user_s", 0.0), 3),
+        "relay_sys_s": round(window.get("sys_s", 0.0), 3),
+        "fanout_us_per_fwd_packet": round(1e6 * window["fanout_cpu_s"] / copies, 2)
+        if copies and "fanout_cpu_s" in window else None,
     }  # fmt: skip
 
 
@@ -455,9 +492,10 @@ def main() -> None:
     parser.add_argument("--baseline", choices=["mediarelay"], default=None)
     parser.add_argument("--uvloop", action="store_true", help="run the relay on uvloop")
     parser.add_argument("--profile", action="store_true", help="cProfile the relay's window")
+    parser.add_argument("--decrypt", action="store_true", help="load viewers check SRTP too")
     args = parser.parse_args()
     default_viewers = 4 if args.baseline else 100
-    args.viewers = (args.viewers if args.viewers is not None else default_viewers) - 1
+    args.viewers = max(2, args.viewers if args.viewers is not None else default_viewers) - 1
     args.seconds = args.seconds or (10.0 if args.quick else 20.0)
     result = asyncio.run(run(args))
     print(json.dumps(result))
