@@ -268,6 +268,10 @@ class Endpoint:
 
     # -- driven by MediaSocket --------------------------------------------------------------
 
+    def count_rtcp(self) -> None:
+        """One RTCP packet went out through a Fanout."""
+        self._counters["rtcp_sent"] += 1
+
     def count(self, packets: int, octets: int) -> None:
         """Add fan-out traffic to the counters (called by Fanout.settle)."""
         self._counters["packets_sent"] += packets
@@ -425,6 +429,7 @@ class Fanout:
         """Copies the kernel refused (socket buffer full) or SRTP failed to protect."""
         self._expected = 0
         self._payload_types: list[int] = []
+        self._fast_members: list[Endpoint] = []
         self._last_length = -1
 
     def add(self, endpoint: Endpoint, payload_type: int) -> None:
@@ -489,6 +494,32 @@ class Fanout:
         self.drops += self._expected - sent
         return sent
 
+    def send_rtcp(self, packet: bytes | bytearray) -> int:
+        """SRTCP-protect and send one RTCP packet (e.g. the stream's shared sender report) to
+        every connected member, batched like `send`; returns copies sent."""
+        if self._generation != self._sock.generation:
+            self._rebuild()
+        n = len(packet)
+        if n < 8 or n > MAX_RTP:
+            raise ValueError(f"RTCP packet of {n} bytes is outside 8..{MAX_RTP}")
+        protect = self._sock.protector.protect_rtcp_fn
+        cell = self._sock.protector.length
+        sent = 0
+        for batch, groups in self._plan:
+            for _, entries in groups:
+                for slot, iov, handle in entries:
+                    _cffi_memmove(slot, packet, n)
+                    cell[0] = n
+                    iov.iov_len = 0 if protect(handle, slot, cell) else cell[0]
+            sent += batch.send(self._sock.udp.fd, batch.used)
+        self._last_length = -1  # RTP lengths must be rewritten on the next send
+        for endpoint, _ in self._slow:
+            endpoint.send_rtcp(bytes(packet))
+            sent += 1
+        for endpoint in self._fast_members:
+            endpoint.count_rtcp()
+        return sent
+
     def settle(self, endpoint: Endpoint) -> None:
         """Move the traffic sent to `endpoint` since the last settle into its counters."""
         mark = self._marks.get(endpoint)
@@ -528,6 +559,7 @@ class Fanout:
         fast = [t for t in targets if use_fast and t[0].srtp.tx_handle is not None]  # type: ignore[union-attr]
         self._slow = [t for t in targets if not (use_fast and t[0].srtp.tx_handle is not None)]  # type: ignore[union-attr]
         fast.sort(key=lambda t: t[1])
+        self._fast_members = [ep for ep, _ in fast]
         self._payload_types = sorted({pt for _, pt in targets})
         self._plan = []
         for start in range(0, len(fast), BATCH):

@@ -114,9 +114,11 @@ class FastProtector:
         self.available = srtp_lib is not None
         if self.available:
             self.protect_fn = srtp_lib.srtp_protect
+            self.protect_rtcp_fn = srtp_lib.srtp_protect_rtcp
             self.length = srtp_ffi.new("int *")
         else:  # pragma: no cover
             self.protect_fn = None
+            self.protect_rtcp_fn = None
             self.length = None
 
     def protect_into(self, handle: Any, buffer: Any, length: int) -> int:

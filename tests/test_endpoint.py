@@ -203,6 +203,8 @@ async def test_plain_session_fallback_sends_the_same(viewers):
         await wait_for(lambda: viewer.received)
         assert viewer.received[0][2:] == rtp(3)[2:]
         assert viewer.received[0][1] == 0x80 | viewer.pts["video"]
+        assert fanout.send_rtcp(bytes(RtcpPsfbPacket(fmt=1, ssrc=1, media_ssrc=2))) == 1
+        assert ep.stats()["rtcp_sent"] == 1 and ep.stats()["packets_sent"] == 1
     finally:
         await sock.close()
 
@@ -314,3 +316,31 @@ async def test_payload_types_and_lengths_per_member(sock, viewers):
         for original, got in zip(sent, v.received):
             assert got[1] == (original[1] & 0x80) | pt
             assert got[2:] == original[2:]
+
+
+async def test_fanout_rtcp_reaches_every_member_and_rtp_continues(sock, viewers):
+    from aiortc.rtp import RtcpSrPacket, RtcpSenderInfo
+
+    group = [viewers() for _ in range(2)]
+    endpoints = await asyncio.gather(*(v.connect(sock) for v in group))
+    fanout = sock.fanout()
+    for v, e in zip(group, endpoints):
+        fanout.add(e, v.pts["video"])
+    got: list[list] = [[], []]
+    for k, v in enumerate(group):
+        transport = v.pc.getTransceivers()[0].receiver.transport
+
+        async def on_rtcp(data: bytes, k=k) -> None:
+            got[k].append(data)
+
+        transport._handle_rtcp_data = on_rtcp  # the test's RTCP counter
+    info = RtcpSenderInfo(ntp_timestamp=1 << 32, rtp_timestamp=90000, packet_count=1,
+                          octet_count=1000)  # fmt: skip
+    report = bytes(RtcpSrPacket(ssrc=VIDEO_SSRC, sender_info=info))
+    assert fanout.send(rtp(1, size=700)) == 2
+    assert fanout.send_rtcp(report) == 2
+    assert fanout.send(rtp(2, size=700)) == 2  # same length as before the RTCP: rewritten
+    await wait_for(lambda: all(len(g) == 1 for g in got) and all(len(v.received) == 2 for v in group))
+    assert got[0][0] == report and got[1][0] == report
+    assert [p[2:] for p in group[0].received] == [rtp(1, size=700)[2:], rtp(2, size=700)[2:]]
+    assert all(e.stats()["rtcp_sent"] == 1 for e in endpoints)
