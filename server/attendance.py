@@ -44,11 +44,13 @@ Definitions (all times UTC epoch seconds):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import enum
+import gc
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -240,7 +242,27 @@ def derive(
     rules: Rules | None = None,
 ) -> AttendanceReport:
     """Derive the attendance report of a class from its ledger events (any order)."""
-    rules = rules or Rules()
+    with _gc_paused():
+        return _derive(session, sites, events, now, rules or Rules())
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: deriving makes no reference cycles, but its many
+    small allocations make it scan the caller's freshly loaded events (half a million objects
+    with their data dicts) again and again: 10-30 % of the time for 5,000 sites."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _derive(
+    session: ClassSession, sites: list[Site], events: Iterable[Event], now: float, rules: Rules
+) -> AttendanceReport:
     class_events, by_site = _group(events, session.id, now, now + rules.skew_s)
     window = lecture_window(session, class_events, now)
     registry = {s.code: s for s in sites}
