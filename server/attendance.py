@@ -327,7 +327,10 @@ def _group(
             continue
         kind = event.kind
         if kind.__class__ is not EventKind:  # a plain string from a lax producer
-            kind = EventKind(kind)
+            try:
+                kind = EventKind(kind)
+            except ValueError:
+                continue  # a kind this version does not know says nothing of attendance
             event = dataclasses.replace(event, kind=kind)
         if kind is started or kind is ended:
             class_events.append(_clamp(event, latest, now))
@@ -378,7 +381,9 @@ def site_record(
     """Derive one site's record from its own events (any order) and the lecture window."""
     parts = _empty_parts()
     for event in events:
-        parts[EventKind(event.kind).value].append(event)
+        bucket = parts.get(getattr(event.kind, "value", event.kind))
+        if bucket is not None:  # unknown kinds say nothing of attendance
+            bucket.append(event)
     return _record(site, parts, window, now, rules, expected)
 
 

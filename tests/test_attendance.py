@@ -569,6 +569,7 @@ def test_timing_5000_sites_100_events_each():
 def test_kinds_given_as_plain_strings_are_understood():
     events = [Event("c1", "class_started", at(0)), Event("c1", "class_ended", at(90))]  # type: ignore[arg-type]
     events += [Event("c1", "site_joined", at(0), "A"), Event("c1", "site_left", at(90), "A")]  # type: ignore[arg-type]
+    events.append(Event("c1", "kind_of_the_future", at(5), "A"))  # type: ignore[arg-type]
     report = derive(session(), [], events, at(120))
     assert report.window.ended and report.site("A").status is Status.PRESENT
 
@@ -585,3 +586,16 @@ def test_the_rules_are_pure():
     out = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"  # openpyxl too: loaded only when an XLSX is made
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_derive_leaves_the_garbage_collector_as_it_found_it(enabled):
+    import gc
+
+    gc.enable() if enabled else gc.disable()
+    try:
+        with pytest.raises(TypeError):  # an error inside derive restores it too
+            derive(session(), [], None, at(1))  # type: ignore[arg-type]
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
