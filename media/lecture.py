@@ -25,6 +25,7 @@ from .sdp import OPUS, CodecSpec, LocalTransport, MediaLine, build_answer, parse
 logger = logging.getLogger(__name__)
 
 SENDER_REPORT_INTERVAL = 1.0
+SILENCE_TIMEOUT = 3.0  # seconds without publisher packets before the lecture counts as off air
 CONNECT_TIMEOUT = 30.0
 
 
@@ -170,6 +171,7 @@ class Lecture:
         self.on_closed: Callable[[Lecture], None] | None = None
         self.live = False
         self.closed = False
+        self._last_packet = 0.0
         self.publishers = 0
         self._rate = (time.monotonic(), 0, 0.0)
         self._retired = (0, 0, 0)
@@ -203,6 +205,7 @@ class Lecture:
     def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
         if publisher is not self.publisher or not packet.payload:
             return
+        self._last_packet = time.monotonic()
         if not self.live:
             self._set_live(True)
         self.tracks[kind].on_rtp(
@@ -266,6 +269,8 @@ class Lecture:
         while True:
             await asyncio.sleep(SENDER_REPORT_INTERVAL)
             self.send_sender_reports()
+            if self.live and time.monotonic() - self._last_packet > SILENCE_TIMEOUT:
+                self._set_live(False)  # connected but silent (camera stopped, network gone)
 
     def send_sender_reports(self) -> None:
         """One SR per track to every joined viewer (the stream is shared, so is the SR)."""

@@ -7,6 +7,7 @@ every frame it decodes against what was published and spot a corrupt one.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from itertools import pairwise
 
@@ -210,6 +211,35 @@ async def test_nack_repair_under_5_percent_loss_leaves_no_corrupt_frame(engine):
         await publisher.close()
 
 
+async def test_loss_on_the_publisher_link_is_repaired_upstream_with_rtx(engine):
+    lecture = engine.lecture("upstream-loss", video_codec="VP8")
+    publisher, viewer = PublisherPeer(), ViewerPeer()
+    dropped: set[int] = set()
+
+    def drop(data: bytes) -> bool:
+        _m, pt, seq, _ts, _ssrc = rtp.fields(data)
+        if pt != video_pt or seq in dropped or seq % 20 != 3:
+            return False
+        dropped.add(seq)  # first copy only; the RTX retransmission passes
+        return True
+
+    try:
+        await viewer.subscribe(lecture)
+        session = await publisher.publish(lecture)
+        video = next(t for t in session.pc.getTransceivers() if t.kind == "video")
+        answer = session.pc.localDescription.sdp
+        video_pt = int(re.search(r"a=rtpmap:(\d+) VP8/90000", answer).group(1))
+        hooks.drop_incoming_rtp(video.receiver.transport, drop)
+        await wait_for(lambda: len(viewer.frames) >= 60, timeout=15)
+        assert dropped, "no packet was dropped on the publisher link"
+        assert_clean_increasing(viewer.numbers())
+        numbers = viewer.numbers()
+        assert numbers[-1] - numbers[0] + 1 - len(numbers) <= 3
+    finally:
+        await viewer.close()
+        await publisher.close()
+
+
 async def test_fifty_viewers_plis_reach_publisher_at_most_twice_a_second(engine):
     lecture = engine.lecture("storm", video_codec="VP8")
     publisher = PublisherPeer()
@@ -244,6 +274,8 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
     lecture = engine.lecture("switch", video_codec="VP8")
     viewers = [ViewerPeer(), ViewerPeer()]
     camera, screen, again = PublisherPeer(0), PublisherPeer(20000, tint=0), PublisherPeer(40000)
+    lives: list[bool] = []
+    lecture.on_live = lives.append
     try:
         for v in viewers:
             await v.subscribe(lecture)
@@ -258,7 +290,7 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
         )
         await camera.close()
         await screen.close()  # the lecturer drops ...
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: lives[-1] is False, timeout=6)
         await again.publish(lecture)  # ... and reconnects
         await wait_for(
             lambda: all(sum(1 for n in v.numbers() if n and n >= 40000) >= 20 for v in viewers)
@@ -266,6 +298,7 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
         for v in viewers:
             assert_clean_increasing(v.numbers())
         assert lecture.stats().publishers == 3
+        assert lives == [True, False, True]
     finally:
         for v in viewers:
             await v.close()
