@@ -114,6 +114,9 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
     studio.click("#golive")
     wait_state(studio, "live")
 
+    # Going live prompts the sites already there for their start headcount.
+    early.wait_for_selector("#prompt[data-phase=start]:not([hidden])")
+
     late = browser_pages.open(sites[1]["url"], name="site2")
     for page in (early, late):
         wait_state(page, "playing")
@@ -360,5 +363,13 @@ def test_pages_recover_by_themselves_when_the_server_restarts(
         wait_state(site, "playing", 45_000)
         recovered_s = time.monotonic() - down_at
         assert_frames_rising(site)
-        assert site.evaluate("window.lopso.wsState") == "open"
+        site.wait_for_function("window.lopso.wsState === 'open'", timeout=20_000)
         print(f"recovered {recovered_s:.1f}s after the server came back")
+
+        # The lecturer ends the class: the site says so and stops reconnecting.
+        studio.click("#end")
+        studio.click("#end-confirm")
+        wait_state(studio, "ended")
+        wait_state(site, "ended")
+        assert "kết thúc" in site.inner_text("#card-title")
+        site.wait_for_selector("#prompt[data-phase=end]:not([hidden])")

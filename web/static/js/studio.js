@@ -375,6 +375,12 @@ async function showStats(studio) {
 
 function wireChannel(studio) {
   const ch = studio.channel;
+  ch.on("welcome", function (msg) {
+    if (msg.ended || (msg.session && msg.session.ended_at)) {
+      stopLive(studio);
+      setState(studio, "ended");
+    }
+  });
   ch.on("sites", function (msg) {
     studio.sites.clear();
     mergeSites(studio, msg);
