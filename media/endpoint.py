@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from media import ice
 from media.dtls import DtlsError, DtlsIdentity, DtlsSession
@@ -209,8 +209,17 @@ class Endpoint:
         self._ready: asyncio.Future[None] = sock.loop.create_future()  # type: ignore[union-attr]
         self._dtls_timer: asyncio.TimerHandle | None = None
         self._counters = dict.fromkeys(
-            ("packets_sent", "bytes_sent", "rtcp_sent", "packets_received", "rtcp_received",
-             "srtp_errors", "send_errors"), 0)  # fmt: skip
+            (
+                "packets_sent",
+                "bytes_sent",
+                "rtcp_sent",
+                "packets_received",
+                "rtcp_received",
+                "srtp_errors",
+                "send_errors",
+            ),
+            0,
+        )
 
     # -- public API -------------------------------------------------------------------------
 
@@ -218,7 +227,7 @@ class Endpoint:
         """Wait for ICE + DTLS; raises MediaError on failure, close or timeout."""
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise MediaError(f"endpoint did not connect within {timeout} s") from None
 
     def send_rtp(self, packet: bytes | bytearray) -> None:
@@ -574,7 +583,7 @@ class Fanout:
                 if ep.sockaddr is None:
                     ep.sockaddr = batch.address(ep.remote_address)  # type: ignore[arg-type]
                 batch.set_address(i, ep.sockaddr)
-                groups.setdefault(pt, []).append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle))  # type: ignore[union-attr]  # noqa: E501
+                groups.setdefault(pt, []).append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle))  # type: ignore[union-attr]
             self._plan.append((batch, list(groups.items())))
         self._last_length = -1  # iov lengths must be written on the next send
         self._expected = len(targets)

@@ -21,8 +21,8 @@ import logging
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from aiortc.sdp import SessionDescription
 
@@ -93,13 +93,27 @@ def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
     try:
         description = SessionDescription.parse(sdp)
         media = description.media[0]
-        udp = [c for m in description.media for c in m.ice_candidates
-               if c.protocol.lower() == "udp" and ":" not in c.ip]  # fmt: skip
+        udp = [
+            c
+            for m in description.media
+            for c in m.ice_candidates
+            if c.protocol.lower() == "udp" and ":" not in c.ip
+        ]
         candidate = next((c for c in udp if c.ip == prefer_host), None) or udp[0]
-        fp = media.dtls.fingerprints[0]
-        setup = {"client": "active", "server": "passive", "auto": "actpass"}[media.dtls.role]
-        return RemoteParams(media.ice.usernameFragment, media.ice.password,
-                            (fp.algorithm, fp.value), setup, (candidate.ip, candidate.port))  # fmt: skip
+        dtls, ice_params = media.dtls, media.ice
+        if dtls is None or ice_params is None:
+            raise ValueError("no DTLS fingerprint or ICE credentials")
+        if not ice_params.usernameFragment or not ice_params.password:
+            raise ValueError("empty ICE credentials")
+        fp = dtls.fingerprints[0]
+        setup = {"client": "active", "server": "passive", "auto": "actpass"}[dtls.role]
+        return RemoteParams(
+            ice_params.usernameFragment,
+            ice_params.password,
+            (fp.algorithm, fp.value),
+            setup,
+            (candidate.ip, candidate.port),
+        )
     except (ValueError, IndexError, StopIteration, AttributeError, KeyError, TypeError) as exc:
         raise SdpError(f"cannot use the answer: {exc}") from exc
 
@@ -107,8 +121,9 @@ def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
 class LoadViewer:
     """One simulated viewer with its own UDP socket."""
 
-    def __init__(self, identity: DtlsIdentity | None = None, host: str = "127.0.0.1",
-                 decrypt: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, identity: DtlsIdentity | None = None, host: str = "127.0.0.1", decrypt: bool = True
+    ) -> None:
         self.identity = identity or DtlsIdentity()
         self.decrypt = decrypt
         self.ufrag, self.pwd = ice.random_credentials()
@@ -135,20 +150,47 @@ class LoadViewer:
     def offer(self, video_codec: str = "VP8") -> str:
         """A browser-like recvonly offer: audio (Opus) + video (VP8 or H264), BUNDLE, rtcp-mux."""
         host, port = self._udp.address
-        fp = "%s %s" % self.identity.fingerprint
-        video = {"VP8": ["a=rtpmap:96 VP8/90000"],
-                 "H264": ["a=rtpmap:96 H264/90000", "a=fmtp:96 level-asymmetry-allowed=1;"
-                          "packetization-mode=1;profile-level-id=42e01f"]}[video_codec.upper()]  # fmt: skip
-        common = [f"a=ice-ufrag:{self.ufrag}", f"a=ice-pwd:{self.pwd}", f"a=fingerprint:{fp}",
-                  "a=setup:actpass", "a=rtcp-mux", "a=recvonly",
-                  f"a=candidate:1 1 udp 2130706431 {host} {port} typ host"]  # fmt: skip
-        lines = ["v=0", f"o=- {self.ssrc} 1 IN IP4 {host}", "s=-", "t=0 0",
-                 "a=group:BUNDLE 0 1", "a=msid-semantic:WMS",
-                 f"m=audio {port} UDP/TLS/RTP/SAVPF 111", f"c=IN IP4 {host}", "a=mid:0",
-                 *common, "a=rtpmap:111 opus/48000/2", "a=fmtp:111 minptime=10;useinbandfec=1",
-                 f"m=video {port} UDP/TLS/RTP/SAVPF 96 97", f"c=IN IP4 {host}", "a=mid:1",
-                 *common, *video, "a=rtcp-fb:96 nack", "a=rtcp-fb:96 nack pli",
-                 "a=rtcp-fb:96 ccm fir", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96"]  # fmt: skip
+        fp = " ".join(self.identity.fingerprint)
+        video = {
+            "VP8": ["a=rtpmap:96 VP8/90000"],
+            "H264": [
+                "a=rtpmap:96 H264/90000",
+                "a=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            ],
+        }[video_codec.upper()]
+        common = [
+            f"a=ice-ufrag:{self.ufrag}",
+            f"a=ice-pwd:{self.pwd}",
+            f"a=fingerprint:{fp}",
+            "a=setup:actpass",
+            "a=rtcp-mux",
+            "a=recvonly",
+            f"a=candidate:1 1 udp 2130706431 {host} {port} typ host",
+        ]
+        lines = [
+            "v=0",
+            f"o=- {self.ssrc} 1 IN IP4 {host}",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0 1",
+            "a=msid-semantic:WMS",
+            f"m=audio {port} UDP/TLS/RTP/SAVPF 111",
+            f"c=IN IP4 {host}",
+            "a=mid:0",
+            *common,
+            "a=rtpmap:111 opus/48000/2",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            f"m=video {port} UDP/TLS/RTP/SAVPF 96 97",
+            f"c=IN IP4 {host}",
+            "a=mid:1",
+            *common,
+            *video,
+            "a=rtcp-fb:96 nack",
+            "a=rtcp-fb:96 nack pli",
+            "a=rtcp-fb:96 ccm fir",
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
+        ]
         return "\r\n".join(lines) + "\r\n"
 
     async def connect(self, answer: str | RemoteParams, timeout: float = 10.0) -> None:
@@ -161,7 +203,7 @@ class LoadViewer:
         self._tasks.append(asyncio.ensure_future(self._run_checks()))
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.state = "failed"
             raise MediaError(f"load viewer did not connect within {timeout} s") from None
         self._tasks.append(asyncio.ensure_future(self._run_reports()))
@@ -173,9 +215,14 @@ class LoadViewer:
     def stats(self) -> dict:
         """Packets, bytes, losses and SRTP errors so far."""
         c = self.counters
-        return {"state": self.state, "packets": c.packets, "bytes": c.bytes,
-                "lost": sum(s.lost for s in c.streams.values()),
-                "rtcp_received": c.rtcp_received, "srtp_errors": c.srtp_errors}  # fmt: skip
+        return {
+            "state": self.state,
+            "packets": c.packets,
+            "bytes": c.bytes,
+            "lost": sum(s.lost for s in c.streams.values()),
+            "rtcp_received": c.rtcp_received,
+            "srtp_errors": c.srtp_errors,
+        }
 
     async def close(self) -> None:
         """Stop timers, send a DTLS close_notify, close the socket."""
@@ -209,7 +256,7 @@ class LoadViewer:
             self._send_check()
             try:
                 await asyncio.wait_for(self._checked.wait(), CHECK_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
         while True:  # consent freshness (RFC 7675)
             await asyncio.sleep(CONSENT_INTERVAL)
@@ -224,8 +271,10 @@ class LoadViewer:
         request = ice.binding_request_of(message)
         if request is not None:  # a full-ICE server (aiortc) checks us too
             if request.local_ufrag == self.ufrag and ice.verify(request, self.pwd):
-                self._udp.sendto(ice.binding_success(request, self._remote.address, self.pwd),
-                                 self._remote.address)  # fmt: skip
+                self._udp.sendto(
+                    ice.binding_success(request, self._remote.address, self.pwd),
+                    self._remote.address,
+                )
             return
         if not ice.is_binding_success(message, self._check_txid, self._remote.pwd):
             return
@@ -330,12 +379,23 @@ class LoadViewer:
             expected_interval = expected - s.expected_prior
             lost_interval = expected_interval - (s.received - s.received_prior)
             s.expected_prior, s.received_prior = expected, s.received
-            fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0  # noqa: E501
+            fraction = (
+                (lost_interval << 8) // expected_interval
+                if expected_interval > 0 and lost_interval > 0
+                else 0
+            )
             lsr, at = self._last_sr.get(ssrc, (0, 0.0))
             dlsr = int((time.monotonic() - at) * 65536) if lsr else 0
-            blocks += struct.pack("!IB3sIIII", ssrc, min(fraction, 255),
-                                  min(s.lost, 0x7FFFFF).to_bytes(3, "big"),
-                                  s.extended_max & 0xFFFFFFFF, 0, lsr, dlsr)  # fmt: skip
+            blocks += struct.pack(
+                "!IB3sIIII",
+                ssrc,
+                min(fraction, 255),
+                min(s.lost, 0x7FFFFF).to_bytes(3, "big"),
+                s.extended_max & 0xFFFFFFFF,
+                0,
+                lsr,
+                dlsr,
+            )
         header = struct.pack("!BBHI", 0x80 | len(streams), 201, 1 + 6 * len(streams), self.ssrc)
         return header + blocks
 

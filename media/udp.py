@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import cffi
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
+import itertools
 import json
 import logging
 import multiprocessing
@@ -31,6 +32,7 @@ import pathlib
 import resource
 import sys
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "lopso"
@@ -63,8 +65,14 @@ def make_clip(seconds: float, fps: int = 30, bitrate: int = 1_500_000) -> pathli
         video = out.add_stream("libvpx", rate=fps)
         video.width, video.height, video.pix_fmt = 640, 480, "yuv420p"
         video.bit_rate = bitrate
-        video.options = {"deadline": "realtime", "cpu-used": "8", "g": str(2 * fps),
-                         "lag-in-frames": "0", "minrate": str(bitrate), "maxrate": str(bitrate)}  # fmt: skip
+        video.options = {
+            "deadline": "realtime",
+            "cpu-used": "8",
+            "g": str(2 * fps),
+            "lag-in-frames": "0",
+            "minrate": str(bitrate),
+            "maxrate": str(bitrate),
+        }
         audio = out.add_stream("libopus", rate=48000)
         audio.layout = "stereo"
         samples = 960
@@ -81,10 +89,10 @@ def make_clip(seconds: float, fps: int = 30, bitrate: int = 1_500_000) -> pathli
         tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype(np.int16)
         for i in range(0, len(tone) - samples, samples):
             chunk = np.repeat(tone[None, i : i + samples], 2, axis=0).T.reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
-            frame.sample_rate, frame.pts = 48000, i
-            frame.time_base = fractions.Fraction(1, 48000)
-            for packet in audio.encode(frame):
+            sound = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
+            sound.sample_rate, sound.pts = 48000, i
+            sound.time_base = fractions.Fraction(1, 48000)
+            for packet in audio.encode(sound):
                 out.mux(packet)
         for packet in audio.encode():
             out.mux(packet)
@@ -115,7 +123,7 @@ async def serve(conn, handlers) -> None:
         try:
             result = await getattr(handlers, command)(arg)
         except Exception as exc:  # report to the orchestrator, which stops the run
-            logging.exception("worker command failed")
+            logging.getLogger("bench_fanout").exception("worker command failed")
             conn.send(("error", f"{command}: {type(exc).__name__}: {exc}"))
             continue
         conn.send(("ok", result))
@@ -163,7 +171,7 @@ class Publisher:
 
     def __init__(self, options: dict) -> None:
         self.options = options
-        self.pc = None
+        self.pc: Any = None
 
     async def offer(self, _arg) -> str:
         from aiortc import RTCPeerConnection
@@ -208,7 +216,7 @@ class LopsoRelay:
             finally:
                 self.fanout_cpu += time.thread_time() - t0
 
-        Fanout.send = timed_send
+        Fanout.send = timed_send  # type: ignore[method-assign]
         self.engine = MediaEngine(MediaConfig(host="127.0.0.1"))
         await self.engine.start()
         self.lecture = self.engine.lecture("bench", video_codec="VP8")
@@ -228,8 +236,15 @@ class LopsoRelay:
     def counters(self) -> tuple:
         copies = sum(v.stats().packets_sent for v in list(self.lecture.viewers))
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return (cpu_seconds(), copies, self.lecture.stats().packets_in, time.monotonic(),
-                usage.ru_utime, usage.ru_stime, self.fanout_cpu)  # fmt: skip
+        return (
+            cpu_seconds(),
+            copies,
+            self.lecture.stats().packets_in,
+            time.monotonic(),
+            usage.ru_utime,
+            usage.ru_stime,
+            self.fanout_cpu,
+        )
 
     async def measure_start(self, _arg) -> str:
         self.mark = self.counters()
@@ -248,10 +263,16 @@ class LopsoRelay:
             pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         cpu, copies, packets_in, now, user, system, fanout = self.counters()
         cpu0, copies0, in0, then, user0, system0, fanout0 = self.mark
-        return {"cpu_s": cpu - cpu0, "copies": copies - copies0,
-                "packets_in": packets_in - in0, "seconds": now - then,
-                "viewers": len(self.lecture.viewers), "user_s": user - user0,
-                "sys_s": system - system0, "fanout_cpu_s": fanout - fanout0}  # fmt: skip
+        return {
+            "cpu_s": cpu - cpu0,
+            "copies": copies - copies0,
+            "packets_in": packets_in - in0,
+            "seconds": now - then,
+            "viewers": len(self.lecture.viewers),
+            "user_s": user - user0,
+            "sys_s": system - system0,
+            "fanout_cpu_s": fanout - fanout0,
+        }
 
     async def quit(self, _arg) -> None:
         await self.engine.close()
@@ -297,27 +318,44 @@ class MediaRelayBaseline(LopsoRelay):
     async def _packets(self, pcs) -> int:
         total = 0
         for pc in pcs:
-            for sender_or_receiver in (pc.getSenders() if pc is not self.publisher_pc
-                                       else pc.getReceivers()):  # fmt: skip
+            for sender_or_receiver in (
+                pc.getSenders() if pc is not self.publisher_pc else pc.getReceivers()
+            ):
                 for stat in (await sender_or_receiver.getStats()).values():
                     if stat.type in ("outbound-rtp", "inbound-rtp"):
-                        total += stat.packetsSent if stat.type == "outbound-rtp" else stat.packetsReceived  # noqa: E501
+                        total += (
+                            stat.packetsSent
+                            if stat.type == "outbound-rtp"
+                            else stat.packetsReceived
+                        )
         return total
 
     async def measure_start(self, _arg) -> str:
         viewers = [pc for pc in self.pcs if pc is not self.publisher_pc]
-        self.mark = (cpu_seconds(), await self._packets(viewers),
-                     await self._packets([self.publisher_pc]), time.monotonic())  # fmt: skip
+        self.mark = (
+            cpu_seconds(),
+            await self._packets(viewers),
+            await self._packets([self.publisher_pc]),
+            time.monotonic(),
+        )
         return "ok"
 
     async def measure_stop(self, _arg) -> dict:
         viewers = [pc for pc in self.pcs if pc is not self.publisher_pc]
         cpu = cpu_seconds()
-        copies, packets_in, now = (await self._packets(viewers),
-                                   await self._packets([self.publisher_pc]), time.monotonic())  # fmt: skip
+        copies, packets_in, now = (
+            await self._packets(viewers),
+            await self._packets([self.publisher_pc]),
+            time.monotonic(),
+        )
         cpu0, copies0, in0, then = self.mark
-        return {"cpu_s": cpu - cpu0, "copies": copies - copies0, "packets_in": packets_in - in0,
-                "seconds": now - then, "viewers": len(viewers)}  # fmt: skip
+        return {
+            "cpu_s": cpu - cpu0,
+            "copies": copies - copies0,
+            "packets_in": packets_in - in0,
+            "seconds": now - then,
+            "viewers": len(viewers),
+        }
 
     async def quit(self, _arg) -> None:
         for pc in self.pcs:
@@ -334,7 +372,7 @@ class Viewers:
         self.options = options
         self.verifier = bool(options.get("verifier"))
         self.load: list = []
-        self.pc = None
+        self.pc: Any = None
         self.tasks: list = []
         self.verified = 0
         self.corrupt = 0
@@ -385,18 +423,23 @@ class Viewers:
 
             await self.pc.setRemoteDescription(RTCSessionDescription(answers[0], "answer"))
             return 1
-        results = await asyncio.gather(*(v.connect(a, timeout=30) for v, a in zip(self.load, answers)),
-                                       return_exceptions=True)  # fmt: skip
+        results = await asyncio.gather(
+            *(v.connect(a, timeout=30) for v, a in zip(self.load, answers)), return_exceptions=True
+        )
         return sum(1 for r in results if r is None)
 
     async def stats(self, _arg) -> dict:
         stats = [v.stats() for v in self.load]
         numbers = self.numbers
-        return {"packets": sum(s["packets"] for s in stats), "lost": sum(s["lost"] for s in stats),
-                "srtp_errors": sum(s["srtp_errors"] for s in stats),
-                "receiving": sum(1 for s in stats if s["packets"] > 0),
-                "verified_frames": self.verified, "corrupt_frames": self.corrupt,
-                "out_of_order_frames": sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)}  # fmt: skip
+        return {
+            "packets": sum(s["packets"] for s in stats),
+            "lost": sum(s["lost"] for s in stats),
+            "srtp_errors": sum(s["srtp_errors"] for s in stats),
+            "receiving": sum(1 for s in stats if s["packets"] > 0),
+            "verified_frames": self.verified,
+            "corrupt_frames": self.corrupt,
+            "out_of_order_frames": sum(1 for a, b in itertools.pairwise(numbers) if b <= a),
+        }
 
     async def quit(self, _arg) -> None:
         if self.pc is not None:
@@ -407,8 +450,12 @@ class Viewers:
             await viewer.close()
 
 
-WORKERS = {"publisher": Publisher, "relay": LopsoRelay, "mediarelay": MediaRelayBaseline,
-           "viewers": Viewers}  # fmt: skip
+WORKERS = {
+    "publisher": Publisher,
+    "relay": LopsoRelay,
+    "mediarelay": MediaRelayBaseline,
+    "viewers": Viewers,
+}
 
 
 # -- orchestration ----------------------------------------------------------------------------
@@ -426,8 +473,12 @@ async def wait_until(predicate, timeout: float, step: float = 0.5) -> bool:
 async def run(args: argparse.Namespace) -> dict:
     mode = "mediarelay" if args.baseline == "mediarelay" else "lopso"
     clip = make_clip(args.warmup + args.seconds + 15)
-    options = {"clip": str(clip), "uvloop": args.uvloop, "profile": args.profile,
-               "decrypt": args.decrypt}  # fmt: skip
+    options = {
+        "clip": str(clip),
+        "uvloop": args.uvloop,
+        "profile": args.profile,
+        "decrypt": args.decrypt,
+    }
     relay = Remote("mediarelay" if mode == "mediarelay" else "relay", options)
     publisher = Remote("publisher", options)
     viewers = Remote("viewers", options)
@@ -456,7 +507,9 @@ async def run(args: argparse.Namespace) -> dict:
     finally:
         for remote in (publisher, viewers, verifier, relay):
             await remote.stop()
-    seen.update({k: checked[k] for k in ("verified_frames", "corrupt_frames", "out_of_order_frames")})
+    seen.update(
+        {k: checked[k] for k in ("verified_frames", "corrupt_frames", "out_of_order_frames")}
+    )
     return summarise(mode, args, connected, window, seen)
 
 
@@ -466,21 +519,28 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
     per_packet = 1e6 * cpu / copies if copies else None
     per_viewer_s = per_packet * in_pps / 1e6 if per_packet and in_pps else None
     return {
-        "mode": mode, "viewers": args.viewers + 1, "connected": connected,
-        "seconds": round(seconds, 2), "in_pps": round(in_pps, 1),
+        "mode": mode,
+        "viewers": args.viewers + 1,
+        "connected": connected,
+        "seconds": round(seconds, 2),
+        "in_pps": round(in_pps, 1),
         "fwd_pps": round(copies / seconds, 1) if seconds else 0.0,
         "relay_cpu_pct": round(100 * cpu / seconds, 1) if seconds else 0.0,
         "cpu_us_per_fwd_packet": round(per_packet, 2) if per_packet else None,
         "viewers_per_core": int(1 / per_viewer_s) if per_viewer_s else None,
-        "verified_frames": seen["verified_frames"], "corrupt_frames": seen["corrupt_frames"],
+        "verified_frames": seen["verified_frames"],
+        "corrupt_frames": seen["corrupt_frames"],
         "out_of_order_frames": seen["out_of_order_frames"],
-        "lost_packets": seen["lost"], "srtp_errors": seen["srtp_errors"],
-        "receiving_viewers": seen["receiving"], "uvloop": args.uvloop,
+        "lost_packets": seen["lost"],
+        "srtp_errors": seen["srtp_errors"],
+        "receiving_viewers": seen["receiving"],
+        "uvloop": args.uvloop,
         "relay_user_s": round(window.get("user_s", 0.0), 3),
         "relay_sys_s": round(window.get("sys_s", 0.0), 3),
         "fanout_us_per_fwd_packet": round(1e6 * window["fanout_cpu_s"] / copies, 2)
-        if copies and "fanout_cpu_s" in window else None,
-    }  # fmt: skip
+        if copies and "fanout_cpu_s" in window
+        else None,
+    }
 
 
 def main() -> None:

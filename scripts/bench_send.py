@@ -54,25 +54,37 @@ async def _viewers(conn, count: int, decrypt: bool) -> None:
     conn.send([(v.ufrag, v.pwd, v.identity.fingerprint) for v in viewers])
     loop = asyncio.get_running_loop()
     answers = await loop.run_in_executor(None, conn.recv)
-    await asyncio.gather(*(v.connect(RemoteParams(*a[:4], tuple(a[4])), timeout=30)
-                           for v, a in zip(viewers, answers)))  # fmt: skip
+    await asyncio.gather(
+        *(
+            v.connect(RemoteParams(a[0], a[1], tuple(a[2]), a[3], tuple(a[4])), timeout=30)
+            for v, a in zip(viewers, answers)
+        )
+    )
     conn.send("connected")
     await loop.run_in_executor(None, conn.recv)  # "report"
     await asyncio.sleep(0.3)  # let the last packets land
     stats = [v.stats() for v in viewers]
-    conn.send({
-        "packets": sum(s["packets"] for s in stats),
-        "lost": sum(s["lost"] for s in stats),
-        "srtp_errors": sum(s["srtp_errors"] for s in stats),
-        "min_packets": min(s["packets"] for s in stats),
-    })  # fmt: skip
+    conn.send(
+        {
+            "packets": sum(s["packets"] for s in stats),
+            "lost": sum(s["lost"] for s in stats),
+            "srtp_errors": sum(s["srtp_errors"] for s in stats),
+            "min_packets": min(s["packets"] for s in stats),
+        }
+    )
     for v in viewers:
         await v.close()
 
 
 def rtp_packet(seq: int, size: int) -> bytearray:
-    header = struct.pack("!BBHII", 0x80, 96 | (0x80 if seq % 10 == 0 else 0), seq & 0xFFFF,
-                         seq * 3000 & 0xFFFFFFFF, 0x12345678)  # fmt: skip
+    header = struct.pack(
+        "!BBHII",
+        0x80,
+        96 | (0x80 if seq % 10 == 0 else 0),
+        seq & 0xFFFF,
+        seq * 3000 & 0xFFFFFFFF,
+        0x12345678,
+    )
     return bytearray(header + bytes(size - 12))
 
 
@@ -87,8 +99,12 @@ async def run(args: argparse.Namespace) -> dict:
         loop = asyncio.get_running_loop()
         offers = await loop.run_in_executor(None, parent.recv)
         endpoints = [sock.endpoint(u, p, tuple(fp), "actpass") for u, p, fp in offers]
-        parent.send([(e.local_ufrag, e.local_pwd, sock.fingerprint, e.setup,
-                      ("127.0.0.1", sock.port)) for e in endpoints])  # fmt: skip
+        parent.send(
+            [
+                (e.local_ufrag, e.local_pwd, sock.fingerprint, e.setup, ("127.0.0.1", sock.port))
+                for e in endpoints
+            ]
+        )
         await asyncio.gather(*(e.connected(30) for e in endpoints))
         await loop.run_in_executor(None, parent.recv)  # viewers say connected
         fanout = sock.fanout()
@@ -144,13 +160,19 @@ async def measure(fanout, packets, args: argparse.Namespace, seq0: int) -> dict:
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
         print(out.getvalue(), file=sys.stderr)
     return {
-        "viewers": len(fanout), "pps": args.pps, "size": args.size, "seconds": round(wall, 2),
-        "packets": sent, "copies": copies, "drops": fanout.drops - drops0,
-        "cpu_user_s": round(u1 - u0, 3), "cpu_sys_s": round(s1 - s0, 3),
+        "viewers": len(fanout),
+        "pps": args.pps,
+        "size": args.size,
+        "seconds": round(wall, 2),
+        "packets": sent,
+        "copies": copies,
+        "drops": fanout.drops - drops0,
+        "cpu_user_s": round(u1 - u0, 3),
+        "cpu_sys_s": round(s1 - s0, 3),
         "cpu_pct": round(100 * cpu / wall, 1),
         "cpu_us_per_copy": round(1e6 * cpu / copies, 2) if copies else None,
         "path": "session-fallback" if args.slow else "fast",
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -108,8 +108,10 @@ def test_shutdown_reaches_peer(ours, rsa_peer):
 
 
 def test_split_records_keeps_records_whole():
-    records = [b"\x16\xfe\xfd" + b"\x00" * 8 + len(b).to_bytes(2, "big") + b for b in
-               (b"a" * 500, b"b" * 500, b"c" * 500)]  # fmt: skip
+    records = [
+        b"\x16\xfe\xfd" + b"\x00" * 8 + len(b).to_bytes(2, "big") + b
+        for b in (b"a" * 500, b"b" * 500, b"c" * 500)
+    ]
     datagrams = split_records(b"".join(records), mtu=1100)
     assert datagrams == [records[0] + records[1], records[2]]
     assert split_records(b"") == []

@@ -61,8 +61,10 @@ def test_parse_garbage_only_raises_stun_error(data):
 @settings(max_examples=300)
 @given(
     st.lists(
-        st.tuples(st.sampled_from([0x0006, 0x0008, 0x0020, 0x0024, 0x0025, 0x8028, 0x802A, 0x99]),
-                  st.binary(max_size=24)),  # fmt: skip
+        st.tuples(
+            st.sampled_from([0x0006, 0x0008, 0x0020, 0x0024, 0x0025, 0x8028, 0x802A, 0x99]),
+            st.binary(max_size=24),
+        ),
         max_size=5,
     ),
     st.binary(min_size=12, max_size=12),
@@ -84,8 +86,13 @@ def test_parse_structured_garbage(attrs, txid):
 ICE = st.text(alphabet=string.ascii_letters + string.digits + "+/", min_size=4, max_size=32)
 
 
-@given(ICE, ICE, st.text(alphabet=string.ascii_letters, min_size=22, max_size=40),
-       st.integers(0, 2**64 - 1), st.booleans())  # fmt: skip
+@given(
+    ICE,
+    ICE,
+    st.text(alphabet=string.ascii_letters, min_size=22, max_size=40),
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+)
 def test_check_round_trip(local, remote, pwd, tie, nominate):
     """A controlling agent's check verifies, and our answer authenticates for the agent."""
     txid, datagram = ice.binding_request(remote, local, pwd, tie, use_candidate=nominate)
@@ -109,7 +116,9 @@ def test_requests_without_username_or_of_other_class_are_ignored():
     assert ice.binding_request_of(anonymous) is None
     anonymous.attributes["USERNAME"] = "nocolon"
     assert ice.binding_request_of(anonymous) is None
-    allocate = stun.Message(stun.Method.ALLOCATE, stun.Class.REQUEST, attributes={"USERNAME": "a:b"})
+    allocate = stun.Message(
+        stun.Method.ALLOCATE, stun.Class.REQUEST, attributes={"USERNAME": "a:b"}
+    )
     assert ice.binding_request_of(allocate) is None
     unsigned = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes={"USERNAME": "a:b"})
     request = ice.binding_request_of(ice.parse(bytes(unsigned)))

@@ -38,8 +38,9 @@ async def sock():
 async def connect(sock: MediaSocket, viewer: LoadViewer, remote_setup: str = "actpass"):
     await viewer.start()
     ep = sock.endpoint(viewer.ufrag, viewer.pwd, viewer.identity.fingerprint, remote_setup)
-    params = RemoteParams(ep.local_ufrag, ep.local_pwd, sock.fingerprint, ep.setup,
-                          ("127.0.0.1", sock.port))  # fmt: skip
+    params = RemoteParams(
+        ep.local_ufrag, ep.local_pwd, sock.fingerprint, ep.setup, ("127.0.0.1", sock.port)
+    )
     await asyncio.gather(viewer.connect(params, timeout=5), ep.connected(5))
     return ep
 
@@ -98,16 +99,33 @@ async def test_offer_parses_and_answer_errors():
 
 
 async def test_parse_answer_reads_ice_lite_answer():
-    answer = "\r\n".join([
-        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=ice-lite",
-        "m=video 9 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 127.0.0.1", "a=mid:0", "a=sendonly",
-        "a=rtcp-mux", "a=rtpmap:96 VP8/90000", "a=ice-ufrag:abcd", "a=ice-pwd:" + "p" * 22,
-        "a=fingerprint:sha-256 AA:BB", "a=setup:passive",
-        "a=candidate:1 1 udp 2130706431 192.0.2.9 8189 typ host",
-    ]) + "\r\n"  # fmt: skip
+    answer = (
+        "\r\n".join(
+            [
+                "v=0",
+                "o=- 1 1 IN IP4 127.0.0.1",
+                "s=-",
+                "t=0 0",
+                "a=ice-lite",
+                "m=video 9 UDP/TLS/RTP/SAVPF 96",
+                "c=IN IP4 127.0.0.1",
+                "a=mid:0",
+                "a=sendonly",
+                "a=rtcp-mux",
+                "a=rtpmap:96 VP8/90000",
+                "a=ice-ufrag:abcd",
+                "a=ice-pwd:" + "p" * 22,
+                "a=fingerprint:sha-256 AA:BB",
+                "a=setup:passive",
+                "a=candidate:1 1 udp 2130706431 192.0.2.9 8189 typ host",
+            ]
+        )
+        + "\r\n"
+    )
     params = parse_answer(answer)
-    assert params == RemoteParams("abcd", "p" * 22, ("sha-256", "AA:BB"), "passive",
-                                  ("192.0.2.9", 8189))  # fmt: skip
+    assert params == RemoteParams(
+        "abcd", "p" * 22, ("sha-256", "AA:BB"), "passive", ("192.0.2.9", 8189)
+    )
 
 
 async def test_seventy_viewers_span_two_sendmmsg_batches(sock):

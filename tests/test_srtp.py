@@ -32,8 +32,9 @@ def test_pylibsrtp_internals():
     assert srtp_module.srtp_lib is lib and srtp_module.srtp_ffi is ffi
     assert "srtp_protect" in dir(lib)
     assert str(ffi.typeof(lib.srtp_protect)).startswith("<ctype 'srtp_err_status_t(*)(")
-    session = pylibsrtp.Session(pylibsrtp.Policy(key=os.urandom(30),
-                                ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))  # fmt: skip
+    session = pylibsrtp.Session(
+        pylibsrtp.Policy(key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    )
     assert hasattr(session, "_srtp"), "pylibsrtp.Session._srtp is gone"
     assert srtp_module.fast_context(session) is not None
 

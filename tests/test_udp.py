@@ -118,7 +118,7 @@ async def test_udp_socket_reads_and_survives_a_failing_handler():
         udp.close()
     assert not udp.sendto(b"x", ("127.0.0.1", 9))
     with pytest.raises(UdpError):
-        udp.address
+        _ = udp.address
 
 
 async def test_bind_conflict_is_a_udp_error():
