@@ -170,6 +170,8 @@ class MediaSocket:
         for endpoint in list(self._by_ufrag.values()):
             if now - endpoint.last_seen > self.consent_timeout:
                 endpoint.fail("no consent check or RTCP")
+            elif endpoint.state != "connected" and now - endpoint.created > self.consent_timeout:
+                endpoint.fail("ICE or DTLS did not complete")  # checks alone keep last_seen fresh
         assert self.loop is not None
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
 
@@ -204,7 +206,7 @@ class Endpoint:
         self.on_rtcp: Callable[[bytes], None] | None = None
         self.on_rtp: Callable[[bytes], None] | None = None
         self.on_state_change: Callable[[str], None] | None = None
-        self.last_seen = time.monotonic()
+        self.created = self.last_seen = time.monotonic()
         self.fanouts: set[Fanout] = set()
         self._ready: asyncio.Future[None] = sock.loop.create_future()  # type: ignore[union-attr]
         self._dtls_timer: asyncio.TimerHandle | None = None

@@ -359,3 +359,22 @@ async def test_fanout_rtcp_reaches_every_member_and_rtp_continues(sock, viewers)
     assert got[0][0] == report and got[1][0] == report
     assert [p[2:] for p in group[0].received] == [rtp(1, size=700)[2:], rtp(2, size=700)[2:]]
     assert all(e.stats()["rtcp_sent"] == 1 for e in endpoints)
+
+
+async def test_endpoint_whose_dtls_never_completes_fails():
+    """Consent checks alone (a peer stuck before DTLS) must not keep an endpoint alive."""
+    sock = MediaSocket(consent_timeout=1.0)
+    await sock.start()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ep = sock.endpoint("peer", "x" * 22, ("sha-256", "00:11"), "actpass")
+        for _ in range(20):
+            _, check = ice.binding_request("peer", ep.local_ufrag, ep.local_pwd, 1)
+            raw.sendto(check, ("127.0.0.1", sock.port))
+            await asyncio.sleep(0.1)
+            if ep.state == "failed":
+                break
+        assert ep.state == "failed" and ep.remote_address is not None
+    finally:
+        raw.close()
+        await sock.close()
