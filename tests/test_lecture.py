@@ -7,6 +7,7 @@ every frame it decodes against what was published and spot a corrupt one.
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import re
 import time
 from itertools import pairwise
@@ -391,5 +392,134 @@ async def test_closed_lecture_refuses_and_viewer_close_fires_once(engine):
         assert closed == [session] and "closing" not in engine.lectures
         with pytest.raises(LectureClosedError):
             await lecture.subscribe("v=0\r\n")
+    finally:
+        await viewer.close()
+
+
+# -- Chromium interop (Debian's headless Chromium through Playwright) -------------------------
+
+CHROMIUM = "/usr/lib/chromium/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+PAGE = """<!doctype html><meta charset="utf-8"><video autoplay muted playsinline></video>
+<canvas width="320" height="240"></canvas>
+<script>
+window.numbers = []; window.frames = 0;
+function readNumber(ctx) {  // the block pattern of tests/mediaclip.py
+  const data = ctx.getImageData(0, 0, 320, 240).data; let n = 0;
+  for (let bit = 0; bit < 16; bit++) {
+    const row = Math.floor(bit / 4), col = bit % 4; let sum = 0, count = 0;
+    for (let y = row * 60 + 12; y < row * 60 + 48; y += 3)
+      for (let x = col * 80 + 12; x < col * 80 + 68; x += 3) {
+        const i = (y * 320 + x) * 4; sum += 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2]; count++;
+      }
+    const mean = sum / count;
+    if (mean > 60 && mean < 190) return null;
+    n = n * 2 + (mean >= 190 ? 1 : 0);
+  }
+  return n;
+}
+async function signal(path, pc) {
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch(path, {method: "POST", body: pc.localDescription.sdp,
+                               headers: {"Content-Type": "application/sdp"}});
+  if (r.status !== 201) throw new Error(await r.text());
+  await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
+}
+window.view = async () => {
+  const pc = new RTCPeerConnection(), video = document.querySelector("video");
+  const ctx = document.querySelector("canvas").getContext("2d", {willReadFrequently: true});
+  pc.addTransceiver("video", {direction: "recvonly"});
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  pc.ontrack = (e) => { if (e.track.kind === "video") video.srcObject = new MediaStream([e.track]); };
+  const onFrame = () => {
+    ctx.drawImage(video, 0, 0, 320, 240); window.numbers.push(readNumber(ctx));
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+  await signal("/whep", pc);
+  window.pc = pc;
+};
+window.publish = async () => {
+  const stream = await navigator.mediaDevices.getUserMedia({video: {width: 320, height: 240}, audio: true});
+  const pc = new RTCPeerConnection();
+  for (const track of stream.getTracks()) pc.addTransceiver(track, {direction: "sendonly"});
+  await signal("/whip", pc);
+  window.pc = pc;
+};
+</script>"""
+
+
+@pytest.fixture
+async def chromium_page(engine):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    if not pathlib.Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from aiohttp import web
+
+    lecture = engine.lecture("chromium", video_codec="VP8")
+    sessions: list = []
+
+    async def page(request):
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def whep(request):
+        answer, viewer = await lecture.subscribe(await request.text())
+        sessions.append(viewer)
+        return web.Response(status=201, text=answer, content_type="application/sdp")
+
+    async def whip(request):
+        answer, publisher = await lecture.publish(await request.text())
+        sessions.append(publisher)
+        return web.Response(status=201, text=answer, content_type="application/sdp")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_post("/whep", whep)
+    app.router.add_post("/whip", whip)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            tab = await browser.new_page()
+            await tab.goto(f"http://127.0.0.1:{port}/")
+            yield lecture, tab, sessions
+        finally:
+            await browser.close()
+            await runner.cleanup()
+
+
+async def test_chromium_viewer_decodes_every_frame_clean(chromium_page):
+    lecture, tab, sessions = chromium_page
+    publisher = PublisherPeer()
+    try:
+        await publisher.publish(lecture)
+        await tab.evaluate("window.view()")
+        await tab.wait_for_function("window.numbers.length >= 45", timeout=20_000)
+        numbers = await tab.evaluate("window.numbers")
+        assert_clean_increasing(numbers)
+        assert sessions[0].stats().packets_sent > 50
+    finally:
+        await publisher.close()
+
+
+async def test_chromium_publisher_reaches_aiortc_viewer(chromium_page):
+    lecture, tab, sessions = chromium_page
+    viewer = ViewerPeer()
+    try:
+        await viewer.subscribe(lecture)
+        await tab.evaluate("window.publish()")
+        await wait_for(lambda: len(viewer.frames) >= 30 and viewer.audio_frames > 20, timeout=20)
+        assert lecture.live and lecture.stats().packets_in > 60
     finally:
         await viewer.close()
