@@ -514,7 +514,7 @@ async def test_chromium_viewer_decodes_every_frame_clean(chromium_page):
 
 
 async def test_chromium_publisher_reaches_aiortc_viewer(chromium_page):
-    lecture, tab, sessions = chromium_page
+    lecture, tab, _sessions = chromium_page
     viewer = ViewerPeer()
     try:
         await viewer.subscribe(lecture)
