@@ -52,6 +52,15 @@ def assert_frames_rising(page: Any, seconds: float = 2.0) -> tuple[int, int]:
     return before, after
 
 
+def codecs_in_use(page: Any) -> list[str]:
+    """MIME types of the codecs the page's peer connection is receiving with."""
+    return page.evaluate("""async () => {
+        const out = [];
+        (await window.lopso.peerConnection().getStats()).forEach((s) => {
+            if (s.type === 'codec') out.push(s.mimeType); });
+        return out; }""")
+
+
 def report_headcount(page: Any, count: int) -> None:
     page.click("#open-headcount")
     page.fill("#hc-count", str(count))
@@ -123,6 +132,7 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
         page.click("#start")  # the operator's one click: sound + full screen
         assert_frames_rising(page)
     assert early.locator("#card").is_hidden()
+    assert "video/VP8" in codecs_in_use(late)  # the demo class's codec
 
     for page, count in zip((early, late), HEADCOUNTS):
         report_headcount(page, count)
@@ -373,3 +383,35 @@ def test_pages_recover_by_themselves_when_the_server_restarts(
         wait_state(site, "ended")
         assert "kết thúc" in site.inner_text("#card-title")
         site.wait_for_selector("#prompt[data-phase=end]:not([hidden])")
+
+
+# ---- the class codec -----------------------------------------------------------------------
+
+def http_post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def test_h264_class_publishes_and_plays_h264(lopso: Any, browser_pages: Any) -> None:
+    """A class fixed to H264: the studio forces it with setCodecPreferences, a site decodes it."""
+    admin = lopso.admin_token()
+    code = lopso.demo["sites"][0]["code"]
+    created = http_post_json(f"{lopso.url}/api/sessions", admin, {
+        "title": "Lớp H264", "starts_at": "2026-11-26T03:00:00Z", "video_codec": "H264",
+        "site_codes": [code]})
+    sid = created.get("id") or created["session"]["id"]
+    _, _, body = http_get(f"{lopso.url}/api/sessions/{sid}/links", admin)
+    links = json.loads(body)
+
+    studio = browser_pages.open(links["lecturer"]["url"], name="studio-h264")
+    studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
+    assert studio.inner_text("#codec").strip() == "H264"
+    studio.click("#golive")
+    wait_state(studio, "live")
+    site = browser_pages.open(links["sites"][0]["url"], name="site-h264")
+    wait_state(site, "playing")
+    assert_frames_rising(site)
+    assert "video/H264" in codecs_in_use(site)
+    assert "video/VP8" not in codecs_in_use(site)

@@ -79,6 +79,7 @@ function exposeForTests(player) {
     get whepConnects() { return player.whepConnects; },
     get wsState() { return player.channel.state; },
     framesDecoded: function () { return player.framesDecoded(); },
+    peerConnection: function () { return player.pc; },
   };
 }
 
