@@ -415,3 +415,31 @@ def test_h264_class_publishes_and_plays_h264(lopso: Any, browser_pages: Any) -> 
     assert_frames_rising(site)
     assert "video/H264" in codecs_in_use(site)
     assert "video/VP8" not in codecs_in_use(site)
+
+
+# ---- check-in --------------------------------------------------------------------------------
+
+def test_checkin_from_a_phone_and_by_the_operator(lopso: Any, browser_pages: Any) -> None:
+    site = lopso.demo["sites"][1]
+    player = browser_pages.open(site["url"], name="site-checkin")
+    link = player.get_attribute("#checkin-link", "href")
+    assert link and "/checkin/" in link and "token=" in link
+
+    phone = browser_pages.open(link, name="phone", viewport={"width": 360, "height": 640})
+    assert site["name"] in phone.inner_text(".checkin-site")
+    phone.fill("#name", "Nguyễn Thị Hoa")
+    phone.fill("#ident", "0912345678")
+    phone.click("#submit")
+    phone.wait_for_selector("#result[data-kind=ok]")
+    assert "Nguyễn Thị Hoa" in phone.inner_text("#result")
+    phone.click("#submit")  # the same person again
+    phone.wait_for_selector("#result[data-kind=warn]")
+
+    player.wait_for_function("window.lopso && window.lopso.wsState === 'open'")
+    player.click("#open-checkin")
+    player.fill("#ci-name", "Trần Văn Ba")
+    player.click("#form-checkin button[type=submit]")
+    player.wait_for_selector("#ci-result[data-kind=ok]")
+    player.fill("#ci-name", "Trần Văn Ba")
+    player.click("#form-checkin button[type=submit]")
+    player.wait_for_selector("#ci-result[data-kind=warn]")
