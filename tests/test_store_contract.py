@@ -156,18 +156,23 @@ async def test_events_filters(store):
     await store.append(ev(EventKind.CLASS_STARTED, site=None))
     await store.append(ev(EventKind.SITE_LEFT, site="A"))
     await store.append(ev(EventKind.SITE_JOINED, sid="other", site="A"))
+    # look-alikes nested in data must not fool a filter
+    decoy = ev(EventKind.QUESTION, site="B")
+    await store.append(Event(**{**_fields(decoy), "data": {"site_code": "A", "kind": "site_left"}}))
 
     def seqs(events: list[Event]) -> list[int]:
         return [e.seq for e in events]
 
-    assert seqs(await store.events("c1")) == [1, 2, 3, 4, 5]
-    assert seqs(await store.events("c1", after_seq=3)) == [4, 5]
-    assert seqs(await store.events("c1", after_seq=5)) == []
+    assert seqs(await store.events("c1")) == [1, 2, 3, 4, 5, 6]
+    assert seqs(await store.events("c1", after_seq=3)) == [4, 5, 6]
+    assert seqs(await store.events("c1", after_seq=6)) == []
     assert seqs(await store.events("c1", kinds=[EventKind.SITE_JOINED])) == [1, 3]
     assert seqs(
         await store.events("c1", kinds=[EventKind.SITE_JOINED, EventKind.SITE_LEFT], site_code="A")
     ) == [1, 5]
     assert seqs(await store.events("c1", site_code="A", after_seq=1)) == [2, 5]
+    assert seqs(await store.events("c1", site_code="B")) == [3, 6]
+    assert seqs(await store.events("c1", kinds=[EventKind.QUESTION], site_code="A")) == []
     assert seqs(await store.events("c1", kinds=[])) == []
     assert seqs(await store.events("nope")) == []
     assert (await store.events("c1", kinds=[EventKind.HEADCOUNT]))[0].data == {"count": 3}

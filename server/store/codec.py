@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+
+_KINDS = {kind.value: kind for kind in EventKind}
 
 
 def dumps(value: Any) -> str:
@@ -42,7 +45,7 @@ def event_from_raw(raw: dict[str, Any], seq: int) -> Event:
     """Rebuild an event from decoded `event_body` JSON and its seq."""
     return Event(
         session_id=raw["session_id"],
-        kind=EventKind(raw["kind"]),
+        kind=_KINDS[raw["kind"]],
         at=raw["at"],
         site_code=raw["site_code"],
         data=raw["data"],
@@ -50,6 +53,24 @@ def event_from_raw(raw: dict[str, Any], seq: int) -> Event:
         node=raw["node"],
         seq=seq,
     )
+
+
+def body_prefilter(kinds: set[str] | None, site_code: str | None) -> Callable[[bytes], bool]:
+    """A cheap test on stored `event_body` bytes, run before decoding them.
+
+    It never rejects a body that matches (`event_body` writes "kind" and "site_code" in a fixed
+    place and form), but may accept one that does not (the same text nested in `data`): callers
+    still check the decoded fields.
+    """
+    kind_needles = None if kinds is None else [f'"kind":{dumps(k)},'.encode() for k in kinds]
+    site_needle = None if site_code is None else f'"site_code":{dumps(site_code)},'.encode()
+
+    def may_match(body: bytes) -> bool:
+        if site_needle is not None and site_needle not in body:
+            return False
+        return kind_needles is None or any(needle in body for needle in kind_needles)
+
+    return may_match
 
 
 def site_to_json(site: Site) -> str:

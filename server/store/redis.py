@@ -182,9 +182,12 @@ class RedisStore:
         log_key = self._ledger_keys(session_id)[0]
         out: list[Event] = []
         start = max(after_seq, 0)
+        may_match = codec.body_prefilter(kind_set, site_code)
         while True:
             chunk = await self._lrange(log_key, start, start + LRANGE_CHUNK - 1)
             for offset, body in enumerate(chunk):
+                if not may_match(body):  # type: ignore[arg-type]
+                    continue
                 raw = json.loads(body)
                 if kind_set is not None and raw["kind"] not in kind_set:
                     continue
