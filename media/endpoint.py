@@ -150,7 +150,7 @@ class MediaSocket:
 
     def _on_stun(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            request = ice.binding_request_of(ice.parse(data))
+            request = ice.parse_binding_request(data)
         except ice.StunError:
             request = None
         endpoint = self._by_ufrag.get(request.local_ufrag) if request else None

@@ -265,10 +265,10 @@ class LoadViewer:
     def _on_stun(self, data: bytes) -> None:
         assert self._remote is not None
         try:
-            message = ice.parse(data)
+            request = ice.parse_binding_request(data)
+            message = ice.parse(data) if request is None else None
         except ice.StunError:
             return
-        request = ice.binding_request_of(message)
         if request is not None:  # a full-ICE server (aiortc) checks us too
             if request.local_ufrag == self.ufrag and ice.verify(request, self.pwd):
                 self._udp.sendto(
@@ -276,6 +276,7 @@ class LoadViewer:
                     self._remote.address,
                 )
             return
+        assert message is not None
         if not ice.is_binding_success(message, self._check_txid, self._remote.pwd):
             return
         if not self._checked.is_set():

@@ -51,14 +51,15 @@ def test_classify_total_and_by_first_byte(data):
 
 @settings(max_examples=400)
 @given(st.binary(max_size=200))
-def test_parse_garbage_only_raises_stun_error(data):
-    try:
-        ice.parse(data)
-    except ice.StunError:
-        pass
+def test_parsers_only_raise_stun_error_on_garbage(data):
+    for parser in (ice.parse, ice.parse_binding_request):
+        try:
+            parser(data)
+        except ice.StunError:
+            pass
 
 
-@settings(max_examples=300)
+@settings(max_examples=400)
 @given(
     st.lists(
         st.tuples(
@@ -69,21 +70,29 @@ def test_parse_garbage_only_raises_stun_error(data):
     ),
     st.binary(min_size=12, max_size=12),
 )
-def test_parse_structured_garbage(attrs, txid):
-    """Well-framed messages with arbitrary attribute values still fail only as StunError."""
+def test_structured_garbage_agrees_with_aioice(attrs, txid):
+    """Well-framed requests with arbitrary attributes: StunError or a result, never a crash;
+    when both parsers accept one, they agree on what it says."""
     body = b""
     for kind, value in attrs:
         body += kind.to_bytes(2, "big") + len(value).to_bytes(2, "big") + value
         body += b"\x00" * (-len(value) % 4)
     data = b"\x00\x01" + len(body).to_bytes(2, "big") + b"\x21\x12\xa4\x42" + txid + body
     try:
-        message = ice.parse(data)
+        request = ice.parse_binding_request(data)
+        reference = ice.parse(data)
     except ice.StunError:
         return
-    ice.binding_request_of(message)  # never raises on a parsed message
+    if request is not None:
+        assert (
+            reference.attributes.get("USERNAME") == f"{request.local_ufrag}:{request.remote_ufrag}"
+        )
+        assert ("USE-CANDIDATE" in reference.attributes) == request.use_candidate
+        assert ice.verify(request, "k" * 22) == reference.check_message_integrity(b"k" * 22)
 
 
 ICE = st.text(alphabet=string.ascii_letters + string.digits + "+/", min_size=4, max_size=32)
+ADDRESSES = st.sampled_from([("192.0.2.7", 4242), ("127.0.0.1", 1), ("2001:db8::9", 65535)])
 
 
 @given(
@@ -92,37 +101,61 @@ ICE = st.text(alphabet=string.ascii_letters + string.digits + "+/", min_size=4, 
     st.text(alphabet=string.ascii_letters, min_size=22, max_size=40),
     st.integers(0, 2**64 - 1),
     st.booleans(),
+    ADDRESSES,
 )
-def test_check_round_trip(local, remote, pwd, tie, nominate):
-    """A controlling agent's check verifies, and our answer authenticates for the agent."""
+def test_check_round_trip(local, remote, pwd, tie, nominate, addr):
+    """An aioice-built check verifies here, and aioice accepts our hand-built answer."""
     txid, datagram = ice.binding_request(remote, local, pwd, tie, use_candidate=nominate)
-    request = ice.binding_request_of(ice.parse(datagram))
-    assert request is not None
+    request = ice.parse_binding_request(datagram)
+    assert request is not None and request.transaction_id == txid
     assert (request.local_ufrag, request.remote_ufrag) == (local, remote)
     assert request.use_candidate == nominate
     assert ice.verify(request, pwd)
     assert not ice.verify(request, pwd + "x")
-    reply = ice.parse(ice.binding_success(request, ("192.0.2.7", 4242), pwd))
-    assert reply.attributes["XOR-MAPPED-ADDRESS"] == ("192.0.2.7", 4242)
+    reply = ice.parse(ice.binding_success(request, addr, pwd))  # aioice checks FINGERPRINT
+    assert reply.attributes["XOR-MAPPED-ADDRESS"] == addr
     assert "FINGERPRINT" in reply.attributes
     assert ice.is_binding_success(reply, txid, pwd)
     assert not ice.is_binding_success(reply, b"\x00" * 12, pwd)
 
 
+def test_tampered_check_fails():
+    _, datagram = ice.binding_request("them", "us", "p" * 22, 1)
+    forged = bytearray(datagram)
+    forged[30] ^= 1  # inside USERNAME
+    with pytest.raises(ice.StunError, match="fingerprint"):
+        ice.parse_binding_request(bytes(forged))
+    unfingerprinted = datagram[:-8]
+    unfingerprinted = (
+        unfingerprinted[:2] + (len(unfingerprinted) - 20).to_bytes(2, "big") + unfingerprinted[4:]
+    )
+    request = ice.parse_binding_request(unfingerprinted)
+    assert request is not None and ice.verify(request, "p" * 22)
+    changed = bytearray(unfingerprinted)
+    changed[30] ^= 1
+    request = ice.parse_binding_request(bytes(changed))
+    assert request is not None and not ice.verify(request, "p" * 22)
+
+
 def test_requests_without_username_or_of_other_class_are_ignored():
-    response = stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)
-    assert ice.binding_request_of(response) is None
+    def wire(message: stun.Message) -> bytes:
+        return bytes(message)
+
+    assert (
+        ice.parse_binding_request(wire(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE)))
+        is None
+    )
     anonymous = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
-    assert ice.binding_request_of(anonymous) is None
+    assert ice.parse_binding_request(wire(anonymous)) is None
     anonymous.attributes["USERNAME"] = "nocolon"
-    assert ice.binding_request_of(anonymous) is None
+    assert ice.parse_binding_request(wire(anonymous)) is None
     allocate = stun.Message(
         stun.Method.ALLOCATE, stun.Class.REQUEST, attributes={"USERNAME": "a:b"}
     )
-    assert ice.binding_request_of(allocate) is None
+    assert ice.parse_binding_request(wire(allocate)) is None
     unsigned = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, attributes={"USERNAME": "a:b"})
-    request = ice.binding_request_of(ice.parse(bytes(unsigned)))
-    assert request is not None and not ice.verify(request, "x" * 22)
+    request = ice.parse_binding_request(wire(unsigned))
+    assert request is not None and request.mac is None and not ice.verify(request, "x" * 22)
 
 
 def test_random_credentials():
