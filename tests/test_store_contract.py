@@ -84,6 +84,12 @@ async def test_sites_upsert_get_list(store):
     assert (await store.get_site("A-1")).name == "Hall A renamed"
     assert len(await store.list_sites()) == 2
     assert await store.upsert_sites([]) == 0
+    assert [s.code for s in await store.get_sites(["B-2", "zz", "A-1"])] == ["B-2", "A-1"]
+    assert await store.get_sites([]) == []
+    many = [Site(f"S{i:04d}", f"Hall {i}") for i in range(1200)]
+    await store.upsert_sites(many)
+    codes = [s.code for s in reversed(many)]
+    assert await store.get_sites(codes) == many[::-1]
 
 
 async def test_sessions_put_get_list(store):

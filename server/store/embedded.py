@@ -195,6 +195,11 @@ class EmbeddedStore:
         bodies = await self._read(sqlite_ledger.select_bodies, "sites", code)
         return codec.site_from_json(bodies[0]) if bodies else None
 
+    async def get_sites(self, codes: Iterable[str]) -> list[Site]:
+        wanted = list(codes)
+        bodies = await self._read(sqlite_ledger.select_sites, wanted)
+        return [codec.site_from_json(bodies[c]) for c in wanted if c in bodies]
+
     async def list_sites(self) -> list[Site]:
         return [
             codec.site_from_json(b) for b in await self._read(sqlite_ledger.select_bodies, "sites")

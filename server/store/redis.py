@@ -133,6 +133,14 @@ class RedisStore:
         body = await self._call(lambda: self._redis.hget(self._key("sites"), code))
         return None if body is None else codec.site_from_json(body)
 
+    async def get_sites(self, codes: Iterable[str]) -> list[Site]:
+        wanted = list(codes)
+        if not wanted:
+            return []
+        key = self._key("sites")
+        bodies = await self._call(lambda: self._redis.hmget(key, wanted))
+        return [codec.site_from_json(b) for b in bodies if b is not None]
+
     async def list_sites(self) -> list[Site]:
         bodies = await self._call(lambda: self._redis.hgetall(self._key("sites")))
         return [codec.site_from_json(bodies[k]) for k in sorted(bodies)]

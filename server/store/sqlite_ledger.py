@@ -160,6 +160,16 @@ def select_events(
     return conn.execute(sql + " ORDER BY seq", args).fetchall()
 
 
+def select_sites(conn: sqlite3.Connection, codes: list[str]) -> dict[str, str]:
+    """Bodies of the sites with these codes, by code (500 codes per statement)."""
+    found: dict[str, str] = {}
+    for i in range(0, len(codes), 500):
+        part = codes[i : i + 500]
+        sql = f"SELECT code, body FROM sites WHERE code IN ({','.join('?' * len(part))})"
+        found.update(conn.execute(sql, part).fetchall())
+    return found
+
+
 def select_bodies(conn: sqlite3.Connection, table: str, key: str | None = None) -> list[str]:
     """Bodies of `sites` or `sessions`, all of them or the one with `key`."""
     column = {"sites": "code", "sessions": "id"}[table]
