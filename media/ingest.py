@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpReceiver, RTCSessionDescription
 from aiortc import sdp as aiosdp
@@ -111,6 +111,23 @@ class Publisher:
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
+
+    async def pull(self, signal: Callable[[str], Awaitable[str]]) -> None:
+        """Be the offerer instead (a relay link: an edge pulling a lecture from an origin).
+
+        `signal(offer)` delivers our recvonly offer to the source (e.g. the origin's WHEP
+        `Lecture.subscribe`) and returns its answer.
+        """
+        for kind, spec in self.specs.items():
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            transceiver.setCodecPreferences(_preferences(kind, spec, spec.fmtp))
+        self._tap_all()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await signal(self.pc.localDescription.sdp)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:
+            raise SdpError(f"relay source answer is not usable: {exc}") from exc
 
     def _tap_all(self) -> None:
         for transceiver in self.pc.getTransceivers():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,17 +182,41 @@ class Lecture:
     async def publish(self, offer: str) -> tuple[str, Publisher]:
         """Answer a publisher's offer; a live publisher is replaced (viewers keep going)."""
         self._check_open()
+        publisher = self._new_publisher()
+        try:
+            answer = await publisher.start(offer)
+        except BaseException:
+            await publisher.close()
+            raise
+        await self._adopt(publisher)
+        return answer, publisher
+
+    async def relay_from(self, signal: Callable[[str], Awaitable[str]]) -> Publisher:
+        """Ingest from another LopSo node (an edge pulling from its origin, or a tree).
+
+        `signal(offer)` sends our offer to the source lecture's subscribe (WHEP) and returns
+        the answer; the link then replaces the live source like a publisher reconnect.
+        """
+        self._check_open()
+        publisher = self._new_publisher()
+        try:
+            await publisher.pull(signal)
+        except BaseException:
+            await publisher.close()
+            raise
+        await self._adopt(publisher)
+        return publisher
+
+    def _new_publisher(self) -> Publisher:
         publisher = Publisher(
             self.specs,
             lambda kind, packet: self._on_packet(publisher, kind, packet),
             lambda kind, report: self._on_report(publisher, kind, report),
             self._on_publisher_closed,
         )
-        try:
-            answer = await publisher.start(offer)
-        except BaseException:
-            await publisher.close()
-            raise
+        return publisher
+
+    async def _adopt(self, publisher: Publisher) -> None:
         self._check_open()
         old, self.publisher = self.publisher, publisher
         self.publishers += 1
@@ -200,7 +224,6 @@ class Lecture:
             track.source_changed()
         if old is not None:
             await old.close()
-        return answer, publisher
 
     def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
         if publisher is not self.publisher or not packet.payload:

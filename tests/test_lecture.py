@@ -241,6 +241,33 @@ async def test_loss_on_the_publisher_link_is_repaired_upstream_with_rtx(engine):
         await publisher.close()
 
 
+async def test_edge_relays_a_lecture_pulled_from_the_origin(engine):
+    edge_engine = MediaEngine(MediaConfig("127.0.0.1", 0))  # another node: its own socket
+    await edge_engine.start()
+    origin = engine.lecture("cascade", video_codec="VP8")
+    edge = edge_engine.lecture("cascade", video_codec="VP8")
+    publisher, viewer = PublisherPeer(), ViewerPeer()
+    links = []
+
+    async def signal(offer: str) -> str:
+        answer, link = await origin.subscribe(offer)
+        links.append(link)
+        return answer
+
+    try:
+        await viewer.subscribe(edge)
+        await publisher.publish(origin)
+        await edge.relay_from(signal)
+        await wait_for(lambda: len(viewer.frames) >= 45, timeout=15)
+        assert_clean_increasing(viewer.numbers())
+        assert viewer.audio_frames > 0 and edge.live
+        assert links[0].stats().packets_sent > 50
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await edge_engine.close()
+
+
 async def test_fifty_viewers_plis_reach_publisher_at_most_twice_a_second(engine):
     lecture = engine.lecture("storm", video_codec="VP8")
     publisher = PublisherPeer()
