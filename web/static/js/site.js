@@ -319,6 +319,7 @@ function showMessage(text, from) {
 // ---- controls ----------------------------------------------------------------------------
 
 function wireControls(player) {
+  autoHideControls();
   $("start").hidden = false;
   $("start").addEventListener("click", function () { startWatching(); });
   $("fullscreen").addEventListener("click", function () { toggleFullscreen(); });
@@ -346,6 +347,23 @@ function wireControls(player) {
   $("form-help").addEventListener("submit", function (ev) { ev.preventDefault(); submitHelp(player); });
   $("form-checkin").addEventListener("submit", function (ev) { ev.preventDefault(); submitCheckin(player); });
   $("form-question").addEventListener("submit", function (ev) { ev.preventDefault(); submitQuestion(player); });
+}
+
+/** Full screen on a projector: the control bar fades after a while and returns on any input. */
+function autoHideControls() {
+  let timer = 0;
+  const wake = function () {
+    document.body.classList.remove("idle");
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      if (document.fullscreenElement || document.webkitFullscreenElement) document.body.classList.add("idle");
+    }, 6000);
+  };
+  ["mousemove", "mousedown", "keydown", "touchstart"].forEach(function (name) {
+    document.addEventListener(name, wake, { passive: true });
+  });
+  document.addEventListener("fullscreenchange", wake);
+  wake();
 }
 
 function startWatching() {
