@@ -115,3 +115,26 @@ def test_split_records_keeps_records_whole():
     datagrams = split_records(b"".join(records), mtu=1100)
     assert datagrams == [records[0] + records[1], records[2]]
     assert split_records(b"") == []
+
+
+def test_lost_last_flight_is_resent_after_the_handshake(ours, rsa_peer):
+    """The server finishes first; if its last flight is lost the client's timer recovers."""
+    client, server = pair(rsa_peer, ours)
+    to_server = client.start()
+    for _ in range(5):
+        to_client = [d for datagram in to_server for d in server.feed(datagram)]
+        if server.done:
+            break  # `to_client` is the server's last flight: drop it
+        to_server = [d for datagram in to_client for d in client.feed(datagram)]
+    assert server.done and not client.done
+    delay = client.timeout()
+    assert delay is not None
+    time.sleep(delay + 0.05)
+    again = client.on_timeout()
+    assert again
+    answer = [d for datagram in again for d in server.feed(datagram)]
+    assert answer, "a finished server answers a retransmitted flight with its own"
+    for datagram in answer:
+        client.feed(datagram)
+    assert client.done
+    assert client.srtp_keys().tx_key == server.srtp_keys().rx_key
