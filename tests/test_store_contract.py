@@ -220,6 +220,9 @@ async def test_checkin_retry_and_other_class(store):
 
 
 async def test_presence_set_clear_and_expiry(store):
+    await store.set_presence("c2", "X", {"pair": (1, 2), "name": "Thôn Đông"}, ttl_s=30)
+    assert (await store.presence("c2"))["X"] == {"pair": [1, 2], "name": "Thôn Đông"}
+    await store.clear_presence("c2", "X")
     await store.set_presence("c1", "A", {"status": "playing", "rtt_ms": 40.5}, ttl_s=30)
     await store.set_presence("c1", "B", {"status": "waiting"}, ttl_s=0.3)
     await store.set_presence("c2", "A", {"status": "offline"}, ttl_s=30)
@@ -240,6 +243,26 @@ async def test_presence_set_clear_and_expiry(store):
     await store.set_presence("c1", "C", {"n": 2}, ttl_s=0.3)
     await asyncio.sleep(0.2)
     assert await store.presence("c1") == {"C": {"n": 2}}
+
+
+async def test_get_presence_and_conditional_clear(store):
+    assert await store.get_presence("c1", "A") is None
+    await store.set_presence("c1", "A", {"status": "playing", "node": "n1", "conn": 3}, ttl_s=30)
+    await store.set_presence("c1", "B", {"status": "waiting", "node": "n1"}, ttl_s=0.2)
+    assert await store.get_presence("c1", "A") == {"status": "playing", "node": "n1", "conn": 3}
+    # another node took the site over: n2's "still mine?" clear keeps it
+    assert await store.clear_presence("c1", "A", only_if={"node": "n2"}) is False
+    assert await store.clear_presence("c1", "A", only_if={"node": "n1", "conn": 4}) is False
+    assert await store.clear_presence("c1", "A", only_if={"node": "n1", "gone": None}) is False
+    assert await store.get_presence("c1", "A") is not None
+    assert await store.clear_presence("c1", "A", only_if={"node": "n1", "conn": 3}) is True
+    assert await store.get_presence("c1", "A") is None
+    assert await store.clear_presence("c1", "A", only_if={"node": "n2"}) is True  # none left
+    await asyncio.sleep(0.3)
+    assert await store.get_presence("c1", "B") is None  # expired
+    assert await store.clear_presence("c1", "B", only_if={"node": "n2"}) is True
+    assert await store.clear_presence("c1", "never") is True
+    assert await store.presence("c1") == {}
 
 
 # pub/sub ----------------------------------------------------------------------------------

@@ -68,7 +68,17 @@ class Store(Protocol):
     async def set_presence(
         self, session_id: str, site_code: str, state: dict[str, Any], ttl_s: float
     ) -> None: ...
-    async def clear_presence(self, session_id: str, site_code: str) -> None: ...
+    async def clear_presence(
+        self, session_id: str, site_code: str, only_if: dict[str, Any] | None = None
+    ) -> bool:
+        """Remove a site's presence; with `only_if`, only when its state holds those values
+        (scalars, compared atomically: "still mine?"). True when no presence is left."""
+        ...
+
+    async def get_presence(self, session_id: str, site_code: str) -> dict[str, Any] | None:
+        """One site's live state, or None (never set, cleared or expired)."""
+        ...
+
     async def presence(self, session_id: str) -> dict[str, dict[str, Any]]: ...
 
     # pub/sub between nodes (in-process for the embedded store)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DB_NAME = "lopso.sqlite3"
 MAX_BATCH = 2000
+_MISSING = object()
 
 
 class _Writer:
@@ -261,13 +262,28 @@ class EmbeddedStore:
     async def set_presence(
         self, session_id: str, site_code: str, state: dict[str, Any], ttl_s: float
     ) -> None:
+        # a JSON round trip: the same values (lists, not tuples) Redis would give back
         self._presence.setdefault(session_id, {})[site_code] = (
-            dict(state),
+            json.loads(codec.dumps(state)),
             time.monotonic() + ttl_s,
         )
 
-    async def clear_presence(self, session_id: str, site_code: str) -> None:
+    async def clear_presence(
+        self, session_id: str, site_code: str, only_if: dict[str, Any] | None = None
+    ) -> bool:
+        current = await self.get_presence(session_id, site_code)
+        if current is not None and only_if is not None:
+            wanted = json.loads(codec.dumps(only_if))
+            if any(current.get(k, _MISSING) != v for k, v in wanted.items()):
+                return False
         self._presence.get(session_id, {}).pop(site_code, None)
+        return True
+
+    async def get_presence(self, session_id: str, site_code: str) -> dict[str, Any] | None:
+        entry = self._presence.get(session_id, {}).get(site_code)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return dict(entry[0])
 
     async def presence(self, session_id: str) -> dict[str, dict[str, Any]]:
         now = time.monotonic()

@@ -93,10 +93,7 @@ class RedisStore:
         await self._call(self._client.ping)
         self._scripts = ScriptBatcher(
             self._client,
-            {
-                name: getattr(redis_scripts, name)
-                for name in ("APPEND", "CHECKIN", "SET_PRESENCE", "PRESENCE")
-            },
+            {name: getattr(redis_scripts, name) for name in redis_scripts.NAMES},
         )
         await self._call(self._scripts.load)
         self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="lopso-redis-pubsub")
@@ -215,9 +212,17 @@ class RedisStore:
         args = [site_code, codec.dumps(state), max(1, int(ttl_s * 1000))]
         await self._call(lambda: self._script("SET_PRESENCE", keys, args))
 
-    async def clear_presence(self, session_id: str, site_code: str) -> None:
-        key = self._presence_key(session_id)
-        await self._call(lambda: self._redis.hdel(key, site_code))
+    async def clear_presence(
+        self, session_id: str, site_code: str, only_if: dict[str, Any] | None = None
+    ) -> bool:
+        keys = [self._presence_key(session_id)]
+        args = [site_code, "" if only_if is None else codec.dumps(only_if)]
+        return bool(await self._call(lambda: self._script("CLEAR_PRESENCE", keys, args)))
+
+    async def get_presence(self, session_id: str, site_code: str) -> dict[str, Any] | None:
+        keys = [self._presence_key(session_id)]
+        body = await self._call(lambda: self._script("GET_PRESENCE", keys, [site_code]))
+        return None if body is None else json.loads(body)
 
     async def presence(self, session_id: str) -> dict[str, dict[str, Any]]:
         keys = [self._presence_key(session_id)]

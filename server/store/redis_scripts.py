@@ -47,6 +47,37 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+GET_PRESENCE = (
+    _NOW_MS
+    + """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return false end
+local sep = string.find(value, '|', 1, true)
+if sep and tonumber(string.sub(value, 1, sep - 1)) > now then
+  return string.sub(value, sep + 1)
+end
+return false
+"""
+)
+
+# ARGV[2]: JSON object of scalar values the live state must hold, or "" for "clear anyway".
+CLEAR_PRESENCE = (
+    _NOW_MS
+    + """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 1 end
+local sep = string.find(value, '|', 1, true)
+if ARGV[2] ~= '' and sep and tonumber(string.sub(value, 1, sep - 1)) > now then
+  local state = cjson.decode(string.sub(value, sep + 1))
+  for k, v in pairs(cjson.decode(ARGV[2])) do
+    if state[k] ~= v then return 0 end
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
 SET_PRESENCE = (
     _NOW_MS
     + """
@@ -76,3 +107,5 @@ end
 return out
 """
 )
+
+NAMES = ("APPEND", "CHECKIN", "SET_PRESENCE", "GET_PRESENCE", "CLEAR_PRESENCE", "PRESENCE")
