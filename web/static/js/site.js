@@ -10,6 +10,7 @@ const STALL_MS = 5000; // live but no new frame this long → stalled
 const STALL_RECONNECT_MS = 12000; // stalled this long → new WHEP connection
 const DISCONNECTED_GRACE_MS = 3000; // ICE "disconnected" often heals by itself
 const QUALITY_EVERY_MS = 5000;
+const CONNECT_TIMEOUT_MS = 15000; // answered but ICE/DTLS never connected → start over
 
 /** Everything the page knows; `derive()` turns it into one displayed state. */
 class Player {
@@ -36,6 +37,7 @@ class Player {
     this.backoff = new Backoff({ base: 1000, max: 20000 });
     this.wakeRequested = false;
     this.generation = 0;
+    this.problem = ""; // catalogue key of a lasting problem shown on the card (bad link)
     this.channel = new Channel(page.ws_url, {
       storageKey: "lopso:pending:" + page.sid + ":" + (page.site ? page.site.code : ""),
     });
@@ -156,7 +158,14 @@ async function connectMedia(player, delayMs) {
   } catch (err) {
     if (gen !== player.generation) return;
     onWhepError(player, err);
+    return;
   }
+  player.problem = "";
+  setTimeout(function () {
+    if (gen === player.generation && pc.connectionState !== "connected") {
+      reconnectMedia(player, player.backoff.next());
+    }
+  }, CONNECT_TIMEOUT_MS);
 }
 
 function onWhepError(player, err) {
@@ -165,8 +174,8 @@ function onWhepError(player, err) {
     endClass(player);
     return;
   }
-  if (err instanceof HttpError && (err.status === 401 || err.status === 403)) {
-    setText($("card-detail"), t("site_error_token"));
+  if (err instanceof HttpError && (err.status === 401 || err.status === 403 || err.status === 404)) {
+    player.problem = "site_error_token";
   }
   reconnectMedia(player, player.backoff.next());
 }
@@ -287,7 +296,7 @@ function render(player) {
   $("card").hidden = !card;
   if (card) {
     setText($("card-title"), t(card[0]));
-    setText($("card-detail"), t(card[1]));
+    setText($("card-detail"), t(player.problem && state !== "ended" ? player.problem : card[1]));
   }
   if (changed) {
     player.channel.send({ type: "status", state: wireState(state) });

@@ -282,7 +282,11 @@ async function publish(studio, delayMs) {
     }
     toast(t("studio_publish_failed", { message: err.message || err }));
     republish(studio);
+    return;
   }
+  setTimeout(function () {
+    if (gen === studio.generation && pc.connectionState !== "connected") republish(studio);
+  }, 15000);
 }
 
 function onConnectionState(studio, pc, gen) {
