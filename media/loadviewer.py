@@ -8,8 +8,8 @@ Costs tens of microseconds per packet in Python, far below an aiortc peer, and d
 
     viewer = LoadViewer()
     await viewer.start()
-    answer = await whep_post(viewer.offer())     # or lecture.subscribe(...)
-    await viewer.connect(answer)
+    await viewer.whep(session, "https://host/whep/c1/site7", token)   # or, in-process:
+    # answer, _ = await lecture.subscribe(viewer.offer()); await viewer.connect(answer)
     ... viewer.stats() ...
     await viewer.close()
 """
@@ -23,8 +23,10 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc.sdp import SessionDescription
+from yarl import URL
 
 from media import ice
 from media.dtls import DtlsError, DtlsIdentity, DtlsSession
@@ -207,6 +209,18 @@ class LoadViewer:
             self.state = "failed"
             raise MediaError(f"load viewer did not connect within {timeout} s") from None
         self._tasks.append(asyncio.ensure_future(self._run_reports()))
+
+    async def whep(self, session: Any, url: str, token: str, timeout: float = 10.0) -> str:
+        """POST our offer to a WHEP endpoint (aiohttp `session`), connect with its answer, and
+        return the resource URL (the `Location`) to DELETE when done."""
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+        async with session.post(url, data=self.offer(), headers=headers) as response:
+            body = await response.text()
+            if response.status != 201:
+                raise MediaError(f"WHEP {url} answered {response.status}: {body[:200]}")
+            location = str(response.url.join(URL(response.headers.get("Location", ""))))
+        await self.connect(body, timeout=timeout)
+        return location
 
     def request_keyframe(self, media_ssrc: int) -> None:
         """Send a PLI for `media_ssrc`."""

@@ -145,3 +145,39 @@ async def test_seventy_viewers_span_two_sendmmsg_batches(sock):
         assert endpoints[0].stats()["packets_sent"] == 5
     finally:
         await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_whep_against_a_real_lecture():
+    """Our offer is what a WHEP server (media.Lecture) accepts; media flows at a keyframe."""
+    from aiohttp import ClientSession, web
+
+    from media.engine import MediaConfig, MediaEngine
+
+    engine = MediaEngine(MediaConfig(host="127.0.0.1"))
+    await engine.start()
+    lecture = engine.lecture("c1", video_codec="VP8")
+
+    async def whep(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t0k"
+        answer, _ = await lecture.subscribe(await request.text())
+        return web.Response(status=201, text=answer, headers={"Location": "/whep/c1/r1"})
+
+    app = web.Application()
+    app.router.add_post("/whep/c1", whep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    viewer = LoadViewer()
+    try:
+        await viewer.start()
+        async with ClientSession() as session:
+            location = await viewer.whep(session, f"http://127.0.0.1:{port}/whep/c1", "t0k")
+        assert location == f"http://127.0.0.1:{port}/whep/c1/r1"
+        assert viewer.state == "connected"
+        await wait_for(lambda: len(lecture.viewers) == 1)
+    finally:
+        await viewer.close()
+        await runner.cleanup()
+        await engine.close()
