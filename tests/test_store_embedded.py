@@ -113,3 +113,13 @@ async def test_another_writer_on_the_same_file_does_not_break_seqs(tmp_path: Pat
             assert (await other.append(checkin(2))).seq == 2
         assert (await ours.append(checkin(3))).seq == 3
         assert [e.seq for e in await ours.events("c1")] == [1, 2, 3]
+
+
+async def test_small_read_is_not_queued_behind_a_whole_ledger_read(tmp_path: Path):
+    async with EmbeddedStore(tmp_path) as store:
+        await asyncio.gather(*(store.append(checkin(i)) for i in range(40000)))
+        big = asyncio.create_task(store.events("c1"))
+        await asyncio.sleep(0.005)  # the big read is under way on one reader thread
+        assert await store.get_site("nope") is None
+        assert not big.done()
+        assert len(await big) == 40000

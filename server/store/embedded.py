@@ -141,6 +141,41 @@ def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]
             future.set_exception(exc)
 
 
+class _Readers:
+    """A few reader threads, each borrowing one of as many connections (WAL: readers never
+    wait for the writer), so a small read is not queued behind a whole-ledger export."""
+
+    def __init__(self, path: Path, count: int = 2):
+        self._path = path
+        self._count = count
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="lopso-sqlite-read")
+        self._free: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+
+    def open(self) -> None:
+        for _ in range(self._count):
+            conn = sqlite_ledger.connect(self._path)
+            self._all.append(conn)
+            self._free.put(conn)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` on a reader thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run, fn, args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for conn in self._all:
+            conn.close()
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._free.get()
+        try:
+            return fn(conn, *args)
+        finally:
+            self._free.put(conn)
+
+
 class EmbeddedStore:
     """Store for one process: SQLite ledger/registry, in-memory presence, pub/sub and nodes."""
 
@@ -149,8 +184,7 @@ class EmbeddedStore:
         self.node_id = node_id
         self.path = self.data_dir / DB_NAME
         self._writer: _Writer | None = None
-        self._reader: ThreadPoolExecutor | None = None
-        self._read_conn: sqlite3.Connection | None = None
+        self._readers: _Readers | None = None
         self._hub = SubscriptionHub(queue_size)
         self._presence: dict[str, dict[str, tuple[dict[str, Any], float]]] = {}
         self._nodes: dict[str, tuple[NodeInfo, float]] = {}
@@ -169,8 +203,9 @@ class EmbeddedStore:
         writer = _Writer(self.path, loop)
         await loop.run_in_executor(None, writer.start)
         self._writer = writer
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="lopso-sqlite-read")
-        self._read_conn = await loop.run_in_executor(self._reader, sqlite_ledger.connect, self.path)
+        readers = _Readers(self.path)
+        await loop.run_in_executor(None, readers.open)
+        self._readers = readers
 
     async def close(self) -> None:
         """Commit pending writes, stop the threads, end subscriptions."""
@@ -179,12 +214,9 @@ class EmbeddedStore:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             await loop.run_in_executor(None, writer.stop)
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            if self._read_conn is not None:
-                await loop.run_in_executor(reader, self._read_conn.close)
-                self._read_conn = None
-            reader.shutdown(wait=True)
+        if self._readers is not None:
+            readers, self._readers = self._readers, None
+            await loop.run_in_executor(None, readers.close)
 
     # registry -----------------------------------------------------------------------------
 
@@ -252,10 +284,8 @@ class EmbeddedStore:
         site_code: str | None = None,
     ) -> list[Event]:
         kind_values = None if kinds is None else [EventKind(k).value for k in kinds]
-        rows = await self._read(
-            sqlite_ledger.select_events, session_id, after_seq, kind_values, site_code
-        )
-        return [codec.event_from_body(body, seq) for body, seq in rows]
+        # decoded on the reader thread: a big ledger does not hold the event loop for seconds
+        return await self._read(_decoded_events, session_id, after_seq, kind_values, site_code)
 
     # presence -----------------------------------------------------------------------------
 
@@ -330,10 +360,20 @@ class EmbeddedStore:
         return await self._writer.submit(fn)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._reader is None or self._read_conn is None:
+        if self._readers is None:
             raise StoreError("store is not open")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._reader, fn, self._read_conn, *args)
+            return await self._readers.call(fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite read failed: {exc}") from exc
+
+
+def _decoded_events(
+    conn: sqlite3.Connection,
+    session_id: str,
+    after_seq: int,
+    kinds: list[str] | None,
+    site_code: str | None,
+) -> list[Event]:
+    rows = sqlite_ledger.select_events(conn, session_id, after_seq, kinds, site_code)
+    return [codec.event_from_body(body, seq) for body, seq in rows]
