@@ -23,8 +23,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from serverproc import LopsoServer
+
 from server.models import EventKind
 from server.store import open_store
 from tests.redisproc import RedisProcess
