@@ -146,6 +146,12 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
         arg=sum(HEADCOUNTS))
     assert moderator.locator("#t-playing").inner_text().strip() == "2"
 
+    # Each site's getStats summary (every 5 s) gives the wall a quality class and figures.
+    moderator.wait_for_function(
+        "(c) => { const x = window.lopso.site(c); return !!x && x.quality === 'good'"
+        " && x.kbps > 100 && x.loss_pct < 5; }", arg=sites[1]["code"], timeout=15_000)
+    print("wall sees", site_on_wall(moderator, sites[1]["code"]))
+
     # The studio sees the same counts.
     studio.wait_for_function("window.lopso.totals.playing === 2")
 
@@ -443,3 +449,45 @@ def test_checkin_from_a_phone_and_by_the_operator(lopso: Any, browser_pages: Any
     player.fill("#ci-name", "Trần Văn Ba")
     player.click("#form-checkin button[type=submit]")
     player.wait_for_selector("#ci-result[data-kind=warn]")
+
+
+def test_a_bad_link_shows_a_page_in_vietnamese(lopso: Any, browser_pages: Any) -> None:
+    site = lopso.demo["sites"][0]
+    url = site["url"].split("?")[0] + "?token=not-a-token"
+    page = browser_pages.open(url, name="bad-link")
+    assert page.inner_text(".error-status").strip() == "401"
+    assert "Mã truy cập" in page.inner_text("h1")
+
+
+# ---- the client library, in the browser ------------------------------------------------------
+
+def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
+    page = browser_pages.open(lopso.url + "/", name="protocol")
+    result = page.evaluate("""async () => {
+        const p = await import('/static/js/protocol.js');
+        const b = new p.Backoff({ base: 100, max: 1000, jitter: 0 });
+        const delays = [b.next(), b.next(), b.next(), b.next(), b.next(), b.next()];
+        b.reset();
+        const afterReset = b.next();
+        const prev = { t: 0, bytes: 0, packets: 100, lost: 0, framesDecoded: 0, framesSent: 0,
+                       freezes: 0, jitter: null, rtt: null, fps: null };
+        const now = { t: 2000, bytes: 250000, packets: 290, lost: 10, framesDecoded: 50,
+                      framesSent: 0, freezes: 1, jitter: 12.34, rtt: 80.04, fps: null };
+        const q = p.summarise(prev, now);
+        const msg = p.qualityMessage(Object.assign({}, q, { rtt_ms: null }));
+        // Acked messages wait in storage until acked, and come back after a reload.
+        const a = new p.Channel('/ws/none?token=x', { storageKey: 'lopso:test' });
+        a.request({ type: 'headcount', count: 5, phase: 'start' });
+        const b2 = new p.Channel('/ws/none?token=x', { storageKey: 'lopso:test' });
+        const restored = Array.from(b2.pending.values()).map((e) => e.msg.count);
+        localStorage.removeItem('lopso:test');
+        return { delays, afterReset, q, msg, restored };
+    }""")
+    assert result["delays"] == [100, 200, 400, 800, 1000, 1000]
+    assert result["afterReset"] == 100
+    q = result["q"]
+    assert q["kbps"] == 1000 and q["loss_pct"] == 5 and q["fps"] == 25
+    assert q["rtt_ms"] == 80 and q["jitter_ms"] == 12.3 and q["freeze_count"] == 1
+    assert "rtt_ms" not in result["msg"] and "frames_sent" not in result["msg"]
+    assert result["msg"]["type"] == "quality" and result["msg"]["kbps"] == 1000
+    assert result["restored"] == [5]
