@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRYABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError)
-LRANGE_CHUNK = 5000
+LRANGE_CHUNK = 2000  # per round trip; each chunk is decoded on the event loop
 PUBSUB_POLL_S = 1.0
 
 
@@ -90,12 +90,17 @@ class RedisStore:
         )
         self._client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))
         self._closing = False
-        await self._call(self._client.ping)
         self._scripts = ScriptBatcher(
             self._client,
             {name: getattr(redis_scripts, name) for name in redis_scripts.NAMES},
         )
-        await self._call(self._scripts.load)
+        try:
+            await self._call(self._client.ping)
+            await self._call(self._scripts.load)
+        except BaseException:
+            client, self._client = self._client, None
+            await client.aclose(close_connection_pool=True)
+            raise
         self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="lopso-redis-pubsub")
 
     async def close(self) -> None:
@@ -353,6 +358,8 @@ class RedisStore:
                 log.warning(
                     "redis pub/sub connection lost, reconnecting", extra={"error": str(exc)}
                 )
+            except Exception:  # a bug must not end pub/sub for good: start over
+                log.exception("redis pub/sub reader failed, reconnecting")
             finally:
                 async with self._sub_lock:
                     self._pubsub = None
@@ -383,8 +390,10 @@ class RedisStore:
                 log.info("redis subscribe deferred to reconnect", extra={"error": str(exc)})
 
     def _on_pubsub_message(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        key = message["channel"].decode()
+        kind, raw_key = message.get("type"), message.get("channel")
+        if not isinstance(raw_key, bytes):
+            return  # pong and the like
+        key = raw_key.decode()
         channel = key[len(self._channel_key("")) :]
         if kind == "subscribe":
             self._live.add(key)
