@@ -62,8 +62,6 @@ class MediaSocket:
         self.protector.available = self.protector.available and fast_srtp
         self.udp = UdpSocket(self._on_datagram, host, port)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.generation = 0
-        """Bumped whenever an endpoint starts or stops being a valid fan-out target."""
         self._by_ufrag: dict[str, Endpoint] = {}
         self._by_addr: dict[tuple[str, int], Endpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -136,7 +134,6 @@ class MediaSocket:
             del self._by_ufrag[endpoint.local_ufrag]
         for addr in [a for a, e in self._by_addr.items() if e is endpoint]:
             del self._by_addr[addr]
-        self.generation += 1
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if data[0] < 4:
@@ -297,7 +294,7 @@ class Endpoint:
         if self.remote_address is None or (use_candidate and addr != self.remote_address):
             self.remote_address = addr
             self.sockaddr = None
-            self._sock.generation += 1
+            self._notify_fanouts()
         if self.state == "new":
             self._set_state("checking")
             if self._dtls.role == "client":
@@ -359,7 +356,6 @@ class Endpoint:
         except (DtlsError, SrtpError, KeyError) as exc:
             self.fail(f"SRTP setup failed: {exc}")
             return
-        self._sock.generation += 1
         self._set_state("connected")
 
     def _on_srtp(self, data: bytes) -> None:
@@ -399,14 +395,17 @@ class Endpoint:
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
             self._dtls_timer = None
-        for fanout in list(self.fanouts):
-            fanout.settle(self)
         self._sock.forget(self)
+
+    def _notify_fanouts(self) -> None:
+        for fanout in list(self.fanouts):
+            fanout.refresh(self)
 
     def _set_state(self, state: str) -> None:
         if state == self.state:
             return
         self.state = state
+        self._notify_fanouts()
         if not self._ready.done():
             if state == "connected":
                 self._ready.set_result(None)
@@ -417,56 +416,60 @@ class Endpoint:
 
 
 class Fanout:
-    """A set of endpoints that receive the same RTP stream; one sendmmsg per packet per 64.
+    """A set of endpoints that receive the same RTP stream; one sendmmsg per 64 copies.
 
-    The slot layout (which endpoint writes to which sendmmsg slot, and its destination) is
-    rebuilt only when membership or an endpoint's state/address changes, so each copy costs a
-    memmove, one byte store, srtp_protect in place and an iov length store.
+    Each connected member owns one sendmmsg slot (payload buffer, iovec, destination). Slots
+    are assigned incrementally: a member that joins takes the next free slot, one that leaves
+    is replaced by the last slot's owner, so churn costs O(1), never a rebuild of N slots.
+    Each copy then costs a memmove, srtp_protect in place, and an iovec length store (skipped
+    while packet sizes repeat).
     """
 
     def __init__(self, sock: MediaSocket) -> None:
         self._sock = sock
         self._members: dict[Endpoint, int] = {}
+        """Every added endpoint with its payload type, connected or not."""
         self._batches: list[MmsgBatch] = []
-        self._plan: list[tuple[MmsgBatch, list[tuple]]] = []
-        self._slow: list[tuple[Endpoint, int]] = []
-        self._generation = -1
+        self._owners: list[list[Endpoint]] = []
+        """Per batch in use: the endpoint in each used slot, in slot order."""
+        self._entries: list[list[tuple]] = []
+        """Per batch in use: (slot, iovec, libsrtp context, payload type) per used slot."""
+        self._where: dict[Endpoint, tuple[int, int]] = {}
+        self._slow: dict[Endpoint, int] = {}
+        """Members sent through pylibsrtp's Session API (no raw libsrtp context)."""
         self._marks: dict[Endpoint, tuple[int, int]] = {}
+        self._payload_types: dict[int, int] = {}
+        """Payload type -> number of active members using it."""
+        self._last_length = -1
         self.packets = 0
         """Packets given to send() (each copied to every connected member)."""
         self.payload_bytes = 0
         self.copies = 0
         self.drops = 0
         """Copies the kernel refused (socket buffer full) or SRTP failed to protect."""
-        self._expected = 0
-        self._payload_types: list[int] = []
-        self._fast_members: list[Endpoint] = []
-        self._last_length = -1
 
     def add(self, endpoint: Endpoint, payload_type: int) -> None:
         """Send this stream to `endpoint` with its payload type (marker bit kept)."""
         if not 0 <= payload_type <= 127:
             raise ValueError(f"payload type {payload_type} is not in 0..127")
+        if self._members.get(endpoint, payload_type) != payload_type:
+            self._deactivate(endpoint)
         self._members[endpoint] = payload_type
         endpoint.fanouts.add(self)
-        self._generation = -1
+        self.refresh(endpoint)
 
     def remove(self, endpoint: Endpoint) -> None:
         """Stop sending to `endpoint`; unknown endpoints are ignored."""
         if endpoint in self._members:
-            self.settle(endpoint)
+            self._deactivate(endpoint)
             del self._members[endpoint]
-            self._marks.pop(endpoint, None)
             endpoint.fanouts.discard(self)
-            self._generation = -1
 
     def __len__(self) -> int:
         return len(self._members)
 
     def send(self, packet: bytes | bytearray) -> int:
         """Protect and send `packet` to every connected member; returns copies sent."""
-        if self._generation != self._sock.generation:
-            self._rebuild()
         n = len(packet)
         if n < 12 or n > MAX_RTP:
             raise ValueError(f"RTP packet of {n} bytes is outside 12..{MAX_RTP}")
@@ -485,50 +488,45 @@ class Fanout:
         same_length = n == self._last_length
         failed = False
         sent = 0
-        for batch, groups in self._plan:
-            for pt, entries in groups:
-                data = variants[pt]
-                for slot, iov, handle in entries:
-                    memmove(slot, data, n)
-                    cell[0] = n
-                    if protect(handle, slot, cell):
-                        iov.iov_len = 0  # an empty datagram; receivers ignore it
-                        failed = True
-                        self.drops += 1
-                    elif not same_length:
-                        iov.iov_len = cell[0]
-            sent += batch.send(fd, batch.used)
+        for batch, entries in zip(self._batches, self._entries):
+            for slot, iov, handle, pt in entries:
+                memmove(slot, variants[pt], n)
+                cell[0] = n
+                if protect(handle, slot, cell):
+                    iov.iov_len = 0  # an empty datagram; receivers ignore it
+                    failed = True
+                    self.drops += 1
+                elif not same_length:
+                    iov.iov_len = cell[0]
+            sent += batch.send(fd, len(entries))
         self._last_length = -1 if failed else n
-        if self._slow:
-            sent += self._send_slow(packet, marker)
+        for endpoint, pt in self._slow.items():
+            sent += self._send_slow(endpoint, variants[pt])
         self.copies += sent
-        self.drops += self._expected - sent
+        self.drops += len(self._where) + len(self._slow) - sent
         return sent
 
     def send_rtcp(self, packet: bytes | bytearray) -> int:
         """SRTCP-protect and send one RTCP packet (e.g. the stream's shared sender report) to
         every connected member, batched like `send`; returns copies sent."""
-        if self._generation != self._sock.generation:
-            self._rebuild()
         n = len(packet)
         if n < 8 or n > MAX_RTP:
             raise ValueError(f"RTCP packet of {n} bytes is outside 8..{MAX_RTP}")
         protect = self._sock.protector.protect_rtcp_fn
         cell = self._sock.protector.length
         sent = 0
-        for batch, groups in self._plan:
-            for _, entries in groups:
-                for slot, iov, handle in entries:
-                    _cffi_memmove(slot, packet, n)
-                    cell[0] = n
-                    iov.iov_len = 0 if protect(handle, slot, cell) else cell[0]
-            sent += batch.send(self._sock.udp.fd, batch.used)
+        for batch, entries in zip(self._batches, self._entries):
+            for slot, iov, handle, _ in entries:
+                _cffi_memmove(slot, packet, n)
+                cell[0] = n
+                iov.iov_len = 0 if protect(handle, slot, cell) else cell[0]
+            sent += batch.send(self._sock.udp.fd, len(entries))
         self._last_length = -1  # RTP lengths must be rewritten on the next send
-        for endpoint, _ in self._slow:
+        for endpoint in self._where:
+            endpoint.count_rtcp()
+        for endpoint in self._slow:
             endpoint.send_rtcp(bytes(packet))
             sent += 1
-        for endpoint in self._fast_members:
-            endpoint.count_rtcp()
         return sent
 
     def settle(self, endpoint: Endpoint) -> None:
@@ -542,51 +540,74 @@ class Fanout:
         endpoint.count(packets, octets + packets * tag)
         self._marks[endpoint] = (self.packets, self.payload_bytes)
 
-    def _send_slow(self, packet: bytes | bytearray, marker: int) -> int:
-        sent = 0
-        data = bytearray(packet)
-        for endpoint, pt in self._slow:
-            data[1] = marker | pt
-            try:
-                protected = endpoint.srtp.protect(bytes(data))  # type: ignore[union-attr]
-            except SrtpError:
-                continue
-            sent += self._sock.send(protected, endpoint.remote_address)  # type: ignore[arg-type]
-        return sent
+    def refresh(self, endpoint: Endpoint) -> None:
+        """Re-check one member after its state or address changed (called by Endpoint)."""
+        pt = self._members.get(endpoint)
+        if pt is None:
+            return
+        wanted = (
+            endpoint.state == "connected"
+            and endpoint.srtp is not None
+            and endpoint.remote_address is not None
+        )
+        active = endpoint in self._where or endpoint in self._slow
+        if not wanted:
+            self._deactivate(endpoint)
+        elif not active:
+            self._activate(endpoint, pt)
+        elif endpoint in self._where:  # the peer's address may have moved
+            b, i = self._where[endpoint]
+            self._entries[b][i] = self._place(endpoint, pt, b, i)
 
-    def _targets(self) -> list[tuple[Endpoint, int]]:
-        return [
-            (ep, pt)
-            for ep, pt in self._members.items()
-            if ep.state == "connected" and ep.srtp is not None and ep.remote_address is not None
-        ]
+    def _send_slow(self, endpoint: Endpoint, data: bytearray) -> int:
+        try:
+            protected = endpoint.srtp.protect(bytes(data))  # type: ignore[union-attr]
+        except SrtpError:
+            return 0
+        return int(self._sock.send(protected, endpoint.remote_address))  # type: ignore[arg-type]
 
-    def _rebuild(self) -> None:
-        for endpoint in list(self._marks):
-            self.settle(endpoint)
-        targets = self._targets()
-        self._marks = {ep: (self.packets, self.payload_bytes) for ep, _ in targets}
-        use_fast = self._sock.protector.available
-        fast = [t for t in targets if use_fast and t[0].srtp.tx_handle is not None]  # type: ignore[union-attr]
-        self._slow = [t for t in targets if not (use_fast and t[0].srtp.tx_handle is not None)]  # type: ignore[union-attr]
-        fast.sort(key=lambda t: t[1])
-        self._fast_members = [ep for ep, _ in fast]
-        self._payload_types = sorted({pt for _, pt in targets})
-        self._plan = []
-        for start in range(0, len(fast), BATCH):
-            index = start // BATCH
-            if index == len(self._batches):
+    def _activate(self, endpoint: Endpoint, pt: int) -> None:
+        self._marks[endpoint] = (self.packets, self.payload_bytes)
+        self._payload_types[pt] = self._payload_types.get(pt, 0) + 1
+        srtp = endpoint.srtp
+        if not self._sock.protector.available or srtp is None or srtp.tx_handle is None:
+            self._slow[endpoint] = pt
+            return
+        if not self._owners or len(self._owners[-1]) == BATCH:
+            if len(self._batches) == len(self._owners):
                 self._batches.append(MmsgBatch(self._sock.libc, BATCH))
-            batch = self._batches[index]
-            chunk = fast[start : start + BATCH]
-            batch.used = len(chunk)
-            groups: dict[int, list[tuple]] = {}
-            for i, (ep, pt) in enumerate(chunk):
-                if ep.sockaddr is None:
-                    ep.sockaddr = batch.address(ep.remote_address)  # type: ignore[arg-type]
-                batch.set_address(i, ep.sockaddr)
-                groups.setdefault(pt, []).append((batch.slots[i], batch.iovs[i], ep.srtp.tx_handle))  # type: ignore[union-attr]
-            self._plan.append((batch, list(groups.items())))
-        self._last_length = -1  # iov lengths must be written on the next send
-        self._expected = len(targets)
-        self._generation = self._sock.generation
+            self._owners.append([])
+            self._entries.append([])
+        b, i = len(self._owners) - 1, len(self._owners[-1])
+        self._owners[b].append(endpoint)
+        self._entries[b].append(self._place(endpoint, pt, b, i))
+
+    def _place(self, endpoint: Endpoint, pt: int, b: int, i: int) -> tuple:
+        batch = self._batches[b]
+        if endpoint.sockaddr is None:
+            endpoint.sockaddr = batch.address(endpoint.remote_address)  # type: ignore[arg-type]
+        batch.set_address(i, endpoint.sockaddr)
+        self._where[endpoint] = (b, i)
+        self._last_length = -1  # this slot's iovec length must be written
+        return (batch.slots[i], batch.iovs[i], endpoint.srtp.tx_handle, pt)  # type: ignore[union-attr]
+
+    def _deactivate(self, endpoint: Endpoint) -> None:
+        if endpoint not in self._marks:
+            return
+        self.settle(endpoint)
+        del self._marks[endpoint]
+        pt = self._members[endpoint]
+        self._payload_types[pt] -= 1
+        if not self._payload_types[pt]:
+            del self._payload_types[pt]
+        if self._slow.pop(endpoint, None) is not None:
+            return
+        b, i = self._where.pop(endpoint)
+        last = self._owners[-1].pop()
+        last_entry = self._entries[-1].pop()
+        if last is not endpoint:  # the last slot's owner moves into the freed slot
+            self._owners[b][i] = last
+            self._entries[b][i] = self._place(last, last_entry[3], b, i)
+        if not self._owners[-1]:
+            self._owners.pop()
+            self._entries.pop()

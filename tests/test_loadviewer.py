@@ -181,3 +181,73 @@ async def test_whep_against_a_real_lecture():
         await viewer.close()
         await runner.cleanup()
         await engine.close()
+
+
+async def test_churn_keeps_every_slot_right(sock):
+    """Members leave from the middle of full batches, rejoin, and switch payload type; every
+    connected member gets each packet exactly once with its own payload type."""
+    identity = DtlsIdentity()
+    viewers = [LoadViewer(identity=identity) for _ in range(70)]
+    try:
+        endpoints = await asyncio.gather(*(connect(sock, v) for v in viewers))
+        got: dict[int, list[int]] = {k: [] for k in range(70)}
+        for k, v in enumerate(viewers):
+            v.on_rtp = lambda data, k=k: got[k].append(data[1] & 0x7F)
+        fanout = sock.fanout()
+        for ep in endpoints:
+            fanout.add(ep, 96)
+        expected = {k: 0 for k in range(70)}
+        active = set(range(70))
+
+        def send(seq: int) -> None:
+            assert fanout.send(rtp(seq)) == len(active)
+            for k in active:
+                expected[k] += 1
+
+        send(0)
+        for k in (0, 5, 63, 64, 69):  # first slot, middle, end of batch 1, batch 2 edges
+            fanout.remove(endpoints[k])
+            active.discard(k)
+        send(1)
+        fanout.add(endpoints[5], 97)  # back, with another payload type
+        active.add(5)
+        endpoints[10].close()
+        active.discard(10)
+        send(2)
+        assert len(fanout) == 66
+        await wait_for(lambda: all(len(got[k]) == expected[k] for k in range(70)))
+        assert got[5] == [96, 97] and expected[0] == 1 and expected[10] == 2
+        assert all(set(got[k]) == {96} for k in range(70) if k != 5)
+        assert all(endpoints[k].stats()["packets_sent"] == expected[k] for k in range(70))
+    finally:
+        await asyncio.gather(*(v.close() for v in viewers))
+
+
+async def test_nominating_a_new_address_moves_the_stream(sock):
+    import socket
+
+    from media import ice
+
+    viewer = LoadViewer()
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    moved.setblocking(False)
+    try:
+        ep = await connect(sock, viewer)
+        fanout = sock.fanout()
+        fanout.add(ep, 96)
+        fanout.send(rtp(1))
+        await wait_for(lambda: viewer.counters.packets == 1)
+        _, check = ice.binding_request(viewer.ufrag, ep.local_ufrag, ep.local_pwd, 7)
+        moved.sendto(check, ("127.0.0.1", sock.port))
+        loop = asyncio.get_running_loop()
+        assert (await asyncio.wait_for(loop.sock_recv(moved, 2048), 2))[0] == 1  # STUN success
+        assert ep.remote_address == moved.getsockname()
+        fanout.send(rtp(2))
+        datagram = await asyncio.wait_for(loop.sock_recv(moved, 2048), 2)
+        assert datagram[0] == 0x80 and len(datagram) == len(rtp(2)) + 16
+        await asyncio.sleep(0.1)
+        assert viewer.counters.packets == 1
+    finally:
+        moved.close()
+        await viewer.close()
