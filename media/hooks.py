@@ -114,6 +114,7 @@ def check_hooks() -> None:
     for name in ("decoder_queue", "jitter_buffer", "codecs", "rtx_ssrc"):
         _require(receiver, _R + name, "RTCRtpReceiver instance")
     _require(receiver, "_enabled", "RTCRtpReceiver instance")
+    _require(receiver.transport, "_set_role", "RTCDtlsTransport instance")
     for name in ("_srtp_profiles", "_role", "_state", "_ssl"):
         _require(receiver.transport, name, "RTCDtlsTransport instance")
     for name in ("_cert", "_key"):
@@ -428,6 +429,21 @@ class LibsslDtlsClient:
         if getattr(self, "ctx", None):
             self.ssl_lib.SSL_CTX_free(self.ctx)
             self.ctx = None
+
+
+def prefer_dtls_server(pc: RTCPeerConnection, offer: str) -> None:
+    """Answer an actpass offer with setup:passive (aiortc would pick active).
+
+    Browsers and aiortc publishers offer actpass; as DTLS server we keep aiortc's own
+    handshake for them and use the system-libssl client only for peers that insist on being
+    the server (setup:passive, e.g. FFmpeg), see `legacy_curve_dtls_client`.
+    """
+    if "a=setup:passive" in offer:
+        return  # the peer is the server; aiortc answers active
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport._role == "auto":
+            transport._set_role("server")
 
 
 def legacy_curve_dtls_client(pc: RTCPeerConnection) -> None:

@@ -107,7 +107,8 @@ class Publisher:
                 f"({', '.join(s.describe() for s in self.specs.values())}): {exc}"
             ) from exc
         self._tap_all()
-        hooks.legacy_curve_dtls_client(self.pc)  # after BUNDLE settled the transports
+        hooks.prefer_dtls_server(self.pc, offer)  # after BUNDLE settled the transports
+        hooks.legacy_curve_dtls_client(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp

@@ -402,6 +402,7 @@ async def test_publisher_answer_keeps_the_class_codec(engine, codec, rtpmap):
         if codec == "H264":
             assert "packetization-mode=1;profile-level-id=42e01f" in video
         assert "a=recvonly" in video
+        assert "a=setup:passive" in video  # DTLS server for actpass offers (see media/hooks.py)
     finally:
         await publisher.close()
 
