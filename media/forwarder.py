@@ -136,6 +136,7 @@ class TrackForwarder:
         self.octets = 0
         self.dropped = 0
         self.replays = 0
+        self._keyframe_at: tuple[int, int] | None = None
         self._timer: Any = None
 
     # -- incoming ---------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class TrackForwarder:
                 return
             self._new_source(ssrc)
         now = self.clock()
-        start = self.is_start(payload)
+        start = self.is_start(payload) and self._first_of_keyframe(ssrc, ts)
         out = self.munger.rewrite(ssrc, seq, ts, start and ssrc == self.newest, now)
         if out is None:
             self.dropped += 1
@@ -165,6 +166,16 @@ class TrackForwarder:
         self.packets += 1
         self.octets += len(payload)
         self.fanout.send(packet)
+
+    def _first_of_keyframe(self, ssrc: int, ts: int) -> bool:
+        # H264 may mark several packets of one keyframe (SPS, then the IDR's FU-A start):
+        # only the first one is where a decoder can start.
+        if self.kind != "video":
+            return True
+        if (ssrc, ts) == self._keyframe_at:
+            return False
+        self._keyframe_at = (ssrc, ts)
+        return True
 
     def _new_source(self, ssrc: int) -> None:
         # The newest source wins: the current one keeps flowing until the new one can start

@@ -181,6 +181,19 @@ def test_sender_report_shifts_publisher_mapping_by_munger_offset():
     assert info.packet_count == 1
 
 
+def test_h264_keyframe_starts_at_its_first_packet():
+    fanout = RecordingFanout()
+    track = TrackForwarder("video", "H264", 90000, fanout, clock=Clock())
+    sps, idr_start, idr_more = bytes([0x67, 0x42]), bytes([0x7C, 0x85, 0x00]), bytes([0x7C, 0x05])
+    for i, payload in enumerate([sps, idr_start, idr_more]):
+        track.on_rtp(9, i == 2, 100 + i, 3000, payload)  # one keyframe: one timestamp
+    assert track.cache.since_keyframe() is not None
+    assert rtp.payload(track.cache.since_keyframe()[0]) == sps  # replay begins with the SPS
+    viewer = ViewerTrack(RecordingEndpoint(), 102)
+    track.join(viewer)
+    assert [rtp.payload(p) for p in viewer.endpoint.sent] == [sps, idr_start, idr_more]
+
+
 def test_audio_joins_immediately():
     track = TrackForwarder("audio", "opus", 48000, RecordingFanout())
     viewer = ViewerTrack(RecordingEndpoint(), 111)

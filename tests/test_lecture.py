@@ -164,10 +164,11 @@ async def test_three_viewers_decode_every_published_frame(engine):
         await publisher.close()
 
 
-async def test_viewer_joining_mid_stream_starts_on_a_clean_frame(engine):
-    lecture = engine.lecture("late", video_codec="VP8")
-    publisher = PublisherPeer()
-    early, late = ViewerPeer(), ViewerPeer()
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_viewer_joining_mid_stream_starts_on_a_clean_frame(engine, codec):
+    lecture = engine.lecture(f"late-{codec}", video_codec=codec)
+    publisher = PublisherPeer(codec=codec)
+    early, late = ViewerPeer(codec=codec), ViewerPeer(codec=codec)
     try:
         await publisher.publish(lecture)
         await early.subscribe(lecture)
