@@ -1,6 +1,8 @@
 """Keyframe detection from RTP payloads and the upstream request throttle."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from media.keyframe import (
     KeyframeThrottle,
@@ -80,3 +82,9 @@ def test_throttle_pending_fires_after_window_unless_keyframe_arrived():
     throttle.keyframe_seen()
     assert not throttle.due(1.1)
     assert throttle.sent == 2
+
+
+@given(st.binary(max_size=64))
+def test_detectors_never_raise_on_arbitrary_payloads(payload):
+    assert isinstance(vp8_is_keyframe_start(payload), bool)
+    assert isinstance(h264_is_keyframe_start(payload), bool)

@@ -67,3 +67,12 @@ def test_sender_report_and_clock_mapping():
     mapping = ClockMapping.from_sr(report, 48000)
     assert mapping.time == pytest.approx(1_800_000_000.5)
     assert mapping.rtp_at(1_800_000_001.5) == 48005
+
+
+@given(st.binary(max_size=200))
+def test_parse_feedback_fails_only_with_rtcp_error(data):
+    try:
+        feedback = parse_feedback(data)
+    except RtcpError:
+        return
+    assert all(0 <= seq <= 0xFFFF for lost in feedback.nacks.values() for seq in lost)

@@ -2,6 +2,8 @@
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from hypothesis import given
+from hypothesis import strategies as st
 
 from media.errors import CodecMismatchError, SdpError
 from media.sdp import H264, OPUS, VP8, LocalTransport, build_answer, parse_viewer_offer, video_codec
@@ -147,3 +149,11 @@ def test_extra_and_datachannel_lines_are_rejected_not_fatal():
     assert offer.lines[2] is None
     answer = build_answer(offer, {"audio": OPUS, "video": VP8}, LOCAL, SSRCS)
     assert "m=application 0 UDP/DTLS/SCTP webrtc-datachannel" in answer
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_text_is_an_sdp_error_or_a_codec_error(text):
+    try:
+        parse_viewer_offer("v=0\r\n" + text, {"audio": OPUS, "video": VP8})
+    except (SdpError, CodecMismatchError):
+        pass
