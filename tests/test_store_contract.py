@@ -129,6 +129,27 @@ async def test_append_assigns_seq_per_class_and_round_trips(store):
     assert (await store.events("c1"))[0] == stored
 
 
+TRICKY_DATA = [
+    {},
+    {"name": "Nguyễn Thị Ánh Tuyết", "ident": None, "by": "qr"},
+    {"text": 'quote " backslash \\ pipe | brace {c1} newline \n tab \t nul \u0000 emoji 🎓'},
+    {"at": 1764122400.123456789, "tiny": 5e-324, "big": 2**62, "neg": -0.0, "t": True},
+    {"nested": {"list": [1, "2", [3.5, None]], "empty": [], "obj": {}}},
+    {"site_code": "S1", "kind": "checkin"},  # look-alikes of the envelope's fields
+]
+
+
+@pytest.mark.parametrize("data", TRICKY_DATA)
+async def test_event_data_round_trips_exactly(store, data):
+    base = ev(EventKind.QUESTION, site="S|1:{x}")
+    stored = await store.append(Event(**{**_fields(base), "data": data}))
+    (listed,) = await store.events("c1")
+    assert listed == stored and listed.data == data and listed.site_code == "S|1:{x}"
+    await store.set_presence("c1", "S|1:{x}", data, ttl_s=30)
+    assert await store.get_presence("c1", "S|1:{x}") == data
+    assert await store.presence("c1") == {"S|1:{x}": data}
+
+
 async def test_append_is_idempotent_on_event_id(store):
     e1 = ev()
     first = await store.append(e1)
