@@ -1,9 +1,10 @@
 """The Store contract. Two implementations: embedded (SQLite, one process) and Redis (cluster).
 
 Both run through one contract-test suite (tests/test_store_contract.py). Every method is async.
-Durability: `append` and `add_checkin` return only once the event is durable (SQLite commit;
-Redis with AOF appendfsync everysec or always, per deployment); an event the server has
-acknowledged must survive a crash of the process that recorded it.
+Durability: `append` and `add_checkin` return only once the event is durable (SQLite commit
+with synchronous=FULL; Redis with AOF `appendfsync always` — with `everysec` a Redis crash may
+lose up to a second); an event the server has acknowledged must survive a crash of the process
+that recorded it. Calls retry through a Redis restart; appends are idempotent on `event.id`.
 """
 
 from __future__ import annotations
