@@ -1,8 +1,12 @@
 """Stores behind one contract (server/store/base.py): embedded SQLite, or Redis for a cluster.
 
-store = await open_store(config.redis_url, config.data_dir, config.node_id)
-...
-await store.close()
+Usage: `store = await open_store(config.redis_url, config.data_dir, config.node_id)`, then
+`await store.close()` when done.
+
+Modules: embedded.py + sqlite_ledger.py (one process; SQLite file `lopso.sqlite3` in the data
+dir, group-committed on one writer thread); redis.py + redis_scripts.py + redis_batch.py
+(cluster; Lua scripts, auto-pipelined); subscription.py (bounded per-subscriber queues, both);
+codec.py (JSON records, both). Both pass tests/test_store_contract.py.
 """
 
 from __future__ import annotations
