@@ -4,8 +4,8 @@
     python scripts/screenshots.py [--out docs/screenshots] [--sites 12]
 
 Starts `lopso serve --demo-json` on a free port (tests/serverproc.py), drives Debian's headless
-Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site.png,
-moderator.png and checkin.png (small: half-scale PNGs).
+Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site-waiting.png,
+site.png, moderator.png and checkin.png (small: half-scale PNGs).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         landing.goto(srv.url + "/")
         shoot(landing, out, "landing")
 
+        waiting = new_page(browser, DESKTOP, scale)
+        waiting.goto(demo["sites"][-1]["url"])
+        waiting.wait_for_function("window.lopso.state === 'waiting'")
+        shoot(waiting, out, "site-waiting")
+
         studio = new_page(browser, DESKTOP, scale)
         studio.goto(demo["lecturer"]["url"])
         studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
@@ -74,6 +79,8 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         players[1].click("#form-help button[type=submit]")
         players[1].wait_for_selector("#help-result[data-kind=ok]")
         players[0].wait_for_timeout(2000)
+        players[0].mouse.move(640, 300)  # wake the control bar that fades in full screen
+        players[0].wait_for_timeout(300)
         shoot(players[0], out, "site")
 
         moderator = new_page(browser, DESKTOP, scale)
