@@ -6,7 +6,7 @@ with a preallocated length cell: no cffi allocation and no bytes object per pack
 
 pylibsrtp internals used (checked by tests/test_srtp.py::test_pylibsrtp_internals):
 - `pylibsrtp._binding.ffi` and `pylibsrtp._binding.lib` (the compiled cffi module, for
-  `lib.srtp_protect` and `ffi.new("int[]")`);
+  `lib.srtp_protect`, `lib.srtp_protect_rtcp` and `ffi.new("int *")`);
 - `pylibsrtp.Session._srtp`, a `srtp_t *` cdata whose `[0]` is the libsrtp context.
 If either is missing, `fast_context()` returns None and callers use `Session.protect`.
 """
