@@ -491,3 +491,15 @@ def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
     assert "rtt_ms" not in result["msg"] and "frames_sent" not in result["msg"]
     assert result["msg"]["type"] == "quality" and result["msg"]["kbps"] == 1000
     assert result["restored"] == [5]
+
+
+def test_moderator_downloads_every_sites_link(lopso: Any, browser_pages: Any) -> None:
+    moderator = browser_pages.open(lopso.demo["moderator"]["url"], name="links")
+    with moderator.expect_download() as info:
+        moderator.click("#export-links")
+    raw = pathlib.Path(info.value.path()).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    urls = {row[0]: row[3] for row in rows[1:]}
+    for s in lopso.demo["sites"]:
+        assert urls[s["code"]].startswith(lopso.url + "/site/"), urls

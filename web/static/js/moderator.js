@@ -2,7 +2,7 @@
 // messages and exports. Built for the province wall (5,000 tiles): a `sites` snapshot builds
 // the wall once; each `sites_update` touches only the tiles and communes that changed, and the
 // time spent per update is kept in window.lopso.metrics.
-import { Channel } from "./protocol.js";
+import { Channel, apiRequest } from "./protocol.js";
 import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
 
 const PROBLEM_STATUS = { reconnecting: 1, offline: 1, stalled: 1, connecting: 1 };
@@ -491,6 +491,29 @@ async function reconnectSite(state) {
   }
 }
 
+/** The class's links (one per site) as a CSV the organisers can send to each hall. */
+async function downloadLinks(state) {
+  let links;
+  try {
+    links = await apiRequest(state.page.links_url, state.page.token);
+  } catch (err) {
+    toast(t("error_generic", { message: err.message || err }));
+    return;
+  }
+  const rows = [["code", "name", "commune", "url"]];
+  for (const s of links.sites || []) rows.push([s.code, s.name, s.commune || "", s.url]);
+  rows.push(["lecturer", t("studio_title"), "", links.lecturer ? links.lecturer.url : ""]);
+  rows.push(["moderator", t("mod_title"), "", links.moderator ? links.moderator.url : ""]);
+  const quote = function (v) { return '"' + String(v).replace(/"/g, '""') + '"'; };
+  const text = "\ufeff" + rows.map(function (r) { return r.map(quote).join(","); }).join("\r\n") + "\r\n";
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
+  a.download = "lopso-" + state.page.sid + "-links.csv";
+  document.body.appendChild(a);
+  a.click();
+  setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+}
+
 function wireControls(state) {
   let timer = 0;
   const refilter = function () {
@@ -511,6 +534,7 @@ function wireControls(state) {
   $("detail-close").addEventListener("click", function () { $("detail").hidden = true; state.selected = ""; });
   $("detail-message").addEventListener("click", function () { targetSite(state, state.selected); });
   $("detail-reconnect").addEventListener("click", function () { reconnectSite(state); });
+  if ($("export-links")) $("export-links").addEventListener("click", function () { downloadLinks(state); });
 }
 
 main();
