@@ -126,14 +126,20 @@ class MediaSocket:
 
     def claim(self, endpoint: Endpoint, addr: tuple[str, int]) -> None:
         """Route datagrams from `addr` to `endpoint` (after a verified binding request)."""
+        previous = self._by_addr.get(addr)
+        if previous is not None and previous is not endpoint:
+            previous.addresses.discard(addr)
         self._by_addr[addr] = endpoint
+        endpoint.addresses.add(addr)
 
     def forget(self, endpoint: Endpoint) -> None:
         """Drop every route to `endpoint`."""
         if self._by_ufrag.get(endpoint.local_ufrag) is endpoint:
             del self._by_ufrag[endpoint.local_ufrag]
-        for addr in [a for a, e in self._by_addr.items() if e is endpoint]:
-            del self._by_addr[addr]
+        for addr in endpoint.addresses:
+            if self._by_addr.get(addr) is endpoint:
+                del self._by_addr[addr]
+        endpoint.addresses.clear()
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if data[0] < 4:
@@ -198,6 +204,8 @@ class Endpoint:
             raise MediaError(str(exc)) from exc
         self.state = "new"
         self.remote_address: tuple[str, int] | None = None
+        self.addresses: set[tuple[str, int]] = set()
+        """Every source address that passed a check for this endpoint."""
         self.sockaddr: object | None = None
         self.srtp: SrtpContext | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None
