@@ -89,6 +89,7 @@ class Publisher:
         self.octets = 0
         self._closed = False
         self._tapped: set[int] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self.pc.on("connectionstatechange", self._on_state)
 
     async def start(self, offer: str) -> str:
@@ -168,11 +169,16 @@ class Publisher:
         if receiver is None or ssrc is None or self._closed:
             return
         self.keyframe_requests += 1
-        asyncio.ensure_future(hooks.send_pli(receiver, ssrc))
+        self._spawn(hooks.send_pli(receiver, ssrc))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
-            asyncio.ensure_future(self.close())
+            self._spawn(self.close())
 
     async def close(self) -> None:
         """Stop the peer connection (idempotent); calls on_close(publisher) once."""
