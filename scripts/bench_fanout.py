@@ -558,6 +558,10 @@ def main() -> None:
     args.viewers = max(2, args.viewers if args.viewers is not None else default_viewers) - 1
     args.seconds = args.seconds or (10.0 if args.quick else 20.0)
     result = asyncio.run(run(args))
+    per_packet = result["cpu_us_per_fwd_packet"]
+    result["target_met"] = bool(  # issue 2: <= 10 us per forwarded packet, nothing corrupt
+        per_packet is not None and per_packet <= 10.0 and result["corrupt_frames"] == 0
+    )
     print(json.dumps(result))
     ok = result["verified_frames"] > 0 and result["corrupt_frames"] == 0 and result["fwd_pps"] > 0
     sys.exit(0 if ok else 1)
