@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtpPacket
 from aiortc.sdp import SessionDescription
 
 from media import ice
@@ -64,7 +64,9 @@ class Viewer:
         self.endpoint: Endpoint | None = None
         self.pts: dict[str, int] = {}
 
-    async def connect(self, sock: MediaSocket, our_setup: str | None = None) -> Endpoint:
+    async def connect(
+        self, sock: MediaSocket, our_setup: str | None = None, short_circuit: bool = True
+    ) -> Endpoint:
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.addTransceiver("audio", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -80,10 +82,11 @@ class Viewer:
         await self.endpoint.connected(10)
         transport = self.pc.getTransceivers()[0].receiver.transport
 
-        async def short_circuit(data: bytes, arrival_time_ms: int) -> None:
+        async def count(data: bytes, arrival_time_ms: int) -> None:
             self.received.append(data)
 
-        transport._handle_rtp_data = short_circuit  # the test's receive counter
+        if short_circuit:
+            transport._handle_rtp_data = count  # the test's receive counter
         for _ in range(500):
             if self.pc.connectionState == "connected":
                 break
@@ -378,3 +381,21 @@ async def test_endpoint_whose_dtls_never_completes_fails():
     finally:
         raw.close()
         await sock.close()
+
+
+async def test_receiver_reports_from_aiortc_reach_on_rtcp(sock, viewers):
+    """RTP reaching aiortc's own receiver makes it send RRs about our stream."""
+    viewer = viewers()
+    ep = await viewer.connect(sock, short_circuit=False)
+    rtcp: list[bytes] = []
+    ep.on_rtcp = rtcp.append
+    audio = sock.fanout()
+    audio.add(ep, viewer.pts["audio"])
+    for seq in range(30):  # 20 ms Opus frames of silence (TOC 0xF8: CELT FB 20 ms, mono)
+        packet = struct.pack("!BBHII", 0x80, 0, seq, seq * 960, AUDIO_SSRC) + b"\xf8\xff\xfe"
+        audio.send(packet)
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: rtcp, timeout=3)
+    reports = [p for data in rtcp for p in RtcpPacket.parse(data) if isinstance(p, RtcpRrPacket)]
+    assert reports and reports[0].reports[0].ssrc == AUDIO_SSRC
+    assert 0 <= reports[0].reports[0].highest_sequence <= 29
