@@ -116,6 +116,7 @@ class WebhookSender:
         self._delivered: list[str] = []
         self._wake = asyncio.Event()
         self._save_lock = asyncio.Lock()
+        self._saves: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -135,6 +136,8 @@ class WebhookSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._saves:
+            await asyncio.gather(*self._saves, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -241,8 +244,15 @@ class WebhookSender:
         self._pending = {d.id: d for d in items}
 
     async def _save(self) -> None:
-        """Write the state atomically, off the event loop; writes are serialised."""
-        async with self._save_lock:
+        """Write the state atomically, off the event loop. Shielded: a sender closed while a
+        write is under way still finishes it (close() waits), and writes never overlap."""
+        task = asyncio.ensure_future(self._save_now())
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+        await asyncio.shield(task)
+
+    async def _save_now(self) -> None:
+        async with self._save_lock:  # the snapshot is taken in turn: the last write is newest
             state = {
                 "pending": [dataclasses.asdict(d) for d in self.pending()],
                 "delivered": list(self._delivered),

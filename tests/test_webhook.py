@@ -207,7 +207,8 @@ async def test_pending_delivery_survives_a_restart(tmp_path: Path, receiver_fact
     hits_before = len(receiver.hits)
     saved = state_file(tmp_path)["pending"]
     assert [d["id"] for d in saved] == ["class_ended:c9"]
-    assert saved[0]["attempts"] >= 2 and saved[0]["last_error"] == "HTTP 503"
+    # the attempt under way at close() may not be counted yet: the file is at most one behind
+    assert saved[0]["attempts"] >= hits_before - 1 >= 1 and saved[0]["last_error"] == "HTTP 503"
 
     receiver.script.clear()  # the receiver is back
     second = WebhookSender(receiver.url, SECRET, tmp_path, **FAST)
@@ -232,14 +233,14 @@ async def test_pending_delivery_survives_a_restart(tmp_path: Path, receiver_fact
 
 async def test_too_old_delivery_is_dropped(tmp_path: Path, receiver_factory: Any) -> None:
     receiver = await receiver_factory([500] * 1000)
-    sender = WebhookSender(receiver.url, SECRET, tmp_path, max_age_s=0.2, **FAST)
+    sender = WebhookSender(receiver.url, SECRET, tmp_path, max_age_s=0.3, **FAST)
     await sender.start()
     try:
         await sender.enqueue("class_ended:old", {"n": 1})
         await wait_for(lambda: not sender.pending())
     finally:
         await sender.close()
-    assert 2 <= len(receiver.hits) < 10
+    assert 1 <= len(receiver.hits) < 12  # tried for 0.3 s with delays from 0.025 s up
     assert state_file(tmp_path) == {"pending": [], "delivered": []}
 
 
