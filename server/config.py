@@ -52,6 +52,11 @@ class Config:
     checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
     checkin_rate_addr: float = 10.0  # check-ins per second per client address; 0 = off
     trust_proxy: bool = False  # behind a reverse proxy: the client is X-Forwarded-For's first
+    node_url: str = ""  # cluster: where other nodes reach this node's HTTP (default: host:port)
+    upstream_url: str = ""  # edge: the node to pull lectures from (default: the origin)
+    node_capacity: int = 500  # cluster: viewers at load 1.0, for placement
+    http_ports: tuple[int, int] | None = None  # bind the first free TCP port of this range
+    media_ports: tuple[int, int] | None = None  # bind the first free UDP port of this range
 
     @property
     def tls(self) -> bool:
@@ -120,6 +125,20 @@ def _rate(name: str) -> Callable[[Any], float]:
     return parse
 
 
+def _port_range(name: str) -> Callable[[Any], tuple[int, int]]:
+    def parse(raw: Any) -> tuple[int, int]:
+        low, _, high = str(raw).partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ConfigError(f"{name} must look like 40000-40099, got {raw!r}") from None
+        if not 1 <= first <= last <= 65535:
+            raise ConfigError(f"{name} must be a range within 1-65535, got {raw!r}")
+        return first, last
+
+    return parse
+
+
 def _flag(name: str) -> Callable[[Any], bool]:
     def parse(raw: Any) -> bool:
         if isinstance(raw, bool):
@@ -171,6 +190,11 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
     "trust_proxy": ("LOPSO_TRUST_PROXY", _flag("trust proxy")),
+    "node_url": ("LOPSO_NODE_URL", str),
+    "upstream_url": ("LOPSO_UPSTREAM_URL", str),
+    "node_capacity": ("LOPSO_NODE_CAPACITY", _int("node capacity", 1, 1_000_000)),
+    "http_ports": ("LOPSO_HTTP_PORTS", _port_range("HTTP port range")),
+    "media_ports": ("LOPSO_MEDIA_PORTS", _port_range("media port range")),
 }
 
 
