@@ -90,10 +90,12 @@ class SiteState:
 
     def wire(self) -> dict[str, Any]:
         """The protocol's site state object."""
-        body = dataclasses.asdict(self)
-        body.pop("joins")
-        body["since"] = iso(self.since)
-        return body
+        return {"code": self.code, "name": self.name, "commune": self.commune,
+                "status": self.status, "headcount": self.headcount,
+                "peak_headcount": self.peak_headcount, "quality": self.quality,
+                "rtt_ms": self.rtt_ms, "loss_pct": self.loss_pct, "kbps": self.kbps,
+                "rejoins": self.rejoins, "since": iso(self.since), "help_open": self.help_open,
+                "checkins": self.checkins}
 
     def apply(self, patch: dict[str, Any]) -> None:
         """Take the fields of a patch published by any node."""

@@ -127,3 +127,30 @@ def test_json_log_lines_carry_extra_fields() -> None:
     assert line["msg"] == "site joined" and line["level"] == "INFO" and line["logger"] == "server.x"
     assert line["sid"] == "c1" and line["site"] == "Nhà văn hóa thôn Đông"
     assert TextFormatter("%(message)s").format(record) == "site joined sid=c1 site=Nhà văn hóa thôn Đông"
+
+
+async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """Acked headcounts and check-ins survive kill -9; the restarted server serves the class."""
+    import aiohttp
+
+    with LopsoServer(tmp_path, demo_sites=2) as srv:
+        demo = dict(srv.demo)
+        sid, site = demo["session_id"], demo["sites"][0]
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"{srv.url}/ws/{sid}", params={"token": site["token"]})
+            for i in range(20):
+                await ws.send_json({"type": "headcount", "count": i, "phase": "other", "id": f"h{i}"})
+            acked = 0
+            while acked < 20:
+                acked += (await ws.receive_json(timeout=10))["type"] == "ack"
+            srv.kill()
+            await ws.close()
+        srv.start()  # same data dir and port
+        async with aiohttp.ClientSession() as http:
+            url = f"{srv.url}/api/sessions/{sid}/attendance"
+            async with http.get(url, params={"token": demo["moderator"]["token"]}) as reply:
+                assert reply.status == 200, await reply.text()
+                report = await reply.json()
+    record = next(r for r in report["sites"] if r["code"] == site["code"])
+    assert record["headcount"]["reports"] == 20 and record["headcount"]["latest"] == 19, record
+    assert len(record["intervals"]) == 1  # the join survived too
