@@ -23,8 +23,6 @@ from media.errors import CodecMismatchError, LectureClosedError
 from media.rtcp import time_from_ntp
 from tests.mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
 
-pytestmark = pytest.mark.timeout(60) if hasattr(pytest.mark, "timeout") else []
-
 
 @pytest.fixture
 async def engine():
