@@ -349,10 +349,13 @@ async def test_lip_sync_sender_reports_match_publisher_clock(engine):
         track.on_sender_report = record
     try:
         await publisher.publish(lecture)
-        await viewer.subscribe(lecture)
+        session = await viewer.subscribe(lecture)
         await wait_for(
             lambda: all(len(viewer.reports.get(t.ssrc, [])) >= 3 for t in tracks.values()), 12
         )
+        await wait_for(lambda: session.stats().rtt_ms is not None, 5)  # RR echoes our SR
+        stats = session.stats()
+        assert 0 <= stats.rtt_ms < 100 and stats.loss_fraction == 0 and stats.jitter_ms < 50
         for kind, track in tracks.items():
             for _, report in viewer.reports[track.ssrc]:
                 info = report.sender_info
