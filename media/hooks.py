@@ -256,7 +256,10 @@ def _load_libssl() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     crypto_path = ctypes.util.find_library("crypto")
     if not path or not crypto_path:
         return None
-    ssl, crypto = ctypes.CDLL(path), ctypes.CDLL(crypto_path)
+    try:
+        ssl, crypto = ctypes.CDLL(path), ctypes.CDLL(crypto_path)
+    except OSError:
+        return None
     p, i, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     sigs = {
         (ssl, "DTLS_client_method"): ([], p),
@@ -297,7 +300,10 @@ def _load_libssl() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
         (crypto, "CRYPTO_free"): ([p, ctypes.c_char_p, i], None),
     }
     for (lib, name), (args, res) in sigs.items():
-        fn = getattr(lib, name)
+        fn = getattr(lib, name, None)
+        if fn is None:  # not OpenSSL 3 (e.g. 1.1 lacks SSL_get1_peer_certificate)
+            logger.info("system libssl lacks %s: DTLS client fallback disabled", name)
+            return None
         fn.argtypes, fn.restype = args, res
     return ssl, crypto
 
