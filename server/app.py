@@ -103,11 +103,19 @@ async def session_or_404(store: Store, sid: str) -> ClassSession:
 
 def client_address(request: web.Request) -> str:
     """The client's address; behind a trusted reverse proxy, X-Forwarded-For's first entry."""
-    if request.app[STATE].config.trust_proxy:
+    config = request.app[STATE].config
+    if config.trust_proxy or (config.redis_url and _node_forwarded(request, config.secret)):
         forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
         if forwarded:
             return forwarded
     return request.remote or "unknown"
+
+
+def _node_forwarded(request: web.Request, secret: bytes) -> bool:
+    """Another node of the cluster forwarded this request (it names the client)."""
+    from server.cluster import node_forwarded
+
+    return node_forwarded(request, secret)
 
 
 def json_error(status: int, code: str, message: str, headers: Any = None) -> web.Response:
@@ -150,6 +158,7 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         cfg = state.config
         state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
         state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s))
+        await state.hub.resume(time.time())
         try:
             yield
         finally:
@@ -247,7 +256,12 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     app.cleanup_ctx.append(_store_ctx(state))
     if media:
         app.cleanup_ctx.append(_media_ctx(state))
-    app.cleanup_ctx.append(_node_ctx(state))
+    if config.redis_url:  # cluster: heartbeat, placement, relay links (server/cluster.py)
+        from server.cluster import install
+
+        install(app, config, lambda: state.store, lambda: state.engine)
+    else:
+        app.cleanup_ctx.append(_node_ctx(state))
     app.cleanup_ctx.append(_demo_ctx(state))
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)

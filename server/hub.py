@@ -176,11 +176,17 @@ class ClassLive:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Rebuild state from the ledger and presence, then follow the class channel."""
-        for event in await self.hub.store.events(self.session.id):
+        events = await self.hub.store.events(self.session.id)
+        for event in events:
             self._fold(event)
-        for code, state in (await self.hub.store.presence(self.session.id)).items():
+        present = await self.hub.store.presence(self.session.id)
+        for code, state in present.items():
             if code in self.sites and isinstance(state, dict):
                 self.sites[code].status = str(state.get("status", "connecting"))
+        # Connections left open by a crash: closed at the last moment the class was seen alive.
+        last_seen = max((e.at for e in events), default=self.hub.clock())
+        for code in [c for c in self.sites if c not in present]:
+            await self.close_lost(code, last_seen, events)
         subscription = self.hub.store.subscribe(self.channel)
         await subscription.ready()
         self._tasks.append(asyncio.create_task(self._follow(subscription)))
@@ -281,13 +287,28 @@ class ClassLive:
             self.flush()
 
     async def sweep(self) -> None:
-        """Mark offline the sites whose presence expired (their node died without a word)."""
+        """Mark offline the sites whose presence expired (their node died without a word),
+        and close their connections in the ledger."""
         present = await self.hub.store.presence(self.session.id)
         now = self.hub.clock()
         for code, state in self.sites.items():
             if state.status in CONNECTED and code not in present and code not in self.local_joins:
                 state.status, state.since = "offline", now
                 self.dirty.add(code)
+                await self.close_lost(code, now)
+
+    async def close_lost(self, code: str, at: float, events: list[Event] | None = None) -> None:
+        """Append SITE_LEFT for each of the site's connections the ledger still has open and
+        no page of this node holds. Idempotent across nodes (the event id comes from `conn`)."""
+        if events is None:
+            kinds = (EventKind.SITE_JOINED, EventKind.SITE_LEFT)
+            events = await self.hub.store.events(self.session.id, kinds=kinds, site_code=code)
+        local = {p.conn for p in self.peers if p.site_code == code}
+        for conn in open_connections(events, code) - local:
+            left = dataclasses.replace(
+                self.hub.event(self.session.id, EventKind.SITE_LEFT, code,
+                               {"conn": conn, "lost": True}, ref=f"lost:{conn}"), at=at)
+            await self.hub.store.append(left)
 
     def flush(self) -> None:
         """Send one `sites_update` with the changed sites to this node's watchers."""
@@ -450,6 +471,20 @@ def _question(event: Event) -> dict[str, Any]:
             "text": event.data.get("text", ""), "at": iso(event.at)}
 
 
+def open_connections(events: list[Event], code: str) -> set[str]:
+    """The `conn` ids of a site's SITE_JOINED events with no SITE_LEFT yet."""
+    joined: set[str] = set()
+    left: set[str] = set()
+    for event in events:
+        if event.site_code != code or "conn" not in event.data:
+            continue
+        if event.kind is EventKind.SITE_JOINED:
+            joined.add(str(event.data["conn"]))
+        elif event.kind is EventKind.SITE_LEFT:
+            left.add(str(event.data["conn"]))
+    return joined - left
+
+
 def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:
     """A fresh id, or one derived from the sender's message id (idempotent resends)."""
     if ref is None:
@@ -488,6 +523,13 @@ class Hub:
         room = ClassLive(self, session, sites)
         await room.start()
         return room
+
+    async def resume(self, now: float, window_s: float = 2 * 86400) -> None:
+        """After a (re)start: open the classes planned around now that have not ended, so
+        their state is rebuilt and connections a crash left open are closed."""
+        for session in await self.store.list_sessions():
+            if session.ended_at is None and abs(session.starts_at - now) < window_s:
+                await self.room(session)
 
     async def expected_sites(self, session: ClassSession) -> list[Site]:
         """The sites a class expects: its list, or the whole registry when the list is empty."""

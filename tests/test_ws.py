@@ -318,7 +318,8 @@ async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path)
         room = await hub.room(session)
         peer = Peer("k", Role.SITE, await store.get_site("A"))
         await room.join(peer)
-        # site B is shown connected through another node, whose presence then expires
+        # site B is connected through another node, which then dies: its presence expires
+        await store.append(hub.event("k", EventKind.SITE_JOINED, "B", {"conn": "b1"}))
         await store.set_presence("k", "B", {"status": "playing", "node": "n2"}, 0.2)
         await room.patch("B", status="playing")
         await hub.set_live(session, True)
@@ -333,6 +334,10 @@ async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path)
         while room.sites["B"].status != "offline" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert room.sites["B"].status == "offline"
+        left = await store.events("k", kinds=[EventKind.SITE_LEFT], site_code="B")
+        assert [(e.data["conn"], e.data["lost"]) for e in left] == [("b1", True)]
+        await room.close_lost("B", time.time())  # again (as another node would): nothing new
+        assert len(await store.events("k", kinds=[EventKind.SITE_LEFT])) == 1
         assert room.sites["A"].status == "waiting"  # still here: its page is on this node
     finally:
         await hub.close()

@@ -183,6 +183,7 @@ async def _report(request: web.Request) -> tuple[Any, ClassSession]:
     sid = request.match_info["sid"]
     authorize_request(request, Action.EXPORT, sid)
     session = await session_or_404(state.store, sid)
+    await state.hub.room(session)  # rebuilt, lost connections closed, before reading
     sites = await state.store.list_sites()
     report = attendance.derive(session, sites, await state.store.events(sid), time.time())
     commune = request.query.get("commune")
