@@ -48,18 +48,16 @@ import contextlib
 import dataclasses
 import enum
 import gc
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
-from typing import Any, NamedTuple
 
+from server.intervals import Interval, connected_intervals, overlap
 from server.models import ClassSession, Event, EventKind, Site
-from server.quality import QualityClass, sample_class
+from server.quality import QualityClass, seconds_per_class
 
 _BY_AT = attrgetter("at")
 _KINDS = tuple(kind.value for kind in EventKind)
-_QUALITY_VALUES = frozenset(q.value for q in QualityClass)
 
 
 class Status(str, enum.Enum):
@@ -128,19 +126,6 @@ class LectureWindow:
     def seconds(self) -> float:
         """Length of the lecture so far, never negative."""
         return max(0.0, self.end - self.start)
-
-
-class Interval(NamedTuple):
-    """One connected interval of a site; ``open`` when no leave closed it yet."""
-
-    start: float
-    end: float
-    open: bool = False
-
-    @property
-    def seconds(self) -> float:
-        """Length of the interval."""
-        return self.end - self.start
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -398,14 +383,18 @@ def _record(
         if events and events[-1].at > latest:  # clamp after sorting: keeps their order
             for i in range(bisect.bisect_right(events, latest, key=_BY_AT), len(events)):
                 events[i] = _clamp(events[i], latest, now)
-    intervals, joins = _intervals(
-        parts[EventKind.SITE_JOINED.value], parts[EventKind.SITE_LEFT.value], window, now
+    intervals, joins = connected_intervals(
+        parts[EventKind.SITE_JOINED.value],
+        parts[EventKind.SITE_LEFT.value],
+        window.end if window.ended else now,
     )
-    connected_s = sum(_overlap(i.start, i.end, window.start, window.end) for i in intervals)
+    connected_s = sum(overlap(i.start, i.end, window.start, window.end) for i in intervals)
     pct = 100.0 * connected_s / window.seconds if window.seconds > 0 else 0.0
     late, left_early = _lateness(intervals, window, rules)
     heads = _headcounts(parts[EventKind.HEADCOUNT.value], window, rules)
-    quality_s, last_quality = _quality(parts[EventKind.QUALITY.value], window, rules)
+    quality_s, last_quality = seconds_per_class(
+        parts[EventKind.QUALITY.value], window.start, window.end, rules.quality_hold_s
+    )
     help_total, help_open = _help(
         parts[EventKind.HELP_REQUESTED.value], parts[EventKind.HELP_RESOLVED.value]
     )
@@ -442,105 +431,9 @@ def _record(
     )
 
 
-def _intervals(
-    joins: list[Event], leaves: list[Event], window: LectureWindow, now: float
-) -> tuple[list[Interval], int]:
-    """Merged connected intervals and the number of distinct connections."""
-    open_end = window.end if window.ended else now
-    paired: dict[str, list[float]] = {}
-    unpaired_joins: list[Event] = []
-    for event in joins:
-        conn = event.data.get("conn")
-        if conn:
-            span = paired.setdefault(str(conn), [event.at, float("nan")])
-            span[0] = min(span[0], event.at)
-        else:
-            unpaired_joins.append(event)
-    unpaired_leaves = _pair_leaves(leaves, paired)
-    raw = _orphans_closed(list(paired.values()))
-    raw += _counted(unpaired_joins, unpaired_leaves)
-    spans = [(s, max(s, open_end) if is_open else e, is_open) for s, e, is_open in raw]
-    return _merge(spans), len(paired) + len(unpaired_joins)
-
-
-def _orphans_closed(spans: list[list[float]]) -> list[tuple[float, float, bool]]:
-    """Connection spans (a nan end: never closed); one never closed that a later connection
-    of the site follows ends where that one starts: its node died (kill -9 writes no
-    SITE_LEFT) or its leave was lost, and the page reconnected."""
-    starts = sorted(span[0] for span in spans)
-    out: list[tuple[float, float, bool]] = []
-    for start, end in spans:
-        if math.isnan(end):
-            later = bisect.bisect_right(starts, start)
-            if later < len(starts):
-                out.append((start, starts[later], False))
-                continue
-            out.append((start, end, True))
-        else:
-            out.append((start, end, False))
-    return out
-
-
-def _pair_leaves(leaves: list[Event], paired: dict[str, list[float]]) -> list[Event]:
-    """Close paired connections by their ``conn``; return the leaves with no pair."""
-    rest: list[Event] = []
-    for event in leaves:
-        span = paired.get(str(event.data.get("conn") or ""))
-        if span is None:
-            rest.append(event)
-        elif math.isnan(span[1]) or event.at > span[1]:
-            span[1] = event.at
-    for span in paired.values():
-        if span[1] < span[0]:  # False for nan
-            span[0], span[1] = span[1], span[0]  # skewed clocks: leave stamped before join
-    return rest
-
-
-def _counted(joins: list[Event], leaves: list[Event]) -> list[tuple[float, float, bool]]:
-    """Intervals from time-sorted joins/leaves without connection ids, by a count of open
-    connections (a leave and a join at the same instant: the leave first)."""
-    spans: list[tuple[float, float, bool]] = []
-    depth, since, j, n = 0, 0.0, 0, len(joins)
-    for leave in leaves:
-        at = leave.at
-        while j < n and joins[j].at < at:
-            if depth == 0:
-                since = joins[j].at
-            depth, j = depth + 1, j + 1
-        if depth > 0:
-            depth -= 1
-            if depth == 0:
-                spans.append((since, at, False))
-    if j < n and depth == 0:
-        since = joins[j].at
-    depth += n - j
-    if depth > 0:
-        spans.append((since, math.nan, True))
-    return spans
-
-
-def _merge(spans: list[tuple[float, float, bool]]) -> list[Interval]:
-    """Merge overlapping or touching intervals (two tabs, two nodes, reconnects)."""
-    spans.sort(key=lambda s: s[0])
-    merged: list[list[Any]] = []
-    for start, end, is_open in spans:
-        if merged and start <= merged[-1][1]:
-            last = merged[-1]
-            last[1] = max(last[1], end)
-            last[2] = last[2] or is_open
-        else:
-            merged.append([start, end, is_open])
-    return [Interval(start, end, is_open) for start, end, is_open in merged]
-
-
-def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
-    """Length of the overlap of [a0, a1] and [b0, b1]."""
-    return max(0.0, min(a1, b1) - max(a0, b0))
-
-
 def _lateness(intervals: list[Interval], window: LectureWindow, rules: Rules) -> tuple[bool, bool]:
     """(late, left_early) relative to the lecture window."""
-    inside = [i for i in intervals if _overlap(i.start, i.end, window.start, window.end) > 0]
+    inside = [i for i in intervals if overlap(i.start, i.end, window.start, window.end) > 0]
     if not inside or window.seconds <= 0:
         return False, False
     first_in = max(inside[0].start, window.start)
@@ -608,44 +501,6 @@ def _phase_count(
         return explicit[-1]
     at, count, _ = min(reports, key=lambda r: abs(r[0] - point))
     return count if abs(at - point) <= near_s else None
-
-
-def _quality(
-    events: list[Event], window: LectureWindow, rules: Rules
-) -> tuple[dict[str, float], str | None]:
-    """Seconds per quality class within the lecture, and the latest class."""
-    seconds: dict[str, float] = {}
-    w_start, w_end, hold = window.start, window.end, rules.quality_hold_s
-    prev_at, prev = 0.0, None
-    for event in events:
-        quality = event.data.get("class")
-        if quality not in _QUALITY_VALUES:  # not given: classify the figures
-            classified = sample_class(event.data)
-            if classified is None:
-                continue
-            quality = classified.value
-        at = event.at
-        if prev is not None:  # the previous sample holds until this one, or for `hold`
-            # (conditional expressions: this loop runs per sample, min()/max() cost 3x more)
-            end = prev_at + hold
-            end = at if at < end else end  # noqa: FURB136
-            end = w_end if w_end < end else end  # noqa: FURB136
-            start = prev_at if prev_at > w_start else w_start  # noqa: FURB136
-            if end > start:
-                seconds[prev] = seconds.get(prev, 0.0) + (end - start)
-        prev_at, prev = at, quality
-    if prev is not None:
-        _add_span(seconds, prev, prev_at, prev_at + hold, w_start, w_end)
-    return seconds, prev
-
-
-def _add_span(
-    seconds: dict[str, float], quality: str, start: float, end: float, w_start: float, w_end: float
-) -> None:
-    """Add the part of [start, end] inside the window to ``seconds[quality]``."""
-    span = min(end, w_end) - max(start, w_start)
-    if span > 0:
-        seconds[quality] = seconds.get(quality, 0.0) + span
 
 
 def _help(requested: list[Event], resolved: list[Event]) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 DEFAULT_TARGET_KBPS = 1500.0
@@ -56,6 +56,8 @@ class QualityClass(str, enum.Enum):
     POOR = "poor"
     LOST = "lost"
 
+
+_VALUES = frozenset(q.value for q in QualityClass)
 
 QUALITY_LABELS: Mapping[str, Mapping[QualityClass, str]] = {
     "vi": {
@@ -152,6 +154,41 @@ def sample_class(sample: Mapping[str, Any]) -> QualityClass | None:
         return classify_sample(sample)
     except QualitySampleError:
         return None
+
+
+def seconds_per_class(
+    samples: Iterable[Any], start: float, end: float, hold_s: float
+) -> tuple[dict[str, float], str | None]:
+    """Seconds spent in each class within [start, end], and the latest class.
+
+    `samples` are time-sorted objects with ``at`` (epoch seconds) and ``data`` (a sample; its
+    ``class`` when one was recorded, else it is classified here): each sample's class holds
+    until the next sample, at most `hold_s`. Samples that cannot be classified are skipped."""
+    seconds: dict[str, float] = {}
+    w_start, w_end, hold = start, end, hold_s
+    prev_at, prev = 0.0, None
+    for event in samples:
+        quality = event.data.get("class")
+        if quality not in _VALUES:  # not given: classify the figures
+            classified = sample_class(event.data)
+            if classified is None:
+                continue
+            quality = classified.value
+        at = event.at
+        if prev is not None:  # the previous sample holds until this one, or for `hold`
+            # (conditional expressions: this loop runs per sample, min()/max() cost 3x more)
+            stop = prev_at + hold
+            stop = at if at < stop else stop  # noqa: FURB136
+            stop = w_end if w_end < stop else stop  # noqa: FURB136
+            begin = prev_at if prev_at > w_start else w_start  # noqa: FURB136
+            if stop > begin:
+                seconds[prev] = seconds.get(prev, 0.0) + (stop - begin)
+        prev_at, prev = at, quality
+    if prev is not None:
+        span = min(prev_at + hold, w_end) - max(prev_at, w_start)
+        if span > 0:
+            seconds[prev] = seconds.get(prev, 0.0) + span
+    return seconds, prev
 
 
 def _number(sample: Mapping[str, Any], key: str) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from server.quality import (
     classify_sample,
     quality_label,
     sample_class,
+    seconds_per_class,
     target_kbps_for_height,
 )
 
@@ -143,3 +145,35 @@ def test_more_loss_never_improves_the_class(kbps, loss, extra):
     better = classify(kbps, loss)
     worse = classify(kbps, loss + extra)
     assert order.index(worse) >= order.index(better)
+
+
+def _samples(*items: tuple[float, dict[str, object]]) -> list[SimpleNamespace]:
+    return [SimpleNamespace(at=at, data=data) for at, data in items]
+
+
+@pytest.mark.parametrize(
+    ("samples", "window", "expected"),
+    [
+        # each class holds until the next sample; the last one for hold_s (30 s)
+        (
+            [(0, {"class": "good"}), (10, {"class": "poor"})],
+            (0, 100),
+            ({"good": 10, "poor": 30}, "poor"),
+        ),
+        # a gap longer than hold_s counts only hold_s
+        ([(0, {"class": "good"}), (100, {"class": "good"})], (0, 200), ({"good": 60}, "good")),
+        # clipped to the window at both ends
+        (
+            [(-20, {"class": "lost"}), (5, {"class": "good"})],
+            (0, 20),
+            ({"lost": 5, "good": 15}, "good"),
+        ),
+        # no recorded class: classified from the figures; unclassifiable samples skipped
+        ([(0, {"kbps": 0}), (10, {"rtt_ms": 50})], (0, 100), ({"lost": 30}, "lost")),
+        ([], (0, 100), ({}, None)),
+    ],
+    ids=["holds-until-next", "hold-cap", "window-clip", "classified", "none"],
+)
+def test_seconds_per_class(samples, window, expected):
+    seconds, last = seconds_per_class(_samples(*samples), window[0], window[1], 30.0)
+    assert (seconds, last) == (pytest.approx(expected[0]), expected[1])
