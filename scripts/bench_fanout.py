@@ -263,7 +263,11 @@ class LopsoRelay:
             pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
         cpu, copies, packets_in, now, user, system, fanout = self.counters()
         cpu0, copies0, in0, then, user0, system0, fanout0 = self.mark
+        drops = sum(
+            getattr(getattr(t, "fanout", None), "drops", 0) for t in self.lecture.tracks.values()
+        )
         return {
+            "fanout_drops": drops,
             "cpu_s": cpu - cpu0,
             "copies": copies - copies0,
             "packets_in": packets_in - in0,
@@ -349,7 +353,11 @@ class MediaRelayBaseline(LopsoRelay):
             time.monotonic(),
         )
         cpu0, copies0, in0, then = self.mark
+        drops = sum(
+            getattr(getattr(t, "fanout", None), "drops", 0) for t in self.lecture.tracks.values()
+        )
         return {
+            "fanout_drops": drops,
             "cpu_s": cpu - cpu0,
             "copies": copies - copies0,
             "packets_in": packets_in - in0,
@@ -535,6 +543,7 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "srtp_errors": seen["srtp_errors"],
         "receiving_viewers": seen["receiving"],
         "uvloop": args.uvloop,
+        "fanout_drops": window.get("fanout_drops"),
         "relay_user_s": round(window.get("user_s", 0.0), 3),
         "relay_sys_s": round(window.get("sys_s", 0.0), 3),
         "fanout_us_per_fwd_packet": round(1e6 * window["fanout_cpu_s"] / copies, 2)
