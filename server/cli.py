@@ -152,7 +152,9 @@ def serve(config: Config) -> None:
     from aiohttp import web
 
     from server.app import create_app
+    from server.cluster import resolve_ports
 
+    config = resolve_ports(config)  # LOPSO_HTTP_PORTS / LOPSO_MEDIA_PORTS: first free port
     context = None
     if config.tls_cert is not None and config.tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -24,6 +24,7 @@ from server.errors import (
 )
 from server.models import ClassSession
 from server.roles import Action
+from server.routes import relay
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,16 @@ async def post_whep(request: web.Request) -> web.Response:
     if code not in expected:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     offer = await read_sdp(request)
+    placed = await relay.place_whep(request, session, offer)  # cluster: the chosen edge answers
+    if placed is not None:
+        return placed
     answer, viewer = await lecture_of(state, session).subscribe(offer)
     rid = _remember(state, Resource("whep", session.id, code, viewer))
     return _created(f"/whep/{session.id}/{code}/{rid}", answer)
 
 
 def _remember(state: AppState, resource: Resource) -> str:
-    rid = uuid.uuid4().hex
+    rid = f"{state.config.node_id}.{uuid.uuid4().hex}"  # any node can route it (relay.py)
     state.resources[rid] = resource
     previous = getattr(resource.handle, "on_close", None)
 
@@ -158,6 +162,8 @@ async def delete_resource(request: web.Request) -> web.Response:
     action = Action.VIEW if site is not None else Action.PUBLISH
     authorize_request(request, action, sid, site)
     resource = state.resources.get(rid)
+    if resource is None and (forwarded := await relay.forward_delete(request, rid)) is not None:
+        return forwarded
     if resource is None or resource.sid != sid or resource.site != site:
         raise UnknownError(f"no such resource {rid}", code="unknown_resource")
     state.resources.pop(rid, None)
