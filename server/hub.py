@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from server.alerts import AlertBook
+from server.incidents import open_help
 from server.models import ClassSession, Event, EventKind, Role, Site
 from server.quality import classify_sample
 from server.store.base import Store
@@ -164,6 +166,7 @@ class ClassLive:
         self.open_help: dict[str, set[str]] = {}
         self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
+        self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
         self._last_quality_event: dict[str, float] = {}
@@ -293,9 +296,9 @@ class ClassLive:
         now = self.hub.clock()
         for code, state in self.sites.items():
             if state.status in CONNECTED and code not in present and code not in self.local_joins:
+                await self.close_lost(code, now)
                 state.status, state.since = "offline", now
                 self.dirty.add(code)
-                await self.close_lost(code, now)
 
     async def close_lost(self, code: str, at: float, events: list[Event] | None = None) -> None:
         """Append SITE_LEFT for each of the site's connections the ledger still has open and
@@ -311,12 +314,15 @@ class ClassLive:
             await self.hub.store.append(left)
 
     def flush(self) -> None:
-        """Send one `sites_update` with the changed sites to this node's watchers."""
-        if not self.dirty:
+        """Send one `sites_update` with the changed sites (and alerts) to this node's watchers."""
+        alerts = self.alerts.evaluate(self.hub.clock(), self.sites.values())
+        if not self.dirty and not alerts:
             return
         changed = [self.sites[code].wire() for code in sorted(self.dirty) if code in self.sites]
         self.dirty.clear()
         update = {"type": "sites_update", "sites": changed, "totals": self.totals()}
+        if alerts:
+            update["alerts"] = [alert.wire() for alert in alerts]
         for peer in list(self.peers):
             if peer.role in WATCHERS:
                 peer.post(update)
@@ -324,7 +330,9 @@ class ClassLive:
     def snapshot(self) -> dict[str, Any]:
         """The full `sites` message a watcher gets when it connects."""
         sites = [state.wire() for state in self.sites.values()]
-        return {"type": "sites", "sites": sites, "totals": self.totals()}
+        return {"type": "sites", "sites": sites, "totals": self.totals(),
+                "alerts": [a.wire() for a in self.alerts.open_alerts()],
+                "incidents": [a.wire() for a in self.alerts.incidents(limit=500)]}
 
     def totals(self) -> dict[str, int]:
         states = self.sites.values()
@@ -348,6 +356,10 @@ class ClassLive:
             for question in self.questions.values():
                 if peer.role is not Role.LECTURER:
                     peer.post({"type": "question", **question})
+            if peer.role is not Role.LECTURER:  # open help requests, from the ledger
+                kinds = (EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED)
+                for body in open_help(await self.hub.store.events(self.session.id, kinds=kinds)):
+                    peer.post(body)
 
     async def _site_joined(self, peer: Peer) -> None:
         """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
@@ -400,7 +412,8 @@ class ClassLive:
         site = site_wire(peer.site) if peer.site else None
         return {"type": "welcome", "role": peer.role.value, "session": session_wire(self.session),
                 "site": site, "live": self.live, "ended": self.session.ended_at is not None,
-                "server_time": iso(self.hub.clock())}
+                "server_time": iso(self.hub.clock()),
+                "headcount": self.sites[peer.site.code].headcount if peer.site else None}
 
     # --- site reports -------------------------------------------------------------------------
     async def headcount(self, code: str, count: int, phase: str, ref: str | None = None) -> None:
