@@ -177,6 +177,12 @@ async def test_pages_render_with_their_config(app, path, role, site, keys) -> No
     assert page["ws_url"] == f"/ws/c1?token={token}"
     assert keys <= set(page)
     if site:
+        assert page["checkin_qr"].startswith("data:image/svg+xml;base64,")
+        assert page["checkin_url"].split("?token=")[0].endswith("/checkin/c1/S1")
+        participant = page["checkin_url"].split("?token=")[1]
+        reply = await client.post("/api/sessions/c1/sites/S1/checkins", json={"name": "Lê Văn C"},
+                                  headers={"Authorization": f"Bearer {participant}"})
+        assert reply.status == 201
         assert page["site"] == {"code": "S1", "name": "Nhà văn hóa thôn Đông",
                                 "commune": "Xã Tiên Lữ", "village": "Thôn Đông"}
 

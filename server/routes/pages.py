@@ -6,12 +6,16 @@ from `<script type="application/json" id="page-config">`.
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+import qrcode
+import qrcode.image.svg
 from aiohttp import web
 
 from server import auth
@@ -56,6 +60,14 @@ def page_errors(handler: PageHandler) -> PageHandler:
             return response
 
     return wrapped
+
+
+def qr_data_url(text: str) -> str:
+    """A QR code of `text` as an inline SVG `data:` URL (no extra request, scales sharply)."""
+    image = qrcode.make(text, image_factory=qrcode.image.svg.SvgPathImage, border=2)
+    buffer = io.BytesIO()
+    image.save(buffer)
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def _session_page(session: ClassSession) -> dict[str, Any]:
@@ -105,9 +117,10 @@ async def site_player(request: web.Request) -> web.Response:
     site = await _site(state, session, code)
     participant = auth.mint(state.config.secret, session.id, Role.PARTICIPANT, site=code,
                             ttl_s=max(state.config.token_ttl_s, 6 * 3600))
+    checkin_url = (f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}"
+                   f"?token={participant}")
     page.update(site=_site_page(site), whep_url=f"/whep/{quote(session.id)}/{quote(code)}",
-                checkin_url=(f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}"
-                             f"?token={participant}"),
+                checkin_url=checkin_url, checkin_qr=qr_data_url(checkin_url),
                 checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins")
     return render(request, "site", page)
 
