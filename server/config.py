@@ -6,9 +6,11 @@ over defaults. Invalid values fail here, at startup, with a message naming the s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
+import socket
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -69,7 +71,7 @@ class Config:
         if self.public_url:
             return self.public_url.rstrip("/")
         host = self.host
-        if host in ("0.0.0.0", "::", ""):
+        if host in WILDCARDS:
             host = self.announce[0] if self.announce else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
@@ -225,7 +227,34 @@ def load_config(
         config = dataclasses.replace(config, secret=_load_or_create_secret(config.data_dir))
     if not config.node_id:
         config = dataclasses.replace(config, node_id=uuid.uuid4().hex[:12])
+    if not config.announce:
+        config = dataclasses.replace(config, announce=default_announce(config.host))
     return config
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+LOOPBACKS = ("127.0.0.1", "::1", "localhost")
+
+
+def default_announce(host: str) -> tuple[str, ...]:
+    """Addresses to give viewers when none are configured: the HTTP host when it is a real
+    address; this machine's LAN address when listening on all interfaces; none on loopback
+    (media then announces 127.0.0.1)."""
+    if host in LOOPBACKS:
+        return ()
+    if host not in WILDCARDS:
+        return (host,)
+    lan = lan_address()
+    return (lan,) if lan else ()
+
+
+def lan_address() -> str | None:
+    """The address this machine uses to reach other networks (no packet is sent)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing decides, nothing is sent
+        address = str(probe.getsockname()[0])
+        return None if address.startswith("127.") or address == "0.0.0.0" else address
+    return None
 
 
 def _check(config: Config) -> None:

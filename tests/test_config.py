@@ -87,3 +87,15 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ConfigError, match="cannot create data directory"):
         load_config({"data_dir": blocker / "sub"}, env={})
+
+
+def test_default_announce_follows_the_host(tmp_path: Path) -> None:
+    from server.config import lan_address
+
+    assert load_config({"data_dir": tmp_path}, env={}).announce == ()  # loopback: media's default
+    assert load_config({"data_dir": tmp_path, "host": "192.0.2.10"}, env={}).announce == ("192.0.2.10",)
+    wildcard = load_config({"data_dir": tmp_path, "host": "0.0.0.0"}, env={})
+    lan = lan_address()
+    assert wildcard.announce == ((lan,) if lan else ())
+    if lan:
+        assert wildcard.base_url == f"http://{lan}:8080"  # links that LAN laptops can open
