@@ -431,6 +431,12 @@ def install(app: web.Application, config: Config, store_of: Callable[[], Any],
         finally:
             await cluster.close()
 
+    async def name_node(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.startswith("/whep/") and NODE_HEADER not in response.headers:
+            response.headers[NODE_HEADER] = cluster.node_id  # which node serves this viewer
+            response.headers[NODE_URL_HEADER] = cluster.url
+
     app.cleanup_ctx.append(ctx)
+    app.on_response_prepare.append(name_node)
     relay.add_routes(app)
     return cluster

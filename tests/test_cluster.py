@@ -1,0 +1,197 @@
+"""Cluster mode: node tokens, placement, relay links, and one lecture across processes.
+
+The integration test runs a real redis-server, an origin and two edges as `lopso serve`
+processes, an aiortc lecturer publishing through WHIP to the origin, and 20 simulated sites
+(scripts/loadgen.py: non-decoding WHEP viewers + the site page's WebSocket) entering through
+any node. Then: kill -9 of an edge, and a restart of the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.cluster import (
+    CARRY_PENALTY,
+    first_free_port,
+    mint_node_token,
+    pick_source,
+    rank_edges,
+    verify_node_token,
+)
+from server.errors import AuthError
+from server.models import NodeInfo, Role
+from tests.clusterproc import LopsoCluster, WhipPublisher, load_script
+from tests.serverproc import mint
+
+SECRET = b"cluster-secret-0123456789"
+
+
+def node(node_id: str, role: str = "edge", load: float = 0.0, lectures: tuple[str, ...] = ()
+         ) -> NodeInfo:
+    return NodeInfo(id=node_id, role=role, http_url=f"http://{node_id}", media_host="127.0.0.1",
+                    media_port=1, load=load, viewers=int(load * 100), lectures=lectures, at=1.0)
+
+
+# --- node tokens ------------------------------------------------------------------------------
+def test_node_token_names_its_node_until_it_expires() -> None:
+    token = mint_node_token(SECRET, "edge-7", ttl_s=60, now=1000)
+    assert verify_node_token(SECRET, token, now=1059) == "edge-7"
+    with pytest.raises(AuthError, match="expired"):
+        verify_node_token(SECRET, token, now=1061)
+
+
+@pytest.mark.parametrize("forge", [
+    lambda t: t.replace("edge-7", "edge-8"),  # another node's name on this signature
+    lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),  # a flipped signature digit
+    lambda t: "",
+    lambda t: "edge-7|notanumber|00",
+])
+def test_forged_node_tokens_are_refused(forge: Callable[[str], str]) -> None:
+    token = mint_node_token(SECRET, "edge-7", ttl_s=60, now=1000)
+    with pytest.raises(AuthError):
+        verify_node_token(SECRET, forge(token), now=1001)
+
+
+def test_a_viewer_token_is_no_node_token() -> None:
+    viewer = mint(Role.ADMIN)
+    with pytest.raises(AuthError):
+        verify_node_token(SECRET, viewer)
+
+
+# --- placement --------------------------------------------------------------------------------
+@pytest.mark.parametrize("nodes, pending, best", [
+    ([node("a", load=0.5), node("b", load=0.2)], {}, "b"),  # least loaded
+    ([node("a", load=0.15, lectures=("c1",)), node("b", load=0.1)], {}, "a"),  # carries c1
+    ([node("a", load=0.4, lectures=("c1",)), node("b", load=0.1)], {}, "b"),  # too loaded
+    ([node("a", load=0.1), node("b", load=0.1)], {"a": 30}, "b"),  # a's placements in flight
+    ([node("a", load=1.2, lectures=("c1",)), node("b", load=0.9)], {}, "b"),  # a is full
+    ([node("o", role="origin"), node("b", load=0.9)], {}, "b"),  # viewers go to edges only
+])
+def test_rank_edges(nodes: list[NodeInfo], pending: dict[str, int], best: str) -> None:
+    ranked = rank_edges(nodes, "c1", pending=pending, capacity=100)
+    assert ranked[0].id == best
+    assert all(n.role == "edge" for n in ranked)
+
+
+def test_rank_edges_spreads_a_burst_by_counting_placements() -> None:
+    nodes, pending = [node("a"), node("b")], {"a": 0, "b": 0}
+    for _ in range(20):
+        pending[rank_edges(nodes, "c1", pending=pending, capacity=100)[0].id] += 1
+    assert pending == {"a": 10, "b": 10}
+    assert CARRY_PENALTY > 0
+
+
+def test_pick_source_prefers_the_origin_carrying_the_class() -> None:
+    nodes = [node("o1", role="origin"), node("o2", role="origin", lectures=("c1",)), node("e1")]
+    assert pick_source(nodes, "c1", "e1").id == "o2"  # type: ignore[union-attr]
+    assert pick_source(nodes, "c9", "e1").id == "o1"  # type: ignore[union-attr]
+    assert pick_source([node("e2")], "c1", "e1") is None
+
+
+def test_first_free_port_skips_busy_ports() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        chosen = first_free_port(port, port + 5, socket.SOCK_DGRAM, "127.0.0.1")
+        assert port < chosen <= port + 5
+    with pytest.raises(OSError):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+            busy.bind(("127.0.0.1", 0))
+            port = busy.getsockname()[1]
+            first_free_port(port, port, socket.SOCK_DGRAM, "127.0.0.1")
+
+
+# --- one lecture across processes -------------------------------------------------------------
+async def wait_until(check: Callable[[], bool], timeout: float, what: str,
+                     cluster: LopsoCluster) -> float:
+    """Seconds until `check()` held; fails with the nodes' logs after `timeout`."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not within {timeout} s\n{cluster.logs()}")
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
+async def attendance(http: aiohttp.ClientSession, url: str, sid: str) -> dict[str, dict]:
+    token = mint(Role.MODERATOR, sid)
+    async with http.get(f"{url}/api/sessions/{sid}/attendance",
+                        headers={"Authorization": f"Bearer {token}"}) as reply:
+        assert reply.status == 200, await reply.text()
+        return {s["code"]: s for s in (await reply.json())["sites"]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the_origin(
+    tmp_path: Path,
+) -> None:
+    loadgen = load_script("loadgen")
+    with LopsoCluster(tmp_path, edges=2, sites=20, capacity=20) as cluster:
+        demo = cluster.demo
+        sid = demo["session_id"]
+        links = loadgen.links_from_json(demo)
+        assert len(links) == 20
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            publisher = WhipPublisher(http)
+            await publisher.publish(f"{cluster.origin.url}/whip/{sid}", demo["lecturer"]["token"])
+            sites = [loadgen.SimSite(link, cluster.urls, http, first_entry=i)
+                     for i, link in enumerate(links)]
+            try:
+                for site in sites:
+                    site.start()
+                await wait_until(lambda: all(s.playing() for s in sites), 40,
+                                 "all 20 sites playing", cluster)
+                on = {e.dir.name: [s for s in sites if s.node_id == e.dir.name]
+                      for e in cluster.edges}
+                assert sum(len(v) for v in on.values()) == 20, [s.node_id for s in sites]
+                assert all(len(v) >= 4 for v in on.values()), {k: len(v) for k, v in on.items()}
+                await asyncio.sleep(1.5)  # the WebSockets' joins reach the ledger
+
+                # kill -9 one edge: its sites play again on the other within 10 s
+                victim, survivor = cluster.edges
+                moved = on[victim.dir.name]
+                packets = {s.link.code: s.packets for s in moved}
+                victim.kill()
+                took = await wait_until(
+                    lambda: all(s.playing(1.0) and s.node_id == survivor.dir.name
+                                and s.packets > packets[s.link.code] for s in moved), 10,
+                    "the killed edge's sites playing on the other edge", cluster)
+                assert all(s.playing() for s in sites)
+                print(f"edge kill -9: {len(moved)} sites playing again in {took:.1f} s")
+
+                records = await attendance(http, cluster.origin.url, sid)
+                assert len(records) == 20
+                for s in sites:
+                    record = records[s.link.code]
+                    assert record["first_join"] is not None
+                    assert record["rejoins"] == (1 if s in moved else 0), (s.link.code, record)
+
+                # the origin restarts: the lecturer republishes, viewers play again in 30 s
+                cluster.restart_origin()
+                restarted = time.monotonic()
+                for _ in range(50):
+                    try:
+                        await publisher.publish(f"{cluster.origin.url}/whip/{sid}",
+                                                demo["lecturer"]["token"])
+                        break
+                    except (aiohttp.ClientError, AssertionError):
+                        await asyncio.sleep(0.3)
+                marks = {s.link.code: s.packets for s in sites}
+                await wait_until(lambda: all(s.packets > marks[s.link.code] + 50 and s.playing(1.0)
+                                             for s in sites), 30 - (time.monotonic() - restarted),
+                                 "all sites playing after the origin restarted", cluster)
+                print(f"origin restart: all sites playing {time.monotonic() - restarted:.1f} s "
+                      "after it was stopped")
+                assert all(s.reconnects == (1 if s in moved else 0) for s in sites)
+            finally:
+                for site in sites:
+                    await site.stop()
+                await publisher.close()
