@@ -136,8 +136,9 @@ class Peer:
         """Ask the socket side to close this page."""
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self.outbox.put_nowait(None)
+            if self.outbox.full():  # make room for the close: the page is going anyway
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(None)
 
     def matches(self, to: dict[str, Any]) -> bool:
         """True when a delivery addressed `to` is meant for this page."""

@@ -341,3 +341,16 @@ async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path)
     finally:
         await hub.close()
         await store.close()
+
+
+def test_a_page_too_slow_to_read_is_shut() -> None:
+    from server.hub import OUTBOX_SIZE, Peer
+
+    peer = Peer("c1", Role.MODERATOR)
+    for i in range(OUTBOX_SIZE + 1):
+        peer.post({"type": "sites_update", "n": i})
+    assert peer.closed and peer.outbox.full()
+    items = [peer.outbox.get_nowait() for _ in range(OUTBOX_SIZE)]
+    assert items[-1] is None  # the socket side sees the close after what was queued
+    peer.post({"type": "late"})
+    assert peer.outbox.empty()
