@@ -243,7 +243,7 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import api, pages, whip, ws
+    from server.routes import api, moderation, pages, whip, ws
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -267,6 +267,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     api.add_routes(app)
     whip.add_routes(app)
     ws.add_routes(app)
+    moderation.add_routes(app)
     pages.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app
