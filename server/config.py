@@ -40,7 +40,7 @@ class Config:
     redis_url: str | None = None
     role: str = "all"
     secret: bytes = b""
-    token_ttl_s: int = 24 * 3600
+    token_ttl_s: int = 30 * 86400  # links are handed out days before a class
     log_format: str = "text"
     log_level: str = "INFO"
     public_url: str = ""
