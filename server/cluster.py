@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import random
 import socket
@@ -48,6 +49,7 @@ LINK_PROBE_S = 1.0  # how often an edge asks its source whether the link is stil
 LINK_MISSES = 2  # unanswered probes before the link counts as dead
 BACKOFF = (0.5, 5.0)  # first and largest delay between pulls
 SWEEP_S = 1.0
+NODE_FILE = "node.json"
 _TOKEN_TAG = b"lopso-node-token|"
 
 
@@ -149,7 +151,9 @@ def node_url(config: Config) -> str:
     if config.node_url:
         return config.node_url.rstrip("/")
     host = config.host
-    if host in ("0.0.0.0", "::", ""):
+    if host in ("0.0.0.0", "::", "") and config.announce:
+        host = config.announce[0]  # host networking: the address viewers reach reaches nodes too
+    elif host in ("0.0.0.0", "::", ""):
         try:
             host = socket.gethostbyname(socket.gethostname())
         except OSError:
@@ -189,10 +193,20 @@ class Cluster:
         return {NODE_TOKEN_HEADER: self.token(), **extra}
 
     async def start(self) -> None:
+        self.write_node_file()
         timeout = aiohttp.ClientTimeout(total=10, sock_connect=2)
         self.http = aiohttp.ClientSession(timeout=timeout)
         self._tasks = [asyncio.create_task(self._beat_forever()),
                        asyncio.create_task(self._sweep_forever())]
+
+    def write_node_file(self) -> None:
+        """data/node.json: this node's id, role and URL, for health checks (its port may have
+        been picked from a range at startup)."""
+        body = {"id": self.node_id, "role": self.role, "url": self.url}
+        path = self.config.data_dir / NODE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        tmp.replace(path)
 
     async def close(self) -> None:
         for task in self._tasks:
