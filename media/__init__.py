@@ -2,15 +2,75 @@
 
 media/ knows nothing of sites, roles, tokens or Redis; server/ drives it through this API:
 
+    from media import MediaConfig, MediaEngine
     engine = MediaEngine(MediaConfig(host="0.0.0.0", port=8189, announce=["192.0.2.10"]))
     await engine.start()                      # binds the one UDP socket of this process
-    lecture = engine.lecture("class-42", video_codec="VP8")   # get or create
+    lecture = engine.lecture("class-42", video_codec="VP8")   # get or create (VP8 or H264)
     answer, publisher = await lecture.publish(offer_sdp)      # WHIP; replaces a live publisher
     answer, viewer = await lecture.subscribe(offer_sdp)       # WHEP; works before the lecturer is live
-    viewer.stats()         # -> ViewerStats (packets/bytes sent, loss, jitter, rtt, nacks, plis)
-    viewer.on_close = cb   # called once when the viewer's transport dies or is closed
-    lecture.on_live = cb   # called with True/False when a publisher starts/stops sending
+    publisher = await lecture.relay_from(signal)   # edge: pull from another node's lecture,
+                                                   # signal(offer) -> its subscribe answer
+    viewer.stats()         # -> ViewerStats (packets/bytes sent, loss, jitter, rtt, nacks, plis,
+                           #    retransmits, state)
+    lecture.stats()        # -> LectureStats (live, viewers, packets/bytes in, rate, keyframe
+                           #    requests sent upstream, publishers so far)
+    viewer.on_close = cb     # cb(viewer), once, when its transport dies or it is closed
+    publisher.on_close = cb  # cb(publisher), once, when it is closed, replaced or its link dies
+    lecture.on_live = cb     # cb(True/False) when a publisher starts/stops sending
     await viewer.close(); await publisher.close(); await lecture.close(); await engine.close()
 
-Errors: media.errors (SdpError, CodecMismatchError, LectureClosedError, ...).
+Errors: media.errors (MediaError and its SdpError, CodecMismatchError, LectureClosedError,
+PublisherBusyError). Every name above is importable from `media`; the heavy modules (aiortc)
+load on first use, so `import media.errors` stays cheap for nodes that serve no media.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CodecMismatchError,
+    LectureClosedError,
+    MediaError,
+    PublisherBusyError,
+    SdpError,
+)
+
+if TYPE_CHECKING:
+    from .engine import MediaConfig, MediaEngine
+    from .ingest import Publisher
+    from .lecture import Lecture, LectureStats, Viewer, ViewerStats
+
+_LAZY = {
+    "MediaConfig": "engine",
+    "MediaEngine": "engine",
+    "Lecture": "lecture",
+    "LectureStats": "lecture",
+    "Viewer": "lecture",
+    "ViewerStats": "lecture",
+    "Publisher": "ingest",
+}
+
+__all__ = [
+    "CodecMismatchError",
+    "Lecture",
+    "LectureClosedError",
+    "LectureStats",
+    "MediaConfig",
+    "MediaEngine",
+    "MediaError",
+    "Publisher",
+    "PublisherBusyError",
+    "SdpError",
+    "Viewer",
+    "ViewerStats",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Load MediaEngine, Lecture, ... from their module on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'media' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -34,3 +34,81 @@ async def test_widened_dtls_accepts_rsa_suites():
     ctx = certificate._create_ssl_context(srtp_profiles=SRTP_PROFILES)
     names = SSL.Connection(ctx).get_cipher_list()
     assert "ECDHE-RSA-AES128-GCM-SHA256" in names and "ECDHE-ECDSA-AES128-GCM-SHA256" in names
+
+
+# -- the system-libssl DTLS client (media/libssl_client.py) ----------------------------------
+
+
+def _client_identity():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from media.dtls import _self_signed
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _self_signed(key)
+    key_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert, cert.public_bytes(serialization.Encoding.DER), key_der
+
+
+def test_libssl_client_handshakes_with_a_dtls_server_and_exports_the_same_keys():
+    from OpenSSL import SSL
+
+    from media.dtls import DtlsIdentity, DtlsSession, fingerprint_of
+    from media.libssl_client import LibsslDtlsClient, load_libssl
+
+    libs = load_libssl()
+    if libs is None:
+        pytest.skip("no OpenSSL 3 system libssl on this machine")
+    cert, cert_der, key_der = _client_identity()
+    server_identity = DtlsIdentity()
+    server = DtlsSession(server_identity, "server", ("sha-256", fingerprint_of(cert)))
+    client = LibsslDtlsClient(libs, cert_der, key_der, b"SRTP_AES128_CM_SHA1_80")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        while datagram := client.bio_read(1500):
+            assert len(datagram) <= 1200
+            for reply in server.feed(datagram):
+                client.bio_write(reply)
+        if done and server.done:
+            break
+    assert server.done, "handshake did not complete"
+    assert client.get_selected_srtp_profile() == b"SRTP_AES128_CM_SHA1_80"
+    peer = client.get_peer_certificate()
+    assert fingerprint_of(peer) == server_identity.fingerprint[1]
+    keys = server.srtp_keys()
+    material = client.export_keying_material(b"EXTRACTOR-dtls_srtp", 60)
+    assert keys.rx_key == material[0:16] + material[32:46]  # the client's write key
+    assert keys.tx_key == material[16:32] + material[46:60]
+
+
+def test_libssl_client_rejects_a_bad_key():
+    from media.libssl_client import LibsslDtlsClient, LibsslError, load_libssl
+
+    libs = load_libssl()
+    if libs is None:
+        pytest.skip("no OpenSSL 3 system libssl on this machine")
+    _cert, cert_der, _key_der = _client_identity()
+    with pytest.raises(LibsslError):
+        LibsslDtlsClient(libs, cert_der, b"not a key", b"SRTP_AES128_CM_SHA1_80")
+
+
+async def test_without_system_libssl_the_client_hook_is_a_no_op(monkeypatch):
+    import ctypes.util
+
+    from media import libssl_client
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    assert libssl_client.load_libssl() is None
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    transport = pc.getTransceivers()[0].receiver.transport
+    before = transport._do_handshake
+    hooks.legacy_curve_dtls_client(pc)
+    assert transport._do_handshake == before
