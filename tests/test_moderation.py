@@ -1,0 +1,197 @@
+"""Moderator REST (site drill-down, incidents) and the hub's alerts, against a loopback app
+with real WebSocket pages. The seeded class started in the past, so sites that never joined
+raise `not_joined` at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serverproc import mint, running_app
+from test_api import seed
+from test_ws import connect, receive
+
+from server.models import EventKind, Role
+
+BATCH = 0.1
+
+
+@pytest.fixture
+async def app(tmp_path: Path):
+    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=5.0) as (client, state):
+        await seed(client, sites=("S1", "S2", "S3"))
+        yield client, state
+
+
+def bearer(role: Role, site: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(role, 'c1', site)}"}
+
+
+async def get_json(client: Any, path: str, role: Role = Role.MODERATOR, status: int = 200,
+                   site: str | None = None) -> dict[str, Any]:
+    reply = await client.get(path, headers=bearer(role, site))
+    assert reply.status == status, await reply.text()
+    return await reply.json()
+
+
+async def call(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    await ws.send_json(message)
+    ack = await receive(ws, "ack", where=lambda m: m.get("id") == message["id"])
+    return ack
+
+
+async def busy_site(client: Any) -> tuple[Any, str]:
+    """S1 connects, plays, reports a headcount, quality, a check-in, a question and asks help."""
+    site = await connect(client, Role.SITE, "S1")
+    await receive(site, "welcome")
+    await site.send_json({"type": "status", "state": "playing"})
+    await call(site, {"type": "headcount", "count": 40, "phase": "start", "id": "h1"})
+    await site.send_json({"type": "quality", "rtt_ms": 120, "loss_pct": 15.0, "kbps": 90})
+    await call(site, {"type": "checkin", "name": "Nguyễn Văn An", "ident": "0912", "id": "c1"})
+    await call(site, {"type": "question", "text": "Cài Zalo thế nào?", "id": "q1"})
+    help_id = (await call(site, {"type": "help", "reason": "no_sound", "text": "mất tiếng",
+                                 "id": "x1"}))["help_id"]
+    return site, help_id
+
+
+async def test_drill_down_shows_intervals_stats_headcounts_checkins_help(app) -> None:
+    client, state = app
+    site, help_id = await busy_site(client)
+    await asyncio.sleep(3 * BATCH)  # one evaluation of the alert rules
+    body = await get_json(client, "/api/sessions/c1/sites/S1")
+    assert body["site"]["code"] == "S1" and "join_key" not in body["site"]
+    assert body["live"]["status"] == "playing" and body["live"]["headcount"] == 40
+    assert body["live"]["quality"] == "poor"
+    record = body["record"]
+    assert len(record["intervals"]) == 1  # the class ended as planned: it is clipped there
+    assert record["intervals"][0]["open"] is True
+    assert record["headcount"]["start"] == 40 and record["checkins"] == 1
+    assert [(h["count"], h["phase"]) for h in body["headcounts"]] == [(40, "start")]
+    assert body["checkins"]["count"] == 1
+    assert body["checkins"]["latest"][0]["name"] == "Nguyễn Văn An"
+    assert "ident" not in body["checkins"]["latest"][0]  # not shown: the report needs no more
+    assert [(h["help_id"], h["reason"], h["resolved_at"]) for h in body["help"]] == [
+        (help_id, "no_sound", None)]
+    assert [q["text"] for q in body["questions"]] == ["Cài Zalo thế nào?"]
+    assert [q["class"] for q in body["quality"]] == ["poor"]
+    assert [(a["kind"], a["open"]) for a in body["alerts"]] == [("help", True)]
+    await site.close()
+
+
+async def test_resolved_help_closes_its_alert_and_stays_in_the_incident_log(app) -> None:
+    client, _ = app
+    site, help_id = await busy_site(client)
+    mod = await connect(client, Role.MODERATOR)
+    await receive(mod, "sites")
+    await asyncio.sleep(3 * BATCH)  # the help alert opens
+    await call(mod, {"type": "resolve_help", "site": "S1", "help_id": help_id, "id": "r1"})
+    await receive(site, "help_resolved")
+    update = await receive(mod, "sites_update", where=lambda m: any(
+        a["kind"] == "help" and not a["open"] for a in m.get("alerts", [])))
+    (alert,) = [a for a in update["alerts"] if a["kind"] == "help"]
+    assert alert["site"] == "S1" and alert["resolved_at"] is not None
+    body = await get_json(client, "/api/sessions/c1/sites/S1")
+    assert body["help"][0]["resolved_at"] is not None and body["help"][0]["resolved_by"] == "moderator"
+    assert body["alerts"] == [] and [a["kind"] for a in body["incidents"]] == ["help"]
+    await site.close()
+    await mod.close()
+
+
+async def test_incidents_list_sites_not_joined_most_recent_first(app) -> None:
+    client, _ = app
+    site, _ = await busy_site(client)
+    await asyncio.sleep(3 * BATCH)
+    body = await get_json(client, "/api/sessions/c1/incidents")
+    kinds = {(a["site"], a["kind"]) for a in body["open"]}
+    assert kinds == {("S2", "not_joined"), ("S3", "not_joined"), ("S1", "help")}
+    times = [a["since"] for a in body["incidents"]]
+    assert times == sorted(times, reverse=True)
+    assert body["incidents"][0]["kind"] == "help"  # the newest
+    only = await get_json(client, "/api/sessions/c1/incidents?site=S2&limit=1")
+    assert [(a["site"], a["kind"]) for a in only["incidents"]] == [("S2", "not_joined")]
+    await site.close()
+
+
+async def test_a_moderator_connecting_gets_open_alerts_and_open_help(app) -> None:
+    client, _ = app
+    site, help_id = await busy_site(client)
+    await asyncio.sleep(3 * BATCH)
+    mod = await connect(client, Role.MODERATOR)
+    snapshot = await receive(mod, "sites")
+    assert {(a["site"], a["kind"]) for a in snapshot["alerts"]} >= {("S2", "not_joined"),
+                                                                     ("S1", "help")}
+    assert all(a["open"] for a in snapshot["alerts"]) and snapshot["incidents"]
+    help_msg = await receive(mod, "help")
+    assert (help_msg["site"], help_msg["help_id"], help_msg["reason"]) == ("S1", help_id, "no_sound")
+    await site.close()
+    await mod.close()
+
+
+async def test_a_site_gets_its_latest_headcount_in_welcome(app) -> None:
+    client, _ = app
+    site, _ = await busy_site(client)
+    await site.close()
+    again = await connect(client, Role.SITE, "S1")
+    welcome = await receive(again, "welcome")
+    assert welcome["headcount"] == 40
+    other = await connect(client, Role.SITE, "S2")
+    assert (await receive(other, "welcome"))["headcount"] is None
+    await again.close()
+    await other.close()
+
+
+async def test_sites_update_carries_alerts_once_per_batch(app) -> None:
+    client, state = app
+    mod = await connect(client, Role.MODERATOR)
+    await receive(mod, "sites")
+    await asyncio.sleep(3 * BATCH)  # S2 is not_joined
+    site = await connect(client, Role.SITE, "S2")
+    await receive(site, "welcome")
+    update = await receive(mod, "sites_update", where=lambda m: any(
+        a["site"] == "S2" and not a["open"] for a in m.get("alerts", [])))
+    (alert,) = [a for a in update["alerts"] if a["site"] == "S2"]
+    assert alert["kind"] == "not_joined"  # resolved by the join
+    started = time.monotonic()
+    count = 0
+    while time.monotonic() - started < 6 * BATCH:
+        try:
+            await receive(mod, "sites_update", timeout=BATCH)
+            count += 1
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+    assert count <= 7  # at most one per batch, and none when nothing changed
+    await site.close()
+    await mod.close()
+
+
+@pytest.mark.parametrize("path, role, site, status, code", [
+    ("/api/sessions/c1/sites/S1", Role.SITE, "S1", 403, "wrong_role"),
+    ("/api/sessions/c1/sites/S1", Role.LECTURER, None, 403, "wrong_role"),
+    ("/api/sessions/c1/sites/NOPE", Role.MODERATOR, None, 404, "unknown_site"),
+    ("/api/sessions/zz/sites/S1", Role.ADMIN, None, 404, "unknown_class"),
+    ("/api/sessions/c1/incidents?limit=0", Role.MODERATOR, None, 400, "bad_field"),
+    ("/api/sessions/c1/incidents?site=NOPE", Role.MODERATOR, None, 404, "unknown_site"),
+    ("/api/sessions/c1/incidents", Role.PARTICIPANT, "S1", 403, "wrong_role"),
+])
+async def test_errors(app, path: str, role: Role, site: str | None, status: int, code: str) -> None:
+    client, _ = app
+    sid = "zz" if "/zz/" in path else "c1"
+    reply = await client.get(path, headers={"Authorization": f"Bearer {mint(role, sid, site)}"})
+    assert reply.status == status, await reply.text()
+    assert (await reply.json())["error"]["code"] == code
+
+
+async def test_ledger_is_what_the_drill_down_reads(app) -> None:
+    """The drill-down is derived from the store, not from this node's memory."""
+    client, state = app
+    site, _ = await busy_site(client)
+    await site.close()
+    await asyncio.sleep(BATCH)
+    kinds = [e.kind for e in await state.store.events("c1", site_code="S1")]
+    assert kinds.count(EventKind.SITE_JOINED) == 1 and kinds.count(EventKind.SITE_LEFT) == 1
+    body = await get_json(client, "/api/sessions/c1/sites/S1")
+    assert body["live"]["status"] == "offline"
+    assert body["record"]["intervals"][0]["open"] is False
