@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 
 from server import auth
 from server.app import STATE, authorize_request, session_or_404
-from server.errors import LopsoError, UnknownError, ValidationError, describe
+from server.errors import UnknownError, ValidationError, describe
 from server.hub import ClassLive, Peer
 from server.models import Role
 from server.roles import Action, may
@@ -323,4 +323,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ws/{sid}", handle_ws)
 
 
-__all__ = ["LopsoError", "add_routes", "dispatch"]
+__all__ = ["add_routes", "dispatch", "optional_text", "text"]
