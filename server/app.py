@@ -157,7 +157,8 @@ def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
         state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
-        state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s))
+        state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s),
+                        live_probe=lambda sid: lecture_live(state, sid))
         await state.hub.resume(time.time())
         try:
             yield
@@ -168,6 +169,17 @@ def _store_ctx(state: AppState) -> CleanupCtx:
             await state.store.close()
 
     return ctx
+
+
+async def lecture_live(state: AppState, sid: str) -> bool:
+    """Is the class's lecture live: here, or (cluster) on a node that takes publishers?"""
+    lecture = state.lectures.get(sid)
+    if lecture is not None and getattr(lecture, "live", False):
+        return True
+    if not state.config.redis_url:
+        return False
+    nodes = await state.store.nodes()
+    return any(sid in node.lectures for node in nodes if node.role != "edge")
 
 
 def _media_ctx(state: AppState) -> CleanupCtx:

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,6 +193,8 @@ class ClassLive:
             await self.close_lost(code, last_seen, events)
         subscription = self.hub.store.subscribe(self.channel)
         await subscription.ready()
+        if self.hub.live_probe is not None and self.session.ended_at is None:
+            self.live = self.live or await self.hub.live_probe(self.session.id)
         self._tasks.append(asyncio.create_task(self._follow(subscription)))
         self._tasks.append(asyncio.create_task(self._flush_loop()))
 
@@ -517,10 +519,12 @@ class Hub:
     """Every class this node serves, created on first use and rebuilt from the store."""
 
     def __init__(self, store: Store, node_id: str, limits: HubLimits | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 live_probe: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.store, self.node_id = store, node_id
         self.limits = limits or HubLimits()
         self.clock = clock
+        self.live_probe = live_probe  # is this class's lecture live right now (any node)?
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
 

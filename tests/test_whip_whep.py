@@ -174,3 +174,20 @@ async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
                 output, _ = pusher.communicate(timeout=10)
                 await pc.close()
             assert "DTLS" not in output, output[-2000:]
+
+
+async def test_a_page_opened_while_live_is_welcomed_live(app) -> None:
+    client, state = app
+    publisher, _ = await publish(client)
+    try:
+        for _ in range(100):  # until the first packets arrive
+            if state.lectures["c1"].live:
+                break
+            await asyncio.sleep(0.05)
+        await state.hub.close()  # forget the live state, as a freshly started node would have
+        site = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S2")})
+        welcome = json.loads((await site.receive(timeout=5)).data)
+        assert welcome["type"] == "welcome" and welcome["live"] is True
+        await site.close()
+    finally:
+        await publisher.close()
