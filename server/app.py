@@ -159,6 +159,7 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
         state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s),
                         live_probe=lambda sid: lecture_live(state, sid))
+        state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
         await state.hub.resume(time.time())
         try:
             yield
@@ -169,6 +170,15 @@ def _store_ctx(state: AppState) -> CleanupCtx:
             await state.store.close()
 
     return ctx
+
+
+async def _close_class_media(state: AppState, sid: str) -> None:
+    from server.routes.api import close_class_media
+
+    try:
+        await close_class_media(state, sid)
+    except Exception:
+        log.exception("could not close the media of an ended class", extra={"sid": sid})
 
 
 async def lecture_live(state: AppState, sid: str) -> bool:

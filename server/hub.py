@@ -261,6 +261,9 @@ class ClassLive:
             self.questions[message["question_id"]] = message["question"]
         elif kind == "ended":
             self.session = dataclasses.replace(self.session, ended_at=message["at"])
+            if self.hub.on_class_ended is not None:  # every node closes its media of the class
+                task = asyncio.ensure_future(self.hub.on_class_ended(self.session.id))
+                self._tasks.append(task)
         if "deliver" in message:
             self._deliver(message["to"], message["deliver"])
 
@@ -525,6 +528,7 @@ class Hub:
         self.limits = limits or HubLimits()
         self.clock = clock
         self.live_probe = live_probe  # is this class's lecture live right now (any node)?
+        self.on_class_ended: Callable[[str], Awaitable[None]] | None = None
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
 

@@ -191,3 +191,21 @@ async def test_a_page_opened_while_live_is_welcomed_live(app) -> None:
         await site.close()
     finally:
         await publisher.close()
+
+
+async def test_class_ended_elsewhere_closes_this_nodes_media(app) -> None:
+    """Another node ended the class: its `ended` broadcast closes the lecture here too."""
+    client, state = app
+    publisher, _ = await publish(client)
+    try:
+        lecture = state.lectures["c1"]
+        room = await state.hub.room(await state.store.get_session("c1"))
+        await state.store.publish(room.channel, {"t": "ended", "at": 1.0, "to": {"roles": []},
+                                                 "deliver": {"type": "class_ended"}})
+        for _ in range(100):
+            if lecture.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert lecture.closed and "c1" not in state.lectures and state.resources == {}
+    finally:
+        await publisher.close()

@@ -136,6 +136,12 @@ async def end_session(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     authorize_request(request, Action.END_CLASS, sid)
     session = await state.hub.end_class(await session_or_404(state.store, sid))
+    await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast
+    return web.json_response(session_wire(session))
+
+
+async def close_class_media(state: Any, sid: str) -> None:
+    """End this node's WHIP/WHEP sessions and media lecture of a class (idempotent)."""
     for rid, resource in list(state.resources.items()):
         if resource.sid == sid:
             state.resources.pop(rid, None)
@@ -143,7 +149,6 @@ async def end_session(request: web.Request) -> web.Response:
     lecture = state.lectures.pop(sid, None)
     if lecture is not None:
         await lecture.close()
-    return web.json_response(session_wire(session))
 
 
 async def session_links(request: web.Request) -> web.Response:
