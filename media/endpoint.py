@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from media import ice
 from media.dtls import DtlsError, DtlsIdentity, DtlsSession
@@ -211,7 +212,7 @@ class Endpoint:
         self.remote_address: tuple[str, int] | None = None
         self.addresses: set[tuple[str, int]] = set()
         """Every source address that passed a check for this endpoint."""
-        self.sockaddr: object | None = None
+        self.sockaddr: tuple[Any, int] | None = None
         self.srtp: SrtpContext | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None
         self.on_rtp: Callable[[bytes], None] | None = None
@@ -253,7 +254,7 @@ class Endpoint:
             return
         self._transmit(data, "rtcp_sent")
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters and state: packets/bytes sent (fan-out included), errors, address."""
         for fanout in self.fanouts:
             fanout.settle(self)
@@ -377,7 +378,7 @@ class Endpoint:
             self._counters["packets_received"] += 1
             self._callback(self.on_rtp, plain)
 
-    def _callback(self, callback: Callable | None, arg: object) -> None:
+    def _callback(self, callback: Callable[[Any], None] | None, arg: Any) -> None:
         if callback is None:
             return
         try:

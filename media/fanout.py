@@ -28,6 +28,8 @@ BATCH = 64
 """Copies per sendmmsg call."""
 MAX_RTP = SLOT_SIZE - MAX_TRAILER
 """Largest RTP packet a slot holds with room for the SRTP trailer."""
+Entry = tuple[Any, Any, Any, int]
+"""One used sendmmsg slot: (payload cdata, iovec cdata, libsrtp context, payload type)."""
 
 
 class Fanout:
@@ -47,7 +49,7 @@ class Fanout:
         self._batches: list[MmsgBatch] = []
         self._owners: list[list[Endpoint]] = []
         """Per batch in use: the endpoint in each used slot, in slot order."""
-        self._entries: list[list[tuple]] = []
+        self._entries: list[list[Entry]] = []
         """Per batch in use: (slot, iovec, libsrtp context, payload type) per used slot."""
         self._where: dict[Endpoint, tuple[int, int]] = {}
         self._slow: dict[Endpoint, int] = {}
@@ -197,7 +199,7 @@ class Fanout:
         self._owners[b].append(endpoint)
         self._entries[b].append(self._place(endpoint, pt, b, i))
 
-    def _place(self, endpoint: Endpoint, pt: int, b: int, i: int) -> tuple:
+    def _place(self, endpoint: Endpoint, pt: int, b: int, i: int) -> Entry:
         batch = self._batches[b]
         if endpoint.sockaddr is None:
             endpoint.sockaddr = batch.address(endpoint.remote_address)  # type: ignore[arg-type]

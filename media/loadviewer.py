@@ -140,7 +140,7 @@ class LoadViewer:
         self._check_txid = b""
         self._checked = asyncio.Event()
         self._connected = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._dtls_timer: asyncio.TimerHandle | None = None
         self._last_sr: dict[int, tuple[int, float]] = {}
         self._tie_breaker = secrets.randbits(64)
@@ -226,7 +226,7 @@ class LoadViewer:
         """Send a PLI for `media_ssrc`."""
         self._send_rtcp(struct.pack("!BBHII", 0x81, 206, 2, self.ssrc, media_ssrc))
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Packets, bytes, losses and SRTP errors so far."""
         c = self.counters
         return {

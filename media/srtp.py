@@ -127,4 +127,4 @@ class FastProtector:
         cell[0] = length
         if self.protect_fn(handle, buffer, cell) != 0:
             return -1
-        return cell[0]
+        return int(cell[0])

@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import cffi
 
@@ -90,12 +91,12 @@ class MmsgBatch:
         self._hdrs = [self._msgs[i].msg_hdr for i in range(capacity)]
         self._names: list[object] = [None] * capacity
 
-    def address(self, addr: tuple[str, int]):  # -> cdata
-        """A C sockaddr for `addr`, to keep and pass to `set_address`."""
+    def address(self, addr: tuple[str, int]) -> tuple[Any, int]:
+        """A C sockaddr (cdata, length) for `addr`, to keep and pass to `set_address`."""
         raw = pack_sockaddr(addr)
         return self._libc.ffi.new("char[]", raw), len(raw)
 
-    def set_address(self, i: int, sockaddr) -> None:
+    def set_address(self, i: int, sockaddr: tuple[Any, int]) -> None:
         """Send slot i to `sockaddr`, a value returned by `address()`."""
         self._names[i] = sockaddr  # keep the C memory alive while the slot points at it
         hdr = self._hdrs[i]
