@@ -4,7 +4,7 @@ processes, a WHIP publisher (aiortc, numbered frames) and simulated sites (scrip
     with LopsoCluster(tmp_path, edges=2) as cluster:
         cluster.origin.url, [e.url for e in cluster.edges], cluster.demo
         cluster.edges[0].kill()          # kill -9
-        cluster.restart_origin()         # SIGTERM and start again on the same ports
+        cluster.restart_origin()         # SIGTERM (crash=True: kill -9), start on the same ports
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ class LopsoCluster:
     """Redis + origin (with a demo class of `sites` sites) + `edges` edges, on loopback."""
 
     def __init__(self, tmp_path: Path, *, edges: int = 2, sites: int = 20, capacity: int = 20,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, upstreams: dict[int, int] | None = None
+                 ) -> None:
+        """`upstreams` {i: j}: edge i pulls from edge j (a tree), not from the origin."""
+        self.upstreams = upstreams or {}
         self.dir = Path(tmp_path)
         self.redis = RedisProcess(self.dir / "redis")
         self.n_edges, self.sites, self.capacity = edges, sites, capacity
@@ -60,9 +63,21 @@ class LopsoCluster:
         self.origin = self._node("origin", "origin", self.sites, {})
         self.origin.start()
         for i in range(self.n_edges):
-            edge = self._node(f"edge{i + 1}", "edge", 0, {})
-            self.edges.append(edge)
+            self.edges.append(self._node(f"edge{i + 1}", "edge", 0, {}))
+        for i, j in self.upstreams.items():
+            self.edges[i].env["LOPSO_UPSTREAM_URL"] = self.edges[j].url
+        for edge in self.edges:
             edge.start()
+
+    async def nodes(self) -> dict[str, Any]:
+        """The cluster's heartbeats as Redis holds them, by node id."""
+        from server.store import open_store
+
+        store = await open_store(self.redis.url, self.dir / "reader", "reader")
+        try:
+            return {n.id: n for n in await store.nodes()}
+        finally:
+            await store.close()
 
     @property
     def demo(self) -> dict[str, Any]:
@@ -72,9 +87,13 @@ class LopsoCluster:
     def urls(self) -> list[str]:
         return [self.origin.url] + [e.url for e in self.edges]
 
-    def restart_origin(self) -> None:
-        """Stop the origin (SIGTERM) and start it again on the same ports, without a new demo."""
-        self.origin.stop()
+    def restart_origin(self, crash: bool = False) -> None:
+        """Stop the origin (SIGTERM, or kill -9 with `crash`) and start it again on the same
+        ports, without a new demo class."""
+        if crash:
+            self.origin.kill()
+        else:
+            self.origin.stop()
         self.origin.demo_sites = 0
         self.origin.start()
 

@@ -174,9 +174,10 @@ async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the
                     assert record["first_join"] is not None
                     assert record["rejoins"] == (1 if s in moved else 0), (s.link.code, record)
 
-                # the origin restarts: the lecturer republishes, viewers play again in 30 s
-                cluster.restart_origin()
+                # the origin crashes and restarts: the lecturer republishes, viewers play again
                 restarted = time.monotonic()
+                await asyncio.to_thread(cluster.restart_origin, crash=True)
+                print(f"origin back (healthy) {time.monotonic() - restarted:.1f} s after kill -9")
                 for _ in range(50):
                     try:
                         await publisher.publish(f"{cluster.origin.url}/whip/{sid}",
@@ -189,9 +190,52 @@ async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the
                                              for s in sites), 30 - (time.monotonic() - restarted),
                                  "all sites playing after the origin restarted", cluster)
                 print(f"origin restart: all sites playing {time.monotonic() - restarted:.1f} s "
-                      "after it was stopped")
+                      "after it was killed")
                 assert all(s.reconnects == (1 if s in moved else 0) for s in sites)
             finally:
                 for site in sites:
                     await site.stop()
                 await publisher.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_an_edge_pulls_from_another_edge_and_links_drop_when_the_last_viewer_leaves(
+    tmp_path: Path,
+) -> None:
+    loadgen = load_script("loadgen")
+    with LopsoCluster(tmp_path, edges=2, sites=6, capacity=2, upstreams={1: 0}) as cluster:
+        demo, sid = cluster.demo, cluster.demo["session_id"]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            publisher = WhipPublisher(http)
+            await publisher.publish(f"{cluster.origin.url}/whip/{sid}",
+                                    demo["lecturer"]["token"])
+            sites = [loadgen.SimSite(link, [cluster.origin.url], http)
+                     for link in loadgen.links_from_json(demo)]
+            try:
+                for site in sites:
+                    site.start()
+                    await asyncio.sleep(0.2)
+                await wait_until(lambda: all(s.playing() for s in sites), 30,
+                                 "all 6 sites playing", cluster)
+                served = {s.node_id for s in sites}
+                assert served == {"edge1", "edge2"}, [s.node_id for s in sites]
+                await asyncio.sleep(2.5)  # a heartbeat with the links in it
+                nodes = await cluster.nodes()
+                edge1_sites = sum(s.node_id == "edge1" for s in sites)
+                assert nodes["origin"].viewers == 1  # only edge1 pulls from the origin
+                assert nodes["edge1"].viewers == edge1_sites + 1  # its sites + edge2's link
+                assert sid in nodes["edge1"].lectures and sid in nodes["edge2"].lectures
+            finally:
+                for site in sites:
+                    await site.stop()
+            # the last viewer left: links linger 5 s, then both edges let go
+            async def dropped() -> bool:
+                nodes = await cluster.nodes()
+                return nodes["origin"].viewers == 0 and not nodes["edge2"].lectures
+
+            start = time.monotonic()
+            while not await dropped():
+                assert time.monotonic() - start < 15, f"links not dropped\n{cluster.logs()}"
+                await asyncio.sleep(0.5)
+            await publisher.close()
