@@ -354,3 +354,34 @@ def test_a_page_too_slow_to_read_is_shut() -> None:
     assert items[-1] is None  # the socket side sees the close after what was queued
     peer.post({"type": "late"})
     assert peer.outbox.empty()
+
+
+async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
+    """Cluster: a moderator on node A sees a site connected to node B, and reaches it."""
+    from redisproc import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as redis_proc:
+        async with (
+            running_app(tmp_path / "a", redis_url=redis_proc.url, batch_interval_s=BATCH,
+                        node_id="node-a") as (a, _),
+            running_app(tmp_path / "b", redis_url=redis_proc.url, batch_interval_s=BATCH,
+                        node_id="node-b") as (b, state_b),
+        ):
+            await seed(a, sites=("S1", "S2", "S3"))  # one registry, one class, in Redis
+            mod = await connect(a, Role.MODERATOR)
+            assert [s["code"] for s in (await receive(mod, "sites"))["sites"]] == ["S1", "S2", "S3"]
+            site = await connect(b, Role.SITE, "S2")
+            assert (await receive(site, "welcome"))["session"]["id"] == "c1"
+            await site.send_json({"type": "headcount", "count": 77, "phase": "start", "id": "x"})
+            await receive(site, "ack")
+            update = await receive(mod, "sites_update",
+                                   where=lambda m: (site_in(m, "S2") or {}).get("headcount") == 77)
+            assert site_in(update, "S2")["status"] == "waiting" and update["totals"]["people"] == 77
+            await mod.send_json({"type": "message", "text": "Từ nút A", "to": {"commune": "Phường Hiến Nam"}})
+            assert (await receive(site, "message"))["text"] == "Từ nút A"
+            await site.close()
+            update = await receive(mod, "sites_update",
+                                   where=lambda m: (site_in(m, "S2") or {}).get("status") == "offline")
+            kinds = [e.kind for e in await state_b.store.events("c1", site_code="S2")]
+            assert kinds == [EventKind.SITE_JOINED, EventKind.HEADCOUNT, EventKind.SITE_LEFT]
+            await mod.close()
