@@ -363,7 +363,7 @@ async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
     with RedisProcess(tmp_path / "redis") as redis_proc:
         async with (
             running_app(tmp_path / "a", redis_url=redis_proc.url, batch_interval_s=BATCH,
-                        node_id="node-a") as (a, _),
+                        node_id="node-a") as (a, state_a),
             running_app(tmp_path / "b", redis_url=redis_proc.url, batch_interval_s=BATCH,
                         node_id="node-b") as (b, state_b),
         ):
@@ -384,4 +384,18 @@ async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
                                    where=lambda m: (site_in(m, "S2") or {}).get("status") == "offline")
             kinds = [e.kind for e in await state_b.store.events("c1", site_code="S2")]
             assert kinds == [EventKind.SITE_JOINED, EventKind.HEADCOUNT, EventKind.SITE_LEFT]
+
+            # S1 moves from node A to node B; A's late leave must not show it offline
+            old = await connect(a, Role.SITE, "S1")
+            await receive(old, "welcome")
+            new = await connect(b, Role.SITE, "S1")
+            await receive(new, "welcome")
+            await new.send_json({"type": "status", "state": "playing", "id": "p"})
+            await receive(new, "ack")
+            await old.close()
+            await asyncio.sleep(4 * BATCH)
+            room_a = state_a.hub._rooms["c1"].result()
+            assert room_a.sites["S1"].status == "playing"
+            assert room_a.sites["S1"].rejoins == 1
+            await new.close()
             await mod.close()
