@@ -18,7 +18,10 @@ the attendance JSON export and counts the class's stored check-ins.
 
 A live progress line goes to stderr. The last line on stdout is JSON: accepted (201), stored
 (check-ins in the ledger), duplicates (200), errors (with `error_kinds`), per_second, p50_ms,
-p99_ms, checkins, sites. Exit status 1 when stored != accepted.
+p99_ms, checkins, sites; with its own server also the server's CPU time per check-in,
+`stored_export` (the export's count) and `ids_match` (the stored check-ins are exactly the
+answered ones, by event id: `stored` is then read from the store files after the server
+stopped). Exit status 1 when stored != accepted (or the ids differ).
 
 Against a remote server the per-address limit (LOPSO_CHECKIN_RATE_ADDR) applies; on loopback
 `--spread N` binds the client to N source addresses 127.0.0.2... (all of 127.0.0.0/8 is local
@@ -221,7 +224,7 @@ def plan(checkins: int, sites: int, dup_share: float, seed: int = 1) -> Iterator
     person (same site, name and identifier). Half the people give an identifier."""
     rng = random.Random(seed)
     people: list[Person] = []
-    for i in range(checkins):
+    for _ in range(checkins):
         if people and rng.random() < dup_share:
             yield rng.choice(people)
             continue
@@ -463,8 +466,9 @@ async def measure(
     args: argparse.Namespace,
     server_pid: int | None = None,
     profiler: Profiler | None = None,
-) -> dict[str, Any]:
-    """Set up the class, run the load, read the ledger back; the result as a dict.
+) -> tuple[dict[str, Any], Tally]:
+    """Set up the class, run the load, read the ledger back (the attendance JSON export);
+    the result as a dict, and the tally of answers.
 
     With the server's pid, also the server's CPU time per check-in during the load (a figure
     that holds on a busy machine, where wall-clock rates depend on the neighbours)."""
@@ -484,10 +488,16 @@ async def measure(
         cpu_used = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
         if profiler is not None:
             profiler.stop()
-    stored = await stored_checkins(url, sid, admin)
-    extra = {}
+    try:
+        stored: int | None = await stored_checkins(url, sid, admin)
+        export_error = None
+    except (LoadError, aiohttp.ClientError, TimeoutError) as exc:
+        stored, export_error = None, str(exc)[:300]
+        print(f"reading the attendance export failed: {export_error}", file=sys.stderr)
+    extra: dict[str, Any] = {"export_error": export_error} if export_error else {}
     if server_pid:
         extra = {
+            **extra,
             "server_cpu_s": round(cpu_used, 2),
             "server_cpu_us_per_checkin": round(1e6 * cpu_used / max(1, tally.done), 1),
         }
@@ -507,7 +517,7 @@ async def measure(
         "unique_event_ids": len(tally.event_ids),
         "session_id": sid,
         **extra,
-    }
+    }, tally
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -517,15 +527,20 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.url:
-        result = asyncio.run(measure(args.url.rstrip("/"), args.admin_token, args))
+        result, _ = asyncio.run(measure(args.url.rstrip("/"), args.admin_token, args))
     else:
         result = run_own_server(args)
     print(json.dumps(result, ensure_ascii=False))
-    return 0 if result["stored"] == result["accepted"] else 1
+    ok = result["stored"] == result["accepted"] and result.get("ids_match", True)
+    return 0 if ok else 1
 
 
 def run_own_server(args: argparse.Namespace) -> dict[str, Any]:
-    """The load against a `lopso serve` started here (and stopped, whatever happens)."""
+    """The load against a `lopso serve` started here (and stopped, whatever happens).
+
+    After the server stops, the ledger is also read straight from its store: `stored` is that
+    count, `stored_export` what the attendance export said, `ids_match` whether the stored
+    check-ins are exactly the ones answered 201 (by event id)."""
     with tempfile.TemporaryDirectory(prefix="lopso-load-") as tmp:
         server = ServerProcess(Path(tmp))
         server.start()
@@ -533,12 +548,36 @@ def run_own_server(args: argparse.Namespace) -> dict[str, Any]:
         pid = server.proc.pid
         profiler = Profiler(pid, Path(tmp) / "profile.txt") if args.profile else None
         try:
-            result = asyncio.run(measure(server.url, server.admin_token(), args, pid, profiler))
+            result, tally = asyncio.run(
+                measure(server.url, server.admin_token(), args, pid, profiler)
+            )
             if profiler is not None:
                 print(profiler.summary(), file=sys.stderr)
+        except BaseException:
+            print(f"server log (tail):\n{server.log()}", file=sys.stderr)
+            raise
         finally:
             server.stop()
+        if "export_error" in result:
+            print(f"server log (tail):\n{server.log()}", file=sys.stderr)
+        ids = asyncio.run(ledger_checkin_ids(Path(tmp) / "data", result["session_id"]))
+    result["stored_export"] = result["stored"]
+    result["stored"] = len(ids)
+    result["ids_match"] = ids == tally.event_ids
     return result
+
+
+async def ledger_checkin_ids(data_dir: Path, sid: str) -> set[str]:
+    """Ids of the class's CHECKIN events in an embedded store's files (server stopped)."""
+    from server.models import EventKind
+    from server.store.embedded import EmbeddedStore
+
+    async with EmbeddedStore(data_dir, "load-verifier") as store:
+        events = await store.events(sid, kinds=[EventKind.CHECKIN])
+    ids = {event.id for event in events}
+    if len(ids) != len(events):
+        raise LoadError(f"{len(events) - len(ids)} check-in event ids stored twice")
+    return ids
 
 
 if __name__ == "__main__":
