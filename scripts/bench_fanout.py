@@ -353,11 +353,8 @@ class MediaRelayBaseline(LopsoRelay):
             time.monotonic(),
         )
         cpu0, copies0, in0, then = self.mark
-        drops = sum(
-            getattr(getattr(t, "fanout", None), "drops", 0) for t in self.lecture.tracks.values()
-        )
         return {
-            "fanout_drops": drops,
+            "fanout_drops": None,  # MediaRelay has no fan-out drop counter
             "cpu_s": cpu - cpu0,
             "copies": copies - copies0,
             "packets_in": packets_in - in0,
