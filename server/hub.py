@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.alerts import AlertBook
+from server.checkin import Checkin, dedupe_key
 from server.incidents import open_help
 from server.models import ClassSession, Event, EventKind, Role, Site
-from server.quality import classify_sample
+from server.quality import QualityClass, classify_sample
 from server.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class HubLimits:
     presence_ttl_s: float = 45.0
     quality_event_every_s: float = 15.0
     mid_prompt_s: float | None = None  # default: half the planned duration, else 45 min
+    subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
 
 
 @dataclasses.dataclass
@@ -192,7 +194,10 @@ class ClassLive:
         for code in [c for c in self.sites if c not in present]:
             await self.close_lost(code, last_seen, events)
         subscription = self.hub.store.subscribe(self.channel)
-        await subscription.ready()
+        try:  # Redis down: start anyway; the store subscribes when it reconnects
+            await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)
+        except TimeoutError:
+            log.warning("class channel not live yet, continuing", extra={"sid": self.session.id})
         if self.hub.live_probe is not None and self.session.ended_at is None:
             self.live = self.live or await self.hub.live_probe(self.session.id)
         self._tasks.append(asyncio.create_task(self._follow(subscription)))
@@ -397,10 +402,9 @@ class ClassLive:
         if self.local_joins[code] > 0:
             return
         del self.local_joins[code]
-        present = (await self.hub.store.presence(self.session.id)).get(code) or {}
-        if present.get("node", self.hub.node_id) != self.hub.node_id:
+        mine = {"node": self.hub.node_id}  # atomic "still mine?": another node may hold it now
+        if not await self.hub.store.clear_presence(self.session.id, code, only_if=mine):
             return  # the site is connected through another node now
-        await self.hub.store.clear_presence(self.session.id, code)
         await self.patch(code, status="offline", since=self.hub.clock())
 
     async def refresh(self, peer: Peer, status: str | None = None) -> None:
@@ -431,6 +435,8 @@ class ClassLive:
     async def quality(self, code: str, sample: dict[str, Any]) -> None:
         """Record a quality report: live figures now, a ledger sample every ~15 s."""
         klass = classify_sample(sample)
+        if klass is QualityClass.LOST and not self.live:
+            klass = None  # no lecture, no media: nothing is lost before (or between) lectures
         value = klass.value if klass else None
         now = self.hub.clock()
         if now - self._last_quality_event.get(code, 0.0) >= self.hub.limits.quality_event_every_s:
@@ -475,11 +481,12 @@ class ClassLive:
                              t="question", question_id=question_id, question=question)
         return question_id
 
-    async def checkin(self, code: str, name: str, ident: str | None, by: str) -> tuple[Event, bool]:
-        """Count a person at a site once (dedupe on site + name + ident)."""
-        event = self.hub.event(self.session.id, EventKind.CHECKIN, code,
-                               {"name": name, "ident": ident, "by": by})
-        stored, created = await self.hub.store.add_checkin(event, checkin_key(code, name, ident))
+    async def checkin(self, code: str, person: Checkin) -> tuple[Event, bool]:
+        """Count a person once (server/checkin.py: an identifier counts once per class, a name
+        once per site, without diacritics); the ledger keeps the identifier masked."""
+        event = self.hub.event(self.session.id, EventKind.CHECKIN, code, person.event_data())
+        key = dedupe_key(self.session.id, code, person.name, person.ident)
+        stored, created = await self.hub.store.add_checkin(event, key)
         if created:
             await self.patch(code, checkins=self.sites[code].checkins + 1)
         return stored, created
@@ -510,12 +517,6 @@ def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> st
         return uuid.uuid4().hex
     key = f"{sid}\x1f{site or ''}\x1f{kind.value}\x1f{ref}".encode()
     return hashlib.sha256(key).hexdigest()[:32]
-
-
-def checkin_key(site_code: str, name: str, ident: str | None) -> str:
-    """Dedupe key of a check-in: one person (name, or identifier when given) per site."""
-    who = (ident or "").strip().casefold() or " ".join(name.split()).casefold()
-    return f"{site_code}\x1f{who}"
 
 
 class Hub:
@@ -551,14 +552,16 @@ class Hub:
         their state is rebuilt and connections a crash left open are closed."""
         for session in await self.store.list_sessions():
             if session.ended_at is None and abs(session.starts_at - now) < window_s:
-                await self.room(session)
+                try:
+                    await self.room(session)
+                except Exception:  # opened again on first use (room() retries a failed open)
+                    log.exception("could not reopen a class", extra={"sid": session.id})
 
     async def expected_sites(self, session: ClassSession) -> list[Site]:
         """The sites a class expects: its list, or the whole registry when the list is empty."""
         if not session.site_codes:
             return await self.store.list_sites()
-        found = [await self.store.get_site(code) for code in session.site_codes]
-        return [site for site in found if site is not None]
+        return await self.store.get_sites(session.site_codes)
 
     def event(self, sid: str, kind: EventKind, site: str | None = None,
               data: dict[str, Any] | None = None, ref: str | None = None) -> Event:

@@ -253,6 +253,23 @@ async def test_quality_report_updates_state_and_samples_the_ledger(app) -> None:
     await mod.close()
 
 
+async def test_no_media_is_not_lost_quality_before_the_lecture_is_live(app) -> None:
+    client, state = app
+    site = await connect(client, Role.SITE, "S3")
+    await receive(site, "welcome")
+    await site.send_json({"type": "quality", "kbps": 0, "no_media_s": 30, "id": "q1"})
+    await receive(site, "ack")
+    room = await state.hub.room(await state.store.get_session("c1"))
+    assert room.sites["S3"].quality is None
+    await state.hub.set_live(room.session, True)
+    await site.send_json({"type": "quality", "kbps": 0, "no_media_s": 30, "id": "q2"})
+    await receive(site, "ack")
+    assert room.sites["S3"].quality == "lost"
+    stored = await state.store.events("c1", kinds=[EventKind.QUALITY])
+    assert [e.data["class"] for e in stored] == [None]  # the second sample was within 15 s
+    await site.close()
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
@@ -399,3 +416,36 @@ async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
             assert room_a.sites["S1"].rejoins == 1
             await new.close()
             await mod.close()
+
+
+async def test_a_class_opens_while_its_channel_is_not_live_yet(tmp_path: Path) -> None:
+    """Redis down or reconnecting: the room opens after the timeout and goes live later."""
+    from server.hub import Hub, HubLimits
+    from server.models import ClassSession, Site
+    from server.store import open_store
+    from server.store.subscription import Subscription
+
+    store = await open_store(None, tmp_path, "n1")
+    pending: list[Subscription] = []
+
+    def not_live_yet(channel: str) -> Subscription:  # the injected failure: never confirmed
+        pending.append(Subscription(channel, 10, lambda sub: None))
+        return pending[-1]
+
+    store.subscribe = not_live_yet  # type: ignore[method-assign]
+    hub = Hub(store, "n1", HubLimits(batch_interval_s=0.05, subscribe_timeout_s=0.2))
+    try:
+        await store.upsert_sites([Site("A", "Nhà văn hóa thôn A")])
+        session = ClassSession(id="k", title="t", starts_at=time.time())
+        started = time.monotonic()
+        room = await asyncio.wait_for(hub.room(session), 3)
+        assert 0.15 <= time.monotonic() - started < 2 and list(room.sites) == ["A"]
+        pending[0].deliver({"t": "site", "code": "A", "patch": {"status": "playing"}})
+        for _ in range(40):
+            if room.sites["A"].status == "playing":
+                break
+            await asyncio.sleep(0.05)
+        assert room.sites["A"].status == "playing"  # followed once messages flow
+    finally:
+        await hub.close()
+        await store.close()

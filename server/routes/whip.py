@@ -126,8 +126,10 @@ async def post_whep(request: web.Request) -> web.Response:
     state = request.app[STATE]
     code = request.match_info["site"]
     session = await open_class(request, Action.VIEW, code)
-    expected = session.site_codes or [s.code for s in await state.store.list_sites()]
-    if code not in expected:
+    listed = code in session.site_codes if session.site_codes else None
+    if listed is None:  # a class of every registered site: one lookup, not the registry
+        listed = await state.store.get_site(code) is not None
+    if not listed:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     offer = await read_sdp(request)
     placed = await relay.place_whep(request, session, offer)  # cluster: the chosen edge answers
