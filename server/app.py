@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from aiohttp import web
 
 import web as web_assets
 from server import auth
+from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config
 from server.errors import AuthError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
@@ -52,14 +54,12 @@ class AppState:
     demo: dict[str, Any] | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
-    checkin_site_limiter: auth.RateLimiter = None  # type: ignore[assignment]
-    checkin_addr_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         cfg = self.config
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
-        self.checkin_site_limiter = auth.RateLimiter(cfg.checkin_rate_site, 10 * cfg.checkin_rate_site)
-        self.checkin_addr_limiter = auth.RateLimiter(cfg.checkin_rate_addr, 10 * cfg.checkin_rate_addr)
+        self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
 
     def catalogue(self, lang: str) -> dict[str, str]:
         """The page strings of `lang` from web/static/i18n/<lang>.json (empty if missing)."""
@@ -71,6 +71,17 @@ class AppState:
                 log.warning("string catalogue missing or invalid", extra={"path": str(path)})
                 return {}
         return self.catalogues[lang]
+
+
+def checkin_limits(cfg: Config) -> CheckinLimits:
+    """The configured check-in limits; a rate of 0 means no limit (a bucket never empty)."""
+    unlimited = 1e12
+    return CheckinLimits(
+        site_rate=cfg.checkin_rate_site or unlimited,
+        site_burst=cfg.checkin_burst_site if cfg.checkin_rate_site else unlimited,
+        address_rate=cfg.checkin_rate_addr or unlimited,
+        address_burst=cfg.checkin_burst_addr if cfg.checkin_rate_addr else unlimited,
+    )
 
 
 STATE = web.AppKey("state", AppState)
@@ -149,6 +160,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         status, code, message = known
         if isinstance(exc, AuthError):
             return json_error(status, code, message, {"WWW-Authenticate": "Bearer"})
+        retry_after = getattr(exc, "retry_after_s", None)
+        if isinstance(retry_after, (int, float)):
+            return json_error(status, code, message, {"Retry-After": str(math.ceil(retry_after))})
         return json_error(status, code, message)
 
 

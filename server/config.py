@@ -52,7 +52,10 @@ class Config:
     batch_interval_s: float = 1.0
     signalling_rate: float = 50.0  # WHIP/WHEP requests per second per client address; 0 = off
     checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
-    checkin_rate_addr: float = 10.0  # check-ins per second per client address; 0 = off
+    checkin_burst_site: int = 200  # check-ins a site may send at once
+    # A hall's Wi-Fi (or a carrier's NAT) puts hundreds of phones behind one address.
+    checkin_rate_addr: float = 5.0  # check-ins per second per client address; 0 = off
+    checkin_burst_addr: int = 100
     trust_proxy: bool = False  # behind a reverse proxy: the client is X-Forwarded-For's first
     node_url: str = ""  # cluster: where other nodes reach this node's HTTP (default: host:port)
     upstream_url: str = ""  # edge: the node to pull lectures from (default: the origin)
@@ -191,6 +194,8 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
+    "checkin_burst_site": ("LOPSO_CHECKIN_BURST_SITE", _int("check-in burst per site", 1, 1_000_000)),
+    "checkin_burst_addr": ("LOPSO_CHECKIN_BURST_ADDR", _int("check-in burst per address", 1, 1_000_000)),
     "trust_proxy": ("LOPSO_TRUST_PROXY", _flag("trust proxy")),
     "node_url": ("LOPSO_NODE_URL", str),
     "upstream_url": ("LOPSO_UPSTREAM_URL", str),

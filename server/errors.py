@@ -14,6 +14,8 @@ from media.errors import (
     PublisherBusyError,
     SdpError,
 )
+from server.checkin import CheckinError
+from server.checkin import RateLimitedError as CheckinRateLimitedError
 from server.store.base import NotFoundError, StoreError
 
 
@@ -99,6 +101,8 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
     """Return (status, code, message) for a known domain error, or None for an unknown one."""
     if isinstance(exc, LopsoError):
         return exc.status, exc.code, str(exc)
+    if isinstance(exc, CheckinError):  # server/checkin.py: its own precise codes
+        return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
     for kind, status, code in _FOREIGN:
         if isinstance(exc, kind):
             return status, code, str(exc) or kind.__name__

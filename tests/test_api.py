@@ -135,9 +135,31 @@ async def test_participant_checkin_dedupes(app) -> None:
     assert other.status == 201
     wrong_site = await client.post("/api/sessions/c1/sites/S2/checkins", json={"name": "X"}, headers=headers)
     assert wrong_site.status == 403 and (await wrong_site.json())["error"]["code"] == "wrong_site"
+    no_marks = await client.post(url, json={"name": "Nguyen van An"}, headers=headers)
+    assert no_marks.status == 200  # cheap phones type without diacritics: the same person
     events = await state.store.events("c1", kinds=[EventKind.CHECKIN])
     assert [e.data["name"] for e in events] == ["Nguyễn Văn An", "Nguyễn Văn An"]
-    assert events[0].data["by"] == "qr" and events[1].data["ident"] == "0912"
+    assert events[0].data["by"] == "qr" and events[1].data["ident"] == "•••2"  # masked
+
+
+async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(app) -> None:
+    client, state = app
+    await client.post("/api/sessions", headers=ADMIN, json={
+        "id": "c2", "title": "Hai điểm", "starts_at": "2026-11-26T02:00:00Z", "site_codes": ["S1", "S2"]})
+    s1 = auth(Role.PARTICIPANT, "c2", site="S1")
+    s2 = auth(Role.PARTICIPANT, "c2", site="S2")
+    first = await client.post("/api/sessions/c2/sites/S1/checkins",
+                              json={"name": "Lê Thị Hoa", "ident": "+84 912 345 678"}, headers=s1)
+    assert first.status == 201
+    elsewhere = await client.post("/api/sessions/c2/sites/S2/checkins",
+                                  json={"name": "Hoa", "ident": "0912345678"}, headers=s2)
+    assert elsewhere.status == 200 and (await elsewhere.json())["duplicate"] is True
+    stored = await state.store.events("c2", kinds=[EventKind.CHECKIN])
+    assert [(e.site_code, e.data["ident"]) for e in stored] == [("S1", "•••••••678")]
+    for body, code in (({"name": "An", "phone": "1"}, "checkin_invalid"),
+                       ({"name": "1234"}, "checkin_name"), ({"name": "An", "ident": "a@b"}, "checkin_ident")):
+        reply = await client.post("/api/sessions/c2/sites/S1/checkins", json=body, headers=s1)
+        assert reply.status == 400 and (await reply.json())["error"]["code"] == code
 
 
 async def test_ending_a_class(app) -> None:
@@ -252,16 +274,29 @@ async def test_node_heartbeat_is_in_the_store(app) -> None:
 
 
 async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
-    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_rate_site=0) as (client, _):
+    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_burst_addr=10,
+                           checkin_rate_site=0) as (client, _):
         await seed(client)
         headers = auth(Role.PARTICIPANT, site="S1")
         statuses = []
         for i in range(15):  # a burst of 10 is allowed, then 1 per second
             reply = await client.post("/api/sessions/c1/sites/S1/checkins",
-                                      json={"name": f"Người {i}"}, headers=headers)
+                                      json={"name": f"Người {chr(65 + i)}"}, headers=headers)
             statuses.append(reply.status)
         assert statuses.count(201) in (10, 11) and statuses.count(429) >= 4
         assert (await reply.json())["error"]["code"] == "rate_limited"
+        assert 1 <= int(reply.headers["Retry-After"]) <= 2
+
+
+def test_checkin_limits_default_to_a_hall_behind_one_address() -> None:
+    from server.app import checkin_limits
+    from server.config import load_config
+
+    limits = checkin_limits(load_config({"data_dir": "/tmp/lopso-cfg-test"}, env={}))
+    assert (limits.address_rate, limits.address_burst) == (5.0, 100)
+    assert (limits.site_rate, limits.site_burst) == (20.0, 200)
+    off = checkin_limits(load_config({"data_dir": "/tmp/lopso-cfg-test", "checkin_rate_addr": 0}, env={}))
+    assert off.address_rate >= 1e9 and off.address_burst >= 1e9
 
 
 async def test_behind_a_trusted_proxy_limits_apply_per_forwarded_client(tmp_path: Path) -> None:

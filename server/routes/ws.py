@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 
 from server import auth
 from server.app import STATE, authorize_request, session_or_404
+from server.checkin import parse_checkin
 from server.errors import UnknownError, ValidationError, describe
 from server.hub import ClassLive, Peer
 from server.models import Role
@@ -138,9 +139,9 @@ async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
-    name = text(data, "name", 100)
-    ident = optional_text(data, "ident", 40)
-    _, created = await ctx.room.checkin(own_site(ctx), name, ident, "operator")
+    fields = {key: data[key] for key in ("name", "ident") if key in data}
+    person = parse_checkin(fields, by="operator")  # a person without a phone, at the hall
+    _, created = await ctx.room.checkin(own_site(ctx), person)
     return {"duplicate": not created}
 
 
