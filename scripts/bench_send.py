@@ -12,6 +12,11 @@ socket, which a NIC would do elsewhere, so the figure errs on the high side.
     python scripts/bench_send.py --viewers 100 --pps 200 --seconds 5
     python scripts/bench_send.py --viewers 100 --slow        # pylibsrtp Session fallback
     python scripts/bench_send.py --viewers 100 --profile     # cProfile of the send window
+    python scripts/bench_send.py --viewers 200 --idle 10     # + CPU of idle viewers
+
+Besides the send window it reports the sender's CPU per connected viewer (ICE, DTLS handshake,
+SRTP setup; SDP and lecture bookkeeping are not part of this benchmark) and, with `--idle`,
+the CPU per viewer per second while nothing is sent (consent checks, receiver reports).
 
 The last line of output is one JSON object.
 """
@@ -98,6 +103,7 @@ async def run(args: argparse.Namespace) -> dict:
     try:
         loop = asyncio.get_running_loop()
         offers = await loop.run_in_executor(None, parent.recv)
+        connect0 = sum(cpu_seconds())
         endpoints = [sock.endpoint(u, p, tuple(fp), "actpass") for u, p, fp in offers]
         parent.send(
             [
@@ -107,6 +113,8 @@ async def run(args: argparse.Namespace) -> dict:
         )
         await asyncio.gather(*(e.connected(30) for e in endpoints))
         await loop.run_in_executor(None, parent.recv)  # viewers say connected
+        connect_cpu = sum(cpu_seconds()) - connect0
+        idle_cpu = await idle_for(args.idle)
         fanout = sock.fanout()
         for e in endpoints:
             fanout.add(e, 96)
@@ -121,7 +129,18 @@ async def run(args: argparse.Namespace) -> dict:
             proc.kill()
         await sock.close()
     result["receivers"] = received
+    result["connect_cpu_ms_per_viewer"] = round(1e3 * connect_cpu / args.viewers, 3)
+    result["idle_cpu_ms_per_s_per_viewer"] = (
+        round(1e3 * idle_cpu / args.idle / args.viewers, 4) if args.idle else None
+    )
     return result
+
+
+async def idle_for(seconds: float) -> float:
+    """Sleep `seconds` with every viewer connected; returns the CPU seconds used meanwhile."""
+    start = sum(cpu_seconds())
+    await asyncio.sleep(seconds)
+    return sum(cpu_seconds()) - start
 
 
 async def send_for(fanout, packets, pps: int, seconds: float, seq0: int = 0) -> int:
@@ -184,6 +203,7 @@ def main() -> None:
     parser.add_argument("--slow", action="store_true", help="use the pylibsrtp Session path")
     parser.add_argument("--no-decrypt", action="store_true", help="viewers count, not decrypt")
     parser.add_argument("--profile", action="store_true", help="cProfile summary on stderr")
+    parser.add_argument("--idle", type=float, default=0.0, help="seconds of idle viewers first")
     args = parser.parse_args()
     result = asyncio.run(run(args))
     print(json.dumps(result))
