@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""The cluster benchmark of issue 4: one lecture through an origin and 1, then 2, edge processes.
+
+For each edge count: a private redis-server, an origin and the edges as `lopso serve --role`
+processes; a publisher (aiortc playing a pre-encoded VP8 ~1.5 Mbit/s + Opus clip, no
+decoding) through WHIP to the origin; `--viewers` non-decoding viewers (media/loadviewer.py,
+in `--procs` processes) entering through the origin's WHEP, which places them on the edges.
+Over a steady window it reads each edge's CPU time (/proc/<pid>/stat, all threads) and the
+packets its viewers received, giving CPU-µs per forwarded packet and the viewers one edge
+process would carry at one full core. Scaling efficiency = per-edge capacity with 2 edges /
+per-edge capacity with 1 edge (1.0 = edges add capacity linearly).
+
+Relay hop latency: one viewer on the origin (a relay subscribe) and one on an edge, in this
+process; each video packet (matched by its payload, which forwarding leaves untouched) is
+timed at both, so edge - origin = the relay link's added latency (link + edge fan-out).
+
+    python scripts/bench_cluster.py --quick          # 40 viewers, 8 s windows
+    python scripts/bench_cluster.py --viewers 200 --seconds 20
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TICK = os.sysconf("SC_CLK_TCK")
+VIDEO_PT = 96  # what LoadViewer offers for VP8
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"lopso_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all its threads."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# --- viewer processes -------------------------------------------------------------------------
+def viewer_worker(conn: Any, links: list[tuple[str, str, str]], entry: str) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    sys.path.insert(0, str(ROOT))
+    asyncio.run(_viewers(conn, links, entry))
+
+
+async def _viewers(conn: Any, links: list[tuple[str, str, str]], entry: str) -> None:
+    import aiohttp
+
+    from media.dtls import DtlsIdentity
+    from media.loadviewer import LoadViewer
+
+    identity = DtlsIdentity()
+    viewers: list[tuple[Any, str]] = []  # (viewer, serving node)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for path, token, _code in links:
+            viewer = LoadViewer(identity)
+            await viewer.start()
+            headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+            async with http.post(entry + path, data=viewer.offer(), headers=headers) as reply:
+                body = await reply.text()
+                assert reply.status == 201, (reply.status, body)
+                node = reply.headers.get("X-Lopso-Node", "?")
+            await viewer.connect(body)
+            viewers.append((viewer, node))
+            await asyncio.sleep(0.02)
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command == "count":
+                per_node: dict[str, int] = {}
+                placed: dict[str, int] = {}
+                for viewer, node in viewers:
+                    per_node[node] = per_node.get(node, 0) + viewer.counters.packets
+                    placed[node] = placed.get(node, 0) + 1
+                lost = sum(v.stats()["lost"] for v, _ in viewers)
+                conn.send({"per_node": per_node, "placed": placed, "lost": lost,
+                           "playing": sum(v.counters.packets > 0 for v, _ in viewers)})
+            elif command == "quit":
+                for viewer, _ in viewers:
+                    await viewer.close()
+                conn.send("bye")
+                return
+
+
+class ViewerProcs:
+    def __init__(self, links: list[tuple[str, str, str]], entry: str, procs: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for i in range(procs):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=viewer_worker, args=(theirs, links[i::procs], entry),
+                               daemon=True)
+            proc.start()
+            self.conns.append(mine)
+            self.procs.append(proc)
+
+    async def count(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"per_node": {}, "placed": {}, "lost": 0, "playing": 0}
+        for conn in self.conns:
+            conn.send("count")
+        for conn in self.conns:
+            if not await asyncio.get_running_loop().run_in_executor(None, conn.poll, 60):
+                raise RuntimeError("a viewer process did not answer")
+            part = conn.recv()
+            for key in ("per_node", "placed"):
+                for node, n in part[key].items():
+                    total[key][node] = total[key].get(node, 0) + n
+            total["lost"] += part["lost"]
+            total["playing"] += part["playing"]
+        return total
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send("quit")
+                conn.poll(10) and conn.recv()
+            except (OSError, EOFError):
+                pass
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --- hop latency ------------------------------------------------------------------------------
+class HopProbe:
+    """A viewer on the origin and one on an edge; video payloads timed at both."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, float] = {}
+        self.hops: list[float] = []
+
+    @staticmethod
+    def key(data: bytes) -> bytes | None:
+        if data[1] & 0x7F != VIDEO_PT:
+            return None
+        offset = 12 + 4 * (data[0] & 0x0F)
+        if data[0] & 0x10:
+            offset += 4 + 4 * int.from_bytes(data[offset + 2:offset + 4], "big")
+        return data[offset:offset + 64] + len(data[offset:]).to_bytes(4, "big")
+
+    def at_origin(self, data: bytes) -> None:
+        key = self.key(data)
+        if key is not None:
+            self.seen[key] = time.perf_counter()
+            if len(self.seen) > 20000:
+                self.seen.pop(next(iter(self.seen)))
+
+    def at_edge(self, data: bytes) -> None:
+        key = self.key(data)
+        if key is not None and key in self.seen:
+            self.hops.append(time.perf_counter() - self.seen.pop(key))
+
+
+async def hop_viewers(http: Any, origin: Any, edge: Any, secret: bytes, sid: str,
+                      site: tuple[str, str, str], probe: HopProbe) -> list[Any]:
+    from media.loadviewer import LoadViewer
+    from server.cluster import NODE_TOKEN_HEADER, mint_node_token
+
+    node_token = mint_node_token(secret, "bench")
+    on_origin, on_edge = LoadViewer(), LoadViewer()
+    for viewer in (on_origin, on_edge):
+        await viewer.start()
+    on_origin.on_rtp, on_edge.on_rtp = probe.at_origin, probe.at_edge
+    headers = {"Content-Type": "application/sdp", NODE_TOKEN_HEADER: node_token}
+    async with http.post(f"{origin.url}/relay/{sid}", data=on_origin.offer(), headers=headers) as r:
+        assert r.status == 201, await r.text()
+        await on_origin.connect(await r.text())
+    headers["Authorization"] = f"Bearer {site[1]}"  # forwarded by "a node": served by this edge
+    async with http.post(edge.url + site[0], data=on_edge.offer(), headers=headers) as r:
+        assert r.status == 201, await r.text()
+        await on_edge.connect(await r.text())
+    return [on_origin, on_edge]
+
+
+# --- one run ------------------------------------------------------------------------------------
+async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.Path) -> dict[str, Any]:
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    from tests.clusterproc import LopsoCluster
+    from tests.serverproc import SECRET
+
+    loadgen = load_script("loadgen")
+    with tempfile.TemporaryDirectory(prefix="lopso-bench-cluster-") as tmp, \
+            LopsoCluster(pathlib.Path(tmp), edges=edges, sites=viewers,
+                         capacity=max(1, viewers // (2 * edges)),  # spread evenly (placement)
+                         env={"LOPSO_LOG_LEVEL": "WARNING"}) as cluster:
+        demo, sid = cluster.demo, cluster.demo["session_id"]
+        links = [(link.whep_path, link.token, link.code) for link in loadgen.links_from_json(demo)]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            player = MediaPlayer(str(clip), decode=False)
+            pc = RTCPeerConnection()
+            pc.addTrack(player.audio)
+            pc.addTrack(player.video)
+            await pc.setLocalDescription(await pc.createOffer())
+            headers = {"Content-Type": "application/sdp",
+                       "Authorization": f"Bearer {demo['lecturer']['token']}"}
+            async with http.post(f"{cluster.origin.url}/whip/{sid}", data=pc.localDescription.sdp,
+                                 headers=headers) as reply:
+                assert reply.status == 201, await reply.text()
+                await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+            probe = HopProbe()
+            hop = await hop_viewers(http, cluster.origin, cluster.edges[0], SECRET.encode(), sid,
+                                    links[0], probe)
+            procs = ViewerProcs(links, cluster.origin.url, options["procs"])
+            try:
+                deadline = time.monotonic() + 60 + viewers / 10
+                while (await procs.count())["playing"] < viewers:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("viewers did not all start playing")
+                    await asyncio.sleep(1.0)
+                await asyncio.sleep(options["warmup"])
+                pids = {e.dir.name: e.proc.pid for e in cluster.edges}
+                cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                origin0, count0 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
+                probe.hops.clear()
+                started = time.monotonic()
+                await asyncio.sleep(options["seconds"])
+                cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+                origin1, count1 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
+                elapsed = time.monotonic() - started
+            finally:
+                procs.stop()
+                for viewer in hop:
+                    await viewer.close()
+                await pc.close()
+    points = []
+    per_edge = {}
+    for name in cpu0:
+        packets = count1["per_node"].get(name, 0) - count0["per_node"].get(name, 0)
+        cpu = cpu1[name] - cpu0[name]
+        per_edge[name] = {"viewers": count1["placed"].get(name, 0), "packets": packets,
+                          "cpu_pct": round(100 * cpu / elapsed, 1),
+                          "cpu_us_per_fwd_packet": round(1e6 * cpu / packets, 2) if packets else None}
+        points.append((packets / elapsed, cpu / elapsed))
+    packets = sum(v["packets"] for v in per_edge.values())
+    cpu = sum(cpu1[k] - cpu0[k] for k in cpu0)
+    us = 1e6 * cpu / packets if packets else float("nan")
+    rate = packets / elapsed / viewers  # packets/s one viewer gets
+    hops = sorted(1000 * h for h in probe.hops)
+    pct = lambda p: round(hops[min(len(hops) - 1, int(p / 100 * len(hops)))], 3) if hops else None  # noqa: E731
+    return {
+        "edges": edges, "viewers": viewers, "seconds": round(elapsed, 1),
+        "cpu_us_per_fwd_packet": round(us, 2),
+        "packets_per_viewer_per_s": round(rate, 1),
+        "viewers_per_edge_core": int(1e6 / (us * rate)) if packets else 0,
+        "edge_viewers": {k: v["viewers"] for k, v in per_edge.items()},
+        "edge_cpu_pct": {k: v["cpu_pct"] for k, v in per_edge.items()},
+        "edge_packets": {k: v["packets"] for k, v in per_edge.items()},
+        "origin_cpu_pct": round(100 * (origin1 - origin0) / elapsed, 1),
+        "loss_pct": round(100 * (count1["lost"] - count0["lost"]) / max(1, packets), 3),
+        "points": points,  # (forwarded packets/s, CPU s/s) per edge, for the fit
+        "hop_ms_p50": pct(50), "hop_ms_p99": pct(99), "hop_samples": len(hops),
+        "hop_ms_mean": round(statistics.fmean(hops), 3) if hops else None,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    bench_fanout = load_script("bench_fanout")
+    clip = bench_fanout.make_clip(args.warmup + args.seconds + 90)
+    options = {"procs": args.procs, "warmup": args.warmup, "seconds": args.seconds}
+    runs = []
+    for edges in (1, 2):
+        result = await run(edges, args.viewers, options, clip)
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+    one, two = runs
+    fixed, marginal = fit([p for r in runs for p in r.pop("points")])
+    rate = statistics.fmean(r["packets_per_viewer_per_s"] for r in runs)
+    efficiency = (one["cpu_us_per_fwd_packet"] / two["cpu_us_per_fwd_packet"]
+                  if two["cpu_us_per_fwd_packet"] else None)
+    return {
+        "edges": [r["edges"] for r in runs],
+        "viewers": [r["viewers"] for r in runs],
+        "viewers_per_edge_core": [r["viewers_per_edge_core"] for r in runs],
+        "cpu_us_per_fwd_packet": [r["cpu_us_per_fwd_packet"] for r in runs],
+        "efficiency": round(efficiency, 3) if efficiency else None,
+        "hop_ms_p50": [r["hop_ms_p50"] for r in runs],
+        "hop_ms_p99": [r["hop_ms_p99"] for r in runs],
+        "loss_pct": [r["loss_pct"] for r in runs],
+        "origin_cpu_pct": [r["origin_cpu_pct"] for r in runs],
+        "edge_fixed_cpu_pct": round(100 * fixed, 2),  # the relay link's ingest, per edge
+        "marginal_us_per_fwd_packet": round(1e6 * marginal, 2),
+        "viewers_per_edge_core_fit": int((1 - fixed) / (marginal * rate)) if marginal > 0 else None,
+        "cores": os.cpu_count(),
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares cpu = fixed + marginal * packets_per_s over the edges of both runs."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    marginal = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else my / mx
+    return max(0.0, my - marginal * mx), marginal
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--viewers", type=int, default=100, help="viewers in each run")
+    parser.add_argument("--procs", type=int, default=2, help="viewer processes")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--quick", action="store_true", help="40 viewers, 8 s windows")
+    args = parser.parse_args()
+    if args.quick:
+        args.viewers, args.seconds, args.warmup = 40, 8.0, 3.0
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(asyncio.run(main_async(args))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
