@@ -25,10 +25,11 @@ import web as web_assets
 from server import auth
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config
-from server.errors import AuthError, UnknownError, describe, error_body
+from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
 from server.models import ClassSession, NodeInfo
-from server.roles import Action
+from server.registry import KeyIdCache
+from server.roles import SITE_ROLES, Action
 from server.store import open_store
 from server.store.base import Store
 
@@ -55,9 +56,11 @@ class AppState:
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
+    site_keys: KeyIdCache = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         cfg = self.config
+        self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
 
@@ -92,8 +95,33 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 def claims_of(request: web.Request) -> auth.Claims:
     """Verify the request's token (Bearer header, else ?token=)."""
     state = request.app[STATE]
-    token = auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
-    return auth.verify(state.config.secret, token)
+    claims = auth.verify(state.config.secret, _token(request))
+    if claims.role in SITE_ROLES and claims.site is not None:
+        try:  # filled by site_key_middleware before any route runs
+            current = state.site_keys.current(claims.site)
+        except KeyError:
+            raise AuthError("the site's key could not be checked", code="token_unchecked") from None
+        auth.check_key(claims, current)
+    return claims
+
+
+def _token(request: web.Request) -> str:
+    return auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
+
+
+@web.middleware
+async def site_key_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Read the key id of the site a site/participant token names (cached), so `claims_of`
+    can tell a link whose join key was rotated: once per request or WebSocket connect."""
+    state = request.app[STATE]
+    try:
+        claims = auth.verify(state.config.secret, _token(request))
+    except LopsoError:
+        claims = None  # no or bad token: the route says so precisely
+    if claims is not None and claims.role in SITE_ROLES and claims.site is not None:
+        await state.site_keys.refresh(claims.site)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def authorize_request(
@@ -287,7 +315,8 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
         enable_async=False,
     )
     state = AppState(config=config, templates=templates)
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[error_middleware, site_key_middleware])
     app[STATE] = state
     app.cleanup_ctx.append(_store_ctx(state))
     if media:

@@ -1,7 +1,10 @@
 """Signed, expiring tokens scoped to a class and a role (and a site), and rate limits.
 
 Format (docs/protocol.md): `base64url(json) "." base64url(hmac_sha256(secret, json))`, the
-JSON holding `sid`, `role`, `site`, `exp`. Pure: no web code, the clock is passed in.
+JSON holding `sid`, `role`, `site`, `exp`, and for site and participant tokens `k`: the key
+id of the site's join key when the token was minted. Rotating a site's join key changes its
+key id, so every link handed out before stops working (`check_key`). Pure: no web code, the
+clock is passed in.
 """
 
 from __future__ import annotations
@@ -31,11 +34,23 @@ class Claims:
     role: Role
     site: str | None
     exp: int
+    k: str | None = None  # key id of the site's join key (site and participant tokens)
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
-        body = {"sid": self.sid, "role": self.role.value, "site": self.site, "exp": self.exp}
+        body: dict[str, object] = {"sid": self.sid, "role": self.role.value, "site": self.site,
+                                   "exp": self.exp}
+        if self.k is not None:
+            body["k"] = self.k
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def key_id(secret: bytes, join_key: str) -> str:
+    """The key id of a site's join key: 8 bytes of HMAC(secret, join key), base64url.
+
+    Reveals nothing of the join key; changes when the key is rotated."""
+    digest = hmac.new(secret, b"lopso-join-key\x1f" + join_key.encode(), hashlib.sha256).digest()
+    return _b64(digest[:8])
 
 
 def _b64(data: bytes) -> str:
@@ -56,14 +71,20 @@ def mint(
     role: Role,
     *,
     site: str | None = None,
+    join_key: str | None = None,
     ttl_s: float,
     now: float | None = None,
 ) -> str:
-    """Return a token for `role` in class `sid` (and `site`), valid for `ttl_s` seconds."""
+    """Return a token for `role` in class `sid` (and `site`), valid for `ttl_s` seconds.
+
+    Site and participant tokens need the site's current `join_key` (from the registry)."""
     if role in SITE_ROLES and not site:
         raise ValueError(f"a {role.value} token needs a site")
+    if role in SITE_ROLES and join_key is None:
+        raise ValueError(f"a {role.value} token needs the site's join key")
     issued = time.time() if now is None else now
-    claims = Claims(sid=sid, role=role, site=site, exp=int(issued + ttl_s))
+    k = key_id(secret, join_key) if role in SITE_ROLES and join_key is not None else None
+    claims = Claims(sid=sid, role=role, site=site, exp=int(issued + ttl_s), k=k)
     payload = claims.to_json()
     return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
 
@@ -93,16 +114,31 @@ def _parse_claims(payload: bytes) -> Claims:
     try:
         raw = json.loads(payload)
         role = Role(raw["role"])
-        sid, site, exp = raw["sid"], raw.get("site"), raw["exp"]
+        sid, site, exp, k = raw["sid"], raw.get("site"), raw["exp"], raw.get("k")
     except (ValueError, KeyError, TypeError):
         raise AuthError("token claims are malformed", code="token_malformed") from None
     if (
         not isinstance(sid, str)
         or type(exp) is not int
         or not (site is None or isinstance(site, str))
+        or not (k is None or isinstance(k, str))
     ):
         raise AuthError("token claims have wrong types", code="token_malformed")
-    return Claims(sid=sid, role=role, site=site, exp=exp)
+    return Claims(sid=sid, role=role, site=site, exp=exp, k=k)
+
+
+def check_key(claims: Claims, current: str | None) -> None:
+    """Raise AuthError when a site or participant token was minted for a join key the site no
+    longer has. `current` is the site's key id now (None: the site is not in the registry,
+    which the route reports itself)."""
+    if claims.role not in SITE_ROLES or current is None:
+        return
+    if claims.k is None or not hmac.compare_digest(claims.k, current):
+        raise AuthError(
+            "this link was replaced by a new one (the site's join key changed); "
+            "ask the organisers for the new link",
+            code="token_revoked",
+        )
 
 
 def authorize(claims: Claims, action: Action, sid: str, site: str | None = None) -> None:

@@ -3,6 +3,7 @@
     lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
                 [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
     lopso sites import FILE.csv [--data DIR]
+    lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
     lopso token --class SID --role ROLE [--site CODE] [--ttl SECONDS]
     lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
                        [--sites CODE,...] [--id SID]
@@ -92,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     imp = sites.add_parser("import", help="import sites from a CSV file")
     imp.add_argument("file", type=Path)
     _data(imp)
+    rotate = sites.add_parser("rotate", help="give a site a new join key (its old links stop working)")
+    rotate.add_argument("code")
+    _data(rotate)
 
     token = commands.add_parser("token", help="mint a token")
     token.add_argument("--class", dest="sid", default=auth.ANY_CLASS, help="class id, * for admin")
@@ -134,11 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             serve(config)
+        elif args.command == "sites" and args.sites_cmd == "rotate":
+            print(json.dumps(asyncio.run(_rotate(config, args.code))))
         elif args.command == "sites":
             print(json.dumps(asyncio.run(_import_sites(config, args.file))))
         elif args.command == "token":
-            ttl = args.ttl or config.token_ttl_s
-            print(auth.mint(config.secret, args.sid, Role(args.role), site=args.site, ttl_s=ttl))
+            print(asyncio.run(_token(config, args)))
         elif args.command == "class":
             print(json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2))
     except (LopsoError, ValueError, OSError) as exc:
@@ -175,6 +180,38 @@ async def _import_sites(config: Config, path: Path) -> dict[str, int]:
         return {"imported": await import_sites(store, data)}
     finally:
         await store.close()
+
+
+async def _rotate(config: Config, code: str) -> dict[str, Any]:
+    from server.registry import rotate_join_key
+    from server.store import open_store
+
+    store = await open_store(config.redis_url, config.data_dir, config.node_id)
+    try:
+        site = await rotate_join_key(store, code)
+    finally:
+        await store.close()
+    return {"code": site.code, "rotated": True}
+
+
+async def _token(config: Config, args: argparse.Namespace) -> str:
+    """Mint a token; a site or participant token carries its site's current join key id."""
+    from server.roles import SITE_ROLES
+
+    role, join_key = Role(args.role), None
+    if role in SITE_ROLES and args.site:
+        from server.store import open_store
+
+        store = await open_store(config.redis_url, config.data_dir, config.node_id)
+        try:
+            site = await store.get_site(args.site)
+        finally:
+            await store.close()
+        if site is None:
+            raise ValueError(f"site {args.site} is not in the registry")
+        join_key = site.join_key
+    ttl = args.ttl or config.token_ttl_s
+    return auth.mint(config.secret, args.sid, role, site=args.site, join_key=join_key, ttl_s=ttl)
 
 
 async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:

@@ -67,8 +67,9 @@ def class_links(config: Config, session: ClassSession, sites: list[Site]) -> dic
     # A token must outlive the class, whatever the configured TTL.
     ttl = max(config.token_ttl_s, (session.ends_at or session.starts_at) - time.time() + 86400)
 
-    def token(role: Role, site: str | None = None) -> str:
-        return auth.mint(config.secret, sid, role, site=site, ttl_s=ttl)
+    def token(role: Role, site: Site | None = None) -> str:
+        code, key = (site.code, site.join_key) if site else (None, None)
+        return auth.mint(config.secret, sid, role, site=code, join_key=key, ttl_s=ttl)
 
     lecturer, moderator = token(Role.LECTURER), token(Role.MODERATOR)
     return {
@@ -76,7 +77,7 @@ def class_links(config: Config, session: ClassSession, sites: list[Site]) -> dic
         "lecturer": {"url": f"{base}/studio/{sid}?token={lecturer}",
                      "whip_url": f"{base}/whip/{sid}", "token": lecturer},
         "moderator": {"url": f"{base}/moderator/{sid}?token={moderator}", "token": moderator},
-        "sites": [_site_links(base, sid, site, token(Role.SITE, site.code)) for site in sites],
+        "sites": [_site_links(base, sid, site, token(Role.SITE, site)) for site in sites],
     }
 
 

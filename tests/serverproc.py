@@ -136,8 +136,19 @@ class LopsoServer:
         return auth.mint(SECRET.encode(), auth.ANY_CLASS, Role.ADMIN, ttl_s=ttl_s)
 
     def token(self, role: Role, site: str | None = None, ttl_s: float = 3600) -> str:
-        """A token for the demo class."""
+        """A token for the demo class (a site token: the one in the demo JSON)."""
+        if role is Role.SITE and site is not None:
+            return str(next(s["token"] for s in self.demo["sites"] if s["code"] == site))
         return auth.mint(SECRET.encode(), self.demo["session_id"], role, site=site, ttl_s=ttl_s)
+
+    def site_token(self, sid: str, site: str) -> str:
+        """A site token of any class, as the links API hands it out (with the site's key id)."""
+        request = urllib.request.Request(f"{self.url}/api/sessions/{sid}/links",
+                                         headers={"Authorization": f"Bearer {self.admin_token()}"})
+        context = ssl._create_unverified_context() if self.tls else None
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
+            links = json.loads(reply.read())
+        return str(next(s["token"] for s in links["sites"] if s["code"] == site))
 
 
 @contextlib.asynccontextmanager
@@ -160,6 +171,15 @@ async def running_app(tmp_path: Path, *, media: bool = False, **settings: Any
         await client.close()
 
 
-def mint(role: Role, sid: str = auth.ANY_CLASS, site: str | None = None, ttl_s: float = 3600) -> str:
-    """A token signed with the tests' secret."""
-    return auth.mint(SECRET.encode(), sid, role, site=site, ttl_s=ttl_s)
+def join_key_of(code: str) -> str:
+    """The join key the tests' registry CSVs give site `code` (tests/test_api.py CSV)."""
+    return f"test-join-key-{code}"
+
+
+def mint(role: Role, sid: str = auth.ANY_CLASS, site: str | None = None, ttl_s: float = 3600,
+         join_key: str | None = None) -> str:
+    """A token signed with the tests' secret; a site or participant token carries the key id
+    of `join_key` (default: the tests' key of that site, `join_key_of`)."""
+    if join_key is None and site is not None and role in (Role.SITE, Role.PARTICIPANT):
+        join_key = join_key_of(site)
+    return auth.mint(SECRET.encode(), sid, role, site=site, join_key=join_key, ttl_s=ttl_s)

@@ -12,10 +12,10 @@ from serverproc import mint, running_app
 from server.models import EventKind, Role
 
 CSV = (
-    "\ufeffcode,name,village,commune,province\n"
-    "S1,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên\n"
-    "S2,Nhà văn hóa tổ dân phố 3,Tổ 3,Phường Hiến Nam,Hưng Yên\n"
-    "S3,Nhà văn hóa thôn Bắc,Thôn Bắc,Xã Tiên Lữ,Hưng Yên\n"
+    "\ufeffcode,name,village,commune,province,join_key\n"
+    "S1,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên,test-join-key-S1\n"
+    "S2,Nhà văn hóa tổ dân phố 3,Tổ 3,Phường Hiến Nam,Hưng Yên,test-join-key-S2\n"
+    "S3,Nhà văn hóa thôn Bắc,Thôn Bắc,Xã Tiên Lữ,Hưng Yên,test-join-key-S3\n"
 ).encode()
 ADMIN = {"Authorization": f"Bearer {mint(Role.ADMIN)}"}
 
@@ -308,3 +308,59 @@ async def test_behind_a_trusted_proxy_limits_apply_per_forwarded_client(tmp_path
             reply = await client.post("/api/sessions/c1/sites/S1/checkins", json={"name": f"N{i}"},
                                       headers={**headers, "X-Forwarded-For": f"10.0.0.{i}, 127.0.0.1"})
             assert reply.status == 201
+
+
+async def test_rotating_a_join_key_revokes_the_sites_old_links(app) -> None:
+    client, state = app
+    old_site = auth(Role.SITE, site="S1")
+    old_participant = auth(Role.PARTICIPANT, site="S1")
+    assert (await client.get("/api/sessions/c1", headers=old_site)).status == 200
+    denied = await client.post("/api/sites/S1/rotate", headers=old_site)
+    assert denied.status == 403
+    rotated = await client.post("/api/sites/S1/rotate", headers=ADMIN)
+    assert rotated.status == 200 and await rotated.json() == {"code": "S1", "rotated": True}
+    for method, url, headers in (
+        ("GET", "/api/sessions/c1", old_site),
+        ("GET", "/site/c1/S1", old_site),
+        ("GET", "/ws/c1", old_site),
+        ("POST", "/api/sessions/c1/sites/S1/checkins", old_participant),
+    ):
+        reply = await client.request(method, url, headers=headers, json={"name": "An"})
+        assert reply.status == 401, (url, await reply.text())
+        if url.startswith("/api"):
+            assert (await reply.json())["error"]["code"] == "token_revoked"
+    links = await (await client.get("/api/sessions/c1/links", headers=ADMIN)).json()
+    new_token = next(s["token"] for s in links["sites"] if s["code"] == "S1")
+    assert (await client.get("/site/c1/S1", params={"token": new_token})).status == 200
+    ws = await client.ws_connect("/ws/c1", params={"token": new_token})
+    assert json.loads((await ws.receive(timeout=3)).data)["type"] == "welcome"
+    await ws.close()
+    other = auth(Role.SITE, site="S2")  # the other sites' links are untouched
+    assert (await client.get("/api/sessions/c1", headers=other)).status == 200
+    missing = await client.post("/api/sites/NOPE/rotate", headers=ADMIN)
+    assert missing.status == 404
+
+
+async def test_key_ids_are_cached_between_requests() -> None:
+    from server.auth import key_id
+    from server.models import Site
+    from server.registry import KeyIdCache
+
+    reads: list[str] = []
+    keys = {"S1": "k1"}
+    now = [0.0]
+
+    async def lookup(code: str) -> Site | None:
+        reads.append(code)
+        return Site(code, "x", join_key=keys[code]) if code in keys else None
+
+    cache = KeyIdCache(lookup, b"s" * 16, ttl_s=10.0, clock=lambda: now[0])
+    for _ in range(100):  # a busy page: one registry read
+        await cache.refresh("S1")
+    assert reads == ["S1"] and cache.current("S1") == key_id(b"s" * 16, "k1")
+    keys["S1"] = "k2"  # rotated on another node
+    now[0] = 10.0
+    await cache.refresh("S1")
+    assert cache.current("S1") == key_id(b"s" * 16, "k2") and len(reads) == 2
+    await cache.refresh("S9")
+    assert cache.current("S9") is None

@@ -13,13 +13,50 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 NOW = 1_800_000_000.0
 
 
-def token(role: Role, sid: str = "c1", site: str | None = None, ttl: float = 60) -> str:
-    return auth.mint(SECRET, sid, role, site=site, ttl_s=ttl, now=NOW)
+def token(role: Role, sid: str = "c1", site: str | None = None, ttl: float = 60,
+          join_key: str = "join-key-1") -> str:
+    key = join_key if role in (Role.SITE, Role.PARTICIPANT) else None
+    return auth.mint(SECRET, sid, role, site=site, join_key=key, ttl_s=ttl, now=NOW)
 
 
 def test_round_trip_keeps_every_claim() -> None:
     claims = auth.verify(SECRET, token(Role.SITE, site="HY-001"), now=NOW + 1)
-    assert claims == auth.Claims(sid="c1", role=Role.SITE, site="HY-001", exp=int(NOW + 60))
+    k = auth.key_id(SECRET, "join-key-1")
+    assert claims == auth.Claims(sid="c1", role=Role.SITE, site="HY-001", exp=int(NOW + 60), k=k)
+    assert len(k) == 11 and "join-key" not in k
+    moderator = auth.verify(SECRET, token(Role.MODERATOR), now=NOW)
+    assert moderator.k is None and b'"k"' not in moderator.to_json()  # only site tokens carry it
+
+
+@pytest.mark.parametrize(
+    ("role", "minted_with", "current", "revoked"),
+    [
+        (Role.SITE, "join-key-1", "join-key-1", False),
+        (Role.SITE, "join-key-1", "join-key-2", True),  # rotated: the old link is dead
+        (Role.PARTICIPANT, "join-key-1", "join-key-2", True),
+        (Role.PARTICIPANT, "join-key-1", "join-key-1", False),
+        (Role.SITE, "join-key-1", None, False),  # not in the registry: the route says 404
+        (Role.MODERATOR, "", "join-key-2", False),  # not a site token: nothing to check
+    ],
+)
+def test_key_check_refuses_links_of_a_rotated_join_key(role, minted_with, current, revoked) -> None:
+    site = "S1" if role in (Role.SITE, Role.PARTICIPANT) else None
+    claims = auth.verify(SECRET, token(role, site=site, join_key=minted_with), now=NOW)
+    current_id = None if current is None else auth.key_id(SECRET, current)
+    if not revoked:
+        auth.check_key(claims, current_id)
+        return
+    with pytest.raises(AuthError) as info:
+        auth.check_key(claims, current_id)
+    assert info.value.code == "token_revoked" and info.value.status == 401
+
+
+def test_a_site_token_without_key_id_is_refused() -> None:
+    payload = b'{"exp":1800000060,"role":"site","sid":"c1","site":"S1"}'
+    unkeyed = f"{auth._b64(payload)}.{auth._b64(auth._sign(SECRET, payload))}"
+    claims = auth.verify(SECRET, unkeyed, now=NOW)
+    with pytest.raises(AuthError, match="replaced"):
+        auth.check_key(claims, auth.key_id(SECRET, "join-key-1"))
 
 
 def _flip_last_sig_char(tok: str) -> str:
@@ -95,9 +132,11 @@ def test_scope_table(role, tok_sid, tok_site, action, sid, site, code) -> None:
     assert info.value.code == code and info.value.status == 403
 
 
-def test_site_tokens_need_a_site() -> None:
+def test_site_tokens_need_a_site_and_its_join_key() -> None:
     with pytest.raises(ValueError, match="needs a site"):
         auth.mint(SECRET, "c1", Role.SITE, ttl_s=60)
+    with pytest.raises(ValueError, match="join key"):
+        auth.mint(SECRET, "c1", Role.PARTICIPANT, site="S1", ttl_s=60)
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,16 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     secret = (data / SECRET_FILE).read_bytes()
     claims = auth.verify(secret, minted.stdout.strip())
     assert (claims.sid, claims.role, claims.site) == ("dec1", Role.SITE, "TL-2")
+    link_claims = auth.verify(secret, body["links"]["sites"][0]["token"])
+    assert claims.k == link_claims.k is not None  # both carry the site's current key id
+
+    rotated = lopso("sites", "rotate", "TL-2", data=data)
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout) == {"code": "TL-2", "rotated": True}
+    fresh = lopso("token", "--class", "dec1", "--role", "site", "--site", "TL-2", data=data)
+    assert auth.verify(secret, fresh.stdout.strip()).k not in (None, claims.k)
+    unknown = lopso("sites", "rotate", "NOPE", data=data)
+    assert unknown.returncode == 1 and "NOPE" in unknown.stderr
 
 
 @pytest.mark.parametrize(

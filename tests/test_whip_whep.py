@@ -155,7 +155,7 @@ async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
                         frames.put_nowait(await track.recv())
                 asyncio.ensure_future(pump())
 
-            token = mint(Role.SITE, "h264", site)
+            token = srv.site_token("h264", site)
             reply = await http.post(f"/whep/h264/{site}", data=await offer_of(pc),
                                     headers={"Authorization": f"Bearer {token}",
                                              "Content-Type": "application/sdp"})

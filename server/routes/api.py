@@ -20,7 +20,7 @@ from server.demo import class_links
 from server.errors import ContentTypeError, ForbiddenError, ValidationError
 from server.hub import session_wire, site_wire
 from server.models import ClassSession, Role
-from server.registry import CODE_RE, import_sites
+from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action
 from server.routes.ws import text
 
@@ -84,6 +84,16 @@ async def list_sites(request: web.Request) -> web.Response:
         raise ForbiddenError("only an admin or a moderator may list sites", code="wrong_role")
     sites = await request.app[STATE].store.list_sites()
     return web.json_response({"sites": [site_wire(s) for s in sites]})
+
+
+async def rotate_site_key(request: web.Request) -> web.Response:
+    """`POST /api/sites/{code}/rotate`: a new join key; the site's old links stop working."""
+    _admin(request)
+    state = request.app[STATE]
+    site = await rotate_join_key(state.store, request.match_info["code"])
+    state.site_keys.forget(site.code)  # here at once; other nodes within the cache's TTL
+    log.info("site join key rotated", extra={"site": site.code})
+    return web.json_response({"code": site.code, "rotated": True})
 
 
 # --- classes --------------------------------------------------------------------------------
@@ -248,6 +258,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/sites/import", import_sites_route)
     r.add_get("/api/sites", list_sites)
+    r.add_post("/api/sites/{code}/rotate", rotate_site_key)
     r.add_post("/api/sessions", create_session)
     r.add_get("/api/sessions/{sid}", get_session)
     r.add_post("/api/sessions/{sid}/end", end_session)

@@ -116,7 +116,7 @@ async def site_player(request: web.Request) -> web.Response:
     state, session, page = await _base(request, "site", Action.VIEW, code)
     site = await _site(state, session, code)
     participant = auth.mint(state.config.secret, session.id, Role.PARTICIPANT, site=code,
-                            ttl_s=max(state.config.token_ttl_s, 6 * 3600))
+                            join_key=site.join_key, ttl_s=max(state.config.token_ttl_s, 6 * 3600))
     checkin_url = (f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}"
                    f"?token={participant}")
     page.update(site=_site_page(site), whep_url=f"/whep/{quote(session.id)}/{quote(code)}",
