@@ -32,6 +32,14 @@ logger = logging.getLogger(__name__)
 # means a burst of catch-up frames and added latency, so a throttled PLI is cheaper.
 KEYFRAME_REPLAY_AGE = 1.0  # seconds
 KEYFRAME_REPLAY_PACKETS = 120
+# Retransmissions to one viewer: a packet is resent at most once per `resend_interval` (about
+# its RTT; a receiver re-NACKs everything still missing at each new gap), and RTX is limited to
+# RTX_SHARE of the track's packets plus a burst. Without these a viewer on a link slower than
+# the lecture NACKs what its queue dropped and the retransmissions bury the link (measured:
+# 10 Mbit/s of RTX towards a 400 kbit/s site).
+RTX_SHARE = 0.5
+RTX_BURST = 64.0
+RESEND_MEMORY = 1024
 
 
 class Munger:
@@ -95,11 +103,37 @@ class ViewerTrack:
     nacks: int = 0
     plis: int = 0
     retransmits: int = 0
+    rtx_refused: int = 0
+    resend_interval: float = 0.2
+    resent: dict[int, float] = field(default_factory=dict)
+    rtx_tokens: float = RTX_BURST
+    rtx_mark: int = 0
+    floor: int | None = None  # first seq this viewer was sent since it (re)joined
 
     def next_rtx_seq(self) -> int:
         """Sequence number for this viewer's next RTX packet."""
         self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
         return self.rtx_seq
+
+    def may_resend(self, seq: int, now: float, forwarded: int) -> bool:
+        """Whether `seq` may be retransmitted now (once per interval, within the RTX budget)."""
+        if self.floor is None or rtp.seq_diff(seq, self.floor) < 0:
+            return False  # from before its keyframe: useless, and old data confuses receivers
+        last = self.resent.get(seq)
+        if last is not None and now - last < self.resend_interval:
+            return False
+        earned = (forwarded - self.rtx_mark) * RTX_SHARE
+        self.rtx_mark = forwarded
+        self.rtx_tokens = min(RTX_BURST, self.rtx_tokens + earned)
+        if self.rtx_tokens < 1.0:
+            self.rtx_refused += 1
+            return False
+        self.rtx_tokens -= 1.0
+        self.resent.pop(seq, None)
+        self.resent[seq] = now
+        if len(self.resent) > RESEND_MEMORY:
+            del self.resent[next(iter(self.resent))]
+        return True
 
 
 class TrackForwarder:
@@ -160,7 +194,7 @@ class TrackForwarder:
         if self.cache is not None:
             self.cache.add(out[0], packet, start, now)
         if start and self.waiting:
-            self._admit_waiting()
+            self._admit_waiting(out[0])
         if start:
             self.throttle.keyframe_seen()
         self.packets += 1
@@ -206,7 +240,7 @@ class TrackForwarder:
         """Add a connected viewer: at once for audio; at a keyframe for video."""
         self.viewers.append(viewer)
         if self.cache is None:
-            self._add(viewer)
+            self._add(viewer, None)
         elif not self._replay(viewer):
             self.waiting.append(viewer)
             self.request_keyframe()
@@ -221,13 +255,14 @@ class TrackForwarder:
             self.fanout.remove(viewer.endpoint)
             viewer.joined = False
 
-    def _add(self, viewer: ViewerTrack) -> None:
+    def _add(self, viewer: ViewerTrack, first_seq: int | None) -> None:
         self.fanout.add(viewer.endpoint, viewer.payload_type)
         viewer.joined = True
+        viewer.floor = first_seq
 
-    def _admit_waiting(self) -> None:
+    def _admit_waiting(self, seq: int) -> None:
         for viewer in self.waiting:
-            self._add(viewer)
+            self._add(viewer, seq)
         self.waiting.clear()
 
     def _replay(self, viewer: ViewerTrack) -> bool:
@@ -241,7 +276,7 @@ class TrackForwarder:
             return False
         for packet in packets:
             viewer.endpoint.send_rtp(rtp.with_payload_type(packet, viewer.payload_type))
-        self._add(viewer)
+        self._add(viewer, rtp.fields(packets[0])[2])
         self.replays += 1
         return True
 
@@ -252,9 +287,10 @@ class TrackForwarder:
         viewer.nacks += 1
         if self.cache is None or not viewer.joined:
             return
+        now = self.clock()
         for seq in seqs:
             packet = self.cache.get(seq)
-            if packet is None:
+            if packet is None or not viewer.may_resend(seq, now, self.packets):
                 continue
             if viewer.rtx_payload_type is not None:
                 out = rtp.wrap_rtx(

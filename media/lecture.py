@@ -16,6 +16,7 @@ from typing import Any
 
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
+from .congestion import VideoGate
 from .errors import LectureClosedError, MediaError
 from .forwarder import TrackForwarder, ViewerTrack
 from .ingest import Publisher
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 SENDER_REPORT_INTERVAL = 1.0
 SILENCE_TIMEOUT = 3.0  # seconds without publisher packets before the lecture counts as off air
 CONNECT_TIMEOUT = 30.0
+RTCP_SILENCE = 3.0
+"""Seconds without RTCP from a viewer (while live) before its video pauses: its link is
+down, so sending video is wasted egress, and when the link returns the viewer must restart at
+a keyframe (a decoder fed inter frames after a gap shows corruption; aiortc's does)."""
 
 
 @dataclass
@@ -43,6 +48,8 @@ class ViewerStats:
     plis: int
     retransmits: int
     state: str
+    video_paused: bool = False
+    video_pauses: int = 0
 
 
 @dataclass
@@ -72,6 +79,9 @@ class Viewer:
         self.reports: dict[str, Any] = {}
         self.rtt: float | None = None
         self.closed = False
+        self.gate = VideoGate()
+        self.silent = False
+        self.last_rtcp: float | None = None
         endpoint.on_rtcp = self._on_rtcp
         endpoint.on_state_change = self._on_state
         self._task = asyncio.ensure_future(self._join_when_connected())
@@ -85,13 +95,23 @@ class Viewer:
             return
         if not self.closed:
             for kind, track in self.tracks.items():
-                self.lecture.tracks[kind].join(track)
+                if kind != "video" or not self.gate.paused:
+                    self.lecture.tracks[kind].join(track)
+            self.last_rtcp = time.monotonic()
+            self.gate.started(self.last_rtcp)
 
     def _on_state(self, state: str) -> None:
         if state in ("failed", "closed"):
             self._close()
 
     def _on_rtcp(self, data: bytes) -> None:
+        if self.last_rtcp is not None:
+            self.last_rtcp = time.monotonic()
+            if self.silent:
+                self.silent = False
+                if not self.gate.paused:
+                    self.gate.started(self.last_rtcp)
+                    self._resume_video()
         try:
             feedback = parse_feedback(data)
         except RtcpError as exc:
@@ -101,13 +121,18 @@ class Viewer:
 
     def _apply(self, feedback: Feedback) -> None:
         by_ssrc = {self.lecture.tracks[k].ssrc: k for k in self.tracks}
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
         for report in feedback.reports:
             kind = by_ssrc.get(report.ssrc)
             if kind is not None:
                 self.reports[kind] = report
+                if kind == "video" and self.gate.on_video_report(report.fraction_lost, clock):
+                    self._pause_video("sustained loss")
                 rtt = rtt_seconds(report.lsr, report.dlsr, now)
-                self.rtt = rtt if rtt is not None else self.rtt
+                if rtt is not None:
+                    self.rtt = rtt
+                    for track in self.tracks.values():
+                        track.resend_interval = min(1.0, max(0.05, 1.2 * rtt))
         for ssrc, seqs in feedback.nacks.items():
             kind = by_ssrc.get(ssrc)
             if kind is not None:
@@ -115,6 +140,40 @@ class Viewer:
         video = self.tracks.get("video")
         if feedback.keyframes and video is not None:
             self.lecture.tracks["video"].on_keyframe_request(video)
+        if self.gate.should_resume(clock) and not self.silent:
+            self._resume_video()
+
+    def check_silence(self, now: float, live_since: float) -> None:
+        """Pause video while the viewer sends no RTCP (its link is down); RTCP resumes it."""
+        if self.last_rtcp is None or self.silent or self.closed:
+            return
+        if now - max(self.last_rtcp, live_since) > RTCP_SILENCE:
+            self.silent = True
+            if not self.gate.paused:
+                self._pause_video("no RTCP")
+
+    def _pause_video(self, why: str) -> None:
+        video = self.tracks.get("video")
+        if video is not None:
+            logger.info("viewer video paused", extra={"lecture": self.lecture.id, "why": why})
+            self.lecture.tracks["video"].leave(video)
+
+    def _resume_video(self) -> None:
+        video = self.tracks.get("video")
+        if video is not None and not self.closed and self.endpoint.state == "connected":
+            self.lecture.tracks["video"].join(video)  # starts at a keyframe
+
+    def set_audio_only(self, audio_only: bool) -> None:
+        """The site's own choice: no video at all (True) or video again (False)."""
+        self.gate.manual = audio_only
+        if audio_only and not self.gate.paused:
+            self.gate.paused = True
+            self._pause_video("audio only chosen")
+        elif not audio_only and self.gate.paused:
+            self.gate.paused = False
+            self.gate.started(time.monotonic())
+            if not self.silent:
+                self._resume_video()
 
     def stats(self) -> ViewerStats:
         """Counters and the latest RTCP receiver reports of this viewer."""
@@ -132,6 +191,8 @@ class Viewer:
             plis=sum(t.plis for t in self.tracks.values()),
             retransmits=sum(t.retransmits for t in self.tracks.values()),
             state=self.endpoint.state,
+            video_paused=self.gate.paused or self.silent,
+            video_pauses=self.gate.pauses,
         )
 
     def _close(self) -> None:
@@ -172,6 +233,7 @@ class Lecture:
         self.live = False
         self.closed = False
         self._last_packet = 0.0
+        self.live_since = 0.0
         self.publishers = 0
         self._rate = (time.monotonic(), 0, 0.0)
         self._retired = (0, 0, 0)
@@ -260,6 +322,7 @@ class Lecture:
     def _set_live(self, live: bool) -> None:
         if live != self.live:
             self.live = live
+            self.live_since = time.monotonic()
             if self.on_live is not None:
                 self.on_live(live)
 
@@ -292,8 +355,12 @@ class Lecture:
         while True:
             await asyncio.sleep(SENDER_REPORT_INTERVAL)
             self.send_sender_reports()
-            if self.live and time.monotonic() - self._last_packet > SILENCE_TIMEOUT:
+            now = time.monotonic()
+            if self.live and now - self._last_packet > SILENCE_TIMEOUT:
                 self._set_live(False)  # connected but silent (camera stopped, network gone)
+            if self.live:
+                for viewer in list(self.viewers):
+                    viewer.check_silence(now, self.live_since)
 
     def send_sender_reports(self) -> None:
         """One SR per track to every joined viewer (the stream is shared, so is the SR)."""

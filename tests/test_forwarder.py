@@ -145,7 +145,7 @@ def test_keyframe_requests_are_throttled():
     clock = Clock()
     track, requests = video_track(clock)
     viewer = ViewerTrack(RecordingEndpoint(), 97)
-    for i in range(100):
+    for _i in range(100):
         clock.now += 0.01
         track.on_keyframe_request(viewer)
     assert len(requests) == 2 and viewer.plis == 100  # 1 s of requests -> at t=0 and t=0.5
@@ -200,3 +200,57 @@ def test_audio_joins_immediately():
     track.join(viewer)
     track.on_rtp(5, False, 1, 960, b"\xfc\x00")
     assert len(viewer.endpoint.sent) == 1 and rtp.fields(viewer.endpoint.sent[0])[1] == 111
+
+
+def _joined_viewer_after_packets(count: int):
+    clock = Clock()
+    track, _ = video_track(clock)
+    viewer = ViewerTrack(RecordingEndpoint(), 97)
+    track.join(viewer)
+    for i in range(count):
+        track.on_rtp(3, False, 500 + i, i * 3000, KEY if i == 0 else CONT)
+    seqs = [rtp.fields(p)[2] for p in viewer.endpoint.sent]
+    viewer.endpoint.sent.clear()
+    return track, viewer, seqs, clock
+
+
+def test_a_packet_is_resent_once_per_interval_only():
+    track, viewer, seqs, clock = _joined_viewer_after_packets(5)
+    track.on_nack(viewer, [seqs[2]])
+    track.on_nack(viewer, [seqs[2]])  # a receiver re-NACKs all that is still missing
+    assert viewer.retransmits == 1
+    clock.now += viewer.resend_interval + 0.01
+    track.on_nack(viewer, [seqs[2]])
+    assert viewer.retransmits == 2 and len(viewer.endpoint.sent) == 2
+
+
+def test_retransmissions_stay_within_the_rtx_budget():
+    from media.forwarder import RTX_BURST, RTX_SHARE
+
+    track, viewer, seqs, _clock = _joined_viewer_after_packets(300)
+    track.on_nack(viewer, seqs)  # a congested viewer NACKs everything
+    assert viewer.retransmits == RTX_BURST and viewer.rtx_refused > 0
+    for i in range(100):
+        track.on_rtp(3, False, 800 + i, 900000 + i, CONT)
+    viewer.endpoint.sent.clear()
+    track.on_nack(viewer, seqs[100:])
+    assert len(viewer.endpoint.sent) == 100 * RTX_SHARE  # earned by forwarded packets only
+
+
+def test_no_retransmission_from_before_the_viewers_keyframe():
+    track, first, _seqs, _clock = _joined_viewer_after_packets(0)
+    track.on_rtp(3, False, 500, 0, KEY)
+    track.on_rtp(3, False, 501, 3000, CONT)
+    track.on_rtp(3, False, 502, 6000, DELTA)
+    track.on_rtp(3, False, 503, 9000, CONT)
+    old = [rtp.fields(p)[2] for p in first.endpoint.sent]
+    track.cache.clear()  # the late viewer waits for the next keyframe
+    late = ViewerTrack(RecordingEndpoint(), 97)
+    track.join(late)
+    track.on_rtp(3, False, 504, 12000, KEY)
+    track.on_rtp(3, False, 505, 12000, CONT)
+    new = [rtp.fields(p)[2] for p in late.endpoint.sent]
+    track.on_nack(late, old)  # older than its keyframe: never sent to it, not resent
+    assert late.retransmits == 0
+    track.on_nack(late, [new[1]])
+    assert late.retransmits == 1
