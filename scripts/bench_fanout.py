@@ -234,16 +234,18 @@ class LopsoRelay:
         return answers
 
     def counters(self) -> tuple:
-        copies = sum(v.stats().packets_sent for v in list(self.lecture.viewers))
+        stats = [v.stats() for v in list(self.lecture.viewers)]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return (
             cpu_seconds(),
-            copies,
+            sum(s.packets_sent for s in stats),
             self.lecture.stats().packets_in,
             time.monotonic(),
             usage.ru_utime,
             usage.ru_stime,
             self.fanout_cpu,
+            self.lecture.stats().bytes_in,
+            sum(s.bytes_sent for s in stats),
         )
 
     async def measure_start(self, _arg) -> str:
@@ -261,8 +263,8 @@ class LopsoRelay:
 
             self.profiler.disable()
             pstats.Stats(self.profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-        cpu, copies, packets_in, now, user, system, fanout = self.counters()
-        cpu0, copies0, in0, then, user0, system0, fanout0 = self.mark
+        cpu, copies, packets_in, now, user, system, fanout, bytes_in, out = self.counters()
+        cpu0, copies0, in0, then, user0, system0, fanout0, bytes0, out0 = self.mark
         drops = sum(
             getattr(getattr(t, "fanout", None), "drops", 0) for t in self.lecture.tracks.values()
         )
@@ -276,6 +278,8 @@ class LopsoRelay:
             "user_s": user - user0,
             "sys_s": system - system0,
             "fanout_cpu_s": fanout - fanout0,
+            "bytes_in": bytes_in - bytes0,
+            "bytes_out": out - out0,
         }
 
     async def quit(self, _arg) -> None:
@@ -529,6 +533,12 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "connected": connected,
         "seconds": round(seconds, 2),
         "in_pps": round(in_pps, 1),
+        "in_payload_kbps": round(8 * window["bytes_in"] / seconds / 1e3, 1)
+        if seconds and "bytes_in" in window
+        else None,
+        "out_kbps_per_viewer": round(8 * window["bytes_out"] / seconds / 1e3 / window["viewers"], 1)
+        if seconds and window.get("viewers") and "bytes_out" in window
+        else None,
         "fwd_pps": round(copies / seconds, 1) if seconds else 0.0,
         "relay_cpu_pct": round(100 * cpu / seconds, 1) if seconds else 0.0,
         "cpu_us_per_fwd_packet": round(per_packet, 2) if per_packet else None,
