@@ -18,8 +18,8 @@ from server.app import STATE, authorize_request, claims_of, client_address, sess
 from server.checkin import parse_checkin
 from server.demo import class_links
 from server.errors import ContentTypeError, ForbiddenError, ValidationError
-from server.hub import session_wire, site_wire
 from server.models import ClassSession, Role
+from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action
 from server.routes.ws import text

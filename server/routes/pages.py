@@ -21,8 +21,8 @@ from aiohttp import web
 from server import auth
 from server.app import STATE, AppState, authorize_request, pick_lang, session_or_404
 from server.errors import UnknownError, describe
-from server.hub import session_wire
 from server.models import ClassSession, Role, Site
+from server.peer import session_wire
 from server.roles import Action
 
 log = logging.getLogger(__name__)

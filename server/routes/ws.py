@@ -24,9 +24,10 @@ from server import auth
 from server.app import STATE, authorize_request, session_or_404
 from server.checkin import parse_checkin
 from server.errors import UnknownError, ValidationError, describe
-from server.hub import ClassLive, Peer
 from server.models import Role
+from server.peer import Peer
 from server.roles import Action, may
+from server.room import ClassLive
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
-    fields = {key: data[key] for key in ("name", "ident") if key in data}
+    fields: dict[str, Any] = {key: data[key] for key in ("name", "ident") if key in data}
     person = parse_checkin(fields, by="operator")  # a person without a phone, at the hall
     _, created = await ctx.room.checkin(own_site(ctx), person)
     return {"duplicate": not created}

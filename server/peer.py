@@ -1,0 +1,134 @@
+"""What the hub knows of a page and a site, and how classes and sites look on the wire.
+
+A page is a `Peer` with an outbox: routes/ws.py moves frames between the socket and the
+outbox, the hub never sees a socket. `SiteState` is one site's live state as moderators see
+it, patched by every node of a cluster. Pure: no aiohttp, no store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from server.models import ClassSession, Role, Site
+
+log = logging.getLogger(__name__)
+
+WATCHERS = frozenset({Role.MODERATOR, Role.LECTURER, Role.ADMIN})
+CONNECTED = frozenset({"playing", "connecting", "reconnecting", "waiting", "stalled", "error"})
+OUTBOX_SIZE = 512
+
+def iso(at: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC string (`...Z`), None stays None."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def session_wire(session: ClassSession) -> dict[str, Any]:
+    """A class as the API and pages show it."""
+    return {
+        "id": session.id,
+        "title": session.title,
+        "starts_at": iso(session.starts_at),
+        "ends_at": iso(session.ends_at),
+        "video_codec": session.video_codec,
+        "site_codes": list(session.site_codes),
+        "started_at": iso(session.started_at),
+        "ended_at": iso(session.ended_at),
+    }
+
+
+def site_wire(site: Site) -> dict[str, str]:
+    """A registry site as others may see it (never the join key)."""
+    return {"code": site.code, "name": site.name, "village": site.village,
+            "commune": site.commune, "province": site.province}
+
+
+@dataclasses.dataclass
+class SiteState:
+    """One site's live state in a class, as moderators see it."""
+
+    code: str
+    name: str
+    commune: str
+    status: str = "never_joined"
+    headcount: int | None = None
+    peak_headcount: int | None = None
+    quality: str | None = None
+    rtt_ms: float | None = None
+    loss_pct: float | None = None
+    kbps: float | None = None
+    rejoins: int = 0
+    since: float | None = None
+    help_open: int = 0
+    checkins: int = 0
+    joins: int = 0
+
+    def wire(self) -> dict[str, Any]:
+        """The protocol's site state object."""
+        return {"code": self.code, "name": self.name, "commune": self.commune,
+                "status": self.status, "headcount": self.headcount,
+                "peak_headcount": self.peak_headcount, "quality": self.quality,
+                "rtt_ms": self.rtt_ms, "loss_pct": self.loss_pct, "kbps": self.kbps,
+                "rejoins": self.rejoins, "since": iso(self.since), "help_open": self.help_open,
+                "checkins": self.checkins}
+
+    def apply(self, patch: dict[str, Any]) -> None:
+        """Take the fields of a patch published by any node."""
+        for key, value in patch.items():
+            if key in _PATCHABLE:
+                setattr(self, key, value)
+
+
+_PATCHABLE = frozenset(f.name for f in dataclasses.fields(SiteState)) - {"code", "name", "commune"}
+
+
+class Peer:
+    """One open page: who it is and a bounded outbox that routes/ws.py drains to the socket."""
+
+    def __init__(self, sid: str, role: Role, site: Site | None = None) -> None:
+        self.sid, self.role, self.site = sid, role, site
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
+        self.closed = False
+        self.conn = uuid.uuid4().hex[:12]  # this connection, in SITE_JOINED / SITE_LEFT
+
+    @property
+    def site_code(self) -> str | None:
+        return self.site.code if self.site else None
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message; a page too slow to take OUTBOX_SIZE messages is disconnected."""
+        if self.closed:
+            return
+        if self.outbox.full():
+            log.warning("page too slow, closing it", extra={"sid": self.sid, "site": self.site_code})
+            self.shut()
+            return
+        self.outbox.put_nowait(message)
+
+    def shut(self) -> None:
+        """Ask the socket side to close this page."""
+        if not self.closed:
+            self.closed = True
+            if self.outbox.full():  # make room for the close: the page is going anyway
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(None)
+
+    def matches(self, to: dict[str, Any]) -> bool:
+        """True when a delivery addressed `to` is meant for this page."""
+        if "roles" in to:
+            return bool(self.role.value in to["roles"])
+        if self.site is None:
+            return False
+        if to.get("all"):
+            return True
+        if "site" in to:
+            return bool(self.site.code == to["site"])
+        if "commune" in to:
+            return bool(self.site.commune == to["commune"])
+        return False

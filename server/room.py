@@ -1,0 +1,391 @@
+"""One class on one node: its sites' live state, the pages connected here, the pub/sub loop
+that folds every node's site patches into this node's view, and batched moderator updates.
+
+Every broadcast goes through the store's pub/sub (channel `class:<sid>`), so pages on other
+nodes of a cluster get it too. The room reaches the store, the clock and the ledger through
+its `Hub` (server/hub.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from server.alerts import AlertBook
+from server.checkin import Checkin, dedupe_key
+from server.incidents import open_help
+from server.models import ClassSession, Event, EventKind, Role, Site
+from server.peer import CONNECTED, WATCHERS, Peer, SiteState, iso, session_wire, site_wire
+from server.quality import QualityClass, classify_sample
+
+if TYPE_CHECKING:
+    from server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+class ClassLive:
+    """One class on this node: its sites' state, local pages, and the pub/sub loop."""
+
+    def __init__(self, hub: Hub, session: ClassSession, sites: list[Site]) -> None:
+        self.hub, self.session = hub, session
+        self.sites = {s.code: SiteState(s.code, s.name, s.commune) for s in sites}
+        self.registry = {s.code: s for s in sites}
+        self.peers: set[Peer] = set()
+        self.local_joins: dict[str, int] = {}
+        self.open_help: dict[str, set[str]] = {}
+        self.known_help: set[str] = set()
+        self.questions: dict[str, dict[str, Any]] = {}
+        self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
+        self.dirty: set[str] = set()
+        self.live = False
+        self._last_quality_event: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def channel(self) -> str:
+        return f"class:{self.session.id}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild state from the ledger and presence, then follow the class channel."""
+        events = await self.hub.store.events(self.session.id)
+        for event in events:
+            self._fold(event)
+        present = await self.hub.store.presence(self.session.id)
+        for code, state in present.items():
+            if code in self.sites and isinstance(state, dict):
+                self.sites[code].status = str(state.get("status", "connecting"))
+        # Connections left open by a crash: closed at the last moment the class was seen alive.
+        last_seen = max((e.at for e in events), default=self.hub.clock())
+        for code in [c for c in self.sites if c not in present]:
+            await self.close_lost(code, last_seen, events)
+        subscription = self.hub.store.subscribe(self.channel)
+        try:  # Redis down: start anyway; the store subscribes when it reconnects
+            await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)
+        except TimeoutError:
+            log.warning("class channel not live yet, continuing", extra={"sid": self.session.id})
+        if self.hub.live_probe is not None and self.session.ended_at is None:
+            self.live = self.live or await self.hub.live_probe(self.session.id)
+        self._tasks.append(asyncio.create_task(self._follow(subscription)))
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for peer in list(self.peers):
+            peer.shut()
+
+    def _fold(self, event: Event) -> None:
+        """Apply one ledger event to the site states (rebuilding after a restart)."""
+        state = self.sites.get(event.site_code or "")
+        if event.kind is EventKind.CLASS_ENDED:
+            self.session = dataclasses.replace(self.session, ended_at=event.at)
+        if state is None:
+            return
+        if event.kind is EventKind.SITE_JOINED:
+            state.joins += 1
+            state.rejoins = max(0, state.joins - 1)
+            state.status, state.since = "offline", event.at  # connected again only via presence
+        elif event.kind is EventKind.SITE_LEFT:
+            state.status, state.since = "offline", event.at
+        elif event.kind is EventKind.HEADCOUNT:
+            self._count(state, int(event.data.get("count", 0)))
+        elif event.kind is EventKind.HELP_REQUESTED:
+            self.known_help.add(event.data.get("help_id", ""))
+            self.open_help.setdefault(state.code, set()).add(event.data.get("help_id", ""))
+            state.help_open = len(self.open_help[state.code])
+        elif event.kind is EventKind.HELP_RESOLVED:
+            self.open_help.setdefault(state.code, set()).discard(event.data.get("help_id", ""))
+            state.help_open = len(self.open_help[state.code])
+        elif event.kind is EventKind.QUESTION:
+            self.questions[event.data.get("question_id", "")] = _question(event)
+        elif event.kind is EventKind.CHECKIN:
+            state.checkins += 1
+
+    @staticmethod
+    def _count(state: SiteState, count: int) -> None:
+        state.headcount = count
+        state.peak_headcount = max(count, state.peak_headcount or 0)
+
+    # --- pub/sub -----------------------------------------------------------------------------
+    async def _follow(self, subscription: Any) -> None:
+        async with contextlib.aclosing(subscription):
+            async for message in subscription:
+                try:
+                    self._on_broadcast(message)
+                except Exception:
+                    log.exception("bad broadcast ignored", extra={"sid": self.session.id})
+
+    def _on_broadcast(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "site":
+            state = self.sites.get(message["code"])
+            if state is not None:
+                state.apply(message["patch"])
+                self.dirty.add(state.code)
+        elif kind == "live":
+            self.live = bool(message["live"])
+        elif kind == "question":
+            self.questions[message["question_id"]] = message["question"]
+        elif kind == "ended":
+            self.session = dataclasses.replace(self.session, ended_at=message["at"])
+            if self.hub.on_class_ended is not None:  # every node closes its media of the class
+                task = asyncio.ensure_future(self.hub.on_class_ended(self.session.id))
+                self._tasks.append(task)
+        if "deliver" in message:
+            self._deliver(message["to"], message["deliver"])
+
+    def _deliver(self, to: dict[str, Any], body: dict[str, Any]) -> None:
+        for peer in list(self.peers):
+            if peer.matches(to):
+                peer.post(body)
+
+    async def broadcast(self, to: dict[str, Any], body: dict[str, Any], **extra: Any) -> None:
+        """Send `body` to every page (on any node) addressed by `to`."""
+        await self.hub.store.publish(self.channel, {"to": to, "deliver": body, **extra})
+
+    async def patch(self, code: str, **fields: Any) -> None:
+        """Change a site's state on every node (moderators get it in the next batch)."""
+        self.sites[code].apply(fields)  # local view at once; the echo is idempotent
+        self.dirty.add(code)
+        await self.hub.store.publish(self.channel, {"t": "site", "code": code, "patch": fields})
+
+    # --- batched updates ---------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        last_sweep = self.hub.clock()
+        while True:
+            await asyncio.sleep(self.hub.limits.batch_interval_s)
+            if self.hub.clock() - last_sweep >= self.hub.limits.presence_ttl_s / 3:
+                last_sweep = self.hub.clock()
+                try:
+                    await self.sweep()
+                except Exception:
+                    log.exception("presence sweep failed", extra={"sid": self.session.id})
+            self.flush()
+
+    async def sweep(self) -> None:
+        """Mark offline the sites whose presence expired (their node died without a word),
+        and close their connections in the ledger."""
+        present = await self.hub.store.presence(self.session.id)
+        now = self.hub.clock()
+        for code, state in self.sites.items():
+            if state.status in CONNECTED and code not in present and code not in self.local_joins:
+                await self.close_lost(code, now)
+                state.status, state.since = "offline", now
+                self.dirty.add(code)
+
+    async def close_lost(self, code: str, at: float, events: list[Event] | None = None) -> None:
+        """Append SITE_LEFT for each of the site's connections the ledger still has open and
+        no page of this node holds. Idempotent across nodes (the event id comes from `conn`)."""
+        if events is None:
+            kinds = (EventKind.SITE_JOINED, EventKind.SITE_LEFT)
+            events = await self.hub.store.events(self.session.id, kinds=kinds, site_code=code)
+        local = {p.conn for p in self.peers if p.site_code == code}
+        for conn in open_connections(events, code) - local:
+            left = dataclasses.replace(
+                self.hub.event(self.session.id, EventKind.SITE_LEFT, code,
+                               {"conn": conn, "lost": True}, ref=f"lost:{conn}"), at=at)
+            await self.hub.store.append(left)
+
+    def flush(self) -> None:
+        """Send one `sites_update` with the changed sites (and alerts) to this node's watchers."""
+        alerts = self.alerts.evaluate(self.hub.clock(), self.sites.values())
+        if not self.dirty and not alerts:
+            return
+        changed = [self.sites[code].wire() for code in sorted(self.dirty) if code in self.sites]
+        self.dirty.clear()
+        update = {"type": "sites_update", "sites": changed, "totals": self.totals()}
+        if alerts:
+            update["alerts"] = [alert.wire() for alert in alerts]
+        for peer in list(self.peers):
+            if peer.role in WATCHERS:
+                peer.post(update)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The full `sites` message a watcher gets when it connects."""
+        sites = [state.wire() for state in self.sites.values()]
+        return {"type": "sites", "sites": sites, "totals": self.totals(),
+                "alerts": [a.wire() for a in self.alerts.open_alerts()],
+                "incidents": [a.wire() for a in self.alerts.incidents(limit=500)]}
+
+    def totals(self) -> dict[str, int]:
+        states = self.sites.values()
+        return {
+            "expected": len(self.sites),
+            "connected": sum(1 for s in states if s.status in CONNECTED),
+            "playing": sum(1 for s in states if s.status == "playing"),
+            "people": sum(s.headcount or 0 for s in states if s.headcount is not None),
+            "help_open": sum(s.help_open for s in states),
+        }
+
+    # --- presence ---------------------------------------------------------------------------
+    async def join(self, peer: Peer) -> None:
+        """A page opened: record a site's connection, then send the welcome (and snapshot)."""
+        if peer.role is Role.SITE and peer.site_code is not None:
+            await self._site_joined(peer)
+        self.peers.add(peer)
+        peer.post(self.welcome(peer))
+        if peer.role in WATCHERS:
+            peer.post(self.snapshot())
+            for question in self.questions.values():
+                if peer.role is not Role.LECTURER:
+                    peer.post({"type": "question", **question})
+            if peer.role is not Role.LECTURER:  # open help requests, from the ledger
+                kinds = (EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED)
+                for body in open_help(await self.hub.store.events(self.session.id, kinds=kinds)):
+                    peer.post(body)
+
+    async def _site_joined(self, peer: Peer) -> None:
+        """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
+        code = peer.site_code or ""
+        state = self.sites[code]
+        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn})
+        self.local_joins[code] = self.local_joins.get(code, 0) + 1
+        status = state.status if state.status in CONNECTED else (
+            "connecting" if self.live else "waiting")
+        await self._present(peer, status)
+        await self.patch(code, status=status, since=self.hub.clock(), joins=state.joins + 1,
+                         rejoins=state.joins)
+
+    async def _present(self, peer: Peer, status: str) -> None:
+        await self.hub.store.set_presence(
+            self.session.id, peer.site_code or "",
+            {"status": status, "node": self.hub.node_id, "conn": peer.conn},
+            self.hub.limits.presence_ttl_s,
+        )
+
+    async def leave(self, peer: Peer) -> None:
+        """A page closed: SITE_LEFT; the site goes offline when no page of it is left."""
+        self.peers.discard(peer)
+        code = peer.site_code
+        if code is None or peer.role is not Role.SITE or code not in self.local_joins:
+            return
+        await self.hub.append(self.session.id, EventKind.SITE_LEFT, code, {"conn": peer.conn})
+        self.local_joins[code] -= 1
+        if self.local_joins[code] > 0:
+            return
+        del self.local_joins[code]
+        mine = {"node": self.hub.node_id}  # atomic "still mine?": another node may hold it now
+        if not await self.hub.store.clear_presence(self.session.id, code, only_if=mine):
+            return  # the site is connected through another node now
+        await self.patch(code, status="offline", since=self.hub.clock())
+
+    async def refresh(self, peer: Peer, status: str | None = None) -> None:
+        """Heartbeat or status from a site page: keep its presence alive, record its status."""
+        code = peer.site_code
+        if code is None or peer.role is not Role.SITE:
+            return
+        state = self.sites[code]
+        status = status or state.status
+        await self._present(peer, status)
+        if status != state.status:
+            await self.patch(code, status=status, since=self.hub.clock())
+
+    def welcome(self, peer: Peer) -> dict[str, Any]:
+        site = site_wire(peer.site) if peer.site else None
+        return {"type": "welcome", "role": peer.role.value, "session": session_wire(self.session),
+                "site": site, "live": self.live, "ended": self.session.ended_at is not None,
+                "server_time": iso(self.hub.clock()),
+                "headcount": self.sites[peer.site.code].headcount if peer.site else None}
+
+    # --- site reports -------------------------------------------------------------------------
+    async def headcount(self, code: str, count: int, phase: str, ref: str | None = None) -> None:
+        await self.hub.append(self.session.id, EventKind.HEADCOUNT, code,
+                              {"count": count, "phase": phase}, ref)
+        state = self.sites[code]
+        await self.patch(code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0))
+
+    async def quality(self, code: str, sample: dict[str, Any]) -> None:
+        """Record a quality report: live figures now, a ledger sample every ~15 s."""
+        klass = classify_sample(sample)
+        if klass is QualityClass.LOST and not self.live:
+            klass = None  # no lecture, no media: nothing is lost before (or between) lectures
+        value = klass.value if klass else None
+        now = self.hub.clock()
+        if now - self._last_quality_event.get(code, 0.0) >= self.hub.limits.quality_event_every_s:
+            self._last_quality_event[code] = now
+            await self.hub.append(self.session.id, EventKind.QUALITY, code, {**sample, "class": value})
+        await self.patch(code, quality=value, rtt_ms=sample.get("rtt_ms"),
+                         loss_pct=sample.get("loss_pct"), kbps=sample.get("kbps"))
+
+    async def help(self, code: str, reason: str, text: str, ref: str | None = None) -> str:
+        help_id = event_id(self.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
+        if help_id in self.known_help:
+            return help_id  # a resend
+        self.known_help.add(help_id)
+        event = await self.hub.append(self.session.id, EventKind.HELP_REQUESTED, code,
+                                      {"help_id": help_id, "reason": reason, "text": text}, ref)
+        self.open_help.setdefault(code, set()).add(help_id)
+        await self.patch(code, help_open=len(self.open_help[code]))
+        body = {"type": "help", "site": code, "help_id": help_id, "reason": reason,
+                "text": text, "at": iso(event.at)}
+        await self.broadcast({"roles": ["moderator", "lecturer", "admin"]}, body)
+        return help_id
+
+    async def resolve_help(self, code: str, help_id: str, by: str) -> bool:
+        if help_id not in self.open_help.get(code, set()):
+            return False
+        await self.hub.append(self.session.id, EventKind.HELP_RESOLVED, code,
+                              {"help_id": help_id, "by": by})
+        self.open_help[code].discard(help_id)
+        await self.patch(code, help_open=len(self.open_help[code]))
+        await self.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
+        return True
+
+    async def question(self, code: str, text: str, ref: str | None = None) -> str:
+        question_id = event_id(self.session.id, code, EventKind.QUESTION, ref)[:12]
+        if question_id in self.questions:
+            return question_id  # a resend
+        event = await self.hub.append(self.session.id, EventKind.QUESTION, code,
+                                      {"question_id": question_id, "text": text}, ref)
+        question = _question(event)
+        self.questions[question_id] = question
+        await self.broadcast({"roles": ["moderator", "admin"]}, {"type": "question", **question},
+                             t="question", question_id=question_id, question=question)
+        return question_id
+
+    async def checkin(self, code: str, person: Checkin) -> tuple[Event, bool]:
+        """Count a person once (server/checkin.py: an identifier counts once per class, a name
+        once per site, without diacritics); the ledger keeps the identifier masked."""
+        event = self.hub.event(self.session.id, EventKind.CHECKIN, code, person.event_data())
+        key = dedupe_key(self.session.id, code, person.name, person.ident)
+        stored, created = await self.hub.store.add_checkin(event, key)
+        if created:
+            await self.patch(code, checkins=self.sites[code].checkins + 1)
+        return stored, created
+
+
+def _question(event: Event) -> dict[str, Any]:
+    return {"site": event.site_code, "question_id": event.data.get("question_id"),
+            "text": event.data.get("text", ""), "at": iso(event.at)}
+
+
+def open_connections(events: list[Event], code: str) -> set[str]:
+    """The `conn` ids of a site's SITE_JOINED events with no SITE_LEFT yet."""
+    joined: set[str] = set()
+    left: set[str] = set()
+    for event in events:
+        if event.site_code != code or "conn" not in event.data:
+            continue
+        if event.kind is EventKind.SITE_JOINED:
+            joined.add(str(event.data["conn"]))
+        elif event.kind is EventKind.SITE_LEFT:
+            left.add(str(event.data["conn"]))
+    return joined - left
+
+
+def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:
+    """A fresh id, or one derived from the sender's message id (idempotent resends)."""
+    if ref is None:
+        return uuid.uuid4().hex
+    key = f"{sid}\x1f{site or ''}\x1f{kind.value}\x1f{ref}".encode()
+    return hashlib.sha256(key).hexdigest()[:32]
