@@ -239,3 +239,44 @@ async def test_an_edge_pulls_from_another_edge_and_links_drop_when_the_last_view
                 assert time.monotonic() - start < 15, f"links not dropped\n{cluster.logs()}"
                 await asyncio.sleep(0.5)
             await publisher.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_a_redis_restart(
+    tmp_path: Path,
+) -> None:
+    loadgen = load_script("loadgen")
+    with LopsoCluster(tmp_path, edges=1, sites=2) as cluster:
+        demo, sid = cluster.demo, cluster.demo["session_id"]
+        edge = cluster.edges[0]
+        links = loadgen.links_from_json(demo)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            publisher = WhipPublisher(http)
+            await publisher.publish(f"{edge.url}/whip/{sid}", demo["lecturer"]["token"])
+            assert publisher.location.startswith(f"/whip/{sid}/origin.")  # the origin took it
+            first = loadgen.SimSite(links[0], [cluster.origin.url], http)
+            second = loadgen.SimSite(links[1], [cluster.origin.url], http)
+            try:
+                first.start()
+                await wait_until(first.playing, 20, "a site playing", cluster)
+                assert first.node_id == "edge1"
+
+                await asyncio.to_thread(cluster.redis.restart)  # kill -9, AOF reloaded
+                await asyncio.sleep(2 * 2.0 + 0.5)  # a heartbeat round after the restart
+                assert set(await cluster.nodes()) == {"origin", "edge1"}
+                second.start()
+                await wait_until(second.playing, 20, "a site joining after Redis restarted",
+                                 cluster)
+                assert second.node_id == "edge1" and first.playing() and first.reconnects == 0
+
+                # the lecturer's DELETE through the edge reaches the origin
+                token = {"Authorization": f"Bearer {demo['lecturer']['token']}"}
+                async with http.delete(edge.url + publisher.location, headers=token) as reply:
+                    assert reply.status == 200, await reply.text()
+                async with http.delete(edge.url + publisher.location, headers=token) as reply:
+                    assert reply.status == 404
+            finally:
+                await first.stop()
+                await second.stop()
+                await publisher.close()

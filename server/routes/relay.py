@@ -22,7 +22,7 @@ from aiohttp import web
 from server.app import STATE, client_address, session_or_404
 from server.cluster import CLUSTER, NODE_HEADER, NODE_TOKEN_HEADER, NODE_URL_HEADER, Cluster
 from server.cluster import node_forwarded, verify_node_token
-from server.errors import UnknownError
+from server.errors import LopsoError, UnknownError
 from server.models import ClassSession, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,29 @@ async def place_whep(request: web.Request, session: ClassSession, offer: str
                 return reply
     cluster.want(lecture_of(state, session))
     return None
+
+
+async def place_whip(request: web.Request, offer: str) -> web.Response | None:
+    """On an edge, hand a lecturer's WHIP offer to the origin and return its reply (None:
+    this node takes it: not clustered, not an edge, or forwarded already)."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None or cluster.role != "edge" or node_forwarded(request, cluster.config.secret):
+        return None
+    sid = request.match_info["sid"]
+    origins = [n for n in await cluster.nodes() if n.role in ("origin", "all")]
+    origins.sort(key=lambda n: sid not in n.lectures)
+    for node in origins[:TRIES]:
+        reply = await _forward_whep(request, cluster, node, offer)
+        if reply is not None:
+            return reply
+    raise NoOriginError("no origin is reachable to take the lecture; try again in a moment")
+
+
+class NoOriginError(LopsoError):
+    """An edge got a lecturer's offer and no origin answers."""
+
+    status = 503
+    code = "no_origin"
 
 
 async def _forward_whep(request: web.Request, cluster: Cluster, node: NodeInfo, offer: str

@@ -116,6 +116,9 @@ async def post_whip(request: web.Request) -> web.Response:
     state = request.app[STATE]
     session = await open_class(request, Action.PUBLISH, None)
     offer = await read_sdp(request)
+    placed = await relay.place_whip(request, offer)  # cluster: an edge hands it to the origin
+    if placed is not None:
+        return placed
     answer, publisher = await lecture_of(state, session).publish(offer)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
     log.info("lecturer published", extra={"sid": session.id, "resource": rid})
