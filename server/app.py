@@ -53,6 +53,7 @@ class AppState:
     lectures: dict[str, Any] = dataclasses.field(default_factory=dict)  # media Lecture by class
     catalogues: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     demo: dict[str, Any] | None = None
+    webhook: Any = None  # server.webhook.WebhookSender when LOPSO_WEBHOOK_URL is set
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
@@ -289,6 +290,43 @@ def node_info(state: AppState) -> NodeInfo:
                     lectures=tuple(sorted(lectures)), at=time.time())
 
 
+def _webhook_ctx(state: AppState) -> CleanupCtx:
+    """The end-of-class webhook sender: pending deliveries resume from the data dir."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from server.webhook import WebhookSender
+
+        cfg = state.config
+        state.webhook = WebhookSender(cfg.webhook_url, cfg.webhook_secret, cfg.data_dir)
+        await state.webhook.start()
+        try:
+            yield
+        finally:
+            await state.webhook.close()  # an enqueue after this is still kept on disk
+
+    return ctx
+
+
+async def announce_class_end(state: AppState, session: ClassSession) -> None:
+    """Queue the class summary for the webhook (idempotent per data dir on the class id)."""
+    if state.webhook is None:
+        return
+    from server.webhook import class_summary
+
+    try:
+        payload = await class_summary(state.store, session)
+        await state.webhook.enqueue(f"class_ended:{session.id}", payload)
+    except Exception:
+        log.exception("could not queue the class summary webhook", extra={"sid": session.id})
+
+
+def in_background(state: AppState, coro: Any) -> None:
+    """Run `coro` after the reply; shutdown waits for it (cleanup of the store context)."""
+    task = asyncio.ensure_future(coro)
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+
+
 def _demo_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from server.demo import create_demo, print_links, write_demo_json
@@ -327,6 +365,8 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
         install(app, config, lambda: state.store, lambda: state.engine)
     else:
         app.cleanup_ctx.append(_node_ctx(state))
+    if config.webhook_url:
+        app.cleanup_ctx.append(_webhook_ctx(state))
     app.cleanup_ctx.append(_demo_ctx(state))
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)

@@ -62,6 +62,8 @@ class Config:
     node_capacity: int = 500  # cluster: viewers at load 1.0, for placement
     http_ports: tuple[int, int] | None = None  # bind the first free TCP port of this range
     media_ports: tuple[int, int] | None = None  # bind the first free UDP port of this range
+    webhook_url: str = ""  # POST the class summary here when a class ends (server/webhook.py)
+    webhook_secret: bytes = b""  # HMAC-SHA256 key of the webhook's signature header
 
     @property
     def tls(self) -> bool:
@@ -202,6 +204,8 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "node_capacity": ("LOPSO_NODE_CAPACITY", _int("node capacity", 1, 1_000_000)),
     "http_ports": ("LOPSO_HTTP_PORTS", _port_range("HTTP port range")),
     "media_ports": ("LOPSO_MEDIA_PORTS", _port_range("media port range")),
+    "webhook_url": ("LOPSO_WEBHOOK_URL", str),
+    "webhook_secret": ("LOPSO_WEBHOOK_SECRET", lambda raw: str(raw).encode()),
 }
 
 
@@ -274,6 +278,10 @@ def _check(config: Config) -> None:
         raise ConfigError(f"public URL must start with http:// or https://, got {config.public_url!r}")
     if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"redis URL must start with redis://, rediss:// or unix://, got {config.redis_url!r}")
+    if config.webhook_url and not config.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError(f"webhook URL must start with http:// or https://, got {config.webhook_url!r}")
+    if config.webhook_url and len(config.webhook_secret) < 16:
+        raise ConfigError("LOPSO_WEBHOOK_URL needs LOPSO_WEBHOOK_SECRET of at least 16 characters")
     if config.role != "all" and not config.redis_url:
         raise ConfigError(f"role {config.role} needs cluster mode (LOPSO_REDIS_URL)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -364,3 +365,50 @@ async def test_key_ids_are_cached_between_requests() -> None:
     assert cache.current("S1") == key_id(b"s" * 16, "k2") and len(reads) == 2
     await cache.refresh("S9")
     assert cache.current("S9") is None
+
+
+async def test_ending_a_class_posts_its_signed_summary_to_the_webhook(tmp_path: Path) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from server.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, verify_signature
+
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), dict(request.headers)))
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    secret = "webhook-secret-0123456789"
+    async with TestServer(receiver, host="127.0.0.1") as target:
+        url = str(target.make_url("/hook"))
+        async with running_app(tmp_path, webhook_url=url, webhook_secret=secret) as (client, state):
+            await seed(client)
+            for _ in range(2):  # ended twice: posted once
+                reply = await client.post("/api/sessions/c1/end", headers=auth(Role.MODERATOR))
+                assert reply.status == 200
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+        assert len(received) == 1
+        body, headers = received[0]
+        assert verify_signature(secret.encode(), body, headers[SIGNATURE_HEADER])
+        assert headers[DELIVERY_HEADER] == "class_ended:c1"
+        summary = json.loads(body)
+        assert summary["type"] == "class_ended" and "sites" not in summary
+        assert {s["code"] for s in summary["never_joined"]} == {"S1", "S2"}
+        assert (tmp_path / "data" / "webhook.json").exists()
+
+
+def test_webhook_settings_fail_early() -> None:
+    from server.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
+        load_config({"data_dir": "/tmp/lopso-cfg-test", "webhook_url": "https://x.example/h"}, env={})
+    with pytest.raises(ConfigError, match="http"):
+        load_config({"data_dir": "/tmp/lopso-cfg-test", "webhook_url": "ftp://x",
+                     "webhook_secret": "s" * 16}, env={})

@@ -14,7 +14,15 @@ from typing import Any
 from aiohttp import web
 
 from server import auth
-from server.app import STATE, authorize_request, claims_of, client_address, session_or_404
+from server.app import (
+    STATE,
+    announce_class_end,
+    authorize_request,
+    claims_of,
+    client_address,
+    in_background,
+    session_or_404,
+)
 from server.checkin import parse_checkin
 from server.demo import class_links
 from server.errors import ContentTypeError, ForbiddenError, ValidationError
@@ -148,8 +156,11 @@ async def end_session(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid = request.match_info["sid"]
     authorize_request(request, Action.END_CLASS, sid)
-    session = await state.hub.end_class(await session_or_404(state.store, sid))
+    before = await session_or_404(state.store, sid)
+    session = await state.hub.end_class(before)
     await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast
+    if before.ended_at is None:  # ended by this request: the summary goes out once
+        in_background(state, announce_class_end(state, session))
     return web.json_response(session_wire(session))
 
 
