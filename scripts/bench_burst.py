@@ -12,6 +12,7 @@ It also times bursts of `--burst` plain datagrams (no SRTP) through MmsgBatch.se
 
     python scripts/bench_burst.py                  # 1,200-byte datagrams, 4 MiB buffers
     python scripts/bench_burst.py --size 200       # Opus-sized
+    python scripts/bench_burst.py --buffer 212992  # what the kernel default wmem_max leaves
 The last line of output is one JSON object.
 """
 
@@ -48,13 +49,13 @@ def drain(sock: socket.socket) -> int:
         n += 1
 
 
-def measure(size: int, burst: int, rounds: int) -> dict[str, object]:
+def measure(size: int, burst: int, rounds: int, requested: int) -> dict[str, object]:
     libc = Libc()
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, REQUESTED)
-        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, REQUESTED)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, requested)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, requested)
         receiver.bind(("127.0.0.1", 0))
         receiver.setblocking(False)
         sender.setblocking(False)
@@ -77,6 +78,7 @@ def measure(size: int, burst: int, rounds: int) -> dict[str, object]:
         times.sort()
         return {
             "size": size,
+            "requested_bytes": requested,
             "buffer_bytes": buffer,
             "sndbuf_bytes": sender.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
             "datagrams_held": held,
@@ -95,8 +97,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1200, help="datagram size in bytes")
     parser.add_argument("--burst", type=int, default=1000, help="datagrams per timed burst")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--buffer", type=int, default=REQUESTED, help="SO_SNDBUF/SO_RCVBUF asked")
     args = parser.parse_args()
-    print(json.dumps(measure(args.size, args.burst, args.rounds)))
+    print(json.dumps(measure(args.size, args.burst, args.rounds, args.buffer)))
 
 
 if __name__ == "__main__":
