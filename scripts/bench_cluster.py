@@ -94,8 +94,14 @@ async def _viewers(conn: Any, links: list[tuple[str, str, str]], entry: str) -> 
                     per_node[node] = per_node.get(node, 0) + viewer.counters.packets
                     placed[node] = placed.get(node, 0) + 1
                 lost = sum(v.stats()["lost"] for v, _ in viewers)
-                conn.send({"per_node": per_node, "placed": placed, "lost": lost,
-                           "playing": sum(v.counters.packets > 0 for v, _ in viewers)})
+                conn.send(
+                    {
+                        "per_node": per_node,
+                        "placed": placed,
+                        "lost": lost,
+                        "playing": sum(v.counters.packets > 0 for v, _ in viewers),
+                    }
+                )
             elif command == "quit":
                 for viewer, _ in viewers:
                     await viewer.close()
@@ -109,8 +115,9 @@ class ViewerProcs:
         self.conns, self.procs = [], []
         for i in range(procs):
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=viewer_worker, args=(theirs, links[i::procs], entry),
-                               daemon=True)
+            proc = ctx.Process(
+                target=viewer_worker, args=(theirs, links[i::procs], entry), daemon=True
+            )
             proc.start()
             self.conns.append(mine)
             self.procs.append(proc)
@@ -157,8 +164,8 @@ class HopProbe:
             return None
         offset = 12 + 4 * (data[0] & 0x0F)
         if data[0] & 0x10:
-            offset += 4 + 4 * int.from_bytes(data[offset + 2:offset + 4], "big")
-        return data[offset:offset + 64] + len(data[offset:]).to_bytes(4, "big")
+            offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+        return data[offset : offset + 64] + len(data[offset:]).to_bytes(4, "big")
 
     def at_origin(self, data: bytes) -> None:
         key = self.key(data)
@@ -173,8 +180,15 @@ class HopProbe:
             self.hops.append(time.perf_counter() - self.seen.pop(key))
 
 
-async def hop_viewers(http: Any, origin: Any, edge: Any, secret: bytes, sid: str,
-                      site: tuple[str, str, str], probe: HopProbe) -> list[Any]:
+async def hop_viewers(
+    http: Any,
+    origin: Any,
+    edge: Any,
+    secret: bytes,
+    sid: str,
+    site: tuple[str, str, str],
+    probe: HopProbe,
+) -> list[Any]:
     from media.loadviewer import LoadViewer
     from server.cluster import NODE_TOKEN_HEADER, mint_node_token
 
@@ -195,7 +209,9 @@ async def hop_viewers(http: Any, origin: Any, edge: Any, secret: bytes, sid: str
 
 
 # --- one run ------------------------------------------------------------------------------------
-async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.Path) -> dict[str, Any]:
+async def run(
+    edges: int, viewers: int, options: dict[str, Any], clip: pathlib.Path
+) -> dict[str, Any]:
     import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaPlayer
@@ -204,10 +220,16 @@ async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.P
     from tests.serverproc import SECRET
 
     loadgen = load_script("loadgen")
-    with tempfile.TemporaryDirectory(prefix="lopso-bench-cluster-") as tmp, \
-            LopsoCluster(pathlib.Path(tmp), edges=edges, sites=viewers,
-                         capacity=max(1, viewers // (2 * edges)),  # spread evenly (placement)
-                         env={"LOPSO_LOG_LEVEL": "WARNING"}) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="lopso-bench-cluster-") as tmp,
+        LopsoCluster(
+            pathlib.Path(tmp),
+            edges=edges,
+            sites=viewers,
+            capacity=max(1, viewers // (2 * edges)),  # spread evenly (placement)
+            env={"LOPSO_LOG_LEVEL": "WARNING"},
+        ) as cluster,
+    ):
         demo, sid = cluster.demo, cluster.demo["session_id"]
         links = [(link.whep_path, link.token, link.code) for link in loadgen.links_from_json(demo)]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
@@ -216,15 +238,19 @@ async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.P
             pc.addTrack(player.audio)
             pc.addTrack(player.video)
             await pc.setLocalDescription(await pc.createOffer())
-            headers = {"Content-Type": "application/sdp",
-                       "Authorization": f"Bearer {demo['lecturer']['token']}"}
-            async with http.post(f"{cluster.origin.url}/whip/{sid}", data=pc.localDescription.sdp,
-                                 headers=headers) as reply:
+            headers = {
+                "Content-Type": "application/sdp",
+                "Authorization": f"Bearer {demo['lecturer']['token']}",
+            }
+            async with http.post(
+                f"{cluster.origin.url}/whip/{sid}", data=pc.localDescription.sdp, headers=headers
+            ) as reply:
                 assert reply.status == 201, await reply.text()
                 await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
             probe = HopProbe()
-            hop = await hop_viewers(http, cluster.origin, cluster.edges[0], SECRET.encode(), sid,
-                                    links[0], probe)
+            hop = await hop_viewers(
+                http, cluster.origin, cluster.edges[0], SECRET.encode(), sid, links[0], probe
+            )
             procs = ViewerProcs(links, cluster.origin.url, options["procs"])
             try:
                 deadline = time.monotonic() + 60 + viewers / 10
@@ -252,9 +278,12 @@ async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.P
     for name in cpu0:
         packets = count1["per_node"].get(name, 0) - count0["per_node"].get(name, 0)
         cpu = cpu1[name] - cpu0[name]
-        per_edge[name] = {"viewers": count1["placed"].get(name, 0), "packets": packets,
-                          "cpu_pct": round(100 * cpu / elapsed, 1),
-                          "cpu_us_per_fwd_packet": round(1e6 * cpu / packets, 2) if packets else None}
+        per_edge[name] = {
+            "viewers": count1["placed"].get(name, 0),
+            "packets": packets,
+            "cpu_pct": round(100 * cpu / elapsed, 1),
+            "cpu_us_per_fwd_packet": round(1e6 * cpu / packets, 2) if packets else None,
+        }
         points.append((packets / elapsed, cpu / elapsed))
     packets = sum(v["packets"] for v in per_edge.values())
     cpu = sum(cpu1[k] - cpu0[k] for k in cpu0)
@@ -263,7 +292,9 @@ async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.P
     hops = sorted(1000 * h for h in probe.hops)
     pct = lambda p: round(hops[min(len(hops) - 1, int(p / 100 * len(hops)))], 3) if hops else None  # noqa: E731
     return {
-        "edges": edges, "viewers": viewers, "seconds": round(elapsed, 1),
+        "edges": edges,
+        "viewers": viewers,
+        "seconds": round(elapsed, 1),
         "cpu_us_per_fwd_packet": round(us, 2),
         "packets_per_viewer_per_s": round(rate, 1),
         "viewers_per_edge_core": int(1e6 / (us * rate)) if packets else 0,
@@ -273,7 +304,9 @@ async def run(edges: int, viewers: int, options: dict[str, Any], clip: pathlib.P
         "origin_cpu_pct": round(100 * (origin1 - origin0) / elapsed, 1),
         "loss_pct": round(100 * (count1["lost"] - count0["lost"]) / max(1, packets), 3),
         "points": points,  # (forwarded packets/s, CPU s/s) per edge, for the fit
-        "hop_ms_p50": pct(50), "hop_ms_p99": pct(99), "hop_samples": len(hops),
+        "hop_ms_p50": pct(50),
+        "hop_ms_p99": pct(99),
+        "hop_samples": len(hops),
         "hop_ms_mean": round(statistics.fmean(hops), 3) if hops else None,
     }
 
@@ -290,8 +323,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     one, two = runs
     fixed, marginal = fit([p for r in runs for p in r.pop("points")])
     rate = statistics.fmean(r["packets_per_viewer_per_s"] for r in runs)
-    efficiency = (one["cpu_us_per_fwd_packet"] / two["cpu_us_per_fwd_packet"]
-                  if two["cpu_us_per_fwd_packet"] else None)
+    efficiency = (
+        one["cpu_us_per_fwd_packet"] / two["cpu_us_per_fwd_packet"]
+        if two["cpu_us_per_fwd_packet"]
+        else None
+    )
     return {
         "edges": [r["edges"] for r in runs],
         "viewers": [r["viewers"] for r in runs],

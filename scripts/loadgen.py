@@ -67,9 +67,18 @@ class SiteReport:
 class SimSite:
     """One simulated site: a LoadViewer for media and a WebSocket for presence."""
 
-    def __init__(self, link: SiteLink, entries: list[str], http: aiohttp.ClientSession, *,
-                 identity: Any = None, websocket: bool = True, stall_s: float | None = None,
-                 codec: str = "VP8", first_entry: int = 0) -> None:
+    def __init__(
+        self,
+        link: SiteLink,
+        entries: list[str],
+        http: aiohttp.ClientSession,
+        *,
+        identity: Any = None,
+        websocket: bool = True,
+        stall_s: float | None = None,
+        codec: str = "VP8",
+        first_entry: int = 0,
+    ) -> None:
         self.link = link
         self.entries = [e.rstrip("/") for e in entries]
         self.http = http
@@ -123,9 +132,18 @@ class SimSite:
         return self._lost_before + (viewer.stats()["lost"] if viewer else 0)
 
     def report(self) -> SiteReport:
-        return SiteReport(self.link.code, self.state, self.node_id, self.joins,
-                          list(self.join_latency_s), self.packets, self.lost, self.reconnects,
-                          self.playing(), self.errors[-3:])
+        return SiteReport(
+            self.link.code,
+            self.state,
+            self.node_id,
+            self.joins,
+            list(self.join_latency_s),
+            self.packets,
+            self.lost,
+            self.reconnects,
+            self.playing(),
+            self.errors[-3:],
+        )
 
     async def _run(self) -> None:
         delay = 0.3
@@ -167,12 +185,13 @@ class SimSite:
     async def _post(self, offer: str) -> tuple[str, str]:
         """POST the offer through the first entry that answers; (answer, serving node URL)."""
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self.link.token}"}
-        order = self.entries[self.first_entry:] + self.entries[:self.first_entry]
+        order = self.entries[self.first_entry :] + self.entries[: self.first_entry]
         last: Exception | None = None
         for entry in order:
             try:
-                async with self.http.post(entry + self.link.whep_path, data=offer,
-                                          headers=headers) as reply:
+                async with self.http.post(
+                    entry + self.link.whep_path, data=offer, headers=headers
+                ) as reply:
                     body = await reply.text()
                     if reply.status != 201:
                         raise RuntimeError(f"WHEP {entry} answered {reply.status}: {body[:200]}")
@@ -184,8 +203,12 @@ class SimSite:
 
     async def _open_ws(self) -> None:
         url = f"{self.node_url}/ws/{self.link.sid}"
-        self._ws = await self.http.ws_connect(url, params={"token": self.link.token},
-                                              heartbeat=None, timeout=aiohttp.ClientWSTimeout(10))
+        self._ws = await self.http.ws_connect(
+            url,
+            params={"token": self.link.token},
+            heartbeat=None,
+            timeout=aiohttp.ClientWSTimeout(10),
+        )
         asyncio.get_running_loop().create_task(self._read_ws(self._ws))
 
     async def _read_ws(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -230,8 +253,12 @@ class SimSite:
             if now >= next_beat:
                 self._send({"type": "heartbeat"})
                 next_beat = now + HEARTBEAT_S
-            if self.stall_s and self.live and self.last_packet and \
-                    now - max(self.last_packet, self._connected_at()) > self.stall_s:
+            if (
+                self.stall_s
+                and self.live
+                and self.last_packet
+                and now - max(self.last_packet, self._connected_at()) > self.stall_s
+            ):
                 raise RuntimeError("media stalled")
 
     def _connected_at(self) -> float:
@@ -263,26 +290,31 @@ def links_from_json(data: dict[str, Any]) -> list[SiteLink]:
 
 async def fetch_links(url: str, token: str, sid: str) -> list[SiteLink]:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{url.rstrip('/')}/api/sessions/{sid}/links",
-                            headers={"Authorization": f"Bearer {token}"}) as reply:
+        async with http.get(
+            f"{url.rstrip('/')}/api/sessions/{sid}/links",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as reply:
             reply.raise_for_status()
             return links_from_json(await reply.json())
 
 
 # --- one worker process ----------------------------------------------------------------------
-def _worker(links: list[SiteLink], entries: list[str], options: dict[str, Any],
-            out: Any, index: int) -> None:
+def _worker(
+    links: list[SiteLink], entries: list[str], options: dict[str, Any], out: Any, index: int
+) -> None:
     logging.basicConfig(level=logging.WARNING)
     try:
         import uvloop  # noqa: F401
+
         runner = uvloop.run  # type: ignore[attr-defined]
     except ImportError:
         runner = asyncio.run
     runner(_work(links, entries, options, out, index))
 
 
-async def _work(links: list[SiteLink], entries: list[str], options: dict[str, Any],
-                out: Any, index: int) -> None:
+async def _work(
+    links: list[SiteLink], entries: list[str], options: dict[str, Any], out: Any, index: int
+) -> None:
     from media.dtls import DtlsIdentity
 
     identity = DtlsIdentity()  # one certificate per process: generating one per site is slow
@@ -292,8 +324,15 @@ async def _work(links: list[SiteLink], entries: list[str], options: dict[str, An
         sites = []
         ramp = options["ramp"] / options["procs"]
         for n, link in enumerate(links):
-            site = SimSite(link, entries, http, identity=identity, stall_s=options["stall"],
-                           websocket=not options["no_ws"], first_entry=index + n)
+            site = SimSite(
+                link,
+                entries,
+                http,
+                identity=identity,
+                stall_s=options["stall"],
+                websocket=not options["no_ws"],
+                first_entry=index + n,
+            )
             site.start()
             sites.append(site)
             if ramp > 0:
@@ -308,9 +347,13 @@ async def _work(links: list[SiteLink], entries: list[str], options: dict[str, An
 
 
 def _summary(sites: list[SimSite]) -> dict[str, int]:
-    return {"sites": len(sites), "playing": sum(s.playing() for s in sites),
-            "joined": sum(s.joins > 0 for s in sites), "packets": sum(s.packets for s in sites),
-            "reconnects": sum(s.reconnects for s in sites)}
+    return {
+        "sites": len(sites),
+        "playing": sum(s.playing() for s in sites),
+        "joined": sum(s.joins > 0 for s in sites),
+        "packets": sum(s.packets for s in sites),
+        "reconnects": sum(s.reconnects for s in sites),
+    }
 
 
 # --- the orchestrator -----------------------------------------------------------------------
@@ -330,17 +373,23 @@ def final_report(reports: list[dict[str, Any]], seconds: float) -> dict[str, Any
         nodes[r["node"]] = nodes.get(r["node"], 0) + 1
     ms = lambda v: None if v is None else round(1000 * v, 1)  # noqa: E731
     return {
-        "sites": len(reports), "playing": sum(r["playing"] for r in reports),
-        "joined": sum(r["joins"] > 0 for r in reports), "seconds": seconds,
-        "join_ms_p50": ms(percentile(first_joins, 50)), "join_ms_p90": ms(percentile(first_joins, 90)),
+        "sites": len(reports),
+        "playing": sum(r["playing"] for r in reports),
+        "joined": sum(r["joins"] > 0 for r in reports),
+        "seconds": seconds,
+        "join_ms_p50": ms(percentile(first_joins, 50)),
+        "join_ms_p90": ms(percentile(first_joins, 90)),
         "join_ms_p99": ms(percentile(first_joins, 99)),
         "packets_per_site_mean": round(statistics.fmean(packets), 1) if packets else 0,
         "packets_per_site_min": min(packets, default=0),
         "loss_pct_mean": round(100 * statistics.fmean(losses), 3) if losses else 0.0,
         "loss_pct_max": round(100 * max(losses, default=0.0), 3),
-        "reconnects": sum(r["reconnects"] for r in reports), "sites_per_node": nodes,
-        "per_site": [{k: r[k] for k in ("code", "node", "packets", "lost", "reconnects", "playing")}
-                     for r in reports],
+        "reconnects": sum(r["reconnects"] for r in reports),
+        "sites_per_node": nodes,
+        "per_site": [
+            {k: r[k] for k in ("code", "node", "packets", "lost", "reconnects", "playing")}
+            for r in reports
+        ],
     }
 
 
@@ -350,8 +399,10 @@ def run(links: list[SiteLink], entries: list[str], options: dict[str, Any]) -> d
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     shares = [links[i::procs] for i in range(procs)]
-    workers = [context.Process(target=_worker, args=(share, entries, options, out, i), daemon=True)
-               for i, share in enumerate(shares)]
+    workers = [
+        context.Process(target=_worker, args=(share, entries, options, out, i), daemon=True)
+        for i, share in enumerate(shares)
+    ]
     for worker in workers:
         worker.start()
     progress: dict[int, dict[str, int]] = {}
@@ -368,9 +419,14 @@ def run(links: list[SiteLink], entries: list[str], options: dict[str, Any]) -> d
         if kind == "progress":
             progress[index] = body
             total = {k: sum(p[k] for p in progress.values()) for k in body}
-            print(f"\r[{time.monotonic() - started:5.0f}s] sites {total['sites']} joined "
-                  f"{total['joined']} playing {total['playing']} packets {total['packets']} "
-                  f"reconnects {total['reconnects']}   ", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{time.monotonic() - started:5.0f}s] sites {total['sites']} joined "
+                f"{total['joined']} playing {total['playing']} packets {total['packets']} "
+                f"reconnects {total['reconnects']}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             reports.extend(body)
             done += 1
@@ -407,9 +463,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --demo-json, or --url with --token and --class")
     entries = [u.strip() for u in (args.url or default_entry).split(",") if u.strip()]
     if args.sites:
-        links = (links * (args.sites // max(1, len(links)) + 1))[:args.sites]
-    options = {"procs": args.procs, "seconds": args.seconds, "ramp": args.ramp,
-               "stall": args.stall, "no_ws": args.no_ws}
+        links = (links * (args.sites // max(1, len(links)) + 1))[: args.sites]
+    options = {
+        "procs": args.procs,
+        "seconds": args.seconds,
+        "ramp": args.ramp,
+        "stall": args.stall,
+        "no_ws": args.no_ws,
+    }
     result = run(links, entries, options)
     print(json.dumps(result, ensure_ascii=False))
     return 0 if result["playing"] else 1

@@ -58,8 +58,9 @@ class RelayError(Exception):
 
 
 # --- node tokens ----------------------------------------------------------------------------
-def mint_node_token(secret: bytes, node_id: str, *, ttl_s: float = NODE_TOKEN_TTL_S,
-                    now: float | None = None) -> str:
+def mint_node_token(
+    secret: bytes, node_id: str, *, ttl_s: float = NODE_TOKEN_TTL_S, now: float | None = None
+) -> str:
     """`node_id|expiry|hex(hmac)`: what one node shows another."""
     if "|" in node_id:
         raise ValueError("a node id may not contain '|'")
@@ -97,8 +98,14 @@ def node_forwarded(request: web.Request, secret: bytes) -> bool:
 
 
 # --- placement (pure) -----------------------------------------------------------------------
-def rank_edges(nodes: Iterable[NodeInfo], sid: str, *, pending: Mapping[str, int] | None = None,
-               capacity: int = 500, exclude: Iterable[str] = ()) -> list[NodeInfo]:
+def rank_edges(
+    nodes: Iterable[NodeInfo],
+    sid: str,
+    *,
+    pending: Mapping[str, int] | None = None,
+    capacity: int = 500,
+    exclude: Iterable[str] = (),
+) -> list[NodeInfo]:
     """Live edges best first: least loaded (counting placements not yet in a heartbeat),
     preferring edges that carry `sid` already; full edges (load ≥ 1) last; ties at random."""
     pending, skip = pending or {}, set(exclude)
@@ -116,7 +123,7 @@ def pick_source(nodes: Iterable[NodeInfo], sid: str, own_id: str) -> NodeInfo | 
     """Where an edge pulls `sid` from by default: the origin carrying it, else any origin."""
     origins = [n for n in nodes if n.role in ("origin", "all") and n.id != own_id]
     carrying = [n for n in origins if sid in n.lectures]
-    return (carrying or origins or [None])[0]
+    return next(iter(carrying or origins), None)
 
 
 # --- ports ----------------------------------------------------------------------------------
@@ -137,13 +144,13 @@ def first_free_port(low: int, high: int, kind: int, host: str = "0.0.0.0") -> in
 def resolve_ports(config: Config) -> Config:
     """Choose the HTTP and media ports from their ranges, when ranges are configured (so
     `docker compose up --scale edge=N` on the host network gives each edge its own ports)."""
-    changes: dict[str, int] = {}
     if config.http_ports:
-        changes["port"] = first_free_port(*config.http_ports, socket.SOCK_STREAM, config.host)
+        port = first_free_port(*config.http_ports, socket.SOCK_STREAM, config.host)
+        config = dataclasses.replace(config, port=port)
     if config.media_ports:
-        changes["media_port"] = first_free_port(*config.media_ports, socket.SOCK_DGRAM,
-                                                config.media_host)
-    return dataclasses.replace(config, **changes) if changes else config
+        port = first_free_port(*config.media_ports, socket.SOCK_DGRAM, config.media_host)
+        config = dataclasses.replace(config, media_port=port)
+    return config
 
 
 def node_url(config: Config) -> str:
@@ -196,8 +203,10 @@ class Cluster:
         self.write_node_file()
         timeout = aiohttp.ClientTimeout(total=10, sock_connect=2)
         self.http = aiohttp.ClientSession(timeout=timeout)
-        self._tasks = [asyncio.create_task(self._beat_forever()),
-                       asyncio.create_task(self._sweep_forever())]
+        self._tasks = [
+            asyncio.create_task(self._beat_forever()),
+            asyncio.create_task(self._sweep_forever()),
+        ]
 
     def write_node_file(self) -> None:
         """data/node.json: this node's id, role and URL, for health checks (its port may have
@@ -231,11 +240,17 @@ class Cluster:
         else:
             carried = [sid for sid, lecture in lectures.items() if lecture.publisher is not None]
         cfg = self.config
-        return NodeInfo(id=cfg.node_id, role=cfg.role, http_url=self.url,
-                        media_host=cfg.announce[0] if cfg.announce else cfg.media_host,
-                        media_port=engine.port if engine is not None else cfg.media_port,
-                        load=viewers / cfg.node_capacity, viewers=viewers,
-                        lectures=tuple(sorted(carried)), at=time.time())
+        return NodeInfo(
+            id=cfg.node_id,
+            role=cfg.role,
+            http_url=self.url,
+            media_host=cfg.announce[0] if cfg.announce else cfg.media_host,
+            media_port=engine.port if engine is not None else cfg.media_port,
+            load=viewers / cfg.node_capacity,
+            viewers=viewers,
+            lectures=tuple(sorted(carried)),
+            at=time.time(),
+        )
 
     async def beat(self) -> None:
         await self._store_of().heartbeat(self.node_info(), ttl_s=NODE_TTL_S)
@@ -397,8 +412,9 @@ class RelayLink:
             return None
         try:
             timeout = aiohttp.ClientTimeout(total=LINK_PROBE_S)
-            async with http.get(self.resource, headers=self.cluster.headers(),
-                                timeout=timeout) as reply:
+            async with http.get(
+                self.resource, headers=self.cluster.headers(), timeout=timeout
+            ) as reply:
                 if reply.status == 404:
                     return False
                 return reply.status == 200
@@ -413,8 +429,9 @@ class RelayLink:
             await publisher.close()
         if resource is not None and self.cluster.http is not None:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self.cluster.http.delete(resource, headers=self.cluster.headers(),
-                                                    timeout=aiohttp.ClientTimeout(total=1)):
+                async with self.cluster.http.delete(
+                    resource, headers=self.cluster.headers(), timeout=aiohttp.ClientTimeout(total=1)
+                ):
                     pass
 
     async def stop(self) -> None:
@@ -430,8 +447,9 @@ class RelayLink:
 CLUSTER = web.AppKey("cluster", Cluster)
 
 
-def install(app: web.Application, config: Config, store_of: Callable[[], Any],
-            engine_of: Callable[[], Any]) -> Cluster:
+def install(
+    app: web.Application, config: Config, store_of: Callable[[], Any], engine_of: Callable[[], Any]
+) -> Cluster:
     """Put a Cluster on `app` (started after the store and media engine) and the /relay routes."""
     from server.routes import relay
 

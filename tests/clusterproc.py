@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_script(name: str) -> Any:
     """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"lopso_script_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"lopso_script_{name}", ROOT / "scripts" / f"{name}.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -37,9 +39,16 @@ def load_script(name: str) -> Any:
 class LopsoCluster:
     """Redis + origin (with a demo class of `sites` sites) + `edges` edges, on loopback."""
 
-    def __init__(self, tmp_path: Path, *, edges: int = 2, sites: int = 20, capacity: int = 20,
-                 env: dict[str, str] | None = None, upstreams: dict[int, int] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        edges: int = 2,
+        sites: int = 20,
+        capacity: int = 20,
+        env: dict[str, str] | None = None,
+        upstreams: dict[int, int] | None = None,
+    ) -> None:
         """`upstreams` {i: j}: edge i pulls from edge j (a tree), not from the origin."""
         self.upstreams = upstreams or {}
         self.dir = Path(tmp_path)
@@ -50,13 +59,20 @@ class LopsoCluster:
         self.edges: list[LopsoServer] = []
 
     def _env(self) -> dict[str, str]:
-        return {"LOPSO_NODE_CAPACITY": str(self.capacity), "LOPSO_SIGNALLING_RATE": "0",
-                "LOPSO_LOG_LEVEL": "INFO", **self.env}
+        return {
+            "LOPSO_NODE_CAPACITY": str(self.capacity),
+            "LOPSO_SIGNALLING_RATE": "0",
+            "LOPSO_LOG_LEVEL": "INFO",
+            **self.env,
+        }
 
     def _node(self, name: str, role: str, demo_sites: int, env: dict[str, str]) -> LopsoServer:
-        return LopsoServer(self.dir / name, demo_sites=demo_sites,
-                           extra_args=["--role", role, "--redis-url", self.redis.url],
-                           env={**self._env(), "LOPSO_NODE_ID": name, **env})
+        return LopsoServer(
+            self.dir / name,
+            demo_sites=demo_sites,
+            extra_args=["--role", role, "--redis-url", self.redis.url],
+            env={**self._env(), "LOPSO_NODE_ID": name, **env},
+        )
 
     def start(self) -> None:
         self.redis.start()
@@ -104,8 +120,11 @@ class LopsoCluster:
         self.redis.kill()
 
     def logs(self) -> str:
-        return "\n".join(f"===== {n.dir.name}\n{n.log()[-6000:]}"
-                         for n in [self.origin, *self.edges] if n is not None)
+        return "\n".join(
+            f"===== {n.dir.name}\n{n.log()[-6000:]}"
+            for n in [self.origin, *self.edges]
+            if n is not None
+        )
 
     def __enter__(self) -> LopsoCluster:
         try:

@@ -33,10 +33,20 @@ from tests.serverproc import mint
 SECRET = b"cluster-secret-0123456789"
 
 
-def node(node_id: str, role: str = "edge", load: float = 0.0, lectures: tuple[str, ...] = ()
-         ) -> NodeInfo:
-    return NodeInfo(id=node_id, role=role, http_url=f"http://{node_id}", media_host="127.0.0.1",
-                    media_port=1, load=load, viewers=int(load * 100), lectures=lectures, at=1.0)
+def node(
+    node_id: str, role: str = "edge", load: float = 0.0, lectures: tuple[str, ...] = ()
+) -> NodeInfo:
+    return NodeInfo(
+        id=node_id,
+        role=role,
+        http_url=f"http://{node_id}",
+        media_host="127.0.0.1",
+        media_port=1,
+        load=load,
+        viewers=int(load * 100),
+        lectures=lectures,
+        at=1.0,
+    )
 
 
 # --- node tokens ------------------------------------------------------------------------------
@@ -47,12 +57,15 @@ def test_node_token_names_its_node_until_it_expires() -> None:
         verify_node_token(SECRET, token, now=1061)
 
 
-@pytest.mark.parametrize("forge", [
-    lambda t: t.replace("edge-7", "edge-8"),  # another node's name on this signature
-    lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),  # a flipped signature digit
-    lambda t: "",
-    lambda t: "edge-7|notanumber|00",
-])
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda t: t.replace("edge-7", "edge-8"),  # another node's name on this signature
+        lambda t: t[:-1] + ("0" if t[-1] != "0" else "1"),  # a flipped signature digit
+        lambda t: "",
+        lambda t: "edge-7|notanumber|00",
+    ],
+)
 def test_forged_node_tokens_are_refused(forge: Callable[[str], str]) -> None:
     token = mint_node_token(SECRET, "edge-7", ttl_s=60, now=1000)
     with pytest.raises(AuthError):
@@ -66,14 +79,17 @@ def test_a_viewer_token_is_no_node_token() -> None:
 
 
 # --- placement --------------------------------------------------------------------------------
-@pytest.mark.parametrize("nodes, pending, best", [
-    ([node("a", load=0.5), node("b", load=0.2)], {}, "b"),  # least loaded
-    ([node("a", load=0.15, lectures=("c1",)), node("b", load=0.1)], {}, "a"),  # carries c1
-    ([node("a", load=0.4, lectures=("c1",)), node("b", load=0.1)], {}, "b"),  # too loaded
-    ([node("a", load=0.1), node("b", load=0.1)], {"a": 30}, "b"),  # a's placements in flight
-    ([node("a", load=1.2, lectures=("c1",)), node("b", load=0.9)], {}, "b"),  # a is full
-    ([node("o", role="origin"), node("b", load=0.9)], {}, "b"),  # viewers go to edges only
-])
+@pytest.mark.parametrize(
+    "nodes, pending, best",
+    [
+        ([node("a", load=0.5), node("b", load=0.2)], {}, "b"),  # least loaded
+        ([node("a", load=0.15, lectures=("c1",)), node("b", load=0.1)], {}, "a"),  # carries c1
+        ([node("a", load=0.4, lectures=("c1",)), node("b", load=0.1)], {}, "b"),  # too loaded
+        ([node("a", load=0.1), node("b", load=0.1)], {"a": 30}, "b"),  # a's placements in flight
+        ([node("a", load=1.2, lectures=("c1",)), node("b", load=0.9)], {}, "b"),  # a is full
+        ([node("o", role="origin"), node("b", load=0.9)], {}, "b"),  # viewers go to edges only
+    ],
+)
 def test_rank_edges(nodes: list[NodeInfo], pending: dict[str, int], best: str) -> None:
     ranked = rank_edges(nodes, "c1", pending=pending, capacity=100)
     assert ranked[0].id == best
@@ -109,8 +125,9 @@ def test_first_free_port_skips_busy_ports() -> None:
 
 
 # --- one lecture across processes -------------------------------------------------------------
-async def wait_until(check: Callable[[], bool], timeout: float, what: str,
-                     cluster: LopsoCluster) -> float:
+async def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, cluster: LopsoCluster
+) -> float:
     """Seconds until `check()` held; fails with the nodes' logs after `timeout`."""
     start = time.monotonic()
     while not check():
@@ -122,8 +139,9 @@ async def wait_until(check: Callable[[], bool], timeout: float, what: str,
 
 async def attendance(http: aiohttp.ClientSession, url: str, sid: str) -> dict[str, dict]:
     token = mint(Role.MODERATOR, sid)
-    async with http.get(f"{url}/api/sessions/{sid}/attendance",
-                        headers={"Authorization": f"Bearer {token}"}) as reply:
+    async with http.get(
+        f"{url}/api/sessions/{sid}/attendance", headers={"Authorization": f"Bearer {token}"}
+    ) as reply:
         assert reply.status == 200, await reply.text()
         return {s["code"]: s for s in (await reply.json())["sites"]}
 
@@ -142,15 +160,19 @@ async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             publisher = WhipPublisher(http)
             await publisher.publish(f"{cluster.origin.url}/whip/{sid}", demo["lecturer"]["token"])
-            sites = [loadgen.SimSite(link, cluster.urls, http, first_entry=i)
-                     for i, link in enumerate(links)]
+            sites = [
+                loadgen.SimSite(link, cluster.urls, http, first_entry=i)
+                for i, link in enumerate(links)
+            ]
             try:
                 for site in sites:
                     site.start()
-                await wait_until(lambda: all(s.playing() for s in sites), 40,
-                                 "all 20 sites playing", cluster)
-                on = {e.dir.name: [s for s in sites if s.node_id == e.dir.name]
-                      for e in cluster.edges}
+                await wait_until(
+                    lambda: all(s.playing() for s in sites), 40, "all 20 sites playing", cluster
+                )
+                on = {
+                    e.dir.name: [s for s in sites if s.node_id == e.dir.name] for e in cluster.edges
+                }
                 assert sum(len(v) for v in on.values()) == 20, [s.node_id for s in sites]
                 assert all(len(v) >= 4 for v in on.values()), {k: len(v) for k, v in on.items()}
                 await asyncio.sleep(1.5)  # the WebSockets' joins reach the ledger
@@ -161,9 +183,16 @@ async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the
                 packets = {s.link.code: s.packets for s in moved}
                 victim.kill()
                 took = await wait_until(
-                    lambda: all(s.playing(1.0) and s.node_id == survivor.dir.name
-                                and s.packets > packets[s.link.code] for s in moved), 10,
-                    "the killed edge's sites playing on the other edge", cluster)
+                    lambda: all(
+                        s.playing(1.0)
+                        and s.node_id == survivor.dir.name
+                        and s.packets > packets[s.link.code]
+                        for s in moved
+                    ),
+                    10,
+                    "the killed edge's sites playing on the other edge",
+                    cluster,
+                )
                 assert all(s.playing() for s in sites)
                 print(f"edge kill -9: {len(moved)} sites playing again in {took:.1f} s")
 
@@ -180,17 +209,25 @@ async def test_one_lecture_over_an_origin_and_two_edges_survives_an_edge_and_the
                 print(f"origin back (healthy) {time.monotonic() - restarted:.1f} s after kill -9")
                 for _ in range(50):
                     try:
-                        await publisher.publish(f"{cluster.origin.url}/whip/{sid}",
-                                                demo["lecturer"]["token"])
+                        await publisher.publish(
+                            f"{cluster.origin.url}/whip/{sid}", demo["lecturer"]["token"]
+                        )
                         break
                     except (aiohttp.ClientError, AssertionError):
                         await asyncio.sleep(0.3)
                 marks = {s.link.code: s.packets for s in sites}
-                await wait_until(lambda: all(s.packets > marks[s.link.code] + 50 and s.playing(1.0)
-                                             for s in sites), 30 - (time.monotonic() - restarted),
-                                 "all sites playing after the origin restarted", cluster)
-                print(f"origin restart: all sites playing {time.monotonic() - restarted:.1f} s "
-                      "after it was killed")
+                await wait_until(
+                    lambda: all(
+                        s.packets > marks[s.link.code] + 50 and s.playing(1.0) for s in sites
+                    ),
+                    30 - (time.monotonic() - restarted),
+                    "all sites playing after the origin restarted",
+                    cluster,
+                )
+                print(
+                    f"origin restart: all sites playing {time.monotonic() - restarted:.1f} s "
+                    "after it was killed"
+                )
                 assert all(s.reconnects == (1 if s in moved else 0) for s in sites)
             finally:
                 for site in sites:
@@ -208,16 +245,18 @@ async def test_an_edge_pulls_from_another_edge_and_links_drop_when_the_last_view
         demo, sid = cluster.demo, cluster.demo["session_id"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
             publisher = WhipPublisher(http)
-            await publisher.publish(f"{cluster.origin.url}/whip/{sid}",
-                                    demo["lecturer"]["token"])
-            sites = [loadgen.SimSite(link, [cluster.origin.url], http)
-                     for link in loadgen.links_from_json(demo)]
+            await publisher.publish(f"{cluster.origin.url}/whip/{sid}", demo["lecturer"]["token"])
+            sites = [
+                loadgen.SimSite(link, [cluster.origin.url], http)
+                for link in loadgen.links_from_json(demo)
+            ]
             try:
                 for site in sites:
                     site.start()
                     await asyncio.sleep(0.2)
-                await wait_until(lambda: all(s.playing() for s in sites), 30,
-                                 "all 6 sites playing", cluster)
+                await wait_until(
+                    lambda: all(s.playing() for s in sites), 30, "all 6 sites playing", cluster
+                )
                 served = {s.node_id for s in sites}
                 assert served == {"edge1", "edge2"}, [s.node_id for s in sites]
                 await asyncio.sleep(2.5)  # a heartbeat with the links in it
@@ -229,6 +268,7 @@ async def test_an_edge_pulls_from_another_edge_and_links_drop_when_the_last_view
             finally:
                 for site in sites:
                     await site.stop()
+
             # the last viewer left: links linger 5 s, then both edges let go
             async def dropped() -> bool:
                 nodes = await cluster.nodes()
@@ -266,8 +306,9 @@ async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_
                 await asyncio.sleep(2 * 2.0 + 0.5)  # a heartbeat round after the restart
                 assert set(await cluster.nodes()) == {"origin", "edge1"}
                 second.start()
-                await wait_until(second.playing, 20, "a site joining after Redis restarted",
-                                 cluster)
+                await wait_until(
+                    second.playing, 20, "a site joining after Redis restarted", cluster
+                )
                 assert second.node_id == "edge1" and first.playing() and first.reconnects == 0
 
                 # the lecturer's DELETE through the edge reaches the origin

@@ -23,10 +23,33 @@ from tests.clusterproc import LopsoCluster
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 TOP_KEYS = {"name", "services", "volumes", "networks", "configs", "secrets"}
-SERVICE_KEYS = {"build", "image", "command", "entrypoint", "environment", "env_file", "volumes",
-                "ports", "network_mode", "networks", "restart", "healthcheck", "depends_on",
-                "stop_grace_period", "ulimits", "deploy", "container_name", "hostname",
-                "logging", "cap_add", "sysctls", "labels", "expose", "user", "working_dir"}
+SERVICE_KEYS = {
+    "build",
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "volumes",
+    "ports",
+    "network_mode",
+    "networks",
+    "restart",
+    "healthcheck",
+    "depends_on",
+    "stop_grace_period",
+    "ulimits",
+    "deploy",
+    "container_name",
+    "hostname",
+    "logging",
+    "cap_add",
+    "sysctls",
+    "labels",
+    "expose",
+    "user",
+    "working_dir",
+}
 ENV = {"LOPSO_SECRET": "compose-secret-0123456789", "LOPSO_ANNOUNCE": "203.0.113.10"}
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::([?-])([^}]*))?\}")
 
@@ -132,12 +155,15 @@ def test_dockerfile_runs_lopso_serve() -> None:
 
 def run_healthcheck(command: list[str], data_dir: Path) -> int:
     script = command[3].replace("/data/", f"{data_dir}/")
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=20).returncode
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=20
+    ).returncode
 
 
 @pytest.mark.slow
-def test_healthcheck_command_tells_a_live_node_from_a_dead_one(compose: dict[str, Any],
-                                                                 tmp_path: Path) -> None:
+def test_healthcheck_command_tells_a_live_node_from_a_dead_one(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
     command = compose["services"]["edge"]["healthcheck"]["test"]
     with LopsoCluster(tmp_path, edges=1, sites=1) as cluster:
         edge = cluster.edges[0]

@@ -20,8 +20,15 @@ import aiohttp
 from aiohttp import web
 
 from server.app import STATE, client_address, session_or_404
-from server.cluster import CLUSTER, NODE_HEADER, NODE_TOKEN_HEADER, NODE_URL_HEADER, Cluster
-from server.cluster import node_forwarded, verify_node_token
+from server.cluster import (
+    CLUSTER,
+    NODE_HEADER,
+    NODE_TOKEN_HEADER,
+    NODE_URL_HEADER,
+    Cluster,
+    node_forwarded,
+    verify_node_token,
+)
 from server.errors import LopsoError, UnknownError
 from server.models import ClassSession, NodeInfo
 
@@ -58,10 +65,13 @@ async def post_relay(request: web.Request) -> web.Response:
     rid = resource_id(cluster.node_id)
     cluster.relays[rid] = viewer
     viewer.on_close = lambda _viewer: cluster.relays.pop(rid, None)
-    log.info("relay link served", extra={"sid": session.id, "resource": rid,
-                                         "to": request.remote})
-    return web.Response(status=201, body=answer.encode(), content_type="application/sdp",
-                        headers={"Location": f"/relay/{session.id}/{rid}"})
+    log.info("relay link served", extra={"sid": session.id, "resource": rid, "to": request.remote})
+    return web.Response(
+        status=201,
+        body=answer.encode(),
+        content_type="application/sdp",
+        headers={"Location": f"/relay/{session.id}/{rid}"},
+    )
 
 
 def _relay_viewer(request: web.Request) -> tuple[Cluster, Any]:
@@ -85,8 +95,9 @@ async def delete_relay(request: web.Request) -> web.Response:
 
 
 # --- WHEP placement (entry side) ------------------------------------------------------------
-async def place_whep(request: web.Request, session: ClassSession, offer: str
-                     ) -> web.Response | None:
+async def place_whep(
+    request: web.Request, session: ClassSession, offer: str
+) -> web.Response | None:
     """Forward a viewer's WHEP offer to the chosen edge and return its reply, or None when
     this node serves the viewer itself (not clustered, chosen, forwarded to, or alone)."""
     from server.routes.whip import lecture_of
@@ -129,11 +140,13 @@ class NoOriginError(LopsoError):
     code = "no_origin"
 
 
-async def _forward_whep(request: web.Request, cluster: Cluster, node: NodeInfo, offer: str
-                        ) -> web.Response | None:
+async def _forward_whep(
+    request: web.Request, cluster: Cluster, node: NodeInfo, offer: str
+) -> web.Response | None:
     assert cluster.http is not None
-    headers = cluster.headers(**{"Content-Type": "application/sdp",
-                                 "X-Forwarded-For": client_address(request)})
+    headers = cluster.headers(
+        **{"Content-Type": "application/sdp", "X-Forwarded-For": client_address(request)}
+    )
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     url = f"{node.http_url}{request.path_qs}"
@@ -153,8 +166,9 @@ async def _forward_whep(request: web.Request, cluster: Cluster, node: NodeInfo, 
 def _mirror(reply: aiohttp.ClientResponse, body: bytes, node: NodeInfo) -> web.Response:
     headers = {k: reply.headers[k] for k in MIRRORED if k in reply.headers}
     headers.update({NODE_HEADER: node.id, NODE_URL_HEADER: node.http_url})
-    return web.Response(status=reply.status, body=body, headers=headers,
-                        content_type=reply.content_type)
+    return web.Response(
+        status=reply.status, body=body, headers=headers, content_type=reply.content_type
+    )
 
 
 async def forward_delete(request: web.Request, rid: str) -> web.Response | None:
@@ -172,7 +186,9 @@ async def forward_delete(request: web.Request, rid: str) -> web.Response | None:
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     try:
-        async with cluster.http.delete(f"{node.http_url}{request.path_qs}", headers=headers) as reply:
+        async with cluster.http.delete(
+            f"{node.http_url}{request.path_qs}", headers=headers
+        ) as reply:
             return _mirror(reply, await reply.read(), node)
     except (aiohttp.ClientError, TimeoutError):
         return None
