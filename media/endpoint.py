@@ -78,6 +78,7 @@ class MediaSocket:
         """Bind the socket (port 0 = ephemeral) and start the liveness timer."""
         self.loop = asyncio.get_running_loop()
         self.udp.open()
+        self.udp.warn_if_buffer_capped()
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
 
     async def close(self) -> None:

@@ -26,6 +26,9 @@ SLOT_SIZE = 1500
 """Bytes per payload slot: an MTU-sized RTP packet plus the SRTP tag fits easily."""
 
 RECV_SIZE = 2048
+BUFFER_SIZE = 4 * 1024 * 1024
+"""SO_SNDBUF/SO_RCVBUF asked for (Linux doubles it, capped by net.core.wmem_max/rmem_max).
+Doubled, it holds ~3,600 copies of a video packet: one fan-out burst (docs/capacity.md)."""
 RECV_BURST = 64
 """Datagrams read per reader wake-up before yielding to the loop."""
 
@@ -135,10 +138,13 @@ class UdpSocket:
         on_datagram: Callable[[bytes, tuple[str, int]], None],
         host: str = "127.0.0.1",
         port: int = 0,
+        buffer_size: int | None = BUFFER_SIZE,
     ) -> None:
         self._on_datagram = on_datagram
         self._host = host
         self._port = port
+        self._buffer_size = buffer_size
+        """None leaves the kernel's default buffers."""
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fd = -1
@@ -148,8 +154,9 @@ class UdpSocket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            if self._buffer_size is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._buffer_size)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._buffer_size)
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
@@ -159,6 +166,20 @@ class UdpSocket:
         self.fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.fd, self._read)
+
+    def warn_if_buffer_capped(self) -> bool:
+        """Log a warning (and return True) if the kernel granted less send buffer than asked:
+        net.core.wmem_max caps it, silently shrinking the fan-out burst the socket can queue."""
+        if self._sock is None or self._buffer_size is None:
+            return False
+        granted = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if granted >= 2 * self._buffer_size:  # Linux doubles the request for bookkeeping
+            return False
+        logger.warning(
+            "UDP send buffer smaller than asked: raise net.core.wmem_max (and rmem_max)",
+            extra={"granted": granted, "asked": self._buffer_size},
+        )
+        return True
 
     @property
     def address(self) -> tuple[str, int]:

@@ -121,6 +121,24 @@ async def test_udp_socket_reads_and_survives_a_failing_handler():
         _ = udp.address
 
 
+async def test_a_capped_send_buffer_is_reported(caplog):
+    asked = 1 << 30  # far above any net.core.wmem_max
+    for size, warned in ((asked, True), (64 * 1024, False)):
+        caplog.clear()
+        udp = UdpSocket(lambda d, a: None, buffer_size=size)
+        udp.open()
+        assert udp.warn_if_buffer_capped() == warned
+        udp.close()
+        messages = [r.getMessage() for r in caplog.records if r.name == "media.udp"]
+        assert any("wmem_max" in m for m in messages) == warned
+    default = UdpSocket(lambda d, a: None, buffer_size=None)  # the kernel's own sizes
+    default.open()
+    try:
+        assert not default.warn_if_buffer_capped()
+    finally:
+        default.close()
+
+
 async def test_bind_conflict_is_a_udp_error():
     first = UdpSocket(lambda d, a: None)
     first.open()
