@@ -183,12 +183,15 @@ async def _import_sites(config: Config, path: Path) -> dict[str, int]:
 
 
 async def _rotate(config: Config, code: str) -> dict[str, Any]:
+    from server.hub import Hub
     from server.registry import rotate_join_key
     from server.store import open_store
 
     store = await open_store(config.redis_url, config.data_dir, config.node_id)
     try:
         site = await rotate_join_key(store, code)
+        if config.redis_url:  # cluster: running nodes close the site's open pages now
+            await Hub(store, config.node_id).revoke_site(code)
     finally:
         await store.close()
     return {"code": site.code, "rotated": True}

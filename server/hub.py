@@ -25,7 +25,7 @@ from server.peer import (  # re-exported: routes and tests import them from here
     session_wire,
     site_wire,
 )
-from server.room import ClassLive, event_id, open_connections
+from server.room import ClassLive, channel_of, event_id, open_connections
 from server.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,18 @@ class Hub:
         await room.broadcast({"roles": ["site", "moderator", "lecturer", "admin"]},
                              {"type": "class_ended"}, t="ended", at=now)
         return ended
+
+    async def revoke_site(self, code: str) -> int:
+        """A site's join key changed: close its open pages in every class not ended, on every
+        node (their old token no longer opens a new one). Returns how many classes."""
+        classes = 0
+        for session in await self.store.list_sessions():
+            if session.ended_at is None and (not session.site_codes or code in session.site_codes):
+                await self.store.publish(channel_of(session.id), {
+                    "t": "revoked", "site": code, "to": {"site": code},
+                    "deliver": {"type": "revoked"}})
+                classes += 1
+        return classes
 
     async def close(self) -> None:
         for timer in self._timers.values():

@@ -49,7 +49,7 @@ class ClassLive:
 
     @property
     def channel(self) -> str:
-        return f"class:{self.session.id}"
+        return channel_of(self.session.id)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -143,6 +143,10 @@ class ClassLive:
                 self._tasks.append(task)
         if "deliver" in message:
             self._deliver(message["to"], message["deliver"])
+        if kind == "revoked":  # the site's join key was rotated: its open pages go too
+            for peer in list(self.peers):
+                if peer.role is Role.SITE and peer.site_code == message["site"]:
+                    peer.shut()
 
     def _deliver(self, to: dict[str, Any], body: dict[str, Any]) -> None:
         for peer in list(self.peers):
@@ -367,6 +371,11 @@ class ClassLive:
 def _question(event: Event) -> dict[str, Any]:
     return {"site": event.site_code, "question_id": event.data.get("question_id"),
             "text": event.data.get("text", ""), "at": iso(event.at)}
+
+
+def channel_of(sid: str) -> str:
+    """The pub/sub channel of a class: every broadcast and site patch, on every node."""
+    return f"class:{sid}"
 
 
 def open_connections(events: list[Event], code: str) -> set[str]:

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 from serverproc import mint, running_app
 
@@ -316,10 +317,21 @@ async def test_rotating_a_join_key_revokes_the_sites_old_links(app) -> None:
     old_site = auth(Role.SITE, site="S1")
     old_participant = auth(Role.PARTICIPANT, site="S1")
     assert (await client.get("/api/sessions/c1", headers=old_site)).status == 200
+    open_page = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S1")})
+    other_page = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S2")})
+    for page in (open_page, other_page):
+        assert json.loads((await page.receive(timeout=3)).data)["type"] == "welcome"
     denied = await client.post("/api/sites/S1/rotate", headers=old_site)
     assert denied.status == 403
     rotated = await client.post("/api/sites/S1/rotate", headers=ADMIN)
     assert rotated.status == 200 and await rotated.json() == {"code": "S1", "rotated": True}
+    seen = []
+    while (message := await open_page.receive(timeout=3)).type == aiohttp.WSMsgType.TEXT:
+        seen.append(json.loads(message.data)["type"])
+    assert seen[-1] == "revoked" and open_page.closed  # a page open on the old link is closed
+    await other_page.send_json({"type": "heartbeat", "id": "h"})
+    assert json.loads((await other_page.receive(timeout=3)).data)["type"] == "ack"
+    await other_page.close()
     for method, url, headers in (
         ("GET", "/api/sessions/c1", old_site),
         ("GET", "/site/c1/S1", old_site),

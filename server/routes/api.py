@@ -100,6 +100,7 @@ async def rotate_site_key(request: web.Request) -> web.Response:
     state = request.app[STATE]
     site = await rotate_join_key(state.store, request.match_info["code"])
     state.site_keys.forget(site.code)  # here at once; other nodes within the cache's TTL
+    await state.hub.revoke_site(site.code)  # and its pages open now are closed
     log.info("site join key rotated", extra={"site": site.code})
     return web.json_response({"code": site.code, "rotated": True})
 
