@@ -244,6 +244,12 @@ def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
     dynamic |= {f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting",
                                                "ended")}
     dynamic |= {f"prompt_{p}" for p in ("start", "mid", "end")}
+    dynamic |= {f"phase_{p}" for p in ("start", "mid", "end", "other")}
+    dynamic |= {f"wall_{k}" for k in ("good", "non_optimal", "poor", "lost", "waiting",
+                                      "connecting", "offline", "never_joined")}
+    dynamic |= {f"alert_{k}" for k in ("not_joined", "offline", "poor", "help")}
+    dynamic |= {f"attendance_{k}" for k in ("present", "late", "left_early", "absent",
+                                            "never_joined")}
     missing = sorted((used_keys() | dynamic) - set(vi))
     assert not missing, missing
 

@@ -1,226 +1,39 @@
-// Moderator view: totals, a wall of site tiles grouped by commune, help requests, questions,
-// messages and exports. Built for the province wall (5,000 tiles): a `sites` snapshot builds
-// the wall once; each `sites_update` touches only the tiles and communes that changed, and the
-// time spent per update is kept in window.lopso.metrics.
+// Moderator page: province totals, the wall (wall.js), filters and search, one-click drill-down
+// into a site (REST), alerts and the incident log, help requests, the question queue, messages
+// to a site / a commune / all, reconnect commands and exports. The time spent on each server
+// batch (script + style + layout, measured in the page) is kept in window.lopso.metrics.
 import { Channel, apiRequest } from "./protocol.js";
 import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import { WALL_CLASSES, Wall } from "./wall.js";
 
-const PROBLEM_STATUS = { reconnecting: 1, offline: 1, stalled: 1, connecting: 1 };
-const PROBLEM_QUALITY = { poor: 1, lost: 1 };
-
-/** The tile wall: Map code → tile, Map commune → group, and the active filter. */
-class Wall {
-  /** @param {HTMLElement} root @param {string} lang */
-  constructor(root, lang) {
-    this.root = root;
-    this.lang = lang;
-    /** @type {Map<string, {site: any, el: HTMLElement, name: HTMLElement, hc: HTMLElement, q: HTMLElement, key: string}>} */
-    this.tiles = new Map();
-    /** @type {Map<string, {el: HTMLElement, box: HTMLElement, stats: HTMLElement, codes: string[]}>} */
-    this.communes = new Map();
-    this.filter = { text: "", status: "", quality: "" };
-    this.onSelect = null;
-  }
-
-  /** Rebuild everything from a full snapshot. */
-  snapshot(sites) {
-    this.tiles.clear();
-    this.communes.clear();
-    this.root.textContent = "";
-    const collator = new Intl.Collator(this.lang === "en" ? "en" : "vi", { numeric: true });
-    const sorted = sites.slice().sort(function (a, b) {
-      return collator.compare(String(a.commune || ""), String(b.commune || "")) ||
-        collator.compare(String(a.name || ""), String(b.name || ""));
-    });
-    const frag = document.createDocumentFragment();
-    for (const site of sorted) this.addTile(site, frag);
-    this.root.appendChild(frag);
-    for (const name of this.communes.keys()) this.refreshCommune(name);
-    this.applyFilter();
-  }
-
-  /** Apply changed sites only. @returns {number} tiles touched */
-  update(sites) {
-    const touched = new Set();
-    for (const site of sites) {
-      const tile = this.tiles.get(site.code);
-      if (tile) {
-        const merged = Object.assign({}, tile.site, site);
-        this.patchTile(tile, merged);
-        this.filterTile(tile);
-      } else {
-        this.addTile(site, null);
-        this.filterTile(this.tiles.get(site.code));
-      }
-      touched.add(this.communeOf(site.code));
-    }
-    touched.forEach((name) => { this.refreshCommune(name); this.filterCommune(name); });
-    return sites.length;
-  }
-
-  communeOf(code) {
-    const tile = this.tiles.get(code);
-    return tile ? String(tile.site.commune || "") : "";
-  }
-
-  group(name, frag) {
-    let g = this.communes.get(name);
-    if (g) return g;
-    const el = document.createElement("section");
-    el.className = "commune";
-    const head = document.createElement("header");
-    const h = document.createElement("h3");
-    h.textContent = name || t("mod_no_commune");
-    const stats = document.createElement("span");
-    stats.className = "commune-stats";
-    head.appendChild(h);
-    head.appendChild(stats);
-    const box = document.createElement("div");
-    box.className = "tiles";
-    el.appendChild(head);
-    el.appendChild(box);
-    (frag || this.root).appendChild(el);
-    g = { el: el, box: box, stats: stats, codes: [] };
-    this.communes.set(name, g);
-    return g;
-  }
-
-  addTile(site, frag) {
-    const g = this.group(String(site.commune || ""), frag);
-    const el = document.createElement("button");
-    el.type = "button";
-    el.className = "tile";
-    el.setAttribute("data-code", site.code);
-    const name = document.createElement("span");
-    name.className = "tile-name";
-    const hc = document.createElement("span");
-    hc.className = "tile-hc";
-    const q = document.createElement("span");
-    q.className = "tile-q";
-    el.appendChild(name);
-    el.appendChild(hc);
-    el.appendChild(q);
-    el.addEventListener("click", () => { if (this.onSelect) this.onSelect(site.code); });
-    // The tooltip is built when a pointer arrives, not on every update (5,000 tiles).
-    el.addEventListener("mouseenter", () => { el.title = tileTitle(this.tiles.get(site.code).site, this.lang); });
-    g.box.appendChild(el);
-    g.codes.push(site.code);
-    const tile = { site: {}, el: el, name: name, hc: hc, q: q, key: "" };
-    this.tiles.set(site.code, tile);
-    this.patchTile(tile, site);
-  }
-
-  /** Write only what changed into the tile's DOM. */
-  patchTile(tile, site) {
-    const old = tile.site;
-    tile.site = site;
-    tile.key = (site.name + " " + site.code + " " + (site.commune || "")).toLowerCase();
-    const el = tile.el;
-    if (old.status !== site.status) el.setAttribute("data-status", site.status || "never_joined");
-    if (old.quality !== site.quality) el.setAttribute("data-quality", site.quality || "none");
-    const help = site.help_open > 0;
-    if (help) el.setAttribute("data-help", String(site.help_open));
-    else if (old.help_open > 0) el.removeAttribute("data-help");
-    if (old.name !== site.name) setText(tile.name, shortName(site.name));
-    setText(tile.hc, t("mod_tile_people", { n: typeof site.headcount === "number" ? site.headcount : "–" }));
-    setText(tile.q, qualityFigure(site));
-  }
-
-  refreshCommune(name) {
-    const g = this.communes.get(name);
-    if (!g) return;
-    let playing = 0;
-    let connected = 0;
-    let people = 0;
-    for (const code of g.codes) {
-      const s = this.tiles.get(code).site;
-      if (s.status === "playing") playing += 1;
-      if (s.status !== "offline" && s.status !== "never_joined") connected += 1;
-      people += s.headcount || 0;
-    }
-    setText(g.stats, t("mod_commune_stats", { playing: playing, connected: connected,
-      expected: g.codes.length, people: people }));
-    g.el.setAttribute("data-trouble", String(connected - playing > 0 || connected < g.codes.length));
-  }
-
-  setFilter(filter) {
-    this.filter = filter;
-    this.applyFilter();
-  }
-
-  matches(site, key) {
-    const f = this.filter;
-    if (f.text && key.indexOf(f.text) < 0) return false;
-    if (f.quality && site.quality !== f.quality) return false;
-    if (!f.status) return true;
-    if (f.status === "problem") return !!(PROBLEM_STATUS[site.status] || PROBLEM_QUALITY[site.quality] || site.help_open > 0);
-    if (f.status === "help") return site.help_open > 0;
-    return site.status === f.status;
-  }
-
-  filterTile(tile) {
-    const show = this.matches(tile.site, tile.key);
-    if (tile.el.hidden === show) tile.el.hidden = !show;
-  }
-
-  filterCommune(name) {
-    const g = this.communes.get(name);
-    let any = false;
-    for (const code of g.codes) {
-      if (!this.tiles.get(code).el.hidden) { any = true; break; }
-    }
-    if (g.el.hidden === any) g.el.hidden = !any;
-  }
-
-  applyFilter() {
-    for (const tile of this.tiles.values()) this.filterTile(tile);
-    for (const name of this.communes.keys()) this.filterCommune(name);
-  }
-
-  shownCount() {
-    let n = 0;
-    for (const tile of this.tiles.values()) if (!tile.el.hidden) n += 1;
-    return n;
-  }
-}
-
-/** "Nhà văn hóa thôn Đông" → "thôn Đông": the tile is small, the prefix is on every site. */
-function shortName(name) {
-  return String(name || "").replace(/^(Nhà văn hóa|Nhà văn hoá|NVH)\s+/i, "");
-}
-
-function qualityFigure(site) {
-  if (site.status !== "playing" && site.status !== "reconnecting") return "";
-  if (typeof site.loss_pct === "number" && site.loss_pct >= 1) return site.loss_pct.toFixed(0) + "%";
-  if (typeof site.kbps === "number" && site.kbps > 0) return site.kbps + "k";
-  return "";
-}
-
-function tileTitle(site, lang) {
-  const parts = [site.name + " (" + site.code + ")", site.commune || "", t("state_" + site.status)];
-  if (site.quality) parts.push(t("quality_" + site.quality));
-  if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
-  return parts.filter(Boolean).join(" · ");
-}
-
-// ---- page --------------------------------------------------------------------------------
+const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
+const ALERT_LIST_MAX = 30;
+const INCIDENT_LIST_MAX = 100;
+const INCIDENTS_KEPT = 1000;
+const DETAIL_REFRESH_MS = 5000;
 
 function main() {
   loadStrings();
   wireLangSwitch();
   const page = readPageConfig();
   const wall = new Wall($("wall"), page.lang);
-  const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, tiles: 0 };
+  const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
   const state = { page: page, wall: wall, selected: "", totals: {}, live: false, metrics: metrics,
-    channel: new Channel(page.ws_url), help: new Map() };
+    channel: new Channel(page.ws_url), help: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
+    detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
   window.lopso = {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
+    get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
+    tileClass: function (code) { const tile = wall.tiles.get(code); return tile ? tile.klass : null; },
     tileCount: function () { return wall.tiles.size; },
-    // Tests and load drills feed server messages straight in (e.g. a 5,000-site snapshot).
+    openAlerts: function () { return Array.from(state.alerts.values()); },
+    incidents: function () { return state.incidents.slice(); },
+    detail: function () { return state.detail; },
+    // Tests and drills may feed server messages straight in (e.g. a 5,000-site snapshot).
     feed: function (msg) { state.channel.emit(msg.type, msg); },
   };
   wall.onSelect = function (code) { select(state, code); };
@@ -229,15 +42,20 @@ function main() {
   state.channel.connect();
 }
 
-function measured(state, fn) {
+/** Run `fn` and the style + layout it causes; keep the time as one batch's main-thread cost. */
+function measured(state, fn, sites) {
   const start = performance.now();
   fn();
+  void document.body.offsetHeight; // style and layout now, inside the measurement
   const ms = performance.now() - start;
   const m = state.metrics;
   m.updates += 1;
   m.lastMs = ms;
   m.totalMs += ms;
+  m.sites += sites;
   if (ms > m.maxMs) m.maxMs = ms;
+  m.samples.push(ms);
+  if (m.samples.length > 600) m.samples.shift();
 }
 
 function wireChannel(state) {
@@ -247,7 +65,7 @@ function wireChannel(state) {
   });
   ch.on("welcome", function (msg) {
     state.live = !!msg.live;
-    setLiveBadge(state);
+    setLiveBadge(state, msg.ended ? "ended" : undefined);
   });
   ch.on("live", function (msg) {
     state.live = !!msg.live;
@@ -255,21 +73,31 @@ function wireChannel(state) {
   });
   ch.on("class_ended", function () { setLiveBadge(state, "ended"); });
   ch.on("sites", function (msg) {
+    const sites = msg.sites || [];
     measured(state, function () {
       const empty = $("wall-empty");
       if (empty) empty.remove(); // a reconnect brings a new snapshot: only the first removes it
-      state.wall.snapshot(msg.sites || []);
-      fillCommuneTargets(state);
+      state.wall.snapshot(sites);
+      fillCommunes(state);
+      state.alerts.clear();
+      state.incidentMap.clear();
+      takeAlerts(state, msg.incidents || [], true);
+      takeAlerts(state, msg.alerts || [], false);
       showTotals(state, msg.totals);
-      afterChange(state, msg.sites || []);
-    });
+      afterChange(state, sites);
+      drawAlerts(state);
+    }, sites.length);
+    state.metrics.snapshotMs = state.metrics.lastMs;
   });
   ch.on("sites_update", function (msg) {
+    const sites = msg.sites || [];
     measured(state, function () {
-      state.wall.update(msg.sites || []);
+      state.wall.update(sites);
+      if (msg.alerts && msg.alerts.length) takeAlerts(state, msg.alerts, false);
       showTotals(state, msg.totals);
-      afterChange(state, msg.sites || []);
-    });
+      afterChange(state, sites);
+      if (state.alertsDirty) drawAlerts(state);
+    }, sites.length);
   });
   ch.on("help", function (msg) { addHelp(state, msg); });
   ch.on("question", function (msg) { addQuestion(state, msg); });
@@ -284,52 +112,183 @@ function setLiveBadge(state, override) {
   setText(el, t(key));
 }
 
+function fmt(state, n) {
+  return Number(n || 0).toLocaleString(state.page.lang === "en" ? "en" : "vi");
+}
+
 function showTotals(state, totals) {
-  if (!totals) return;
-  state.totals = totals;
-  const fmt = function (n) { return Number(n || 0).toLocaleString(state.page.lang === "en" ? "en" : "vi"); };
-  setText($("t-expected"), fmt(totals.expected));
-  setText($("t-connected"), fmt(totals.connected));
-  setText($("t-playing"), fmt(totals.playing));
-  setText($("t-people"), fmt(totals.people));
-  setText($("t-help"), fmt(totals.help_open));
-  setText($("shown-count"), t("mod_shown", { shown: state.wall.shownCount(), total: state.wall.tiles.size }));
+  if (totals) state.totals = totals;
+  const tot = state.totals;
+  setText($("t-expected"), fmt(state, tot.expected));
+  setText($("t-connected"), fmt(state, tot.connected));
+  setText($("t-playing"), fmt(state, tot.playing));
+  setText($("t-people"), fmt(state, tot.people));
+  setText($("t-help"), fmt(state, tot.help_open));
+  const counts = state.wall.counts;
+  for (const k of WALL_CLASSES) setText($("c-" + k), fmt(state, counts[k]));
+  setText($("shown-count"), t("mod_shown", { shown: fmt(state, state.wall.shownCount()),
+    total: fmt(state, state.wall.tiles.size) }));
 }
 
 function afterChange(state, sites) {
   for (const s of sites) {
-    if (s.code === state.selected) showDetail(state);
+    if (s.code === state.selected) refreshDetail(state, false);
     if (!(s.help_open > 0)) dropHelpOf(state, s.code);
   }
 }
 
-// ---- detail ------------------------------------------------------------------------------
+// ---- alerts and incident log --------------------------------------------------------------
 
-function select(state, code) {
-  state.selected = code;
-  showDetail(state);
-  $("detail").hidden = false;
+/** Take alerts (opened or resolved) into the open set and the incident log. */
+function takeAlerts(state, alerts, logOnly) {
+  const log = state.incidentMap;
+  for (const a of alerts) {
+    if (!logOnly) {
+      if (a.open) state.alerts.set(a.id, a);
+      else state.alerts.delete(a.id);
+    }
+    log.set(a.id, a);
+  }
+  state.incidents = Array.from(log.values()).sort(function (x, y) {
+    return x.since < y.since ? 1 : x.since > y.since ? -1 : 0;
+  });
+  for (const gone of state.incidents.splice(INCIDENTS_KEPT)) log.delete(gone.id);
+  state.alertsDirty = true;
+  if (state.wall.filter.alert) applyFilters(state);
 }
 
-function showDetail(state) {
+function drawAlerts(state) {
+  state.alertsDirty = false;
+  const byKind = {};
+  for (const k of ALERT_KINDS) byKind[k] = 0;
+  for (const a of state.alerts.values()) byKind[a.kind] = (byKind[a.kind] || 0) + 1;
+  for (const k of ALERT_KINDS) setText($("a-" + k), fmt(state, byKind[k]));
+  setText($("alert-count"), fmt(state, state.alerts.size));
+  const open = Array.from(state.alerts.values()).sort(function (x, y) {
+    return x.opened_at < y.opened_at ? 1 : x.opened_at > y.opened_at ? -1 : 0;
+  });
+  drawAlertList(state, $("alert-list"), open.slice(0, ALERT_LIST_MAX), false);
+  drawAlertList(state, $("incident-list"), state.incidents.slice(0, INCIDENT_LIST_MAX), true);
+}
+
+function drawAlertList(state, list, alerts, withEnd) {
+  list.textContent = "";
+  if (!alerts.length) {
+    const li = document.createElement("li");
+    li.className = "feed-empty";
+    li.textContent = t("none_yet");
+    list.appendChild(li);
+    return;
+  }
+  const frag = document.createDocumentFragment();
+  for (const a of alerts) frag.appendChild(alertItem(state, a, withEnd));
+  list.appendChild(frag);
+}
+
+function alertItem(state, a, withEnd) {
+  const lang = state.page.lang;
+  const li = document.createElement("li");
+  li.className = a.open ? "alert-open" : "alert-resolved";
+  li.setAttribute("data-kind", a.kind);
+  li.setAttribute("data-site", a.site);
+  const head = document.createElement("button");
+  head.type = "button";
+  head.className = "link-button";
+  head.textContent = clock(a.since, lang) + " · " + t("alert_" + a.kind) + " · " + siteLabel(state, a.site);
+  head.addEventListener("click", function () { select(state, a.site); });
+  li.appendChild(head);
+  if (withEnd) {
+    const p = document.createElement("p");
+    p.className = "small muted";
+    p.textContent = a.open ? t("mod_alert_open") : t("mod_alert_resolved", { time: clock(a.resolved_at, lang) });
+    li.appendChild(p);
+  }
+  return li;
+}
+
+// ---- filters -------------------------------------------------------------------------------
+
+function applyFilters(state) {
+  const kind = $("filter-alert").value;
+  let alertSites = null;
+  if (kind) {
+    alertSites = new Set();
+    for (const a of state.alerts.values()) if (a.kind === kind) alertSites.add(a.site);
+  }
+  state.wall.setFilter({
+    text: $("search").value.trim().toLowerCase(),
+    status: $("filter-status").value,
+    quality: $("filter-quality").value,
+    commune: $("filter-commune").value,
+    help: $("filter-help").checked,
+    alert: alertSites,
+  });
+  showTotals(state);
+}
+
+function fillCommunes(state) {
+  const names = Array.from(state.wall.communes.keys()).filter(Boolean);
+  const filter = $("filter-commune");
+  const keep = filter.value;
+  while (filter.options.length > 1) filter.remove(1);
+  const target = $("msg-target");
+  while (target.options.length > 1) target.remove(1);
+  const group = document.createElement("optgroup");
+  group.label = t("field_commune");
+  for (const name of names) {
+    const opt = document.createElement("option");
+    opt.value = name;
+    opt.textContent = name;
+    filter.appendChild(opt);
+    const to = document.createElement("option");
+    to.value = "commune:" + name;
+    to.textContent = name;
+    group.appendChild(to);
+  }
+  target.appendChild(group);
+  if (keep && state.wall.communes.has(keep)) filter.value = keep;
+}
+
+// ---- drill-down ------------------------------------------------------------------------------
+
+function select(state, code) {
+  if (!state.wall.tiles.has(code)) return;
+  state.selected = code;
+  state.detail = null;
+  state.wall.select(code);
+  $("detail").hidden = false;
+  $("detail-more").textContent = "";
+  refreshDetail(state, true);
+  const tile = state.wall.tiles.get(code);
+  tile.el.scrollIntoView({ block: "nearest" });
+}
+
+/** Live fields at once; the ledger-derived record from the REST drill-down, at most every 5 s. */
+function refreshDetail(state, force) {
   const tile = state.wall.tiles.get(state.selected);
   if (!tile) return;
-  const s = tile.site;
-  const lang = state.page.lang;
-  setText($("detail-name"), s.name);
-  const rows = [
-    [t("field_code"), s.code],
-    [t("field_commune"), s.commune || ""],
-    [t("field_status"), t("state_" + s.status) + (s.since ? " · " + t("mod_since", { time: clock(s.since, lang) }) : "")],
-    [t("field_headcount"), fmtNum(s.headcount) + " / " + t("field_peak") + " " + fmtNum(s.peak_headcount)],
-    [t("field_quality"), s.quality ? t("quality_" + s.quality) : "–"],
-    ["RTT", fmtNum(s.rtt_ms, " ms")],
-    [t("loss"), fmtNum(s.loss_pct, " %")],
-    [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
-    [t("field_rejoins"), fmtNum(s.rejoins)],
-    [t("field_help_open"), fmtNum(s.help_open)],
-  ];
-  const dl = $("detail-fields");
+  showLive(state, tile.site);
+  const due = force || Date.now() - state.detailAt > DETAIL_REFRESH_MS;
+  if (!due) {
+    if (!state.detailTimer) {
+      state.detailTimer = setTimeout(function () { state.detailTimer = 0; refreshDetail(state, true); },
+        DETAIL_REFRESH_MS);
+    }
+    return;
+  }
+  state.detailAt = Date.now();
+  const code = state.selected;
+  const url = "/api/sessions/" + encodeURIComponent(state.page.sid) + "/sites/" + encodeURIComponent(code);
+  apiRequest(url, state.page.token).then(function (body) {
+    if (state.selected !== code) return;
+    state.detail = body;
+    showRecord(state, body);
+  }).catch(function (err) {
+    setText($("detail-more"), t("error_generic", { message: err.message || err }));
+  });
+}
+
+function fieldRows(dl, rows) {
   dl.textContent = "";
   for (const row of rows) {
     const dt = document.createElement("dt");
@@ -339,6 +298,115 @@ function showDetail(state) {
     dl.appendChild(dt);
     dl.appendChild(dd);
   }
+}
+
+function showLive(state, s) {
+  const lang = state.page.lang;
+  setText($("detail-name"), s.name);
+  $("detail").setAttribute("data-wall", state.wall.tiles.get(s.code).klass);
+  fieldRows($("detail-fields"), [
+    [t("field_code"), s.code],
+    [t("field_commune"), s.commune || ""],
+    [t("field_status"), t("state_" + s.status) + (s.since ? " · " + t("mod_since", { time: clock(s.since, lang) }) : "")],
+    [t("field_headcount"), fmtNum(s.headcount) + " / " + t("field_peak") + " " + fmtNum(s.peak_headcount)],
+    [t("field_quality"), s.quality ? t("quality_" + s.quality) : "–"],
+    ["RTT", fmtNum(s.rtt_ms, " ms")],
+    [t("loss"), fmtNum(s.loss_pct, " %")],
+    [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
+    [t("field_rejoins"), fmtNum(s.rejoins)],
+    [t("field_checkins"), fmtNum(s.checkins)],
+    [t("field_help_open"), fmtNum(s.help_open)],
+  ]);
+}
+
+function section(title) {
+  const box = document.createElement("section");
+  box.className = "detail-section";
+  const h = document.createElement("h3");
+  h.textContent = title;
+  box.appendChild(h);
+  return box;
+}
+
+function lines(box, items, render) {
+  const ul = document.createElement("ul");
+  ul.className = "detail-list";
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = t("none_yet");
+    ul.appendChild(li);
+  }
+  for (const item of items) {
+    const li = document.createElement("li");
+    const out = render(item, li);
+    if (typeof out === "string") li.textContent = out;
+    ul.appendChild(li);
+  }
+  box.appendChild(ul);
+  return ul;
+}
+
+function showRecord(state, body) {
+  const lang = state.page.lang;
+  const r = body.record;
+  const more = $("detail-more");
+  more.textContent = "";
+  const att = section(t("mod_detail_attendance"));
+  const dl = document.createElement("dl");
+  dl.className = "fields";
+  fieldRows(dl, [
+    [t("field_attendance"), t("attendance_" + r.status)],
+    [t("field_first_join"), r.first_join ? clock(r.first_join, lang) : "–"],
+    [t("field_last_leave"), r.last_leave ? clock(r.last_leave, lang) : (r.connected_now ? t("mod_still_here") : "–")],
+    [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + fmtNum(r.connected_pct, " %")],
+    [t("field_poor_time"), t("mod_minutes", { n: fmtNum(r.poor_seconds / 60) })],
+    [t("field_headcounts"), [r.headcount.start, r.headcount.mid, r.headcount.end].map(function (v) { return fmtNum(v); }).join(" / ")],
+  ]);
+  att.appendChild(dl);
+  more.appendChild(att);
+
+  const iv = section(t("mod_detail_intervals", { n: r.intervals.length }));
+  lines(iv, r.intervals, function (i) {
+    return clock(i.start, lang) + " – " + (i.open ? t("mod_now") : clock(i.end, lang)) +
+      " (" + t("mod_minutes", { n: fmtNum(i.seconds / 60) }) + ")";
+  });
+  more.appendChild(iv);
+
+  const hc = section(t("mod_detail_headcounts"));
+  lines(hc, body.headcounts.slice(-10).reverse(), function (h) {
+    return clock(h.at, lang) + " · " + t("mod_tile_people", { n: h.count }) + " · " + t("phase_" + h.phase);
+  });
+  more.appendChild(hc);
+
+  const ci = section(t("mod_detail_checkins", { n: body.checkins.count }));
+  lines(ci, body.checkins.latest.slice(0, 10), function (c) {
+    return clock(c.at, lang) + " · " + c.name + (c.by === "operator" ? " · " + t("mod_by_operator") : "");
+  });
+  more.appendChild(ci);
+
+  const help = section(t("mod_help"));
+  lines(help, body.help, function (h, li) {
+    li.textContent = clock(h.at, lang) + " · " + t("help_" + h.reason) + (h.text ? " — " + h.text : "") +
+      (h.resolved_at ? " · " + t("mod_alert_resolved", { time: clock(h.resolved_at, lang) }) : "");
+    if (!h.resolved_at) {
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.className = "btn btn-small";
+      btn.textContent = t("mod_resolve");
+      btn.setAttribute("data-help-id", h.help_id);
+      btn.addEventListener("click", function () { resolveHelp(state, h, btn); });
+      li.appendChild(btn);
+    }
+  });
+  more.appendChild(help);
+
+  const inc = section(t("mod_incidents"));
+  lines(inc, body.incidents, function (a) {
+    return clock(a.since, lang) + " · " + t("alert_" + a.kind) + " · " +
+      (a.open ? t("mod_alert_open") : t("mod_alert_resolved", { time: clock(a.resolved_at, lang) }));
+  });
+  more.appendChild(inc);
 }
 
 function fmtNum(v, unit) {
@@ -394,6 +462,7 @@ async function resolveHelp(state, msg, btn) {
   try {
     await state.channel.call({ type: "resolve_help", site: msg.site, help_id: msg.help_id });
     dropHelp(state, msg.help_id);
+    if (state.selected === msg.site) refreshDetail(state, true);
   } catch (err) {
     btn.disabled = false;
     toast(t("error_generic", { message: err.message || err }));
@@ -409,6 +478,7 @@ function dropHelp(state, id) {
 }
 
 function dropHelpOf(state, code) {
+  if (!state.help.size) return;
   for (const [id, entry] of state.help) if (entry.site === code) dropHelp(state, id);
 }
 
@@ -430,24 +500,10 @@ function addQuestion(state, msg) {
     }
   });
   li.appendChild(btn);
+  setText($("question-count"), $("question-list").querySelectorAll("li:not(.feed-empty)").length);
 }
 
 // ---- messages and commands ---------------------------------------------------------------
-
-function fillCommuneTargets(state) {
-  const select = $("msg-target");
-  while (select.options.length > 1) select.remove(1);
-  const names = Array.from(state.wall.communes.keys()).filter(Boolean).sort();
-  const group = document.createElement("optgroup");
-  group.label = t("field_commune");
-  for (const name of names) {
-    const opt = document.createElement("option");
-    opt.value = "commune:" + name;
-    opt.textContent = name;
-    group.appendChild(opt);
-  }
-  select.appendChild(group);
-}
 
 function targetSite(state, code) {
   const select = $("msg-target");
@@ -516,22 +572,46 @@ async function downloadLinks(state) {
 
 function wireControls(state) {
   let timer = 0;
-  const refilter = function () {
-    state.wall.setFilter({
-      text: $("search").value.trim().toLowerCase(),
-      status: $("filter-status").value,
-      quality: $("filter-quality").value,
-    });
-    setText($("shown-count"), t("mod_shown", { shown: state.wall.shownCount(), total: state.wall.tiles.size }));
-  };
+  const refilter = function () { applyFilters(state); };
   $("search").addEventListener("input", function () {
     clearTimeout(timer);
     timer = setTimeout(refilter, 150);
   });
-  $("filter-status").addEventListener("change", refilter);
-  $("filter-quality").addEventListener("change", refilter);
+  for (const id of ["filter-status", "filter-quality", "filter-commune", "filter-alert", "filter-help"]) {
+    $(id).addEventListener("change", refilter);
+  }
+  const legend = document.querySelectorAll("[data-filter-class]");
+  for (let i = 0; i < legend.length; i++) {
+    legend[i].addEventListener("click", function () {
+      const k = legend[i].getAttribute("data-filter-class");
+      $("filter-quality").value = $("filter-quality").value === k ? "" : k;
+      refilter();
+    });
+  }
+  const kinds = document.querySelectorAll("[data-filter-alert]");
+  for (let i = 0; i < kinds.length; i++) {
+    kinds[i].addEventListener("click", function () {
+      const k = kinds[i].getAttribute("data-filter-alert");
+      $("filter-alert").value = $("filter-alert").value === k ? "" : k;
+      refilter();
+    });
+  }
+  $("toggle-compact").addEventListener("click", function () { state.wall.setCompact(!state.wall.compact); });
+  $("collapse-all").addEventListener("click", function () { state.wall.collapseAll(true); });
+  $("expand-all").addEventListener("click", function () { state.wall.collapseAll(false); });
+  $("wall").addEventListener("keydown", function (ev) {
+    const name = ev.target.getAttribute && ev.target.getAttribute("data-commune-toggle");
+    if ((ev.key === "Enter" || ev.key === " ") && name !== null) {
+      ev.preventDefault();
+      state.wall.toggle(name);
+    }
+  });
   $("form-message").addEventListener("submit", function (ev) { ev.preventDefault(); sendMessage(state); });
-  $("detail-close").addEventListener("click", function () { $("detail").hidden = true; state.selected = ""; });
+  $("detail-close").addEventListener("click", function () {
+    $("detail").hidden = true;
+    state.selected = "";
+    state.wall.select("");
+  });
   $("detail-message").addEventListener("click", function () { targetSite(state, state.selected); });
   $("detail-reconnect").addEventListener("click", function () { reconnectSite(state); });
   if ($("export-links")) $("export-links").addEventListener("click", function () { downloadLinks(state); });

@@ -1,0 +1,300 @@
+// The moderator's wall of site tiles: province (totals by class) → commune (collapsible
+// groups) → site (one small tile). Built for 5,000 tiles: a `sites` snapshot builds the DOM
+// once; each `sites_update` touches only the changed tiles, their communes' counters and the
+// province counters (kept incrementally, never recounted over 5,000 sites).
+import { clock, setText, t } from "./i18n.js";
+
+/** Tile classes, best first: the colour of a tile and the keys of the counters. */
+export const WALL_CLASSES = ["good", "non_optimal", "poor", "lost", "waiting", "connecting",
+  "offline", "never_joined"];
+const CONNECTING = { connecting: 1, reconnecting: 1, stalled: 1, error: 1 };
+const MEDIA = { playing: 1, reconnecting: 1, stalled: 1 };
+
+/**
+ * One colour per tile, from status and quality: never joined, offline, waiting (connected,
+ * class not live), connecting (no media yet / recovering), else the quality class.
+ * @param {any} site @returns {string}
+ */
+export function wallClass(site) {
+  const status = site.status || "never_joined";
+  if (status === "never_joined" || status === "offline" || status === "waiting") return status;
+  if (MEDIA[status] && site.quality) return site.quality;
+  if (CONNECTING[status]) return "connecting";
+  return "good"; // playing, no quality report yet
+}
+
+function emptyCounts() {
+  const c = { total: 0, help: 0, people: 0, connected: 0 };
+  for (const k of WALL_CLASSES) c[k] = 0;
+  return c;
+}
+
+function addCounts(counts, site, klass, sign) {
+  counts.total += sign;
+  counts[klass] += sign;
+  if (site.help_open > 0) counts.help += sign;
+  if (typeof site.headcount === "number") counts.people += sign * site.headcount;
+  if (klass !== "offline" && klass !== "never_joined") counts.connected += sign;
+}
+
+/** "Nhà văn hóa thôn Đông" → "thôn Đông": the tile is small, the prefix is on every site. */
+export function shortName(name) {
+  return String(name || "").replace(/^(Nhà văn hóa|Nhà văn hoá|NVH)\s+/i, "");
+}
+
+export class Wall {
+  /** @param {HTMLElement} root @param {string} lang */
+  constructor(root, lang) {
+    this.root = root;
+    this.lang = lang;
+    /** @type {Map<string, any>} code → {site, klass, el, name, hc, key, commune} */
+    this.tiles = new Map();
+    /** @type {Map<string, any>} commune → {el, box, head, stats, bar, codes, counts} */
+    this.communes = new Map();
+    this.counts = emptyCounts();
+    this.filter = { text: "", status: "", quality: "", commune: "", help: false, alert: null };
+    this.compact = false;
+    this.onSelect = null;
+    this.selected = "";
+    root.addEventListener("click", (ev) => this.onClick(ev));
+  }
+
+  /** One listener for 5,000 tiles and 100 headers. */
+  onClick(ev) {
+    let el = ev.target;
+    while (el && el !== this.root) {
+      const code = el.getAttribute && el.getAttribute("data-code");
+      if (code) { if (this.onSelect) this.onSelect(code); return; }
+      const commune = el.getAttribute && el.getAttribute("data-commune-toggle");
+      if (commune !== null && commune !== undefined) { this.toggle(commune); return; }
+      el = el.parentNode;
+    }
+  }
+
+  /** Rebuild everything from a full snapshot. */
+  snapshot(sites) {
+    this.tiles.clear();
+    this.communes.clear();
+    this.counts = emptyCounts();
+    this.root.textContent = "";
+    const collator = new Intl.Collator(this.lang === "en" ? "en" : "vi", { numeric: true });
+    const sorted = sites.slice().sort(function (a, b) {
+      return collator.compare(String(a.commune || ""), String(b.commune || "")) ||
+        collator.compare(String(a.name || ""), String(b.name || ""));
+    });
+    this.setCompact(sites.length > 300);
+    const frag = document.createDocumentFragment();
+    for (const site of sorted) this.addTile(site, frag);
+    this.root.appendChild(frag);
+    this.communes.forEach((g) => this.drawCommune(g));
+    this.applyFilter();
+  }
+
+  /** Apply changed sites only. @returns {number} tiles touched */
+  update(sites) {
+    const touched = new Set();
+    for (const site of sites) {
+      const tile = this.tiles.get(site.code);
+      if (tile) {
+        this.patchTile(tile, Object.assign({}, tile.site, site));
+        this.filterTile(tile);
+        touched.add(tile.commune);
+      } else {
+        const g = this.addTile(site, null);
+        this.filterTile(this.tiles.get(site.code));
+        touched.add(g);
+      }
+    }
+    touched.forEach((g) => { this.drawCommune(g); this.filterCommune(g); });
+    return sites.length;
+  }
+
+  setCompact(on) {
+    this.compact = !!on;
+    this.root.setAttribute("data-compact", String(this.compact));
+  }
+
+  group(name, frag) {
+    let g = this.communes.get(name);
+    if (g) return g;
+    const el = document.createElement("section");
+    el.className = "commune";
+    const head = document.createElement("header");
+    head.setAttribute("data-commune-toggle", name);
+    head.setAttribute("role", "button");
+    head.setAttribute("aria-expanded", "true");
+    head.tabIndex = 0;
+    const h = document.createElement("h3");
+    h.textContent = name || t("mod_no_commune");
+    const bar = document.createElement("span");
+    bar.className = "commune-bar";
+    const stats = document.createElement("span");
+    stats.className = "commune-stats";
+    head.appendChild(h);
+    head.appendChild(bar);
+    head.appendChild(stats);
+    const box = document.createElement("div");
+    box.className = "tiles";
+    el.appendChild(head);
+    el.appendChild(box);
+    (frag || this.root).appendChild(el);
+    g = { name: name, el: el, box: box, head: head, stats: stats, bar: bar, codes: [],
+      counts: emptyCounts(), collapsed: false, drawn: "" };
+    this.communes.set(name, g);
+    return g;
+  }
+
+  addTile(site, frag) {
+    const g = this.group(String(site.commune || ""), frag);
+    const el = document.createElement("button");
+    el.type = "button";
+    el.className = "tile";
+    el.setAttribute("data-code", site.code);
+    const name = document.createElement("span");
+    name.className = "tile-name";
+    const hc = document.createElement("span");
+    hc.className = "tile-hc";
+    el.appendChild(name);
+    el.appendChild(hc);
+    // The tooltip is built when a pointer arrives, not on every update (5,000 tiles).
+    el.addEventListener("mouseenter", () => { el.title = tileTitle(this.tiles.get(site.code).site, this.lang); });
+    g.box.appendChild(el);
+    g.codes.push(site.code);
+    const tile = { site: {}, klass: "", el: el, name: name, hc: hc, key: "", commune: g };
+    this.tiles.set(site.code, tile);
+    this.patchTile(tile, site);
+    return g;
+  }
+
+  /** Write only what changed into the tile's DOM, and move the counters. */
+  patchTile(tile, site) {
+    const old = tile.site;
+    const klass = wallClass(site);
+    if (tile.klass) {
+      addCounts(this.counts, old, tile.klass, -1);
+      addCounts(tile.commune.counts, old, tile.klass, -1);
+    }
+    addCounts(this.counts, site, klass, 1);
+    addCounts(tile.commune.counts, site, klass, 1);
+    tile.site = site;
+    const el = tile.el;
+    if (tile.klass !== klass) el.setAttribute("data-wall", klass);
+    tile.klass = klass;
+    if (old.status !== site.status) el.setAttribute("data-status", site.status || "never_joined");
+    if (site.help_open > 0) el.setAttribute("data-help", String(site.help_open));
+    else if (old.help_open > 0) el.removeAttribute("data-help");
+    if (old.name !== site.name || old.code !== site.code) {
+      tile.key = (site.name + " " + site.code + " " + (site.commune || "")).toLowerCase();
+      setText(tile.name, shortName(site.name));
+    }
+    if (old.headcount !== site.headcount) {
+      setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: site.headcount }) : "");
+    }
+  }
+
+  drawCommune(g) {
+    const c = g.counts;
+    const text = t("mod_commune_stats", { playing: c.good + c.non_optimal + c.poor + c.lost,
+      connected: c.connected, expected: c.total, people: c.people });
+    if (g.drawn === text + c.help + c.offline + c.poor + c.lost) return;
+    g.drawn = text + c.help + c.offline + c.poor + c.lost;
+    setText(g.stats, text);
+    // A bar of the tile classes present: readable even when the group is collapsed.
+    g.bar.textContent = "";
+    for (const k of WALL_CLASSES) {
+      if (!c[k]) continue;
+      const chip = document.createElement("span");
+      chip.className = "chip";
+      chip.setAttribute("data-wall", k);
+      chip.textContent = String(c[k]);
+      g.bar.appendChild(chip);
+    }
+    if (c.help) {
+      const chip = document.createElement("span");
+      chip.className = "chip chip-help";
+      chip.textContent = "⚑ " + c.help;
+      g.bar.appendChild(chip);
+    }
+    const trouble = c.offline + c.poor + c.lost + c.help > 0;
+    g.el.setAttribute("data-trouble", String(trouble));
+  }
+
+  toggle(name, collapsed) {
+    const g = this.communes.get(name);
+    if (!g) return;
+    g.collapsed = collapsed === undefined ? !g.collapsed : !!collapsed;
+    g.box.hidden = g.collapsed;
+    g.el.setAttribute("data-collapsed", String(g.collapsed));
+    g.head.setAttribute("aria-expanded", String(!g.collapsed));
+  }
+
+  collapseAll(collapsed) {
+    this.communes.forEach((g) => this.toggle(g.name, collapsed));
+  }
+
+  setFilter(filter) {
+    this.filter = Object.assign({}, this.filter, filter);
+    this.applyFilter();
+  }
+
+  matches(tile) {
+    const f = this.filter;
+    const site = tile.site;
+    if (f.commune && tile.commune.name !== f.commune) return false;
+    if (f.text && tile.key.indexOf(f.text) < 0) return false;
+    if (f.help && !(site.help_open > 0)) return false;
+    if (f.alert && !f.alert.has(site.code)) return false;
+    if (f.quality && tile.klass !== f.quality) return false;
+    if (!f.status) return true;
+    if (f.status === "problem") {
+      return tile.klass === "poor" || tile.klass === "lost" || tile.klass === "offline" ||
+        tile.klass === "connecting" || site.help_open > 0;
+    }
+    if (f.status === "connected") return tile.klass !== "offline" && tile.klass !== "never_joined";
+    return site.status === f.status;
+  }
+
+  filterTile(tile) {
+    const show = this.matches(tile);
+    if (tile.el.hidden === show) tile.el.hidden = !show;
+  }
+
+  filterCommune(g) {
+    let any = false;
+    for (const code of g.codes) {
+      if (!this.tiles.get(code).el.hidden) { any = true; break; }
+    }
+    if (g.el.hidden === any) g.el.hidden = !any;
+  }
+
+  applyFilter() {
+    for (const tile of this.tiles.values()) this.filterTile(tile);
+    this.communes.forEach((g) => this.filterCommune(g));
+  }
+
+  shownCount() {
+    let n = 0;
+    for (const tile of this.tiles.values()) if (!tile.el.hidden) n += 1;
+    return n;
+  }
+
+  /** Mark the selected tile (one at a time). */
+  select(code) {
+    const before = this.tiles.get(this.selected);
+    if (before) before.el.removeAttribute("aria-pressed");
+    this.selected = code;
+    const tile = this.tiles.get(code);
+    if (tile) {
+      tile.el.setAttribute("aria-pressed", "true");
+      if (tile.commune.collapsed) this.toggle(tile.commune.name, false);
+    }
+  }
+}
+
+function tileTitle(site, lang) {
+  const parts = [site.name + " (" + site.code + ")", site.commune || "", t("state_" + site.status)];
+  if (site.quality) parts.push(t("quality_" + site.quality));
+  if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: site.headcount }));
+  if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
+  return parts.filter(Boolean).join(" · ");
+}
