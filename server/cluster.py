@@ -50,6 +50,7 @@ LINK_MISSES = 2  # unanswered probes before the link counts as dead
 BACKOFF = (0.5, 5.0)  # first and largest delay between pulls
 SWEEP_S = 1.0
 NODE_FILE = "node.json"
+NODES_CACHE_S = 0.5
 _TOKEN_TAG = b"lopso-node-token|"
 
 
@@ -183,6 +184,7 @@ class Cluster:
         self.http: aiohttp.ClientSession | None = None
         self._pending: dict[str, tuple[float, int]] = {}  # node -> (heartbeat at, placements)
         self._down: dict[str, float] = {}  # node -> until
+        self._nodes: tuple[float, list[NodeInfo]] = (-NODES_CACHE_S, [])  # (read at, nodes)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -265,10 +267,13 @@ class Cluster:
 
     # placement ----------------------------------------------------------------------------
     async def nodes(self) -> list[NodeInfo]:
-        """Live nodes, minus those this node saw refuse a connection lately."""
+        """Live nodes, minus those this node saw refuse a connection lately. The list is read
+        from the store at most every NODES_CACHE_S (a join storm is one read, not thousands)."""
         now = time.monotonic()
+        if now - self._nodes[0] >= NODES_CACHE_S:
+            self._nodes = (now, await self._store_of().nodes())
         self._down = {k: until for k, until in self._down.items() if until > now}
-        return [n for n in await self._store_of().nodes() if n.id not in self._down]
+        return [n for n in self._nodes[1] if n.id not in self._down]
 
     async def rank(self, sid: str) -> list[NodeInfo]:
         """Edges for a viewer of `sid`, best first (this node's own entry kept fresh)."""

@@ -9,8 +9,10 @@ any node. Then: kill -9 of an edge, and a restart of the origin.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 
 from server.cluster import (
     CARRY_PENALTY,
+    NODE_TOKEN_HEADER,
     first_free_port,
     mint_node_token,
     pick_source,
@@ -26,9 +29,12 @@ from server.cluster import (
     verify_node_token,
 )
 from server.errors import AuthError
-from server.models import NodeInfo, Role
+from server.models import ClassSession, NodeInfo, Role
+from tests import redisproc
 from tests.clusterproc import LopsoCluster, WhipPublisher, load_script
-from tests.serverproc import mint
+from tests.redisproc import RedisProcess
+from tests.serverproc import SECRET as SERVER_SECRET
+from tests.serverproc import mint, running_app
 
 SECRET = b"cluster-secret-0123456789"
 
@@ -321,3 +327,46 @@ async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_
                 await first.stop()
                 await second.stop()
                 await publisher.close()
+
+
+# --- the /relay routes, in-process --------------------------------------------------------------
+redis_module = redisproc.redis_module  # one private redis-server for this module's app tests
+
+
+async def test_relay_routes_take_node_tokens_only(
+    tmp_path: Path, redis_module: RedisProcess
+) -> None:
+    from media.loadviewer import LoadViewer
+
+    settings = {"redis_url": redis_module.url, "role": "origin", "node_id": "o1"}
+    async with running_app(tmp_path, media=True, **settings) as (client, state):
+        session = ClassSession(id=f"c-{uuid.uuid4().hex[:6]}", title="t", starts_at=time.time())
+        await state.store.put_session(session)
+        viewer = LoadViewer()
+        await viewer.start()
+        offer = viewer.offer()
+        sdp = {"Content-Type": "application/sdp"}
+        url = f"/relay/{session.id}"
+        try:
+            for headers in (
+                {},
+                {"Authorization": f"Bearer {mint(Role.ADMIN)}"},
+                {NODE_TOKEN_HEADER: mint_node_token(b"another-secret-0123456", "x")},
+            ):
+                reply = await client.post(url, data=offer, headers={**sdp, **headers})
+                assert reply.status == 401, await reply.text()
+            node = {NODE_TOKEN_HEADER: mint_node_token(SERVER_SECRET.encode(), "e1")}
+            reply = await client.post(url, data=offer, headers={**sdp, **node})
+            assert reply.status == 201, await reply.text()
+            location = reply.headers["Location"]
+            assert location.startswith(f"/relay/{session.id}/o1.")
+            await viewer.connect(await reply.text())
+            assert (await client.get(location, headers=node)).status == 200
+            assert (await client.get(location)).status == 401
+            assert (await client.delete(location, headers=node)).status == 200
+            assert (await client.get(location, headers=node)).status == 404
+            await state.store.put_session(dataclasses.replace(session, ended_at=time.time()))
+            reply = await client.post(url, data=offer, headers={**sdp, **node})
+            assert reply.status == 409 and (await reply.json())["error"]["code"] == "class_ended"
+        finally:
+            await viewer.close()

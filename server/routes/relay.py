@@ -29,7 +29,7 @@ from server.cluster import (
     node_forwarded,
     verify_node_token,
 )
-from server.errors import LopsoError, UnknownError
+from server.errors import ClassEndedError, LopsoError, UnknownError
 from server.models import ClassSession, NodeInfo
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ async def post_relay(request: web.Request) -> web.Response:
     cluster = _cluster(request)
     state = request.app[STATE]
     session = await session_or_404(state.store, request.match_info["sid"])
+    if session.ended_at is not None:
+        raise ClassEndedError(f"class {session.id} has ended")
     offer = await read_sdp(request)
     lecture = lecture_of(state, session)
     cluster.want(lecture)  # an edge feeding another edge pulls the lecture itself (a tree)
