@@ -152,11 +152,14 @@ class ViewerProcs:
 
 # --- hop latency ------------------------------------------------------------------------------
 class HopProbe:
-    """A viewer on the origin and one on an edge; video payloads timed at both."""
+    """Viewers on the origin ("origin", "origin2") and on an edge ("edge"): each video payload
+    is timed at each. edge - origin is the relay hop; origin2 - origin is the measurement's own
+    noise (two viewers of one node get the packet in the same sendmmsg)."""
 
     def __init__(self) -> None:
-        self.seen: dict[bytes, float] = {}
+        self.arrivals: dict[bytes, dict[str, float]] = {}
         self.hops: list[float] = []
+        self.noise: list[float] = []
 
     @staticmethod
     def key(data: bytes) -> bytes | None:
@@ -167,17 +170,25 @@ class HopProbe:
             offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
         return data[offset : offset + 64] + len(data[offset:]).to_bytes(4, "big")
 
-    def at_origin(self, data: bytes) -> None:
-        key = self.key(data)
-        if key is not None:
-            self.seen[key] = time.perf_counter()
-            if len(self.seen) > 20000:
-                self.seen.pop(next(iter(self.seen)))
+    def sink(self, name: str) -> Any:
+        def on_rtp(data: bytes) -> None:
+            key = self.key(data)
+            if key is None:
+                return
+            seen = self.arrivals.setdefault(key, {})
+            seen[name] = time.perf_counter()
+            if len(seen) == 3:
+                self.hops.append(seen["edge"] - seen["origin"])
+                self.noise.append(abs(seen["origin2"] - seen["origin"]))
+                del self.arrivals[key]
+            if len(self.arrivals) > 20000:
+                self.arrivals.pop(next(iter(self.arrivals)))
 
-    def at_edge(self, data: bytes) -> None:
-        key = self.key(data)
-        if key is not None and key in self.seen:
-            self.hops.append(time.perf_counter() - self.seen.pop(key))
+        return on_rtp
+
+    def clear(self) -> None:
+        self.hops.clear()
+        self.noise.clear()
 
 
 async def hop_viewers(
@@ -193,19 +204,22 @@ async def hop_viewers(
     from server.cluster import NODE_TOKEN_HEADER, mint_node_token
 
     node_token = mint_node_token(secret, "bench")
-    on_origin, on_edge = LoadViewer(), LoadViewer()
-    for viewer in (on_origin, on_edge):
+    on_origin, on_origin2, on_edge = LoadViewer(), LoadViewer(), LoadViewer()
+    for viewer, name in ((on_origin, "origin"), (on_origin2, "origin2"), (on_edge, "edge")):
         await viewer.start()
-    on_origin.on_rtp, on_edge.on_rtp = probe.at_origin, probe.at_edge
+        viewer.on_rtp = probe.sink(name)
     headers = {"Content-Type": "application/sdp", NODE_TOKEN_HEADER: node_token}
-    async with http.post(f"{origin.url}/relay/{sid}", data=on_origin.offer(), headers=headers) as r:
-        assert r.status == 201, await r.text()
-        await on_origin.connect(await r.text())
+    for viewer in (on_origin, on_origin2):  # relay subscribes: served by the origin itself
+        async with http.post(
+            f"{origin.url}/relay/{sid}", data=viewer.offer(), headers=headers
+        ) as r:
+            assert r.status == 201, await r.text()
+            await viewer.connect(await r.text())
     headers["Authorization"] = f"Bearer {site[1]}"  # forwarded by "a node": served by this edge
     async with http.post(edge.url + site[0], data=on_edge.offer(), headers=headers) as r:
         assert r.status == 201, await r.text()
         await on_edge.connect(await r.text())
-    return [on_origin, on_edge]
+    return [on_origin, on_origin2, on_edge]
 
 
 # --- one run ------------------------------------------------------------------------------------
@@ -262,7 +276,7 @@ async def run(
                 pids = {e.dir.name: e.proc.pid for e in cluster.edges}
                 cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
                 origin0, count0 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
-                probe.hops.clear()
+                probe.clear()
                 started = time.monotonic()
                 await asyncio.sleep(options["seconds"])
                 cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -290,7 +304,13 @@ async def run(
     us = 1e6 * cpu / packets if packets else float("nan")
     rate = packets / elapsed / viewers  # packets/s one viewer gets
     hops = sorted(1000 * h for h in probe.hops)
-    pct = lambda p: round(hops[min(len(hops) - 1, int(p / 100 * len(hops)))], 3) if hops else None  # noqa: E731
+    noise = sorted(1000 * h for h in probe.noise)
+
+    def pct(p: float, values: list[float] = hops) -> float | None:
+        return (
+            round(values[min(len(values) - 1, int(p / 100 * len(values)))], 3) if values else None
+        )
+
     return {
         "edges": edges,
         "viewers": viewers,
@@ -308,6 +328,8 @@ async def run(
         "hop_ms_p99": pct(99),
         "hop_samples": len(hops),
         "hop_ms_mean": round(statistics.fmean(hops), 3) if hops else None,
+        "noise_ms_p50": pct(50, noise),
+        "noise_ms_p99": pct(99, noise),
     }
 
 
@@ -336,6 +358,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "efficiency": round(efficiency, 3) if efficiency else None,
         "hop_ms_p50": [r["hop_ms_p50"] for r in runs],
         "hop_ms_p99": [r["hop_ms_p99"] for r in runs],
+        "noise_ms_p99": [r["noise_ms_p99"] for r in runs],  # same-node viewers: the floor
         "loss_pct": [r["loss_pct"] for r in runs],
         "origin_cpu_pct": [r["origin_cpu_pct"] for r in runs],
         "edge_fixed_cpu_pct": round(100 * fixed, 2),  # the relay link's ingest, per edge
