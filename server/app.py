@@ -162,9 +162,16 @@ def json_error(status: int, code: str, message: str, headers: Any = None) -> web
     return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
-_HTTP_CODES = {400: "bad_request", 401: "token_invalid", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "body_too_large", 415: "content_type",
-               429: "rate_limited"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "token_invalid",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "content_type",
+    429: "rate_limited",
+}
 
 
 @web.middleware
@@ -200,8 +207,12 @@ def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
         state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
-        state.hub = Hub(state.store, cfg.node_id, HubLimits(batch_interval_s=cfg.batch_interval_s),
-                        live_probe=lambda sid: lecture_live(state, sid))
+        state.hub = Hub(
+            state.store,
+            cfg.node_id,
+            HubLimits(batch_interval_s=cfg.batch_interval_s),
+            live_probe=lambda sid: lecture_live(state, sid),
+        )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
         await state.hub.resume(time.time())
         try:
@@ -284,10 +295,17 @@ def node_info(state: AppState) -> NodeInfo:
     lectures = dict(getattr(state.engine, "lectures", {}) or {})
     viewers = sum(len(getattr(lecture, "viewers", ())) for lecture in lectures.values())
     port = getattr(state.engine, "port", cfg.media_port) if state.engine else cfg.media_port
-    return NodeInfo(id=cfg.node_id, role=cfg.role, http_url=cfg.base_url,
-                    media_host=cfg.announce[0] if cfg.announce else cfg.media_host,
-                    media_port=port, load=viewers / VIEWERS_PER_NODE, viewers=viewers,
-                    lectures=tuple(sorted(lectures)), at=time.time())
+    return NodeInfo(
+        id=cfg.node_id,
+        role=cfg.role,
+        http_url=cfg.base_url,
+        media_host=cfg.announce[0] if cfg.announce else cfg.media_host,
+        media_port=port,
+        load=viewers / VIEWERS_PER_NODE,
+        viewers=viewers,
+        lectures=tuple(sorted(lectures)),
+        at=time.time(),
+    )
 
 
 def _webhook_ctx(state: AppState) -> CleanupCtx:
@@ -353,8 +371,9 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
         enable_async=False,
     )
     state = AppState(config=config, templates=templates)
-    app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[error_middleware, site_key_middleware])
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=[error_middleware, site_key_middleware]
+    )
     app[STATE] = state
     app.cleanup_ctx.append(_store_ctx(state))
     if media:
@@ -380,8 +399,9 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"ok": True, "node": state.config.node_id,
-                              "media": state.engine is not None})
+    return web.json_response(
+        {"ok": True, "node": state.config.node_id, "media": state.engine is not None}
+    )
 
 
 def pick_lang(request: web.Request) -> str:
@@ -389,5 +409,12 @@ def pick_lang(request: web.Request) -> str:
     return lang if lang in LANGS else "vi"
 
 
-__all__ = ["STATE", "AppState", "authorize_request", "claims_of", "create_app", "pick_lang",
-           "session_or_404"]
+__all__ = [
+    "STATE",
+    "AppState",
+    "authorize_request",
+    "claims_of",
+    "create_app",
+    "pick_lang",
+    "session_or_404",
+]

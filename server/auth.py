@@ -38,8 +38,12 @@ class Claims:
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
-        body: dict[str, object] = {"sid": self.sid, "role": self.role.value, "site": self.site,
-                                   "exp": self.exp}
+        body: dict[str, object] = {
+            "sid": self.sid,
+            "role": self.role.value,
+            "site": self.site,
+            "exp": self.exp,
+        }
         if self.k is not None:
             body["k"] = self.k
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -146,9 +150,7 @@ def authorize(claims: Claims, action: Action, sid: str, site: str | None = None)
     if claims.sid not in (sid, ANY_CLASS):
         raise ForbiddenError("token is for another class", code="wrong_class")
     if not may(claims.role, action):
-        raise ForbiddenError(
-            f"role {claims.role.value} may not {action.value}", code="wrong_role"
-        )
+        raise ForbiddenError(f"role {claims.role.value} may not {action.value}", code="wrong_role")
     if site is not None and claims.role in SITE_ROLES and claims.site != site:
         raise ForbiddenError("token is for another site", code="wrong_site")
 

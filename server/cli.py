@@ -1,12 +1,12 @@
 """The `lopso` command: serve, sites import, token, class create.
 
-    lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
-                [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
-    lopso sites import FILE.csv [--data DIR]
-    lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
-    lopso token --class SID --role ROLE [--site CODE] [--ttl SECONDS]
-    lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
-                       [--sites CODE,...] [--id SID]
+lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
+            [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
+lopso sites import FILE.csv [--data DIR]
+lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
+lopso token --class SID --role ROLE [--site CODE] [--ttl SECONDS]
+lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
+                   [--sites CODE,...] [--id SID]
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ class JsonFormatter(logging.Formatter):
     _PLAIN = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {"at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-                                "level": record.levelname, "logger": record.name,
-                                "msg": record.getMessage()}
+        body: dict[str, Any] = {
+            "at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         body.update({k: v for k, v in vars(record).items() if k not in self._PLAIN})
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
@@ -68,7 +71,9 @@ def setup_logging(config: Config) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lopso", description="LopSo live classes for village halls")
+    parser = argparse.ArgumentParser(
+        prog="lopso", description="LopSo live classes for village halls"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server (all-in-one by default)")
@@ -77,23 +82,36 @@ def _parser() -> argparse.ArgumentParser:
     _data(serve)
     serve.add_argument("--tls-cert", dest="tls_cert")
     serve.add_argument("--tls-key", dest="tls_key")
-    serve.add_argument("--demo-json", dest="demo_json", help="create a demo class, write its links here")
+    serve.add_argument(
+        "--demo-json", dest="demo_json", help="create a demo class, write its links here"
+    )
     serve.add_argument("--demo-sites", dest="demo_sites", type=int, help="demo sites (default 12)")
     serve.add_argument("--media-host", dest="media_host")
-    serve.add_argument("--media-port", dest="media_port", type=int, help="the one UDP port for media")
+    serve.add_argument(
+        "--media-port", dest="media_port", type=int, help="the one UDP port for media"
+    )
     serve.add_argument("--announce", help="addresses viewers send media to, comma-separated")
     serve.add_argument("--redis-url", dest="redis_url")
     serve.add_argument("--role", choices=("all", "origin", "edge"))
     serve.add_argument("--public-url", dest="public_url", help="base of the links handed out")
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"))
-    serve.add_argument("--trust-proxy", dest="trust_proxy", action="store_true", default=None,
-                       help="behind a reverse proxy: take the client address from X-Forwarded-For")
+    serve.add_argument(
+        "--trust-proxy",
+        dest="trust_proxy",
+        action="store_true",
+        default=None,
+        help="behind a reverse proxy: take the client address from X-Forwarded-For",
+    )
 
-    sites = commands.add_parser("sites", help="site registry").add_subparsers(dest="sites_cmd", required=True)
+    sites = commands.add_parser("sites", help="site registry").add_subparsers(
+        dest="sites_cmd", required=True
+    )
     imp = sites.add_parser("import", help="import sites from a CSV file")
     imp.add_argument("file", type=Path)
     _data(imp)
-    rotate = sites.add_parser("rotate", help="give a site a new join key (its old links stop working)")
+    rotate = sites.add_parser(
+        "rotate", help="give a site a new join key (its old links stop working)"
+    )
     rotate.add_argument("code")
     _data(rotate)
 
@@ -104,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=int, help="seconds (default: the configured token TTL)")
     _data(token)
 
-    klass = commands.add_parser("class", help="classes").add_subparsers(dest="class_cmd", required=True)
+    klass = commands.add_parser("class", help="classes").add_subparsers(
+        dest="class_cmd", required=True
+    )
     create = klass.add_parser("create", help="create a class and print its links")
     create.add_argument("--title", required=True)
     create.add_argument("--starts-at", dest="starts_at", required=True, help="ISO time with zone")
@@ -120,9 +140,23 @@ def _data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", dest="data_dir", help="data directory (default ./data)")
 
 
-_SERVE_KEYS = ("host", "port", "data_dir", "tls_cert", "tls_key", "demo_json", "demo_sites",
-               "media_host", "media_port", "announce", "redis_url", "role", "public_url",
-               "log_format", "trust_proxy")
+_SERVE_KEYS = (
+    "host",
+    "port",
+    "data_dir",
+    "tls_cert",
+    "tls_key",
+    "demo_json",
+    "demo_sites",
+    "media_host",
+    "media_port",
+    "announce",
+    "redis_url",
+    "role",
+    "public_url",
+    "log_format",
+    "trust_proxy",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "token":
             print(asyncio.run(_token(config, args)))
         elif args.command == "class":
-            print(json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2))
+            print(
+                json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2)
+            )
     except (LopsoError, ValueError, OSError) as exc:
         print(f"lopso: {exc}", file=sys.stderr)
         return 1
@@ -164,10 +200,23 @@ def serve(config: Config) -> None:
     if config.tls_cert is not None and config.tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.tls_cert, config.tls_key)
-    log.info("starting", extra={"url": config.base_url, "role": config.role,
-                                "data": str(config.data_dir), "node": config.node_id})
-    web.run_app(create_app(config), host=config.host, port=config.port, ssl_context=context,
-                access_log=None, print=lambda text: print(text, flush=True))
+    log.info(
+        "starting",
+        extra={
+            "url": config.base_url,
+            "role": config.role,
+            "data": str(config.data_dir),
+            "node": config.node_id,
+        },
+    )
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        ssl_context=context,
+        access_log=None,
+        print=lambda text: print(text, flush=True),
+    )
 
 
 async def _import_sites(config: Config, path: Path) -> dict[str, int]:
@@ -223,9 +272,14 @@ async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, A
     from server.routes.api import session_from_body
     from server.store import open_store
 
-    body = {"id": args.sid, "title": args.title, "starts_at": args.starts_at,
-            "ends_at": args.ends_at, "video_codec": args.codec,
-            "site_codes": [c.strip() for c in args.sites.split(",") if c.strip()]}
+    body = {
+        "id": args.sid,
+        "title": args.title,
+        "starts_at": args.starts_at,
+        "ends_at": args.ends_at,
+        "video_codec": args.codec,
+        "site_codes": [c.strip() for c in args.sites.split(",") if c.strip()],
+    }
     store = await open_store(config.redis_url, config.data_dir, config.node_id)
     try:
         session = await session_from_body(body, store)

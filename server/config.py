@@ -196,8 +196,14 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
-    "checkin_burst_site": ("LOPSO_CHECKIN_BURST_SITE", _int("check-in burst per site", 1, 1_000_000)),
-    "checkin_burst_addr": ("LOPSO_CHECKIN_BURST_ADDR", _int("check-in burst per address", 1, 1_000_000)),
+    "checkin_burst_site": (
+        "LOPSO_CHECKIN_BURST_SITE",
+        _int("check-in burst per site", 1, 1_000_000),
+    ),
+    "checkin_burst_addr": (
+        "LOPSO_CHECKIN_BURST_ADDR",
+        _int("check-in burst per address", 1, 1_000_000),
+    ),
     "trust_proxy": ("LOPSO_TRUST_PROXY", _flag("trust proxy")),
     "node_url": ("LOPSO_NODE_URL", str),
     "upstream_url": ("LOPSO_UPSTREAM_URL", str),
@@ -275,11 +281,17 @@ def _check(config: Config) -> None:
     if config.secret and len(config.secret) < 16:
         raise ConfigError("LOPSO_SECRET must be at least 16 characters")
     if config.public_url and not config.public_url.startswith(("http://", "https://")):
-        raise ConfigError(f"public URL must start with http:// or https://, got {config.public_url!r}")
+        raise ConfigError(
+            f"public URL must start with http:// or https://, got {config.public_url!r}"
+        )
     if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"redis URL must start with redis://, rediss:// or unix://, got {config.redis_url!r}")
+        raise ConfigError(
+            f"redis URL must start with redis://, rediss:// or unix://, got {config.redis_url!r}"
+        )
     if config.webhook_url and not config.webhook_url.startswith(("http://", "https://")):
-        raise ConfigError(f"webhook URL must start with http:// or https://, got {config.webhook_url!r}")
+        raise ConfigError(
+            f"webhook URL must start with http:// or https://, got {config.webhook_url!r}"
+        )
     if config.webhook_url and len(config.webhook_secret) < 16:
         raise ConfigError("LOPSO_WEBHOOK_URL needs LOPSO_WEBHOOK_SECRET of at least 16 characters")
     if config.role != "all" and not config.redis_url:

@@ -19,8 +19,23 @@ COMMUNES = (
     ("HHT", "Xã Hoàng Hoa Thám", "thôn"),
     ("HN", "Phường Hiến Nam", "tổ dân phố"),
 )
-VILLAGES = ("Đông", "Đoài", "Nam", "Bắc", "Thượng", "Hạ", "Trung", "An Lạc", "Phú Cường",
-            "Hòa Bình", "Tân Hưng", "Yên Phú", "Quang Trung", "Lê Lợi", "Hồng Châu")
+VILLAGES = (
+    "Đông",
+    "Đoài",
+    "Nam",
+    "Bắc",
+    "Thượng",
+    "Hạ",
+    "Trung",
+    "An Lạc",
+    "Phú Cường",
+    "Hòa Bình",
+    "Tân Hưng",
+    "Yên Phú",
+    "Quang Trung",
+    "Lê Lợi",
+    "Hồng Châu",
+)
 PROVINCE = "Hưng Yên"
 DEMO_TITLE = "Bình dân học vụ số: Kỹ năng số cơ bản (lớp thử)"
 
@@ -36,14 +51,16 @@ def demo_sites(count: int) -> list[Site]:
             village = f"{village} {number // len(VILLAGES) + 1}"
         if kind == "tổ dân phố":
             village = str(number + 1)
-        sites.append(Site(
-            code=f"HY-{short}-{number + 1:03d}",
-            name=f"Nhà văn hóa {kind} {village}",
-            village=f"{kind.capitalize()} {village}",
-            commune=commune,
-            province=PROVINCE,
-            join_key=uuid.uuid4().hex,
-        ))
+        sites.append(
+            Site(
+                code=f"HY-{short}-{number + 1:03d}",
+                name=f"Nhà văn hóa {kind} {village}",
+                village=f"{kind.capitalize()} {village}",
+                commune=commune,
+                province=PROVINCE,
+                join_key=uuid.uuid4().hex,
+            )
+        )
     return sites
 
 
@@ -53,9 +70,13 @@ async def create_demo(store: Store, config: Config, count: int) -> dict[str, Any
     await store.upsert_sites(sites)
     now = time.time()
     session = ClassSession(
-        id=f"demo-{uuid.uuid4().hex[:8]}", title=DEMO_TITLE, starts_at=now + 600,
-        ends_at=now + 600 + 3600, video_codec="VP8",
-        site_codes=tuple(s.code for s in sites), created_at=now,
+        id=f"demo-{uuid.uuid4().hex[:8]}",
+        title=DEMO_TITLE,
+        starts_at=now + 600,
+        ends_at=now + 600 + 3600,
+        video_codec="VP8",
+        site_codes=tuple(s.code for s in sites),
+        created_at=now,
     )
     await store.put_session(session)
     return class_links(config, session, sites)
@@ -74,17 +95,25 @@ def class_links(config: Config, session: ClassSession, sites: list[Site]) -> dic
     lecturer, moderator = token(Role.LECTURER), token(Role.MODERATOR)
     return {
         "session_id": sid,
-        "lecturer": {"url": f"{base}/studio/{sid}?token={lecturer}",
-                     "whip_url": f"{base}/whip/{sid}", "token": lecturer},
+        "lecturer": {
+            "url": f"{base}/studio/{sid}?token={lecturer}",
+            "whip_url": f"{base}/whip/{sid}",
+            "token": lecturer,
+        },
         "moderator": {"url": f"{base}/moderator/{sid}?token={moderator}", "token": moderator},
         "sites": [_site_links(base, sid, site, token(Role.SITE, site)) for site in sites],
     }
 
 
 def _site_links(base: str, sid: str, site: Site, token: str) -> dict[str, str]:
-    return {"code": site.code, "name": site.name, "commune": site.commune,
-            "url": f"{base}/site/{sid}/{site.code}?token={token}",
-            "whep_url": f"{base}/whep/{sid}/{site.code}", "token": token}
+    return {
+        "code": site.code,
+        "name": site.name,
+        "commune": site.commune,
+        "url": f"{base}/site/{sid}/{site.code}?token={token}",
+        "whep_url": f"{base}/whep/{sid}/{site.code}",
+        "token": token,
+    }
 
 
 def write_demo_json(links: dict[str, Any], path: Path) -> None:
@@ -97,9 +126,11 @@ def write_demo_json(links: dict[str, Any], path: Path) -> None:
 
 def print_links(links: dict[str, Any]) -> None:
     """Print the demo links for the person who started the server."""
-    lines = [f"LopSo demo class {links['session_id']}",
-             f"  lecturer studio : {links['lecturer']['url']}",
-             f"  moderator       : {links['moderator']['url']}"]
+    lines = [
+        f"LopSo demo class {links['session_id']}",
+        f"  lecturer studio : {links['lecturer']['url']}",
+        f"  moderator       : {links['moderator']['url']}",
+    ]
     for site in links["sites"][:3]:
         lines.append(f"  site {site['code']:<12}: {site['url']}")
     if len(links["sites"]) > 3:

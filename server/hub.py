@@ -47,9 +47,14 @@ class HubLimits:
 class Hub:
     """Every class this node serves, created on first use and rebuilt from the store."""
 
-    def __init__(self, store: Store, node_id: str, limits: HubLimits | None = None,
-                 clock: Callable[[], float] = time.time,
-                 live_probe: Callable[[str], Awaitable[bool]] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        node_id: str,
+        limits: HubLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        live_probe: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.store, self.node_id = store, node_id
         self.limits = limits or HubLimits()
         self.clock = clock
@@ -88,15 +93,34 @@ class Hub:
             return await self.store.list_sites()
         return await self.store.get_sites(session.site_codes)
 
-    def event(self, sid: str, kind: EventKind, site: str | None = None,
-              data: dict[str, Any] | None = None, ref: str | None = None) -> Event:
+    def event(
+        self,
+        sid: str,
+        kind: EventKind,
+        site: str | None = None,
+        data: dict[str, Any] | None = None,
+        ref: str | None = None,
+    ) -> Event:
         """A new ledger event; `ref` (a page's message id) makes its id repeatable, so a
         message resent after a reconnect is stored once."""
-        return Event(session_id=sid, kind=kind, at=self.clock(), site_code=site,
-                     data=data or {}, id=event_id(sid, site, kind, ref), node=self.node_id)
+        return Event(
+            session_id=sid,
+            kind=kind,
+            at=self.clock(),
+            site_code=site,
+            data=data or {},
+            id=event_id(sid, site, kind, ref),
+            node=self.node_id,
+        )
 
-    async def append(self, sid: str, kind: EventKind, site: str | None = None,
-                     data: dict[str, Any] | None = None, ref: str | None = None) -> Event:
+    async def append(
+        self,
+        sid: str,
+        kind: EventKind,
+        site: str | None = None,
+        data: dict[str, Any] | None = None,
+        ref: str | None = None,
+    ) -> Event:
         """Append to the ledger; returns once durable (the earlier event for a resent `ref`)."""
         return await self.store.append(self.event(sid, kind, site, data, ref))
 
@@ -113,14 +137,22 @@ class Hub:
                 await self.store.put_session(dataclasses.replace(session, started_at=self.clock()))
                 await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "start"})
                 self._schedule_mid(room)
-        await room.broadcast({"roles": ["site", "moderator", "lecturer", "admin"]},
-                             {"type": "live", "live": live}, t="live", live=live)
+        await room.broadcast(
+            {"roles": ["site", "moderator", "lecturer", "admin"]},
+            {"type": "live", "live": live},
+            t="live",
+            live=live,
+        )
 
     def _schedule_mid(self, room: ClassLive) -> None:
         session = room.session
         delay = self.limits.mid_prompt_s
         if delay is None:
-            delay = (session.ends_at - session.starts_at) / 2 if session.ends_at else DEFAULT_MID_PROMPT_S
+            delay = (
+                (session.ends_at - session.starts_at) / 2
+                if session.ends_at
+                else DEFAULT_MID_PROMPT_S
+            )
         self._timers[session.id] = asyncio.create_task(self._mid_prompt(room, max(delay, 0.0)))
 
     async def _mid_prompt(self, room: ClassLive, delay: float) -> None:
@@ -142,8 +174,12 @@ class Hub:
         if timer:
             timer.cancel()
         await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "end"})
-        await room.broadcast({"roles": ["site", "moderator", "lecturer", "admin"]},
-                             {"type": "class_ended"}, t="ended", at=now)
+        await room.broadcast(
+            {"roles": ["site", "moderator", "lecturer", "admin"]},
+            {"type": "class_ended"},
+            t="ended",
+            at=now,
+        )
         return ended
 
     async def revoke_site(self, code: str) -> int:
@@ -152,9 +188,15 @@ class Hub:
         classes = 0
         for session in await self.store.list_sessions():
             if session.ended_at is None and (not session.site_codes or code in session.site_codes):
-                await self.store.publish(channel_of(session.id), {
-                    "t": "revoked", "site": code, "to": {"site": code},
-                    "deliver": {"type": "revoked"}})
+                await self.store.publish(
+                    channel_of(session.id),
+                    {
+                        "t": "revoked",
+                        "site": code,
+                        "to": {"site": code},
+                        "deliver": {"type": "revoked"},
+                    },
+                )
                 classes += 1
         return classes
 
@@ -169,5 +211,18 @@ class Hub:
         self._rooms.clear()
 
 
-__all__ = ["CONNECTED", "OUTBOX_SIZE", "WATCHERS", "ClassLive", "Hub", "HubLimits", "Peer",
-           "SiteState", "event_id", "iso", "open_connections", "session_wire", "site_wire"]
+__all__ = [
+    "CONNECTED",
+    "OUTBOX_SIZE",
+    "WATCHERS",
+    "ClassLive",
+    "Hub",
+    "HubLimits",
+    "Peer",
+    "SiteState",
+    "event_id",
+    "iso",
+    "open_connections",
+    "session_wire",
+    "site_wire",
+]

@@ -22,6 +22,7 @@ WATCHERS = frozenset({Role.MODERATOR, Role.LECTURER, Role.ADMIN})
 CONNECTED = frozenset({"playing", "connecting", "reconnecting", "waiting", "stalled", "error"})
 OUTBOX_SIZE = 512
 
+
 def iso(at: float | None) -> str | None:
     """Epoch seconds as an ISO 8601 UTC string (`...Z`), None stays None."""
     if at is None:
@@ -45,8 +46,13 @@ def session_wire(session: ClassSession) -> dict[str, Any]:
 
 def site_wire(site: Site) -> dict[str, str]:
     """A registry site as others may see it (never the join key)."""
-    return {"code": site.code, "name": site.name, "village": site.village,
-            "commune": site.commune, "province": site.province}
+    return {
+        "code": site.code,
+        "name": site.name,
+        "village": site.village,
+        "commune": site.commune,
+        "province": site.province,
+    }
 
 
 @dataclasses.dataclass
@@ -71,12 +77,22 @@ class SiteState:
 
     def wire(self) -> dict[str, Any]:
         """The protocol's site state object."""
-        return {"code": self.code, "name": self.name, "commune": self.commune,
-                "status": self.status, "headcount": self.headcount,
-                "peak_headcount": self.peak_headcount, "quality": self.quality,
-                "rtt_ms": self.rtt_ms, "loss_pct": self.loss_pct, "kbps": self.kbps,
-                "rejoins": self.rejoins, "since": iso(self.since), "help_open": self.help_open,
-                "checkins": self.checkins}
+        return {
+            "code": self.code,
+            "name": self.name,
+            "commune": self.commune,
+            "status": self.status,
+            "headcount": self.headcount,
+            "peak_headcount": self.peak_headcount,
+            "quality": self.quality,
+            "rtt_ms": self.rtt_ms,
+            "loss_pct": self.loss_pct,
+            "kbps": self.kbps,
+            "rejoins": self.rejoins,
+            "since": iso(self.since),
+            "help_open": self.help_open,
+            "checkins": self.checkins,
+        }
 
     def apply(self, patch: dict[str, Any]) -> None:
         """Take the fields of a patch published by any node."""
@@ -106,7 +122,9 @@ class Peer:
         if self.closed:
             return
         if self.outbox.full():
-            log.warning("page too slow, closing it", extra={"sid": self.sid, "site": self.site_code})
+            log.warning(
+                "page too slow, closing it", extra={"sid": self.sid, "site": self.site_code}
+            )
             self.shut()
             return
         self.outbox.put_nowait(message)

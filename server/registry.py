@@ -165,8 +165,10 @@ class KeyIdCache:
         site = await self._lookup(code)
         if len(self._ids) >= self._max:
             self._ids.clear()  # bounded under floods of made-up codes; refilled on use
-        self._ids[code] = (auth.key_id(self._secret, site.join_key) if site else None,
-                           self._clock())
+        self._ids[code] = (
+            auth.key_id(self._secret, site.join_key) if site else None,
+            self._clock(),
+        )
 
     def current(self, code: str) -> str | None:
         """The cached key id (None for a site not in the registry); KeyError when never read."""

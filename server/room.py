@@ -196,8 +196,15 @@ class ClassLive:
         local = {p.conn for p in self.peers if p.site_code == code}
         for conn in open_connections(events, code) - local:
             left = dataclasses.replace(
-                self.hub.event(self.session.id, EventKind.SITE_LEFT, code,
-                               {"conn": conn, "lost": True}, ref=f"lost:{conn}"), at=at)
+                self.hub.event(
+                    self.session.id,
+                    EventKind.SITE_LEFT,
+                    code,
+                    {"conn": conn, "lost": True},
+                    ref=f"lost:{conn}",
+                ),
+                at=at,
+            )
             await self.hub.store.append(left)
 
     def flush(self) -> None:
@@ -217,9 +224,13 @@ class ClassLive:
     def snapshot(self) -> dict[str, Any]:
         """The full `sites` message a watcher gets when it connects."""
         sites = [state.wire() for state in self.sites.values()]
-        return {"type": "sites", "sites": sites, "totals": self.totals(),
-                "alerts": [a.wire() for a in self.alerts.open_alerts()],
-                "incidents": [a.wire() for a in self.alerts.incidents(limit=500)]}
+        return {
+            "type": "sites",
+            "sites": sites,
+            "totals": self.totals(),
+            "alerts": [a.wire() for a in self.alerts.open_alerts()],
+            "incidents": [a.wire() for a in self.alerts.incidents(limit=500)],
+        }
 
     def totals(self) -> dict[str, int]:
         states = self.sites.values()
@@ -254,15 +265,20 @@ class ClassLive:
         state = self.sites[code]
         await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn})
         self.local_joins[code] = self.local_joins.get(code, 0) + 1
-        status = state.status if state.status in CONNECTED else (
-            "connecting" if self.live else "waiting")
+        status = (
+            state.status
+            if state.status in CONNECTED
+            else ("connecting" if self.live else "waiting")
+        )
         await self._present(peer, status)
-        await self.patch(code, status=status, since=self.hub.clock(), joins=state.joins + 1,
-                         rejoins=state.joins)
+        await self.patch(
+            code, status=status, since=self.hub.clock(), joins=state.joins + 1, rejoins=state.joins
+        )
 
     async def _present(self, peer: Peer, status: str) -> None:
         await self.hub.store.set_presence(
-            self.session.id, peer.site_code or "",
+            self.session.id,
+            peer.site_code or "",
             {"status": status, "node": self.hub.node_id, "conn": peer.conn},
             self.hub.limits.presence_ttl_s,
         )
@@ -296,17 +312,26 @@ class ClassLive:
 
     def welcome(self, peer: Peer) -> dict[str, Any]:
         site = site_wire(peer.site) if peer.site else None
-        return {"type": "welcome", "role": peer.role.value, "session": session_wire(self.session),
-                "site": site, "live": self.live, "ended": self.session.ended_at is not None,
-                "server_time": iso(self.hub.clock()),
-                "headcount": self.sites[peer.site.code].headcount if peer.site else None}
+        return {
+            "type": "welcome",
+            "role": peer.role.value,
+            "session": session_wire(self.session),
+            "site": site,
+            "live": self.live,
+            "ended": self.session.ended_at is not None,
+            "server_time": iso(self.hub.clock()),
+            "headcount": self.sites[peer.site.code].headcount if peer.site else None,
+        }
 
     # --- site reports -------------------------------------------------------------------------
     async def headcount(self, code: str, count: int, phase: str, ref: str | None = None) -> None:
-        await self.hub.append(self.session.id, EventKind.HEADCOUNT, code,
-                              {"count": count, "phase": phase}, ref)
+        await self.hub.append(
+            self.session.id, EventKind.HEADCOUNT, code, {"count": count, "phase": phase}, ref
+        )
         state = self.sites[code]
-        await self.patch(code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0))
+        await self.patch(
+            code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0)
+        )
 
     async def quality(self, code: str, sample: dict[str, Any]) -> None:
         """Record a quality report: live figures now, a ledger sample every ~15 s."""
@@ -317,29 +342,48 @@ class ClassLive:
         now = self.hub.clock()
         if now - self._last_quality_event.get(code, 0.0) >= self.hub.limits.quality_event_every_s:
             self._last_quality_event[code] = now
-            await self.hub.append(self.session.id, EventKind.QUALITY, code, {**sample, "class": value})
-        await self.patch(code, quality=value, rtt_ms=sample.get("rtt_ms"),
-                         loss_pct=sample.get("loss_pct"), kbps=sample.get("kbps"))
+            await self.hub.append(
+                self.session.id, EventKind.QUALITY, code, {**sample, "class": value}
+            )
+        await self.patch(
+            code,
+            quality=value,
+            rtt_ms=sample.get("rtt_ms"),
+            loss_pct=sample.get("loss_pct"),
+            kbps=sample.get("kbps"),
+        )
 
     async def help(self, code: str, reason: str, text: str, ref: str | None = None) -> str:
         help_id = event_id(self.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
         if help_id in self.known_help:
             return help_id  # a resend
         self.known_help.add(help_id)
-        event = await self.hub.append(self.session.id, EventKind.HELP_REQUESTED, code,
-                                      {"help_id": help_id, "reason": reason, "text": text}, ref)
+        event = await self.hub.append(
+            self.session.id,
+            EventKind.HELP_REQUESTED,
+            code,
+            {"help_id": help_id, "reason": reason, "text": text},
+            ref,
+        )
         self.open_help.setdefault(code, set()).add(help_id)
         await self.patch(code, help_open=len(self.open_help[code]))
-        body = {"type": "help", "site": code, "help_id": help_id, "reason": reason,
-                "text": text, "at": iso(event.at)}
+        body = {
+            "type": "help",
+            "site": code,
+            "help_id": help_id,
+            "reason": reason,
+            "text": text,
+            "at": iso(event.at),
+        }
         await self.broadcast({"roles": ["moderator", "lecturer", "admin"]}, body)
         return help_id
 
     async def resolve_help(self, code: str, help_id: str, by: str) -> bool:
         if help_id not in self.open_help.get(code, set()):
             return False
-        await self.hub.append(self.session.id, EventKind.HELP_RESOLVED, code,
-                              {"help_id": help_id, "by": by})
+        await self.hub.append(
+            self.session.id, EventKind.HELP_RESOLVED, code, {"help_id": help_id, "by": by}
+        )
         self.open_help[code].discard(help_id)
         await self.patch(code, help_open=len(self.open_help[code]))
         await self.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
@@ -349,12 +393,22 @@ class ClassLive:
         question_id = event_id(self.session.id, code, EventKind.QUESTION, ref)[:12]
         if question_id in self.questions:
             return question_id  # a resend
-        event = await self.hub.append(self.session.id, EventKind.QUESTION, code,
-                                      {"question_id": question_id, "text": text}, ref)
+        event = await self.hub.append(
+            self.session.id,
+            EventKind.QUESTION,
+            code,
+            {"question_id": question_id, "text": text},
+            ref,
+        )
         question = _question(event)
         self.questions[question_id] = question
-        await self.broadcast({"roles": ["moderator", "admin"]}, {"type": "question", **question},
-                             t="question", question_id=question_id, question=question)
+        await self.broadcast(
+            {"roles": ["moderator", "admin"]},
+            {"type": "question", **question},
+            t="question",
+            question_id=question_id,
+            question=question,
+        )
         return question_id
 
     async def checkin(self, code: str, person: Checkin) -> tuple[Event, bool]:
@@ -369,8 +423,12 @@ class ClassLive:
 
 
 def _question(event: Event) -> dict[str, Any]:
-    return {"site": event.site_code, "question_id": event.data.get("question_id"),
-            "text": event.data.get("text", ""), "at": iso(event.at)}
+    return {
+        "site": event.site_code,
+        "question_id": event.data.get("question_id"),
+        "text": event.data.get("text", ""),
+        "at": iso(event.at),
+    }
 
 
 def channel_of(sid: str) -> str:

@@ -50,9 +50,16 @@ class LopsoServerError(Exception):
 class LopsoServer:
     """`lopso serve` in a subprocess on a free port with a temp data dir and a demo class."""
 
-    def __init__(self, tmp_path: Path, *, demo_sites: int = 2, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, startup_timeout_s: float = 30.0,
-                 tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        demo_sites: int = 2,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout_s: float = 30.0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.dir = Path(tmp_path)
         self.data = self.dir / "data"
         self.demo_path = self.dir / "demo.json"
@@ -76,10 +83,24 @@ class LopsoServer:
         self.stop()
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data", str(self.data),
-                "--media-host", "127.0.0.1", "--media-port", str(self.media_port),
-                "--announce", "127.0.0.1"]
+        args = [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data",
+            str(self.data),
+            "--media-host",
+            "127.0.0.1",
+            "--media-port",
+            str(self.media_port),
+            "--announce",
+            "127.0.0.1",
+        ]
         if self.tls:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         if self.demo_sites:
@@ -91,8 +112,9 @@ class LopsoServer:
         env = {**os.environ, "LOPSO_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **self.env}
         self.dir.mkdir(parents=True, exist_ok=True)
         out = self._log.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         out.close()
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
@@ -143,8 +165,10 @@ class LopsoServer:
 
     def site_token(self, sid: str, site: str) -> str:
         """A site token of any class, as the links API hands it out (with the site's key id)."""
-        request = urllib.request.Request(f"{self.url}/api/sessions/{sid}/links",
-                                         headers={"Authorization": f"Bearer {self.admin_token()}"})
+        request = urllib.request.Request(
+            f"{self.url}/api/sessions/{sid}/links",
+            headers={"Authorization": f"Bearer {self.admin_token()}"},
+        )
         context = ssl._create_unverified_context() if self.tls else None
         with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             links = json.loads(reply.read())
@@ -152,16 +176,23 @@ class LopsoServer:
 
 
 @contextlib.asynccontextmanager
-async def running_app(tmp_path: Path, *, media: bool = False, **settings: Any
-                      ) -> AsyncIterator[tuple[Any, Any]]:
+async def running_app(
+    tmp_path: Path, *, media: bool = False, **settings: Any
+) -> AsyncIterator[tuple[Any, Any]]:
     """The app on a loopback TestServer: yields (aiohttp TestClient, AppState)."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from server.app import STATE, create_app
     from server.config import load_config
 
-    overrides = {"data_dir": Path(tmp_path) / "data", "secret": SECRET, "media_host": "127.0.0.1",
-                 "media_port": 0, "announce": "127.0.0.1", **settings}
+    overrides = {
+        "data_dir": Path(tmp_path) / "data",
+        "secret": SECRET,
+        "media_host": "127.0.0.1",
+        "media_port": 0,
+        "announce": "127.0.0.1",
+        **settings,
+    }
     app = create_app(load_config(overrides, env={}), media=media)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
@@ -176,8 +207,13 @@ def join_key_of(code: str) -> str:
     return f"test-join-key-{code}"
 
 
-def mint(role: Role, sid: str = auth.ANY_CLASS, site: str | None = None, ttl_s: float = 3600,
-         join_key: str | None = None) -> str:
+def mint(
+    role: Role,
+    sid: str = auth.ANY_CLASS,
+    site: str | None = None,
+    ttl_s: float = 3600,
+    join_key: str | None = None,
+) -> str:
     """A token signed with the tests' secret; a site or participant token carries the key id
     of `join_key` (default: the tests' key of that site, `join_key_of`)."""
     if join_key is None and site is not None and role in (Role.SITE, Role.PARTICIPANT):

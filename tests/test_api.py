@@ -27,11 +27,19 @@ def auth(role: Role, sid: str = "c1", site: str | None = None) -> dict[str, str]
 
 
 async def seed(client, sites=("S1", "S2")) -> None:
-    reply = await client.post("/api/sites/import", data=CSV, headers={**ADMIN, "Content-Type": "text/csv"})
+    reply = await client.post(
+        "/api/sites/import", data=CSV, headers={**ADMIN, "Content-Type": "text/csv"}
+    )
     assert reply.status == 200, await reply.text()
     assert await reply.json() == {"imported": 3}
-    body = {"id": "c1", "title": "Kỹ năng số", "starts_at": "2026-11-26T02:00:00Z",
-            "ends_at": "2026-11-26T03:30:00+00:00", "video_codec": "vp8", "site_codes": list(sites)}
+    body = {
+        "id": "c1",
+        "title": "Kỹ năng số",
+        "starts_at": "2026-11-26T02:00:00Z",
+        "ends_at": "2026-11-26T03:30:00+00:00",
+        "video_codec": "vp8",
+        "site_codes": list(sites),
+    }
     reply = await client.post("/api/sessions", json=body, headers=ADMIN)
     assert reply.status == 201, await reply.text()
 
@@ -119,7 +127,9 @@ async def test_links_carry_working_tokens(app) -> None:
     assert [s["code"] for s in links["sites"]] == ["S1", "S2"]
     site = links["sites"][0]
     assert site["whep_url"].endswith("/whep/c1/S1") and site["commune"] == "Xã Tiên Lữ"
-    check = await client.get("/api/sessions/c1", headers={"Authorization": f"Bearer {site['token']}"})
+    check = await client.get(
+        "/api/sessions/c1", headers={"Authorization": f"Bearer {site['token']}"}
+    )
     assert check.status == 200
     denied = await client.get("/api/sessions/c1/links", headers=auth(Role.SITE, site="S1"))
     assert denied.status == 403
@@ -135,7 +145,9 @@ async def test_participant_checkin_dedupes(app) -> None:
     assert again.status == 200 and (await again.json())["duplicate"] is True
     other = await client.post(url, json={"name": "Nguyễn Văn An", "ident": "0912"}, headers=headers)
     assert other.status == 201
-    wrong_site = await client.post("/api/sessions/c1/sites/S2/checkins", json={"name": "X"}, headers=headers)
+    wrong_site = await client.post(
+        "/api/sessions/c1/sites/S2/checkins", json={"name": "X"}, headers=headers
+    )
     assert wrong_site.status == 403 and (await wrong_site.json())["error"]["code"] == "wrong_site"
     no_marks = await client.post(url, json={"name": "Nguyen van An"}, headers=headers)
     assert no_marks.status == 200  # cheap phones type without diacritics: the same person
@@ -146,20 +158,37 @@ async def test_participant_checkin_dedupes(app) -> None:
 
 async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(app) -> None:
     client, state = app
-    await client.post("/api/sessions", headers=ADMIN, json={
-        "id": "c2", "title": "Hai điểm", "starts_at": "2026-11-26T02:00:00Z", "site_codes": ["S1", "S2"]})
+    await client.post(
+        "/api/sessions",
+        headers=ADMIN,
+        json={
+            "id": "c2",
+            "title": "Hai điểm",
+            "starts_at": "2026-11-26T02:00:00Z",
+            "site_codes": ["S1", "S2"],
+        },
+    )
     s1 = auth(Role.PARTICIPANT, "c2", site="S1")
     s2 = auth(Role.PARTICIPANT, "c2", site="S2")
-    first = await client.post("/api/sessions/c2/sites/S1/checkins",
-                              json={"name": "Lê Thị Hoa", "ident": "+84 912 345 678"}, headers=s1)
+    first = await client.post(
+        "/api/sessions/c2/sites/S1/checkins",
+        json={"name": "Lê Thị Hoa", "ident": "+84 912 345 678"},
+        headers=s1,
+    )
     assert first.status == 201
-    elsewhere = await client.post("/api/sessions/c2/sites/S2/checkins",
-                                  json={"name": "Hoa", "ident": "0912345678"}, headers=s2)
+    elsewhere = await client.post(
+        "/api/sessions/c2/sites/S2/checkins",
+        json={"name": "Hoa", "ident": "0912345678"},
+        headers=s2,
+    )
     assert elsewhere.status == 200 and (await elsewhere.json())["duplicate"] is True
     stored = await state.store.events("c2", kinds=[EventKind.CHECKIN])
     assert [(e.site_code, e.data["ident"]) for e in stored] == [("S1", "•••••••678")]
-    for body, code in (({"name": "An", "phone": "1"}, "checkin_invalid"),
-                       ({"name": "1234"}, "checkin_name"), ({"name": "An", "ident": "a@b"}, "checkin_ident")):
+    for body, code in (
+        ({"name": "An", "phone": "1"}, "checkin_invalid"),
+        ({"name": "1234"}, "checkin_name"),
+        ({"name": "An", "ident": "a@b"}, "checkin_ident"),
+    ):
         reply = await client.post("/api/sessions/c2/sites/S1/checkins", json=body, headers=s1)
         assert reply.status == 400 and (await reply.json())["error"]["code"] == code
 
@@ -177,7 +206,9 @@ async def test_ending_a_class(app) -> None:
 
 
 def page_config(html: str) -> dict:
-    match = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.DOTALL)
+    match = re.search(
+        r'<script type="application/json" id="page-config">(.*?)</script>', html, re.DOTALL
+    )
     assert match, html[:500]
     return json.loads(match.group(1))
 
@@ -204,11 +235,18 @@ async def test_pages_render_with_their_config(app, path, role, site, keys) -> No
         assert page["checkin_qr"].startswith("data:image/svg+xml;base64,")
         assert page["checkin_url"].split("?token=")[0].endswith("/checkin/c1/S1")
         participant = page["checkin_url"].split("?token=")[1]
-        reply = await client.post("/api/sessions/c1/sites/S1/checkins", json={"name": "Lê Văn C"},
-                                  headers={"Authorization": f"Bearer {participant}"})
+        reply = await client.post(
+            "/api/sessions/c1/sites/S1/checkins",
+            json={"name": "Lê Văn C"},
+            headers={"Authorization": f"Bearer {participant}"},
+        )
         assert reply.status == 201
-        assert page["site"] == {"code": "S1", "name": "Nhà văn hóa thôn Đông",
-                                "commune": "Xã Tiên Lữ", "village": "Thôn Đông"}
+        assert page["site"] == {
+            "code": "S1",
+            "name": "Nhà văn hóa thôn Đông",
+            "commune": "Xã Tiên Lữ",
+            "village": "Thôn Đông",
+        }
 
 
 @pytest.mark.parametrize(
@@ -260,11 +298,13 @@ async def test_attendance_exports(app) -> None:
     assert xlsx.status == 200 and (await xlsx.read())[:2] == b"PK"
     bad = await client.get("/api/sessions/c1/attendance.csv", params={**params, "level": "x"})
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_query"
-    commune = await client.get("/api/sessions/c1/attendance.csv",
-                               params={**params, "commune": "Xã Tiên Lữ"})
+    commune = await client.get(
+        "/api/sessions/c1/attendance.csv", params={**params, "commune": "Xã Tiên Lữ"}
+    )
     assert "Nhà văn hóa tổ dân phố 3" not in (await commune.read()).decode("utf-8-sig")
-    denied = await client.get("/api/sessions/c1/attendance.csv",
-                              params={"token": mint(Role.SITE, "c1", "S1")})
+    denied = await client.get(
+        "/api/sessions/c1/attendance.csv", params={"token": mint(Role.SITE, "c1", "S1")}
+    )
     assert denied.status == 403
 
 
@@ -276,14 +316,18 @@ async def test_node_heartbeat_is_in_the_store(app) -> None:
 
 
 async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
-    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_burst_addr=10,
-                           checkin_rate_site=0) as (client, _):
+    async with running_app(
+        tmp_path, checkin_rate_addr=1.0, checkin_burst_addr=10, checkin_rate_site=0
+    ) as (client, _):
         await seed(client)
         headers = auth(Role.PARTICIPANT, site="S1")
         statuses = []
         for i in range(15):  # a burst of 10 is allowed, then 1 per second
-            reply = await client.post("/api/sessions/c1/sites/S1/checkins",
-                                      json={"name": f"Người {chr(65 + i)}"}, headers=headers)
+            reply = await client.post(
+                "/api/sessions/c1/sites/S1/checkins",
+                json={"name": f"Người {chr(65 + i)}"},
+                headers=headers,
+            )
             statuses.append(reply.status)
         assert statuses.count(201) in (10, 11) and statuses.count(429) >= 4
         assert (await reply.json())["error"]["code"] == "rate_limited"
@@ -297,18 +341,24 @@ def test_checkin_limits_default_to_a_hall_behind_one_address() -> None:
     limits = checkin_limits(load_config({"data_dir": "/tmp/lopso-cfg-test"}, env={}))
     assert (limits.address_rate, limits.address_burst) == (5.0, 100)
     assert (limits.site_rate, limits.site_burst) == (20.0, 200)
-    off = checkin_limits(load_config({"data_dir": "/tmp/lopso-cfg-test", "checkin_rate_addr": 0}, env={}))
+    off = checkin_limits(
+        load_config({"data_dir": "/tmp/lopso-cfg-test", "checkin_rate_addr": 0}, env={})
+    )
     assert off.address_rate >= 1e9 and off.address_burst >= 1e9
 
 
 async def test_behind_a_trusted_proxy_limits_apply_per_forwarded_client(tmp_path: Path) -> None:
-    async with running_app(tmp_path, checkin_rate_addr=1.0, checkin_rate_site=0,
-                           trust_proxy=True) as (client, _):
+    async with running_app(
+        tmp_path, checkin_rate_addr=1.0, checkin_rate_site=0, trust_proxy=True
+    ) as (client, _):
         await seed(client)
         headers = auth(Role.PARTICIPANT, site="S1")
         for i in range(30):  # 30 phones behind one proxy: each its own address, none limited
-            reply = await client.post("/api/sessions/c1/sites/S1/checkins", json={"name": f"N{i}"},
-                                      headers={**headers, "X-Forwarded-For": f"10.0.0.{i}, 127.0.0.1"})
+            reply = await client.post(
+                "/api/sessions/c1/sites/S1/checkins",
+                json={"name": f"N{i}"},
+                headers={**headers, "X-Forwarded-For": f"10.0.0.{i}, 127.0.0.1"},
+            )
             assert reply.status == 201
 
 
@@ -420,7 +470,15 @@ def test_webhook_settings_fail_early() -> None:
     from server.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="WEBHOOK_SECRET"):
-        load_config({"data_dir": "/tmp/lopso-cfg-test", "webhook_url": "https://x.example/h"}, env={})
+        load_config(
+            {"data_dir": "/tmp/lopso-cfg-test", "webhook_url": "https://x.example/h"}, env={}
+        )
     with pytest.raises(ConfigError, match="http"):
-        load_config({"data_dir": "/tmp/lopso-cfg-test", "webhook_url": "ftp://x",
-                     "webhook_secret": "s" * 16}, env={})
+        load_config(
+            {
+                "data_dir": "/tmp/lopso-cfg-test",
+                "webhook_url": "ftp://x",
+                "webhook_secret": "s" * 16,
+            },
+            env={},
+        )

@@ -13,8 +13,13 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 NOW = 1_800_000_000.0
 
 
-def token(role: Role, sid: str = "c1", site: str | None = None, ttl: float = 60,
-          join_key: str = "join-key-1") -> str:
+def token(
+    role: Role,
+    sid: str = "c1",
+    site: str | None = None,
+    ttl: float = 60,
+    join_key: str = "join-key-1",
+) -> str:
     key = join_key if role in (Role.SITE, Role.PARTICIPANT) else None
     return auth.mint(SECRET, sid, role, site=site, join_key=key, ttl_s=ttl, now=NOW)
 
@@ -83,7 +88,9 @@ def _forge_role(tok: str) -> str:
         (lambda: _flip_last_sig_char(token(Role.MODERATOR)), NOW, "token_bad_signature"),
         (lambda: _forge_role(token(Role.MODERATOR)), NOW, "token_bad_signature"),
         (
-            lambda: auth.mint(b"another-secret-of-32-bytes......", "c1", Role.ADMIN, ttl_s=60, now=NOW),
+            lambda: auth.mint(
+                b"another-secret-of-32-bytes......", "c1", Role.ADMIN, ttl_s=60, now=NOW
+            ),
             NOW,
             "token_bad_signature",
         ),
@@ -141,7 +148,12 @@ def test_site_tokens_need_a_site_and_its_join_key() -> None:
 
 @pytest.mark.parametrize(
     ("header", "query", "expected"),
-    [("Bearer abc.def", None, "abc.def"), ("bearer  xyz ", "q", "xyz"), (None, "q.t", "q.t"), (None, None, "")],
+    [
+        ("Bearer abc.def", None, "abc.def"),
+        ("bearer  xyz ", "q", "xyz"),
+        (None, "q.t", "q.t"),
+        (None, None, ""),
+    ],
 )
 def test_bearer_picks_header_then_query(header, query, expected) -> None:
     assert auth.bearer(header, query) == expected

@@ -51,19 +51,60 @@ async def viewer_offer(codec: str | None = None) -> str:
     ("path", "token", "body", "content_type", "status", "code"),
     [
         ("/whip/c1", LECTURER, b"hello", "application/sdp", 400, "sdp_invalid"),
-        ("/whip/c1", LECTURER, b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n", "application/sdp", 400, "sdp_invalid"),
+        (
+            "/whip/c1",
+            LECTURER,
+            b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n",
+            "application/sdp",
+            400,
+            "sdp_invalid",
+        ),
         ("/whip/c1", LECTURER, b"v=0\r\n\xff\xfe", "application/sdp", 400, "sdp_invalid"),
-        ("/whep/c1/S1", S1, b"v=0\r\n" + b"a=x\r\n" * 20000, "application/sdp", 413, "body_too_large"),
+        (
+            "/whep/c1/S1",
+            S1,
+            b"v=0\r\n" + b"a=x\r\n" * 20000,
+            "application/sdp",
+            413,
+            "body_too_large",
+        ),
         ("/whip/c1", LECTURER, b"v=0\r\n", "text/plain", 415, "content_type"),
         ("/whip/c1", "", b"v=0\r\n", "application/sdp", 401, "token_missing"),
-        ("/whip/c1", LECTURER[:-3] + "AAA", b"v=0\r\n", "application/sdp", 401, "token_bad_signature"),
-        ("/whip/c1", auth.mint(SECRET.encode(), "c1", Role.LECTURER, ttl_s=-1), b"v=0\r\n",
-         "application/sdp", 401, "token_expired"),
+        (
+            "/whip/c1",
+            LECTURER[:-3] + "AAA",
+            b"v=0\r\n",
+            "application/sdp",
+            401,
+            "token_bad_signature",
+        ),
+        (
+            "/whip/c1",
+            auth.mint(SECRET.encode(), "c1", Role.LECTURER, ttl_s=-1),
+            b"v=0\r\n",
+            "application/sdp",
+            401,
+            "token_expired",
+        ),
         ("/whip/c1", mint(Role.LECTURER, "c2"), b"v=0\r\n", "application/sdp", 403, "wrong_class"),
         ("/whip/c1", S1, b"v=0\r\n", "application/sdp", 403, "wrong_role"),
         ("/whep/c1/S2", S1, b"v=0\r\n", "application/sdp", 403, "wrong_site"),
-        ("/whip/zz", mint(Role.LECTURER, "zz"), b"v=0\r\n", "application/sdp", 404, "unknown_class"),
-        ("/whep/c1/S3", mint(Role.SITE, "c1", "S3"), b"v=0\r\n", "application/sdp", 404, "unknown_site"),
+        (
+            "/whip/zz",
+            mint(Role.LECTURER, "zz"),
+            b"v=0\r\n",
+            "application/sdp",
+            404,
+            "unknown_class",
+        ),
+        (
+            "/whep/c1/S3",
+            mint(Role.SITE, "c1", "S3"),
+            b"v=0\r\n",
+            "application/sdp",
+            404,
+            "unknown_site",
+        ),
     ],
 )
 async def test_signalling_errors(app, path, token, body, content_type, status, code) -> None:
@@ -77,7 +118,9 @@ async def test_signalling_errors(app, path, token, body, content_type, status, c
 
 async def test_codec_mismatch_is_406(app) -> None:
     client, _ = app
-    reply = await client.post("/whep/c1/S1", data=await viewer_offer("H264"), headers=sdp_headers(S1))
+    reply = await client.post(
+        "/whep/c1/S1", data=await viewer_offer("H264"), headers=sdp_headers(S1)
+    )
     assert reply.status == 406, await reply.text()
     assert (await reply.json())["error"]["code"] == "codec_mismatch"
 
@@ -94,21 +137,35 @@ async def test_unknown_resource_and_ended_class(app) -> None:
 async def test_oversized_and_malformed_api_bodies(app) -> None:
     client, _ = app
     huge = b"code,name\n" + b"A1,x\n" * 1_000_000  # 5 MB > the 4 MiB limit
-    reply = await client.post("/api/sites/import", data=huge, headers={**ADMIN, "Content-Type": "text/csv"})
+    reply = await client.post(
+        "/api/sites/import", data=huge, headers={**ADMIN, "Content-Type": "text/csv"}
+    )
     assert reply.status == 413 and (await reply.json())["error"]["code"] == "body_too_large"
-    reply = await client.post("/api/sessions", data=b"{nope", headers={**ADMIN, "Content-Type": "application/json"})
+    reply = await client.post(
+        "/api/sessions", data=b"{nope", headers={**ADMIN, "Content-Type": "application/json"}
+    )
     assert reply.status == 400 and (await reply.json())["error"]["code"] == "bad_json"
-    reply = await client.post("/api/sessions", data=b"{}", headers={**ADMIN, "Content-Type": "text/plain"})
+    reply = await client.post(
+        "/api/sessions", data=b"{}", headers={**ADMIN, "Content-Type": "text/plain"}
+    )
     assert reply.status == 415
-    reply = await client.post("/api/sites/import", data=b"code,name\nbad code,x\n",
-                              headers={**ADMIN, "Content-Type": "text/csv"})
+    reply = await client.post(
+        "/api/sites/import",
+        data=b"code,name\nbad code,x\n",
+        headers={**ADMIN, "Content-Type": "text/csv"},
+    )
     assert reply.status == 400 and "line 2" in (await reply.json())["error"]["message"]
 
 
 async def test_websocket_refuses_bad_tokens_before_upgrade(app) -> None:
     client, _ = app
-    for token, status in (("", 401), ("x.y", 401), (mint(Role.SITE, "c1", "S3"), 404),
-                          (mint(Role.PARTICIPANT, "c1", "S1"), 403), (mint(Role.MODERATOR, "zz"), 403)):
+    for token, status in (
+        ("", 401),
+        ("x.y", 401),
+        (mint(Role.SITE, "c1", "S3"), 404),
+        (mint(Role.PARTICIPANT, "c1", "S1"), 403),
+        (mint(Role.MODERATOR, "zz"), 403),
+    ):
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await client.ws_connect("/ws/c1", params={"token": token})
         assert info.value.status == status

@@ -23,8 +23,14 @@ from server.models import Role
 
 
 def lopso(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", *args, "--data", str(data)],
-                          capture_output=True, text=True, timeout=60, check=False, env={"PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args, "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
@@ -39,8 +45,14 @@ def test_serve_demo_json_has_exact_keys_and_working_links(tmp_path: Path) -> Non
         assert set(demo["lecturer"]) == {"url", "whip_url", "token"}
         assert set(demo["moderator"]) == {"url", "token"}
         assert len(demo["sites"]) == 12
-        assert all(set(s) == {"code", "name", "commune", "url", "whep_url", "token"} for s in demo["sites"])
-        assert {s["commune"] for s in demo["sites"]} == {"Xã Tiên Lữ", "Xã Hoàng Hoa Thám", "Phường Hiến Nam"}
+        assert all(
+            set(s) == {"code", "name", "commune", "url", "whep_url", "token"} for s in demo["sites"]
+        )
+        assert {s["commune"] for s in demo["sites"]} == {
+            "Xã Tiên Lữ",
+            "Xã Hoàng Hoa Thám",
+            "Phường Hiến Nam",
+        }
         assert all(s["name"].startswith("Nhà văn hóa ") for s in demo["sites"])
         assert demo["lecturer"]["whip_url"] == f"{srv.url}/whip/{demo['session_id']}"
         for link in (demo["lecturer"]["url"], demo["moderator"]["url"], demo["sites"][0]["url"]):
@@ -59,7 +71,8 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     csv_path.write_bytes(
         "code,name,village,commune,province\r\n"
         "TL-1,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên\r\n"
-        "TL-2,Nhà văn hóa thôn Đoài,Thôn Đoài,Xã Tiên Lữ,Hưng Yên\r\n".encode("utf-8-sig"))
+        "TL-2,Nhà văn hóa thôn Đoài,Thôn Đoài,Xã Tiên Lữ,Hưng Yên\r\n".encode("utf-8-sig")
+    )
     data = tmp_path / "data"
     done = lopso("sites", "import", str(csv_path), data=data)
     assert done.returncode == 0, done.stderr
@@ -70,8 +83,19 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     failed = lopso("sites", "import", str(bad), data=data)
     assert failed.returncode == 1 and "line 3" in failed.stderr
 
-    made = lopso("class", "create", "--title", "Chuyển đổi số", "--starts-at", "2026-12-01T01:00:00Z",
-                 "--sites", "TL-2", "--id", "dec1", data=data)
+    made = lopso(
+        "class",
+        "create",
+        "--title",
+        "Chuyển đổi số",
+        "--starts-at",
+        "2026-12-01T01:00:00Z",
+        "--sites",
+        "TL-2",
+        "--id",
+        "dec1",
+        data=data,
+    )
     assert made.returncode == 0, made.stderr
     body = json.loads(made.stdout)
     assert body["class"]["id"] == "dec1" and body["class"]["site_codes"] == ["TL-2"]
@@ -96,8 +120,10 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["serve", "--port", "99999"], "port must be between"),
-     (["serve", "--tls-cert", "/nonexistent.pem"], "needs both a certificate")],
+    [
+        (["serve", "--port", "99999"], "port must be between"),
+        (["serve", "--tls-cert", "/nonexistent.pem"], "needs both a certificate"),
+    ],
 )
 def test_bad_configuration_exits_2_with_a_precise_message(tmp_path: Path, args, message) -> None:
     done = lopso(*args, data=tmp_path / "data")
@@ -108,13 +134,25 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -136,7 +174,10 @@ def test_json_log_lines_carry_extra_fields() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "site joined" and line["level"] == "INFO" and line["logger"] == "server.x"
     assert line["sid"] == "c1" and line["site"] == "Nhà văn hóa thôn Đông"
-    assert TextFormatter("%(message)s").format(record) == "site joined sid=c1 site=Nhà văn hóa thôn Đông"
+    assert (
+        TextFormatter("%(message)s").format(record)
+        == "site joined sid=c1 site=Nhà văn hóa thôn Đông"
+    )
 
 
 async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -149,7 +190,9 @@ async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"{srv.url}/ws/{sid}", params={"token": site["token"]})
             for i in range(20):
-                await ws.send_json({"type": "headcount", "count": i, "phase": "other", "id": f"h{i}"})
+                await ws.send_json(
+                    {"type": "headcount", "count": i, "phase": "other", "id": f"h{i}"}
+                )
             acked = 0
             while acked < 20:
                 acked += (await ws.receive_json(timeout=10))["type"] == "ack"

@@ -12,7 +12,10 @@ from server.config import SECRET_FILE, ConfigError, load_config
 def test_defaults(tmp_path: Path) -> None:
     config = load_config({"data_dir": tmp_path}, env={})
     assert (config.host, config.port, config.role, config.log_format) == (
-        "127.0.0.1", 8080, "all", "text"
+        "127.0.0.1",
+        8080,
+        "all",
+        "text",
     )
     assert config.redis_url is None and config.tls is False
     assert config.base_url == "http://127.0.0.1:8080"
@@ -46,15 +49,22 @@ def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
 def test_demo_json_implies_twelve_sites(tmp_path: Path) -> None:
     config = load_config({"data_dir": tmp_path, "demo_json": tmp_path / "d.json"}, env={})
     assert config.demo_sites == 12
-    assert load_config({"data_dir": tmp_path, "demo_json": "x", "demo_sites": 3}, env={}).demo_sites == 3
+    assert (
+        load_config({"data_dir": tmp_path, "demo_json": "x", "demo_sites": 3}, env={}).demo_sites
+        == 3
+    )
 
 
 def test_https_base_url(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     cert.write_text("x"), key.write_text("y")
-    config = load_config({"data_dir": tmp_path, "tls_cert": cert, "tls_key": key, "port": 8443}, env={})
+    config = load_config(
+        {"data_dir": tmp_path, "tls_cert": cert, "tls_key": key, "port": 8443}, env={}
+    )
     assert config.tls and config.base_url == "https://127.0.0.1:8443"
-    public = load_config({"data_dir": tmp_path}, env={"LOPSO_PUBLIC_URL": "https://lop.example.vn/"})
+    public = load_config(
+        {"data_dir": tmp_path}, env={"LOPSO_PUBLIC_URL": "https://lop.example.vn/"}
+    )
     assert public.base_url == "https://lop.example.vn"
 
 
@@ -68,7 +78,11 @@ def test_https_base_url(tmp_path: Path) -> None:
         ({}, {"LOPSO_LOG_FORMAT": "xml"}, "log format must be one of text, json"),
         ({}, {"LOPSO_SECRET": "short"}, "at least 16 characters"),
         ({"tls_cert": "/nonexistent/c.pem"}, {}, "needs both a certificate"),
-        ({"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"}, {}, "certificate file not found"),
+        (
+            {"tls_cert": "/nonexistent/c.pem", "tls_key": "/nonexistent/k.pem"},
+            {},
+            "certificate file not found",
+        ),
         ({}, {"LOPSO_REDIS_URL": "localhost:6379"}, "redis URL must start with"),
         ({}, {"LOPSO_PUBLIC_URL": "lop.example.vn"}, "public URL must start with"),
         ({"bogus": 1}, {}, "unknown setting 'bogus'"),
@@ -93,7 +107,9 @@ def test_default_announce_follows_the_host(tmp_path: Path) -> None:
     from server.config import lan_address
 
     assert load_config({"data_dir": tmp_path}, env={}).announce == ()  # loopback: media's default
-    assert load_config({"data_dir": tmp_path, "host": "192.0.2.10"}, env={}).announce == ("192.0.2.10",)
+    assert load_config({"data_dir": tmp_path, "host": "192.0.2.10"}, env={}).announce == (
+        "192.0.2.10",
+    )
     wildcard = load_config({"data_dir": tmp_path, "host": "0.0.0.0"}, env={})
     lan = lan_address()
     assert wildcard.announce == ((lan,) if lan else ())

@@ -9,7 +9,7 @@ from server.registry import SiteImportError, decode_csv, parse_sites
 GOOD = (
     "code,name,village,commune,province\n"
     "HY-TL-001,Nhà văn hóa thôn Đông,Thôn Đông,Xã Tiên Lữ,Hưng Yên\n"
-    "HY-HN-002,\"Nhà văn hóa tổ dân phố 3, Hiến Nam\",Tổ 3,Phường Hiến Nam,Hưng Yên\n"
+    'HY-HN-002,"Nhà văn hóa tổ dân phố 3, Hiến Nam",Tổ 3,Phường Hiến Nam,Hưng Yên\n'
 )
 
 
@@ -36,7 +36,10 @@ def test_bom_and_crlf_from_excel(encoding: str) -> None:
 def test_columns_in_any_order_with_join_key_and_blank_lines() -> None:
     text = "Name,CODE,join_key\nNhà văn hóa thôn Bắc,B1,secret-1\n\n,,\nNhà văn hóa thôn Nam,B2,\n"
     sites = parse_sites(text, new_key=lambda: "gen")
-    assert [(s.code, s.join_key, s.commune) for s in sites] == [("B1", "secret-1", ""), ("B2", "gen", "")]
+    assert [(s.code, s.join_key, s.commune) for s in sites] == [
+        ("B1", "secret-1", ""),
+        ("B2", "gen", ""),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -48,9 +51,14 @@ def test_columns_in_any_order_with_join_key_and_blank_lines() -> None:
         ("code,name\n", [(1, "no site rows")]),
         (
             "code,name\nA 1,Tên\nB2,\nC3,Tên,extra\nD4,Tên\nD4,Khác\n",
-            [(2, "code 'A 1' must be"), (3, "name is empty"), (4, "3 fields"), (6, "duplicate code 'D4' (first on line 5)")],
+            [
+                (2, "code 'A 1' must be"),
+                (3, "name is empty"),
+                (4, "3 fields"),
+                (6, "duplicate code 'D4' (first on line 5)"),
+            ],
         ),
-        ("code,name\n\"Q1,Multi\nline\"\nE5,\n", [(3, "code 'Q1,Multi"), (4, "name is empty")]),
+        ('code,name\n"Q1,Multi\nline"\nE5,\n', [(3, "code 'Q1,Multi"), (4, "name is empty")]),
         ("code,name\nA1," + "x" * 201 + "\n", [(2, "name longer than 200")]),
     ],
 )

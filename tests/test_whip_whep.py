@@ -54,12 +54,16 @@ async def view(client, site: str) -> tuple[RTCPeerConnection, str, asyncio.Queue
     @pc.on("track")
     def on_track(track) -> None:
         if track.kind == "video":
+
             async def pump() -> None:
                 while True:
                     frames.put_nowait(await track.recv())
+
             asyncio.ensure_future(pump())
 
-    reply = await client.post(f"/whep/c1/{site}", data=await offer_of(pc), headers=bearer(Role.SITE, site))
+    reply = await client.post(
+        f"/whep/c1/{site}", data=await offer_of(pc), headers=bearer(Role.SITE, site)
+    )
     assert reply.status == 201, await reply.text()
     location = reply.headers["Location"]
     assert location.startswith(f"/whep/c1/{site}/")
@@ -67,7 +71,9 @@ async def view(client, site: str) -> tuple[RTCPeerConnection, str, asyncio.Queue
     return pc, location, frames
 
 
-async def decoded_numbers(frames: asyncio.Queue, count: int, timeout: float = 15.0) -> list[int | None]:
+async def decoded_numbers(
+    frames: asyncio.Queue, count: int, timeout: float = 15.0
+) -> list[int | None]:
     numbers, deadline = [], time.monotonic() + timeout
     while len(numbers) < count:
         frame = await asyncio.wait_for(frames.get(), max(0.1, deadline - time.monotonic()))
@@ -94,7 +100,9 @@ async def test_publish_view_and_delete(app) -> None:
         assert len(started) == 1
 
         headers = {"Authorization": bearer(Role.SITE, "S1")["Authorization"]}
-        other = await client.delete(viewer_location, headers={"Authorization": bearer(Role.SITE, "S2")["Authorization"]})
+        other = await client.delete(
+            viewer_location, headers={"Authorization": bearer(Role.SITE, "S2")["Authorization"]}
+        )
         assert other.status == 403
         assert (await client.delete(viewer_location, headers=headers)).status == 200
         gone = await client.delete(viewer_location, headers=headers)
@@ -139,10 +147,16 @@ async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
     with LopsoServer(tmp_path / "srv", demo_sites=1) as srv:
         site = srv.demo["sites"][0]["code"]
         async with ClientSession(srv.url) as http:
-            body = {"id": "h264", "title": "H264", "starts_at": 1, "video_codec": "H264",
-                    "site_codes": [site]}
-            reply = await http.post("/api/sessions", json=body,
-                                    headers={"Authorization": f"Bearer {srv.admin_token()}"})
+            body = {
+                "id": "h264",
+                "title": "H264",
+                "starts_at": 1,
+                "video_codec": "H264",
+                "site_codes": [site],
+            }
+            reply = await http.post(
+                "/api/sessions", json=body, headers={"Authorization": f"Bearer {srv.admin_token()}"}
+            )
             assert reply.status == 201, await reply.text()
             pc = RTCPeerConnection()
             pc.addTransceiver("video", direction="recvonly")
@@ -153,19 +167,33 @@ async def test_ffmpeg_whip_muxer_through_the_server(tmp_path: Path) -> None:
                 async def pump() -> None:
                     while True:
                         frames.put_nowait(await track.recv())
+
                 asyncio.ensure_future(pump())
 
             token = srv.site_token("h264", site)
-            reply = await http.post(f"/whep/h264/{site}", data=await offer_of(pc),
-                                    headers={"Authorization": f"Bearer {token}",
-                                             "Content-Type": "application/sdp"})
+            reply = await http.post(
+                f"/whep/h264/{site}",
+                data=await offer_of(pc),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"},
+            )
             assert reply.status == 201, await reply.text()
             await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
             pusher = subprocess.Popen(
-                [sys.executable, "-m", "mediaclip", f"{srv.url}/whip/h264",
-                 str(clip), mint(Role.LECTURER, "h264"), str(cert), str(key)],
-                cwd=Path(__file__).parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "mediaclip",
+                    f"{srv.url}/whip/h264",
+                    str(clip),
+                    mint(Role.LECTURER, "h264"),
+                    str(cert),
+                    str(key),
+                ],
+                cwd=Path(__file__).parent,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             try:
                 numbers = await decoded_numbers(frames, 30, timeout=20)
                 assert None not in numbers and numbers == sorted(numbers), numbers
@@ -200,8 +228,10 @@ async def test_class_ended_elsewhere_closes_this_nodes_media(app) -> None:
     try:
         lecture = state.lectures["c1"]
         room = await state.hub.room(await state.store.get_session("c1"))
-        await state.store.publish(room.channel, {"t": "ended", "at": 1.0, "to": {"roles": []},
-                                                 "deliver": {"type": "class_ended"}})
+        await state.store.publish(
+            room.channel,
+            {"t": "ended", "at": 1.0, "to": {"roles": []}, "deliver": {"type": "class_ended"}},
+        )
         for _ in range(100):
             if lecture.closed:
                 break

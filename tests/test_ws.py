@@ -19,7 +19,10 @@ BATCH = 0.25
 
 @pytest.fixture
 async def app(tmp_path: Path):
-    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=2.0) as (client, state):
+    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=2.0) as (
+        client,
+        state,
+    ):
         await seed(client, sites=("S1", "S2", "S3"))
         yield client, state
 
@@ -52,8 +55,13 @@ async def test_moderator_gets_welcome_and_snapshot(app) -> None:
     snapshot = await receive(ws, "sites")
     assert [s["code"] for s in snapshot["sites"]] == ["S1", "S2", "S3"]
     assert {s["status"] for s in snapshot["sites"]} == {"never_joined"}
-    assert snapshot["totals"] == {"expected": 3, "connected": 0, "playing": 0, "people": 0,
-                                  "help_open": 0}
+    assert snapshot["totals"] == {
+        "expected": 3,
+        "connected": 0,
+        "playing": 0,
+        "people": 0,
+        "help_open": 0,
+    }
     await ws.close()
 
 
@@ -72,14 +80,16 @@ async def test_site_presence_status_and_headcount_reach_the_moderator(app) -> No
     assert ack["id"] == "h1"
     stored = await state.store.events("c1", kinds=[EventKind.HEADCOUNT])
     assert [(e.site_code, e.data) for e in stored] == [("S1", {"count": 42, "phase": "start"})]
-    update = await receive(mod, "sites_update",
-                           where=lambda m: (site_in(m, "S1") or {}).get("headcount") == 42)
+    update = await receive(
+        mod, "sites_update", where=lambda m: (site_in(m, "S1") or {}).get("headcount") == 42
+    )
     s1 = site_in(update, "S1")
     assert s1["status"] == "playing" and s1["peak_headcount"] == 42
     assert update["totals"]["playing"] == 1 and update["totals"]["people"] == 42
     await site.close()
-    update = await receive(mod, "sites_update",
-                           where=lambda m: (site_in(m, "S1") or {}).get("status") == "offline")
+    update = await receive(
+        mod, "sites_update", where=lambda m: (site_in(m, "S1") or {}).get("status") == "offline"
+    )
     assert update["totals"]["connected"] == 0
     await mod.close()
 
@@ -140,8 +150,9 @@ async def test_two_tabs_of_one_site_keep_it_connected(app) -> None:
     assert events[2].data["conn"] == events[0].data["conn"]
     assert state.hub._rooms["c1"].result().sites["S3"].status == "waiting"
     await b.close()
-    update = await receive(mod, "sites_update",
-                           where=lambda m: (site_in(m, "S3") or {}).get("status") == "offline")
+    update = await receive(
+        mod, "sites_update", where=lambda m: (site_in(m, "S3") or {}).get("status") == "offline"
+    )
     assert update["totals"]["connected"] == 0
     await mod.close()
 
@@ -152,7 +163,9 @@ async def test_moderator_messages_and_commands_reach_their_sites(app) -> None:
     for ws in (s1, s2, s3):
         await receive(ws, "welcome")
     mod = await connect(client, Role.MODERATOR)
-    await mod.send_json({"type": "message", "text": "Chào các bạn", "to": {"site": "S2"}, "id": "m1"})
+    await mod.send_json(
+        {"type": "message", "text": "Chào các bạn", "to": {"site": "S2"}, "id": "m1"}
+    )
     assert (await receive(mod, "ack"))["id"] == "m1"
     got = await receive(s2, "message")
     assert got == {"type": "message", "text": "Chào các bạn", "from": "moderator"}
@@ -223,8 +236,9 @@ async def test_live_and_class_end_reach_every_page_with_prompts(app) -> None:
     assert (await receive(site, "live"))["live"] is True
     assert (await receive(mod, "live"))["live"] is True
     assert (await state.store.get_session("c1")).started_at is not None
-    reply = await client.post("/api/sessions/c1/end",
-                              headers={"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"})
+    reply = await client.post(
+        "/api/sessions/c1/end", headers={"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"}
+    )
     assert reply.status == 200
     assert (await receive(site, "headcount_prompt"))["phase"] == "end"
     await receive(site, "class_ended")
@@ -239,12 +253,21 @@ async def test_quality_report_updates_state_and_samples_the_ledger(app) -> None:
     client, state = app
     mod = await connect(client, Role.MODERATOR)
     site = await connect(client, Role.SITE, "S2")
-    sample = {"type": "quality", "rtt_ms": 120, "loss_pct": 9.5, "jitter_ms": 8, "kbps": 300,
-              "fps": 25, "frames_decoded": 900, "freeze_count": 1}
+    sample = {
+        "type": "quality",
+        "rtt_ms": 120,
+        "loss_pct": 9.5,
+        "jitter_ms": 8,
+        "kbps": 300,
+        "fps": 25,
+        "frames_decoded": 900,
+        "freeze_count": 1,
+    }
     await site.send_json(sample)
     await site.send_json({**sample, "loss_pct": 1.0})  # within 15 s: live only, not stored
-    update = await receive(mod, "sites_update",
-                           where=lambda m: (site_in(m, "S2") or {}).get("loss_pct") == 1.0)
+    update = await receive(
+        mod, "sites_update", where=lambda m: (site_in(m, "S2") or {}).get("loss_pct") == 1.0
+    )
     s2 = site_in(update, "S2")
     assert s2["quality"] == "good" and s2["rtt_ms"] == 120 and s2["kbps"] == 300
     stored = await state.store.events("c1", kinds=[EventKind.QUALITY])
@@ -312,8 +335,11 @@ async def test_resent_messages_are_stored_once(app) -> None:
         else:
             assert acks == first  # same help_id and question_id
         await site.close()
-    kinds = [e.kind for e in await state.store.events("c1", site_code="S1")
-             if e.kind not in (EventKind.SITE_JOINED, EventKind.SITE_LEFT)]
+    kinds = [
+        e.kind
+        for e in await state.store.events("c1", site_code="S1")
+        if e.kind not in (EventKind.SITE_JOINED, EventKind.SITE_LEFT)
+    ]
     assert sorted(k.value for k in kinds) == ["headcount", "help_requested", "question"]
     assert len([m for m in [await receive(mod, "help")]]) == 1
     await mod.close()
@@ -379,10 +405,12 @@ async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
 
     with RedisProcess(tmp_path / "redis") as redis_proc:
         async with (
-            running_app(tmp_path / "a", redis_url=redis_proc.url, batch_interval_s=BATCH,
-                        node_id="node-a") as (a, state_a),
-            running_app(tmp_path / "b", redis_url=redis_proc.url, batch_interval_s=BATCH,
-                        node_id="node-b") as (b, state_b),
+            running_app(
+                tmp_path / "a", redis_url=redis_proc.url, batch_interval_s=BATCH, node_id="node-a"
+            ) as (a, state_a),
+            running_app(
+                tmp_path / "b", redis_url=redis_proc.url, batch_interval_s=BATCH, node_id="node-b"
+            ) as (b, state_b),
         ):
             await seed(a, sites=("S1", "S2", "S3"))  # one registry, one class, in Redis
             mod = await connect(a, Role.MODERATOR)
@@ -391,14 +419,20 @@ async def test_two_nodes_share_one_class_through_redis(tmp_path: Path) -> None:
             assert (await receive(site, "welcome"))["session"]["id"] == "c1"
             await site.send_json({"type": "headcount", "count": 77, "phase": "start", "id": "x"})
             await receive(site, "ack")
-            update = await receive(mod, "sites_update",
-                                   where=lambda m: (site_in(m, "S2") or {}).get("headcount") == 77)
+            update = await receive(
+                mod, "sites_update", where=lambda m: (site_in(m, "S2") or {}).get("headcount") == 77
+            )
             assert site_in(update, "S2")["status"] == "waiting" and update["totals"]["people"] == 77
-            await mod.send_json({"type": "message", "text": "Từ nút A", "to": {"commune": "Phường Hiến Nam"}})
+            await mod.send_json(
+                {"type": "message", "text": "Từ nút A", "to": {"commune": "Phường Hiến Nam"}}
+            )
             assert (await receive(site, "message"))["text"] == "Từ nút A"
             await site.close()
-            update = await receive(mod, "sites_update",
-                                   where=lambda m: (site_in(m, "S2") or {}).get("status") == "offline")
+            update = await receive(
+                mod,
+                "sites_update",
+                where=lambda m: (site_in(m, "S2") or {}).get("status") == "offline",
+            )
             kinds = [e.kind for e in await state_b.store.events("c1", site_code="S2")]
             assert kinds == [EventKind.SITE_JOINED, EventKind.HEADCOUNT, EventKind.SITE_LEFT]
 

@@ -67,8 +67,9 @@ def parse_time(value: Any, field: str) -> float:
         else:
             if parsed.tzinfo is not None:
                 return parsed.timestamp()
-    raise ValidationError(f"{field} must be an ISO 8601 time with a zone, or epoch seconds",
-                          code="bad_field")
+    raise ValidationError(
+        f"{field} must be an ISO 8601 time with a zone, or epoch seconds", code="bad_field"
+    )
 
 
 def _admin(request: web.Request) -> auth.Claims:
@@ -130,15 +131,23 @@ async def session_from_body(body: dict[str, Any], store: Any) -> ClassSession:
     if codec not in CODECS:
         raise ValidationError(f"video_codec must be one of {', '.join(CODECS)}", code="bad_field")
     codes = body.get("site_codes", [])
-    if not isinstance(codes, list) or not all(isinstance(c, str) and CODE_RE.fullmatch(c) for c in codes):
+    if not isinstance(codes, list) or not all(
+        isinstance(c, str) and CODE_RE.fullmatch(c) for c in codes
+    ):
         raise ValidationError("site_codes must be a list of site codes", code="bad_field")
     known = {site.code for site in await store.get_sites(codes)}
     missing = [c for c in codes if c not in known]
     if missing:
         raise ValidationError(f"unknown site codes: {', '.join(missing[:20])}", code="unknown_site")
-    return ClassSession(id=sid, title=title, starts_at=starts_at, ends_at=ends_at,
-                        video_codec=codec, site_codes=tuple(dict.fromkeys(codes)),
-                        created_at=time.time())
+    return ClassSession(
+        id=sid,
+        title=title,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        video_codec=codec,
+        site_codes=tuple(dict.fromkeys(codes)),
+        created_at=time.time(),
+    )
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -149,8 +158,9 @@ async def get_session(request: web.Request) -> web.Response:
         raise ForbiddenError("token is for another class", code="wrong_class")
     session = await session_or_404(state.store, sid)
     room = await state.hub.room(session)
-    return web.json_response({**session_wire(session), "live": room.live,
-                              "expected": len(room.sites)})
+    return web.json_response(
+        {**session_wire(session), "live": room.live, "expected": len(room.sites)}
+    )
 
 
 async def end_session(request: web.Request) -> web.Response:
@@ -197,8 +207,9 @@ async def checkin(request: web.Request) -> web.Response:
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
     event, created = await room.checkin(code, person)
-    return web.json_response({"duplicate": not created, "event_id": event.id},
-                             status=201 if created else 200)
+    return web.json_response(
+        {"duplicate": not created, "event_id": event.id}, status=201 if created else 200
+    )
 
 
 # --- attendance -----------------------------------------------------------------------------
@@ -233,8 +244,14 @@ def _options(request: web.Request) -> dict[str, str]:
 
 
 def _download(body: bytes, content_type: str, filename: str) -> web.Response:
-    return web.Response(body=body, content_type=content_type, headers={
-        "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
+    return web.Response(
+        body=body,
+        content_type=content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 async def attendance_json(request: web.Request) -> web.Response:

@@ -34,8 +34,11 @@ def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Respons
     lang = page.get("lang") or pick_lang(request)
     template = state.templates.get_template(f"{name}.html")
     html = template.render(lang=lang, t=state.catalogue(lang), page=page)
-    return web.Response(text=html, content_type="text/html",
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
 
 
 def page_errors(handler: PageHandler) -> PageHandler:
@@ -53,8 +56,10 @@ def page_errors(handler: PageHandler) -> PageHandler:
                 log.exception("page failed", extra={"path": request.path})
                 known = (500, "internal", "")
             status, code, message = known
-            page = {"lang": pick_lang(request),
-                    "error": {"status": status, "code": code, "message": message}}
+            page = {
+                "lang": pick_lang(request),
+                "error": {"status": status, "code": code, "message": message},
+            }
             response = render(request, "error", page)
             response.set_status(status)
             return response
@@ -72,8 +77,9 @@ def qr_data_url(text: str) -> str:
 
 def _session_page(session: ClassSession) -> dict[str, Any]:
     wire = session_wire(session)
-    return {key: wire[key] for key in ("id", "title", "starts_at", "ends_at", "video_codec",
-                                       "ended_at")}
+    return {
+        key: wire[key] for key in ("id", "title", "starts_at", "ends_at", "video_codec", "ended_at")
+    }
 
 
 def _site_page(site: Site | None) -> dict[str, str] | None:
@@ -82,17 +88,24 @@ def _site_page(site: Site | None) -> dict[str, str] | None:
     return {"code": site.code, "name": site.name, "commune": site.commune, "village": site.village}
 
 
-async def _base(request: web.Request, role: str, action: Action, site_code: str | None = None
-                ) -> tuple[AppState, ClassSession, dict[str, Any]]:
+async def _base(
+    request: web.Request, role: str, action: Action, site_code: str | None = None
+) -> tuple[AppState, ClassSession, dict[str, Any]]:
     """Authorize the page's token and build the page config every page shares."""
     state = request.app[STATE]
     sid = request.match_info["sid"]
     claims = authorize_request(request, action, sid, site_code)
     session = await session_or_404(state.store, sid)
     token = request.query.get("token", "")
-    page = {"sid": sid, "role": claims.role.value if role == "" else role, "token": token,
-            "lang": pick_lang(request), "site": None, "session": _session_page(session),
-            "ws_url": f"/ws/{quote(sid)}?token={quote(token)}"}
+    page = {
+        "sid": sid,
+        "role": claims.role.value if role == "" else role,
+        "token": token,
+        "lang": pick_lang(request),
+        "site": None,
+        "session": _session_page(session),
+        "ws_url": f"/ws/{quote(sid)}?token={quote(token)}",
+    }
     return state, session, page
 
 
@@ -115,13 +128,24 @@ async def site_player(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "site", Action.VIEW, code)
     site = await _site(state, session, code)
-    participant = auth.mint(state.config.secret, session.id, Role.PARTICIPANT, site=code,
-                            join_key=site.join_key, ttl_s=max(state.config.token_ttl_s, 6 * 3600))
-    checkin_url = (f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}"
-                   f"?token={participant}")
-    page.update(site=_site_page(site), whep_url=f"/whep/{quote(session.id)}/{quote(code)}",
-                checkin_url=checkin_url, checkin_qr=qr_data_url(checkin_url),
-                checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins")
+    participant = auth.mint(
+        state.config.secret,
+        session.id,
+        Role.PARTICIPANT,
+        site=code,
+        join_key=site.join_key,
+        ttl_s=max(state.config.token_ttl_s, 6 * 3600),
+    )
+    checkin_url = (
+        f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}?token={participant}"
+    )
+    page.update(
+        site=_site_page(site),
+        whep_url=f"/whep/{quote(session.id)}/{quote(code)}",
+        checkin_url=checkin_url,
+        checkin_qr=qr_data_url(checkin_url),
+        checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins",
+    )
     return render(request, "site", page)
 
 
@@ -130,8 +154,12 @@ async def moderator(request: web.Request) -> web.Response:
     _, session, page = await _base(request, "moderator", Action.MODERATE)
     base = f"/api/sessions/{quote(session.id)}/attendance"
     suffix = f"?token={quote(page['token'])}"
-    page.update(csv_url=f"{base}.csv{suffix}", xlsx_url=f"{base}.xlsx{suffix}",
-                json_url=f"{base}{suffix}", links_url=f"/api/sessions/{quote(session.id)}/links")
+    page.update(
+        csv_url=f"{base}.csv{suffix}",
+        xlsx_url=f"{base}.xlsx{suffix}",
+        json_url=f"{base}{suffix}",
+        links_url=f"/api/sessions/{quote(session.id)}/links",
+    )
     return render(request, "moderator", page)
 
 
@@ -141,8 +169,10 @@ async def checkin_page(request: web.Request) -> web.Response:
     state, session, page = await _base(request, "participant", Action.CHECKIN, code)
     site = await _site(state, session, code)
     page.pop("ws_url")
-    page.update(site=_site_page(site),
-                checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins")
+    page.update(
+        site=_site_page(site),
+        checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins",
+    )
     return render(request, "checkin", page)
 
 
@@ -155,8 +185,10 @@ async def landing(request: web.Request) -> web.Response:
         demo = state.demo
         lines = ["LopSo: lớp học trực tuyến cho nhà văn hóa thôn / tổ dân phố."]
         if demo:
-            lines += [f"Giảng viên: {demo['lecturer']['url']}",
-                      f"Điều phối: {demo['moderator']['url']}"]
+            lines += [
+                f"Giảng viên: {demo['lecturer']['url']}",
+                f"Điều phối: {demo['moderator']['url']}",
+            ]
             lines += [f"{s['name']}: {s['url']}" for s in demo["sites"]]
         return web.Response(text="\n".join(lines), content_type="text/plain")
 

@@ -94,8 +94,12 @@ async def _announce_live(state: AppState, sid: str, live: bool) -> None:
 
 
 def _created(location: str, answer: str) -> web.Response:
-    return web.Response(status=201, body=answer.encode(), content_type="application/sdp",
-                        headers={"Location": location})
+    return web.Response(
+        status=201,
+        body=answer.encode(),
+        content_type="application/sdp",
+        headers={"Location": location},
+    )
 
 
 async def open_class(request: web.Request, action: Action, site: str | None) -> ClassSession:
@@ -183,8 +187,9 @@ async def options(request: web.Request) -> web.Response:
 
 async def not_allowed(request: web.Request) -> web.Response:
     allow = ALLOW_RESOURCE if "rid" in request.match_info else ALLOW
-    raise web.HTTPMethodNotAllowed(request.method, allow.split(", "),
-                                   reason="trickle ICE and ICE restarts are not supported")
+    raise web.HTTPMethodNotAllowed(
+        request.method, allow.split(", "), reason="trickle ICE and ICE restarts are not supported"
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -123,8 +123,17 @@ async def on_headcount(ctx: Context, data: dict[str, Any]) -> None:
 
 
 async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
-    keys = ("rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "frames_decoded", "freeze_count",
-            "height", "no_media_s")
+    keys = (
+        "rtt_ms",
+        "loss_pct",
+        "jitter_ms",
+        "kbps",
+        "fps",
+        "frames_decoded",
+        "freeze_count",
+        "height",
+        "no_media_s",
+    )
     sample = {key: number(data, key) for key in keys if data.get(key) is not None}
     await ctx.room.quality(own_site(ctx), sample)
 
@@ -150,8 +159,9 @@ async def on_message(ctx: Context, data: dict[str, Any]) -> None:
     body = text(data, "text", 500)
     to = data.get("to")
     if not isinstance(to, dict) or len(to) != 1:
-        raise ValidationError('to must be {"site": code}, {"commune": name} or {"all": true}',
-                              code="bad_field")
+        raise ValidationError(
+            'to must be {"site": code}, {"commune": name} or {"all": true}', code="bad_field"
+        )
     target: dict[str, Any]
     if "site" in to:
         target = {"site": site_of(ctx, to["site"])}
@@ -160,9 +170,12 @@ async def on_message(ctx: Context, data: dict[str, Any]) -> None:
     elif to.get("all") is True:
         target = {"all": True}
     else:
-        raise ValidationError('to must be {"site": code}, {"commune": name} or {"all": true}',
-                              code="bad_field")
-    await ctx.room.broadcast(target, {"type": "message", "text": body, "from": ctx.claims.role.value})
+        raise ValidationError(
+            'to must be {"site": code}, {"commune": name} or {"all": true}', code="bad_field"
+        )
+    await ctx.room.broadcast(
+        target, {"type": "message", "text": body, "from": ctx.claims.role.value}
+    )
 
 
 async def on_command(ctx: Context, data: dict[str, Any]) -> None:
@@ -183,8 +196,9 @@ async def on_forward_question(ctx: Context, data: dict[str, Any]) -> None:
     question = ctx.room.questions.get(question_id)
     if question is None:
         raise UnknownError(f"no question {question_id}", code="unknown_question")
-    await ctx.room.broadcast({"roles": ["lecturer"]},
-                             {"type": "question", **question, "forwarded": True})
+    await ctx.room.broadcast(
+        {"roles": ["lecturer"]}, {"type": "question", **question, "forwarded": True}
+    )
 
 
 # message type -> (handler, action the sender's role needs)
@@ -219,7 +233,9 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
             raise ValidationError(f"unknown message type {kind!r}", code="unknown_type")
         handler, action = HANDLERS[kind]
         if action is not None and not may(ctx.claims.role, action):
-            raise ValidationError(f"role {ctx.claims.role.value} may not send {kind}", code="forbidden")
+            raise ValidationError(
+                f"role {ctx.claims.role.value} may not send {kind}", code="forbidden"
+            )
         result = await handler(dataclasses.replace(ctx, ref=message_id), data)
     except json.JSONDecodeError:
         return {"type": "error", "id": None, "code": "bad_json", "message": "frame is not JSON"}
@@ -233,7 +249,9 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
 def _error_reply(exc: Exception, message_id: Any, ctx: Context) -> dict[str, Any]:
     known = describe(exc)
     if known is None:
-        log.exception("WebSocket message failed", extra={"sid": ctx.peer.sid, "site": ctx.peer.site_code})
+        log.exception(
+            "WebSocket message failed", extra={"sid": ctx.peer.sid, "site": ctx.peer.site_code}
+        )
         known = (500, "internal", "the server could not handle this message")
     _, code, message = known
     return {"type": "error", "id": message_id, "code": code, "message": message}
@@ -276,7 +294,9 @@ async def _leave(room: ClassLive, peer: Peer) -> None:
     try:
         await room.leave(peer)
     except Exception:
-        log.exception("could not record a page leaving", extra={"sid": peer.sid, "site": peer.site_code})
+        log.exception(
+            "could not record a page leaving", extra={"sid": peer.sid, "site": peer.site_code}
+        )
 
 
 async def _write(ws: web.WebSocketResponse, peer: Peer) -> None:
@@ -309,8 +329,12 @@ async def _read(ws: web.WebSocketResponse, ctx: Context, idle_s: float) -> None:
             return
         reply: dict[str, Any] | None
         if msg.type is not WSMsgType.TEXT:
-            reply = {"type": "error", "id": None, "code": "bad_frame",
-                     "message": "only JSON text frames are accepted"}
+            reply = {
+                "type": "error",
+                "id": None,
+                "code": "bad_frame",
+                "message": "only JSON text frames are accepted",
+            }
         else:
             reply = await dispatch(ctx, msg.data)
         if reply is not None:
