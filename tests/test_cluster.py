@@ -59,6 +59,8 @@ def node(
 def test_node_token_names_its_node_until_it_expires() -> None:
     token = mint_node_token(SECRET, "edge-7", ttl_s=60, now=1000)
     assert verify_node_token(SECRET, token, now=1059) == "edge-7"
+    odd = mint_node_token(SECRET, "rack|3", ttl_s=60, now=1000)
+    assert verify_node_token(SECRET, odd, now=1001) == "rack|3"
     with pytest.raises(AuthError, match="expired"):
         verify_node_token(SECRET, token, now=1061)
 
