@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--announce", help="addresses viewers send media to, comma-separated")
     serve.add_argument("--redis-url", dest="redis_url")
     serve.add_argument("--role", choices=("all", "origin", "edge"))
+    serve.add_argument("--upstream-url", dest="upstream_url", help="edge: pull from this node")
+    serve.add_argument("--node-url", dest="node_url", help="cluster: where nodes reach this one")
     serve.add_argument("--public-url", dest="public_url", help="base of the links handed out")
     serve.add_argument("--log-format", dest="log_format", choices=("text", "json"))
     serve.add_argument(
@@ -156,6 +158,8 @@ _SERVE_KEYS = (
     "public_url",
     "log_format",
     "trust_proxy",
+    "upstream_url",
+    "node_url",
 )
 
 
