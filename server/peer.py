@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from server.models import ClassSession, Role, Site
+from server.models import ClassSession, Event, Role, Site
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +150,13 @@ class Peer:
         if "commune" in to:
             return bool(self.site.commune == to["commune"])
         return False
+
+
+def question_wire(event: Event) -> dict[str, Any]:
+    """A question as watchers see it."""
+    return {
+        "site": event.site_code,
+        "question_id": event.data.get("question_id"),
+        "text": event.data.get("text", ""),
+        "at": iso(event.at),
+    }

@@ -17,11 +17,18 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from server.alerts import AlertBook
-from server.checkin import Checkin, dedupe_key
 from server.incidents import open_help
 from server.models import ClassSession, Event, EventKind, Role, Site
-from server.peer import CONNECTED, WATCHERS, Peer, SiteState, iso, session_wire, site_wire
-from server.quality import QualityClass, classify_sample
+from server.peer import (
+    CONNECTED,
+    WATCHERS,
+    Peer,
+    SiteState,
+    iso,
+    question_wire,
+    session_wire,
+    site_wire,
+)
 
 if TYPE_CHECKING:
     from server.hub import Hub
@@ -44,7 +51,7 @@ class ClassLive:
         self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
-        self._last_quality_event: dict[str, float] = {}
+        self.quality_sampled_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -107,7 +114,7 @@ class ClassLive:
             self.open_help.setdefault(state.code, set()).discard(event.data.get("help_id", ""))
             state.help_open = len(self.open_help[state.code])
         elif event.kind is EventKind.QUESTION:
-            self.questions[event.data.get("question_id", "")] = _question(event)
+            self.questions[event.data.get("question_id", "")] = question_wire(event)
         elif event.kind is EventKind.CHECKIN:
             state.checkins += 1
 
@@ -322,113 +329,6 @@ class ClassLive:
             "server_time": iso(self.hub.clock()),
             "headcount": self.sites[peer.site.code].headcount if peer.site else None,
         }
-
-    # --- site reports -------------------------------------------------------------------------
-    async def headcount(self, code: str, count: int, phase: str, ref: str | None = None) -> None:
-        await self.hub.append(
-            self.session.id, EventKind.HEADCOUNT, code, {"count": count, "phase": phase}, ref
-        )
-        state = self.sites[code]
-        await self.patch(
-            code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0)
-        )
-
-    async def quality(self, code: str, sample: dict[str, Any]) -> None:
-        """Record a quality report: live figures now, a ledger sample every ~15 s."""
-        klass = classify_sample(sample)
-        if klass is QualityClass.LOST and not self.live:
-            klass = None  # no lecture, no media: nothing is lost before (or between) lectures
-        value = klass.value if klass else None
-        now = self.hub.clock()
-        if now - self._last_quality_event.get(code, 0.0) >= self.hub.limits.quality_event_every_s:
-            self._last_quality_event[code] = now
-            await self.hub.append(
-                self.session.id, EventKind.QUALITY, code, {**sample, "class": value}
-            )
-        await self.patch(
-            code,
-            quality=value,
-            rtt_ms=sample.get("rtt_ms"),
-            loss_pct=sample.get("loss_pct"),
-            kbps=sample.get("kbps"),
-        )
-
-    async def help(self, code: str, reason: str, text: str, ref: str | None = None) -> str:
-        help_id = event_id(self.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
-        if help_id in self.known_help:
-            return help_id  # a resend
-        self.known_help.add(help_id)
-        event = await self.hub.append(
-            self.session.id,
-            EventKind.HELP_REQUESTED,
-            code,
-            {"help_id": help_id, "reason": reason, "text": text},
-            ref,
-        )
-        self.open_help.setdefault(code, set()).add(help_id)
-        await self.patch(code, help_open=len(self.open_help[code]))
-        body = {
-            "type": "help",
-            "site": code,
-            "help_id": help_id,
-            "reason": reason,
-            "text": text,
-            "at": iso(event.at),
-        }
-        await self.broadcast({"roles": ["moderator", "lecturer", "admin"]}, body)
-        return help_id
-
-    async def resolve_help(self, code: str, help_id: str, by: str) -> bool:
-        if help_id not in self.open_help.get(code, set()):
-            return False
-        await self.hub.append(
-            self.session.id, EventKind.HELP_RESOLVED, code, {"help_id": help_id, "by": by}
-        )
-        self.open_help[code].discard(help_id)
-        await self.patch(code, help_open=len(self.open_help[code]))
-        await self.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
-        return True
-
-    async def question(self, code: str, text: str, ref: str | None = None) -> str:
-        question_id = event_id(self.session.id, code, EventKind.QUESTION, ref)[:12]
-        if question_id in self.questions:
-            return question_id  # a resend
-        event = await self.hub.append(
-            self.session.id,
-            EventKind.QUESTION,
-            code,
-            {"question_id": question_id, "text": text},
-            ref,
-        )
-        question = _question(event)
-        self.questions[question_id] = question
-        await self.broadcast(
-            {"roles": ["moderator", "admin"]},
-            {"type": "question", **question},
-            t="question",
-            question_id=question_id,
-            question=question,
-        )
-        return question_id
-
-    async def checkin(self, code: str, person: Checkin) -> tuple[Event, bool]:
-        """Count a person once (server/checkin.py: an identifier counts once per class, a name
-        once per site, without diacritics); the ledger keeps the identifier masked."""
-        event = self.hub.event(self.session.id, EventKind.CHECKIN, code, person.event_data())
-        key = dedupe_key(self.session.id, code, person.name, person.ident)
-        stored, created = await self.hub.store.add_checkin(event, key)
-        if created:
-            await self.patch(code, checkins=self.sites[code].checkins + 1)
-        return stored, created
-
-
-def _question(event: Event) -> dict[str, Any]:
-    return {
-        "site": event.site_code,
-        "question_id": event.data.get("question_id"),
-        "text": event.data.get("text", ""),
-        "at": iso(event.at),
-    }
 
 
 def channel_of(sid: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server import auth
+from server import auth, reports
 from server.app import (
     STATE,
     announce_class_end,
@@ -206,7 +206,7 @@ async def checkin(request: web.Request) -> web.Response:
     room = await state.hub.room(await session_or_404(state.store, sid))
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
-    event, created = await room.checkin(code, person)
+    event, created = await reports.checkin(room, code, person)
     return web.json_response(
         {"duplicate": not created, "event_id": event.id}, status=201 if created else 200
     )

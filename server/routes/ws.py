@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from server import auth
+from server import auth, reports
 from server.app import STATE, authorize_request, session_or_404
 from server.checkin import parse_checkin
 from server.errors import UnknownError, ValidationError, describe
@@ -119,7 +119,7 @@ async def on_status(ctx: Context, data: dict[str, Any]) -> None:
 
 async def on_headcount(ctx: Context, data: dict[str, Any]) -> None:
     count = integer(data, "count", 0, 10_000)
-    await ctx.room.headcount(own_site(ctx), count, choice(data, "phase", PHASES), ctx.ref)
+    await reports.headcount(ctx.room, own_site(ctx), count, choice(data, "phase", PHASES), ctx.ref)
 
 
 async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
@@ -135,23 +135,27 @@ async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
         "no_media_s",
     )
     sample = {key: number(data, key) for key in keys if data.get(key) is not None}
-    await ctx.room.quality(own_site(ctx), sample)
+    await reports.quality(ctx.room, own_site(ctx), sample)
 
 
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     reason = choice(data, "reason", HELP_REASONS)
     body = optional_text(data, "text", 500) or ""
-    return {"help_id": await ctx.room.help(own_site(ctx), reason, body, ctx.ref)}
+    return {"help_id": await reports.help_request(ctx.room, own_site(ctx), reason, body, ctx.ref)}
 
 
 async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
-    return {"question_id": await ctx.room.question(own_site(ctx), text(data, "text", 500), ctx.ref)}
+    return {
+        "question_id": await reports.question(
+            ctx.room, own_site(ctx), text(data, "text", 500), ctx.ref
+        )
+    }
 
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {key: data[key] for key in ("name", "ident") if key in data}
     person = parse_checkin(fields, by="operator")  # a person without a phone, at the hall
-    _, created = await ctx.room.checkin(own_site(ctx), person)
+    _, created = await reports.checkin(ctx.room, own_site(ctx), person)
     return {"duplicate": not created}
 
 
@@ -187,7 +191,7 @@ async def on_command(ctx: Context, data: dict[str, Any]) -> None:
 async def on_resolve_help(ctx: Context, data: dict[str, Any]) -> None:
     code = site_of(ctx, data.get("site"))
     help_id = text(data, "help_id", 64)
-    if not await ctx.room.resolve_help(code, help_id, ctx.claims.role.value):
+    if not await reports.resolve_help(ctx.room, code, help_id, ctx.claims.role.value):
         raise UnknownError(f"no open help request {help_id} at {code}", code="unknown_help")
 
 

@@ -1,0 +1,117 @@
+"""What a site reports during a class: headcounts, quality, help requests, questions and
+check-ins. Each is appended to the ledger (durably, before the page gets its ack), then
+patched into the room's live state on every node (server/room.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.checkin import Checkin, dedupe_key
+from server.models import Event, EventKind
+from server.peer import iso, question_wire
+from server.quality import QualityClass, classify_sample
+from server.room import ClassLive, event_id
+
+
+async def headcount(
+    room: ClassLive, code: str, count: int, phase: str, ref: str | None = None
+) -> None:
+    await room.hub.append(
+        room.session.id, EventKind.HEADCOUNT, code, {"count": count, "phase": phase}, ref
+    )
+    state = room.sites[code]
+    await room.patch(code, headcount=count, peak_headcount=max(count, state.peak_headcount or 0))
+
+
+async def quality(room: ClassLive, code: str, sample: dict[str, Any]) -> None:
+    """Record a quality report: live figures now, a ledger sample every ~15 s."""
+    klass = classify_sample(sample)
+    if klass is QualityClass.LOST and not room.live:
+        klass = None  # no lecture, no media: nothing is lost before (or between) lectures
+    value = klass.value if klass else None
+    now = room.hub.clock()
+    if now - room.quality_sampled_at.get(code, 0.0) >= room.hub.limits.quality_event_every_s:
+        room.quality_sampled_at[code] = now
+        await room.hub.append(room.session.id, EventKind.QUALITY, code, {**sample, "class": value})
+    await room.patch(
+        code,
+        quality=value,
+        rtt_ms=sample.get("rtt_ms"),
+        loss_pct=sample.get("loss_pct"),
+        kbps=sample.get("kbps"),
+    )
+
+
+async def help_request(
+    room: ClassLive, code: str, reason: str, text: str, ref: str | None = None
+) -> str:
+    help_id = event_id(room.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
+    if help_id in room.known_help:
+        return help_id  # a resend
+    room.known_help.add(help_id)
+    event = await room.hub.append(
+        room.session.id,
+        EventKind.HELP_REQUESTED,
+        code,
+        {"help_id": help_id, "reason": reason, "text": text},
+        ref,
+    )
+    room.open_help.setdefault(code, set()).add(help_id)
+    await room.patch(code, help_open=len(room.open_help[code]))
+    body = {
+        "type": "help",
+        "site": code,
+        "help_id": help_id,
+        "reason": reason,
+        "text": text,
+        "at": iso(event.at),
+    }
+    await room.broadcast({"roles": ["moderator", "lecturer", "admin"]}, body)
+    return help_id
+
+
+async def resolve_help(room: ClassLive, code: str, help_id: str, by: str) -> bool:
+    if help_id not in room.open_help.get(code, set()):
+        return False
+    await room.hub.append(
+        room.session.id, EventKind.HELP_RESOLVED, code, {"help_id": help_id, "by": by}
+    )
+    room.open_help[code].discard(help_id)
+    await room.patch(code, help_open=len(room.open_help[code]))
+    await room.broadcast({"site": code}, {"type": "help_resolved", "help_id": help_id})
+    return True
+
+
+async def question(room: ClassLive, code: str, text: str, ref: str | None = None) -> str:
+    question_id = event_id(room.session.id, code, EventKind.QUESTION, ref)[:12]
+    if question_id in room.questions:
+        return question_id  # a resend
+    event = await room.hub.append(
+        room.session.id,
+        EventKind.QUESTION,
+        code,
+        {"question_id": question_id, "text": text},
+        ref,
+    )
+    question = question_wire(event)
+    room.questions[question_id] = question
+    await room.broadcast(
+        {"roles": ["moderator", "admin"]},
+        {"type": "question", **question},
+        t="question",
+        question_id=question_id,
+        question=question,
+    )
+    return question_id
+
+
+async def checkin(room: ClassLive, code: str, person: Checkin) -> tuple[Event, bool]:
+    """Count a person once (server/checkin.py: an identifier counts once per class, a name
+    once per site, without diacritics); the ledger keeps the identifier masked."""
+    event = room.hub.event(room.session.id, EventKind.CHECKIN, code, person.event_data())
+    key = dedupe_key(room.session.id, code, person.name, person.ident)
+    stored, created = await room.hub.store.add_checkin(event, key)
+    if created:
+        await room.patch(code, checkins=room.sites[code].checkins + 1)
+    return stored, created
