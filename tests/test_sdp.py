@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from media.errors import CodecMismatchError, SdpError
 from media.sdp import H264, OPUS, VP8, LocalTransport, build_answer, parse_viewer_offer, video_codec
+from tests.chromeoffer import chrome_offer
 
 LOCAL = LocalTransport(
     "ufrag1",
@@ -157,3 +158,41 @@ def test_arbitrary_text_is_an_sdp_error_or_a_codec_error(text):
         parse_viewer_offer("v=0\r\n" + text, {"audio": OPUS, "video": VP8})
     except (SdpError, CodecMismatchError):
         pass
+
+
+FULL_CHROME = chrome_offer("abcd", "abcdefghijklmnopqrstuvwx", ("sha-256", "AA:BB"))
+
+
+@pytest.mark.parametrize("spec", [VP8, H264])
+def test_pruned_parse_negotiates_exactly_what_the_whole_offer_does(spec):
+    from media.sdp import _negotiate, _parse
+
+    tracks = {"audio": OPUS, "video": spec}
+    whole = _negotiate(_parse(FULL_CHROME), tracks)
+    fast = parse_viewer_offer(FULL_CHROME, tracks)
+    assert fast.lines == whole.lines and fast.remote == whole.remote
+    local = {"audio": (1, 2), "video": (3, 4)}
+    fast_answer = build_answer(fast, tracks, LOCAL, local).split("\r\n")
+    whole_answer = build_answer(whole, tracks, LOCAL, local).split("\r\n")
+    del fast_answer[1], whole_answer[1]  # o= carries a random session id
+    assert fast_answer == whole_answer
+
+
+def test_pruned_offer_keeps_only_the_lecture_codec_and_its_rtx():
+    from media.sdp import _prune
+
+    pruned = _prune(FULL_CHROME, {"audio": OPUS, "video": H264})
+    assert "a=candidate:" not in pruned and "a=extmap:" not in pruned
+    assert "VP9" not in pruned and "AV1" not in pruned and "G722" not in pruned
+    assert "a=rtpmap:106 H264/90000" in pruned and "a=fmtp:107 apt=106" in pruned
+    assert "a=rtpmap:99 rtx/90000" not in pruned  # VP9's RTX
+    vp8 = _prune(FULL_CHROME, {"audio": OPUS, "video": VP8})
+    assert len(vp8.splitlines()) < len(FULL_CHROME.splitlines()) / 3
+
+
+def test_codec_mismatch_still_names_every_codec_offered():
+    offer = FULL_CHROME
+    for pt in ("102", "104", "106", "108", "127", "39", "112"):
+        offer = offer.replace(f"a=rtpmap:{pt} H264/90000", f"a=rtpmap:{pt} H265/90000")
+    with pytest.raises(CodecMismatchError, match="VP8, VP9.*AV1"):
+        parse_viewer_offer(offer, {"audio": OPUS, "video": H264})
