@@ -168,6 +168,8 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
     early.reload()
     wait_state(early, "playing")
     assert_frames_rising(early)
+    # ... and shows the headcount it reported before the reload (from `welcome`).
+    assert str(HEADCOUNTS[0]) in early.text_content("#headcount-shown")
     moderator.wait_for_function(
         "(c) => { const x = window.lopso.site(c); return !!x && x.status === 'playing'"
         " && x.rejoins === 1; }", arg=sites[0]["code"])

@@ -95,7 +95,7 @@ class Simulator:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.expected: dict[str, dict[str, Any]] = {}
-        self.sockets: list[Any] = []
+        self.sockets: dict[str, Any] = {}
         self.session: aiohttp.ClientSession | None = None
         self.store: Any = None
         self.tasks: list[asyncio.Task[Any]] = []
@@ -114,7 +114,7 @@ class Simulator:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for ws in self.sockets:
+        for ws in self.sockets.values():
             await ws.close()
         if self.session:
             await self.session.close()
@@ -141,7 +141,7 @@ class Simulator:
                     f"{self.server.url.replace('http', 'ws')}/ws/{self.sid}?token={token}")
                 welcome = json.loads((await ws.receive(timeout=20)).data)
                 assert welcome["type"] == "welcome", welcome
-                self.sockets.append(ws)
+                self.sockets[code] = ws
                 count = 20 + index % 60
                 await ws.send_json({"type": "status", "state": "playing"})
                 await ws.send_json({"type": "headcount", "count": count, "phase": "start"})
@@ -159,8 +159,8 @@ class Simulator:
             await ws.send_json({"type": "quality", "rtt_ms": 80.0 + self.rng.random() * 20,
                                 "loss_pct": 0.5, "kbps": 1200.0, "fps": 25.0})
 
-    async def ask_help(self, index: int) -> None:
-        await self.sockets[index].send_json({"type": "help", "reason": "no_sound", "text": "mất tiếng"})
+    async def ask_help(self, code: str) -> None:
+        await self.sockets[code].send_json({"type": "help", "reason": "no_sound", "text": "mất tiếng"})
 
     # --- sites on the other nodes -------------------------------------------------------------
     async def publish(self, code: str, **patch: Any) -> None:
@@ -240,7 +240,7 @@ def test_wall_of_5000_sites_fed_by_the_real_server(cluster: tuple[LopsoServer, s
         sim.run(sim.connect_sites(ws_codes, tokens), timeout=60)  # also opens the class's room on the server
         ws_s = time.monotonic() - began
         sim.run(sim.populate(fed, offline))
-        sim.run(sim.ask_help(3))
+        sim.run(sim.ask_help(ws_codes[3]))
         for code in never:
             sim.expected[code] = {"status": "never_joined", "quality": None, "headcount": None}
         time.sleep(2.5)  # two batches: the hub has folded every patch
@@ -308,5 +308,41 @@ def test_wall_of_5000_sites_fed_by_the_real_server(cluster: tuple[LopsoServer, s
         # batch is looser than the one on the 95th percentile.
         assert p95 < 100, samples
         assert max(samples) < 250, samples
+
+        drill_down_filter_and_resolve(moderator, sites, ws_codes[3], len(offline))
+        errors = [x for x in browser_pages.console("wall") if x.startswith("pageerror")]
+        assert not errors, errors
     finally:
         sim.stop()
+
+
+def drill_down_filter_and_resolve(moderator: Any, sites: list[tuple[str, str]], helped: str,
+                                  offline: int) -> None:
+    """One click on a tile opens its drill-down (from the REST API); filters narrow the wall;
+    "resolve" in the drill-down closes the help request and its alert."""
+    commune = dict(sites)[helped]
+    moderator.select_option("#filter-commune", commune)
+    in_commune = sum(1 for _, c in sites if c == commune)
+    assert moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length") == in_commune
+    moderator.select_option("#filter-commune", "")
+    moderator.select_option("#filter-alert", "offline")
+    assert moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length") == offline
+    moderator.select_option("#filter-alert", "")
+    moderator.check("#filter-help")
+    assert moderator.evaluate(
+        "Array.from(document.querySelectorAll('.tile:not([hidden])')).map((e) => e.dataset.code)"
+    ) == [helped]
+    moderator.click(f'.tile[data-code="{helped}"]')
+    moderator.wait_for_function("window.lopso.detail() !== null")
+    detail = moderator.evaluate("window.lopso.detail()")
+    assert detail["site"]["code"] == helped and detail["record"]["intervals"]
+    assert [h["reason"] for h in detail["help"]] == ["no_sound"]
+    assert "1" in moderator.text_content("#detail-more")  # the intervals section is drawn
+    moderator.click("#detail-more button[data-help-id]")
+    moderator.wait_for_function("window.lopso.totals.help_open === 0")
+    moderator.wait_for_function(
+        "!window.lopso.openAlerts().some((a) => a.kind === 'help')")
+    resolved = [a for a in moderator.evaluate("window.lopso.incidents()")
+                if a["kind"] == "help" and a["site"] == helped]
+    assert resolved and not resolved[0]["open"] and resolved[0]["resolved_at"]
+    moderator.uncheck("#filter-help")

@@ -101,6 +101,11 @@ function wireChannel(player) {
   ch.on("welcome", function (msg) {
     setLive(player, !!msg.live);
     if (msg.ended || (msg.session && msg.session.ended_at)) endClass(player);
+    // After a reload the operator sees the last count the server has, and the form starts there.
+    if (typeof msg.headcount === "number") {
+      setText($("headcount-shown"), t("site_headcount_shown", { count: msg.headcount }));
+      if (!$("hc-count").value) $("hc-count").value = String(msg.headcount);
+    }
   });
   ch.on("live", function (msg) { setLive(player, !!msg.live); });
   ch.on("class_ended", function () { endClass(player); });

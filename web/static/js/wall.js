@@ -52,6 +52,7 @@ export class Wall {
     /** @type {Map<string, any>} commune → {el, box, head, stats, bar, codes, counts} */
     this.communes = new Map();
     this.counts = emptyCounts();
+    this.shown = 0;
     this.filter = { text: "", status: "", quality: "", commune: "", help: false, alert: null };
     this.compact = false;
     this.onSelect = null;
@@ -76,6 +77,7 @@ export class Wall {
     this.tiles.clear();
     this.communes.clear();
     this.counts = emptyCounts();
+    this.shown = 0;
     this.root.textContent = "";
     const collator = new Intl.Collator(this.lang === "en" ? "en" : "vi", { numeric: true });
     const sorted = sites.slice().sort(function (a, b) {
@@ -160,6 +162,7 @@ export class Wall {
     el.addEventListener("mouseenter", () => { el.title = tileTitle(this.tiles.get(site.code).site, this.lang); });
     g.box.appendChild(el);
     g.codes.push(site.code);
+    this.shown += 1; // a new button is shown until the filter says otherwise
     const tile = { site: {}, klass: "", el: el, name: name, hc: hc, key: "", commune: g };
     this.tiles.set(site.code, tile);
     this.patchTile(tile, site);
@@ -194,29 +197,32 @@ export class Wall {
 
   drawCommune(g) {
     const c = g.counts;
-    const text = t("mod_commune_stats", { playing: c.good + c.non_optimal + c.poor + c.lost,
-      connected: c.connected, expected: c.total, people: c.people });
-    if (g.drawn === text + c.help + c.offline + c.poor + c.lost) return;
-    g.drawn = text + c.help + c.offline + c.poor + c.lost;
-    setText(g.stats, text);
+    setText(g.stats, t("mod_commune_stats", { playing: c.good + c.non_optimal + c.poor + c.lost,
+      connected: c.connected, expected: c.total, people: c.people }));
     // A bar of the tile classes present: readable even when the group is collapsed.
-    g.bar.textContent = "";
-    for (const k of WALL_CLASSES) {
-      if (!c[k]) continue;
+    if (!g.chips) g.chips = this.makeChips(g.bar);
+    for (const k of WALL_CLASSES) this.setChip(g.chips[k], c[k], String(c[k]));
+    this.setChip(g.chips.help, c.help, "⚑ " + c.help);
+    const trouble = String(c.offline + c.poor + c.lost + c.help > 0);
+    if (g.el.getAttribute("data-trouble") !== trouble) g.el.setAttribute("data-trouble", trouble);
+  }
+
+  makeChips(bar) {
+    const chips = {};
+    for (const k of WALL_CLASSES.concat(["help"])) {
       const chip = document.createElement("span");
-      chip.className = "chip";
-      chip.setAttribute("data-wall", k);
-      chip.textContent = String(c[k]);
-      g.bar.appendChild(chip);
+      chip.className = k === "help" ? "chip chip-help" : "chip";
+      if (k !== "help") chip.setAttribute("data-wall", k);
+      chip.hidden = true;
+      bar.appendChild(chip);
+      chips[k] = chip;
     }
-    if (c.help) {
-      const chip = document.createElement("span");
-      chip.className = "chip chip-help";
-      chip.textContent = "⚑ " + c.help;
-      g.bar.appendChild(chip);
-    }
-    const trouble = c.offline + c.poor + c.lost + c.help > 0;
-    g.el.setAttribute("data-trouble", String(trouble));
+    return chips;
+  }
+
+  setChip(chip, n, text) {
+    if (chip.hidden !== !n) chip.hidden = !n;
+    if (n) setText(chip, text);
   }
 
   toggle(name, collapsed) {
@@ -256,7 +262,10 @@ export class Wall {
 
   filterTile(tile) {
     const show = this.matches(tile);
-    if (tile.el.hidden === show) tile.el.hidden = !show;
+    if (tile.el.hidden === show) {
+      tile.el.hidden = !show;
+      this.shown += show ? 1 : -1;
+    }
   }
 
   filterCommune(g) {
@@ -272,10 +281,9 @@ export class Wall {
     this.communes.forEach((g) => this.filterCommune(g));
   }
 
+  /** Tiles the filter shows (kept as tiles are shown and hidden). */
   shownCount() {
-    let n = 0;
-    for (const tile of this.tiles.values()) if (!tile.el.hidden) n += 1;
-    return n;
+    return this.shown;
   }
 
   /** Mark the selected tile (one at a time). */
