@@ -214,6 +214,7 @@ def _store_ctx(state: AppState) -> CleanupCtx:
             live_probe=lambda sid: lecture_live(state, sid),
         )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
+        state.hub.on_site_revoked = lambda sid, code: _close_site_media(state, sid, code)
         await state.hub.resume(time.time())
         try:
             yield
@@ -233,6 +234,17 @@ async def _close_class_media(state: AppState, sid: str) -> None:
         await close_class_media(state, sid)
     except Exception:
         log.exception("could not close the media of an ended class", extra={"sid": sid})
+
+
+async def _close_site_media(state: AppState, sid: str, code: str) -> None:
+    """End this node's WHEP viewers of one site in a class (its join key was rotated)."""
+    for rid, resource in list(state.resources.items()):
+        if resource.sid == sid and resource.site == code:
+            state.resources.pop(rid, None)
+            try:
+                await resource.handle.close()
+            except Exception:
+                log.exception("could not close a revoked viewer", extra={"sid": sid, "site": code})
 
 
 async def lecture_live(state: AppState, sid: str) -> bool:

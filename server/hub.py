@@ -60,6 +60,8 @@ class Hub:
         self.clock = clock
         self.live_probe = live_probe  # is this class's lecture live right now (any node)?
         self.on_class_ended: Callable[[str], Awaitable[None]] | None = None
+        # a site's join key was rotated: close its media in that class (sid, site)
+        self.on_site_revoked: Callable[[str, str], Awaitable[None]] | None = None
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
 

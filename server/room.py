@@ -154,6 +154,9 @@ class ClassLive:
             for peer in list(self.peers):
                 if peer.role is Role.SITE and peer.site_code == message["site"]:
                     peer.shut()
+            if self.hub.on_site_revoked is not None:  # and its media, on every node
+                revoked = self.hub.on_site_revoked(self.session.id, str(message["site"]))
+                self._tasks.append(asyncio.ensure_future(revoked))
 
     def _deliver(self, to: dict[str, Any], body: dict[str, Any]) -> None:
         for peer in list(self.peers):

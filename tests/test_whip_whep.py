@@ -239,3 +239,29 @@ async def test_class_ended_elsewhere_closes_this_nodes_media(app) -> None:
         assert lecture.closed and "c1" not in state.lectures and state.resources == {}
     finally:
         await publisher.close()
+
+
+async def test_rotating_a_join_key_ends_the_sites_viewers(app) -> None:
+    client, state = app
+    publisher, _ = await publish(client)
+    s1, _, _ = await view(client, "S1")
+    s2, _, _ = await view(client, "S2")
+    assert sorted(r.site for r in state.resources.values() if r.kind == "whep") == ["S1", "S2"]
+    await client.get("/api/sessions/c1", headers=bearer(Role.MODERATOR))  # the class's room opens
+    rotated = await client.post(
+        "/api/sites/S1/rotate", headers={"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+    )
+    assert rotated.status == 200
+    for _ in range(60):
+        if "S1" not in {r.site for r in state.resources.values()}:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(r.site for r in state.resources.values() if r.kind == "whep") == ["S2"]
+    late = RTCPeerConnection()
+    late.addTransceiver("video", direction="recvonly")
+    again = await client.post(
+        "/whep/c1/S1", data=await offer_of(late), headers=bearer(Role.SITE, "S1")
+    )
+    assert again.status == 401 and (await again.json())["error"]["code"] == "token_revoked"
+    for pc in (publisher, s1, s2, late):
+        await pc.close()
