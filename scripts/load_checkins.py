@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -308,11 +309,13 @@ async def run_load(
     people = plan(args.checkins, len(sites), args.dup_share)
     targets = [(f"{url}/api/sessions/{sid}/sites/{code}/checkins", token) for code, token in sites]
     async with client_sessions(args.spread, args.concurrency) as sessions:
+        turns = itertools.count()
 
         async def worker(index: int) -> None:
-            http = sessions[index % len(sessions)]
             for person in people:  # a shared iterator: each person is taken once
                 target, token = targets[person.site]
+                # source addresses in turn, so each carries an equal share of the rate
+                http = sessions[next(turns) % len(sessions)]
                 await check_in(http, target, token, person, tally)
 
         started = time.perf_counter()
