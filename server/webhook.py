@@ -43,6 +43,9 @@ from typing import Any
 
 import aiohttp
 
+from server.models import ClassSession
+from server.store.base import Store
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "webhook.json"
@@ -276,7 +279,9 @@ def _write_atomically(path: Path, text: str) -> None:
         os.close(directory)
 
 
-async def class_summary(store: Any, session: Any, now: float | None = None) -> dict[str, Any]:
+async def class_summary(
+    store: Store, session: ClassSession, now: float | None = None
+) -> dict[str, Any]:
     """The end-of-class webhook body: ``{"type": "class_ended", ...exports.to_summary}``.
 
     Derived from the ledger in a worker thread: with 5,000 sites and a quarter of a million
