@@ -5,13 +5,15 @@
 
 Starts `lopso serve --demo-json` on a free port (tests/serverproc.py), drives Debian's headless
 Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site-waiting.png,
-site.png, moderator.png and checkin.png (small: half-scale PNGs).
+site.png, moderator.png (with a site's drill-down open), checkin.png and wall.png (the wall at
+province scale: 5,000 made-up sites fed into the page as one snapshot; small: half-scale PNGs).
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import random
 import sys
 import tempfile
 from typing import Any
@@ -88,7 +90,11 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         moderator.wait_for_function("window.lopso.totals.playing >= 2")
         studio.wait_for_timeout(1500)
         shoot(studio, out, "studio")
+        moderator.click(f'.tile[data-code="{demo["sites"][1]["code"]}"]')
+        moderator.wait_for_function("window.lopso.detail() !== null")
+        moderator.wait_for_timeout(300)
         shoot(moderator, out, "moderator")
+        province_wall(browser, demo["moderator"]["url"], out, scale)
 
         site_page = players[0]
         checkin_url = site_page.get_attribute("#checkin-link", "href")
@@ -97,6 +103,47 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         phone.fill("#name", "Nguyễn Thị Hoa")
         shoot(phone, out, "checkin")
         browser.close()
+
+
+COMMUNE_WORDS = ("An", "Bình", "Cường", "Đông", "Hòa", "Hưng", "Lạc", "Minh", "Nam", "Phú")
+
+
+def province_sites(count: int = 5000, communes: int = 104) -> list[dict[str, Any]]:
+    """Made-up site states for a picture of the province wall (never used as test data)."""
+    rng = random.Random(7)
+    weights = (("playing", "good", 70), ("playing", "non_optimal", 10), ("playing", "poor", 5),
+               ("playing", "lost", 2), ("waiting", None, 3), ("reconnecting", None, 2),
+               ("offline", None, 3), ("never_joined", None, 5))
+    bag = [(st, q) for st, q, w in weights for _ in range(w)]
+    sites = []
+    for i in range(count):
+        c = i % communes
+        status, quality = rng.choice(bag)
+        joined = status != "never_joined"
+        sites.append({"code": f"HY-{c + 1:03d}-{i // communes + 1:03d}",
+                      "name": f"Nhà văn hóa thôn {COMMUNE_WORDS[i % 10]} {i // communes + 1}",
+                      "commune": f"Xã {COMMUNE_WORDS[c % 10]} {COMMUNE_WORDS[c // 10 % 10]} {c + 1}",
+                      "status": status, "quality": quality,
+                      "headcount": rng.randrange(20, 90) if joined else None,
+                      "peak_headcount": None, "rtt_ms": None, "loss_pct": None, "kbps": None,
+                      "rejoins": 0, "since": None, "help_open": int(rng.random() < 0.004),
+                      "checkins": 0})
+    return sites
+
+
+def province_wall(browser: Any, url: str, out: pathlib.Path, scale: float) -> None:
+    page = new_page(browser, {"width": 1600, "height": 1000}, scale)
+    page.goto(url)
+    page.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+    sites = province_sites()
+    totals = {"expected": len(sites),
+              "connected": sum(s["status"] not in ("offline", "never_joined") for s in sites),
+              "playing": sum(s["status"] == "playing" for s in sites),
+              "people": sum(s["headcount"] or 0 for s in sites),
+              "help_open": sum(s["help_open"] for s in sites)}
+    page.evaluate("(m) => window.lopso.feed(m)", {"type": "sites", "sites": sites, "totals": totals,
+                                                  "alerts": [], "incidents": []})
+    shoot(page, out, "wall")  # at once: the demo class's own updates would follow
 
 
 def main(argv: list[str] | None = None) -> int:
