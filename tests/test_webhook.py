@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from serverproc import LopsoServer
 
 from server import attendance, exports
 from server.models import ClassSession, Event, EventKind, Site
@@ -287,3 +289,38 @@ async def test_class_summary_is_the_export_summary(tmp_path: Path) -> None:
     expected = exports.to_summary(attendance.derive(session, sites, events, 5_000.0))
     rest = {k: v for k, v in summary.items() if k != "type"}
     assert json.loads(json.dumps(rest)) == json.loads(json.dumps(expected))
+
+
+# --- through lopso serve ---------------------------------------------------------------------
+
+
+async def test_lopso_serve_posts_the_summary_when_a_class_ends(
+    tmp_path: Path, receiver_factory: Any
+) -> None:
+    receiver = await receiver_factory([503])  # fails once: the server retries it
+    env = {"LOPSO_WEBHOOK_URL": receiver.url, "LOPSO_WEBHOOK_SECRET": SECRET.decode()}
+    server = LopsoServer(tmp_path, demo_sites=3, env=env)
+    await asyncio.to_thread(server.start)
+    try:
+        sid = server.demo["session_id"]
+        site = server.demo["sites"][0]
+        async with aiohttp.ClientSession() as http:
+            checkin = f"{server.url}/api/sessions/{sid}/sites/{site['code']}/checkins"
+            auth = {"Authorization": f"Bearer {site['token']}"}
+            async with http.post(checkin, json={"name": "Trần Thị Bình"}, headers=auth) as reply:
+                assert reply.status == 201
+            lecturer = {"Authorization": f"Bearer {server.demo['lecturer']['token']}"}
+            for _ in range(2):  # ending twice posts once
+                async with http.post(f"{server.url}/api/sessions/{sid}/end", headers=lecturer) as r:
+                    assert r.status == 200
+        await asyncio.wait_for(receiver.acked.wait(), 20)
+        await asyncio.sleep(0.5)
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert len(receiver.hits) == 2, server.log()
+    body = receiver.hits[-1]["body"]
+    assert verify_signature(SECRET, body, receiver.hits[-1]["headers"][SIGNATURE_HEADER])
+    summary = json.loads(body)
+    assert summary["type"] == "class_ended" and summary["session"]["id"] == sid
+    assert summary["province"]["checkins"] == 1
+    assert summary["window"]["ended"] is True
