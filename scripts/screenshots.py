@@ -29,8 +29,12 @@ PHONE = {"width": 390, "height": 720}
 
 
 def new_page(browser: Any, viewport: dict[str, int], scale: float) -> Any:
-    context = browser.new_context(permissions=["camera", "microphone"], viewport=viewport,
-                                  device_scale_factor=scale, locale="vi-VN")
+    context = browser.new_context(
+        permissions=["camera", "microphone"],
+        viewport=viewport,
+        device_scale_factor=scale,
+        locale="vi-VN",
+    )
     context.set_default_timeout(30_000)
     return context.new_page()
 
@@ -38,16 +42,21 @@ def new_page(browser: Any, viewport: dict[str, int], scale: float) -> Any:
 def shoot(page: Any, out: pathlib.Path, name: str) -> None:
     path = out / f"{name}.png"
     page.screenshot(path=str(path))
-    print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
-          f"{path.stat().st_size // 1024} KiB")
+    print(
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+        f"{path.stat().st_size // 1024} KiB"
+    )
 
 
 def run(out: pathlib.Path, sites: int, scale: float) -> None:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, LopsoServer(pathlib.Path(tmp), demo_sites=sites) as srv, \
-            sync_playwright() as pw:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LopsoServer(pathlib.Path(tmp), demo_sites=sites) as srv,
+        sync_playwright() as pw,
+    ):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         demo = srv.demo
         landing = new_page(browser, DESKTOP, scale)
@@ -111,23 +120,40 @@ COMMUNE_WORDS = ("An", "Bình", "Cường", "Đông", "Hòa", "Hưng", "Lạc", 
 def province_sites(count: int = 5000, communes: int = 104) -> list[dict[str, Any]]:
     """Made-up site states for a picture of the province wall (never used as test data)."""
     rng = random.Random(7)
-    weights = (("playing", "good", 70), ("playing", "non_optimal", 10), ("playing", "poor", 5),
-               ("playing", "lost", 2), ("waiting", None, 3), ("reconnecting", None, 2),
-               ("offline", None, 3), ("never_joined", None, 5))
+    weights = (
+        ("playing", "good", 70),
+        ("playing", "non_optimal", 10),
+        ("playing", "poor", 5),
+        ("playing", "lost", 2),
+        ("waiting", None, 3),
+        ("reconnecting", None, 2),
+        ("offline", None, 3),
+        ("never_joined", None, 5),
+    )
     bag = [(st, q) for st, q, w in weights for _ in range(w)]
     sites = []
     for i in range(count):
         c = i % communes
         status, quality = rng.choice(bag)
         joined = status != "never_joined"
-        sites.append({"code": f"HY-{c + 1:03d}-{i // communes + 1:03d}",
-                      "name": f"Nhà văn hóa thôn {COMMUNE_WORDS[i % 10]} {i // communes + 1}",
-                      "commune": f"Xã {COMMUNE_WORDS[c % 10]} {COMMUNE_WORDS[c // 10 % 10]} {c + 1}",
-                      "status": status, "quality": quality,
-                      "headcount": rng.randrange(20, 90) if joined else None,
-                      "peak_headcount": None, "rtt_ms": None, "loss_pct": None, "kbps": None,
-                      "rejoins": 0, "since": None, "help_open": int(rng.random() < 0.004),
-                      "checkins": 0})
+        sites.append(
+            {
+                "code": f"HY-{c + 1:03d}-{i // communes + 1:03d}",
+                "name": f"Nhà văn hóa thôn {COMMUNE_WORDS[i % 10]} {i // communes + 1}",
+                "commune": f"Xã {COMMUNE_WORDS[c % 10]} {COMMUNE_WORDS[c // 10 % 10]} {c + 1}",
+                "status": status,
+                "quality": quality,
+                "headcount": rng.randrange(20, 90) if joined else None,
+                "peak_headcount": None,
+                "rtt_ms": None,
+                "loss_pct": None,
+                "kbps": None,
+                "rejoins": 0,
+                "since": None,
+                "help_open": int(rng.random() < 0.004),
+                "checkins": 0,
+            }
+        )
     return sites
 
 
@@ -136,13 +162,17 @@ def province_wall(browser: Any, url: str, out: pathlib.Path, scale: float) -> No
     page.goto(url)
     page.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
     sites = province_sites()
-    totals = {"expected": len(sites),
-              "connected": sum(s["status"] not in ("offline", "never_joined") for s in sites),
-              "playing": sum(s["status"] == "playing" for s in sites),
-              "people": sum(s["headcount"] or 0 for s in sites),
-              "help_open": sum(s["help_open"] for s in sites)}
-    page.evaluate("(m) => window.lopso.feed(m)", {"type": "sites", "sites": sites, "totals": totals,
-                                                  "alerts": [], "incidents": []})
+    totals = {
+        "expected": len(sites),
+        "connected": sum(s["status"] not in ("offline", "never_joined") for s in sites),
+        "playing": sum(s["status"] == "playing" for s in sites),
+        "people": sum(s["headcount"] or 0 for s in sites),
+        "help_open": sum(s["help_open"] for s in sites),
+    }
+    page.evaluate(
+        "(m) => window.lopso.feed(m)",
+        {"type": "sites", "sites": sites, "totals": totals, "alerts": [], "incidents": []},
+    )
     shoot(page, out, "wall")  # at once: the demo class's own updates would follow
 
 

@@ -85,9 +85,15 @@ class Alert:
 
     def wire(self) -> dict[str, Any]:
         """The protocol's alert object."""
-        return {"id": self.id, "kind": self.kind.value, "site": self.site,
-                "since": _iso(self.since), "opened_at": _iso(self.opened_at),
-                "resolved_at": _iso(self.resolved_at), "open": self.open}
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "site": self.site,
+            "since": _iso(self.since),
+            "opened_at": _iso(self.opened_at),
+            "resolved_at": _iso(self.resolved_at),
+            "open": self.open,
+        }
 
 
 def _iso(at: float | None) -> str | None:
@@ -144,8 +150,9 @@ class AlertBook:
         began = self._poor_since.setdefault(site.code, now)
         return began if now - began > self.rules.poor_after_s else None
 
-    def _settle(self, now: float, code: str, kind: AlertKind, since: float | None,
-                changed: list[Alert]) -> None:
+    def _settle(
+        self, now: float, code: str, kind: AlertKind, since: float | None, changed: list[Alert]
+    ) -> None:
         key = (code, kind)
         current = self._open.get(key)
         if since is not None and current is None:

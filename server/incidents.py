@@ -34,10 +34,19 @@ def help_requests(events: Iterable[Event]) -> list[dict[str, Any]]:
     for event in _of(events, EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED):
         help_id = str(event.data.get("help_id", ""))
         if event.kind is EventKind.HELP_REQUESTED:
-            requests.setdefault(help_id, {
-                "type": "help", "site": event.site_code, "help_id": help_id,
-                "reason": event.data.get("reason", "other"), "text": event.data.get("text", ""),
-                "at": iso(event.at), "resolved_at": None, "resolved_by": None})
+            requests.setdefault(
+                help_id,
+                {
+                    "type": "help",
+                    "site": event.site_code,
+                    "help_id": help_id,
+                    "reason": event.data.get("reason", "other"),
+                    "text": event.data.get("text", ""),
+                    "at": iso(event.at),
+                    "resolved_at": None,
+                    "resolved_by": None,
+                },
+            )
         elif help_id in requests and requests[help_id]["resolved_at"] is None:
             requests[help_id].update(resolved_at=iso(event.at), resolved_by=event.data.get("by"))
     return list(requests.values())
@@ -45,35 +54,50 @@ def help_requests(events: Iterable[Event]) -> list[dict[str, Any]]:
 
 def open_help(events: Iterable[Event]) -> list[dict[str, Any]]:
     """The help requests not resolved yet, as `help` messages (protocol shape), oldest first."""
-    return [{k: v for k, v in r.items() if k not in ("resolved_at", "resolved_by")}
-            for r in help_requests(events) if r["resolved_at"] is None]
+    return [
+        {k: v for k, v in r.items() if k not in ("resolved_at", "resolved_by")}
+        for r in help_requests(events)
+        if r["resolved_at"] is None
+    ]
 
 
 def headcounts(events: Iterable[Event]) -> list[dict[str, Any]]:
     """Headcount reports: `at`, `count`, `phase`."""
-    return [{"at": iso(e.at), "count": e.data.get("count"), "phase": e.data.get("phase", "other")}
-            for e in _of(events, EventKind.HEADCOUNT)]
+    return [
+        {"at": iso(e.at), "count": e.data.get("count"), "phase": e.data.get("phase", "other")}
+        for e in _of(events, EventKind.HEADCOUNT)
+    ]
 
 
 def checkins(events: Iterable[Event], limit: int = 500) -> dict[str, Any]:
     """Check-ins: the count, and the latest `limit` (name and how; never the identifier)."""
     found = _of(events, EventKind.CHECKIN)
-    latest = [{"at": iso(e.at), "name": e.data.get("name", ""), "by": e.data.get("by", "qr")}
-              for e in found[-limit:]]
+    latest = [
+        {"at": iso(e.at), "name": e.data.get("name", ""), "by": e.data.get("by", "qr")}
+        for e in found[-limit:]
+    ]
     return {"count": len(found), "latest": latest[::-1]}
 
 
 def questions(events: Iterable[Event]) -> list[dict[str, Any]]:
     """Questions the site asked: `question_id`, `text`, `at`."""
-    return [{"question_id": e.data.get("question_id"), "text": e.data.get("text", ""),
-             "at": iso(e.at)} for e in _of(events, EventKind.QUESTION)]
+    return [
+        {"question_id": e.data.get("question_id"), "text": e.data.get("text", ""), "at": iso(e.at)}
+        for e in _of(events, EventKind.QUESTION)
+    ]
 
 
 def quality_samples(events: Iterable[Event], limit: int = 120) -> list[dict[str, Any]]:
     """The latest `limit` quality samples (class and figures), oldest first."""
     found = _of(events, EventKind.QUALITY)[-limit:]
-    return [{"at": iso(e.at), "class": e.data.get("class"),
-             **{k: e.data.get(k) for k in QUALITY_FIELDS}} for e in found]
+    return [
+        {
+            "at": iso(e.at),
+            "class": e.data.get("class"),
+            **{k: e.data.get(k) for k in QUALITY_FIELDS},
+        }
+        for e in found
+    ]
 
 
 __all__ = ["checkins", "headcounts", "help_requests", "open_help", "quality_samples", "questions"]

@@ -23,7 +23,9 @@ class Site:
     help_open: int = 0
 
 
-def run(steps: list[tuple[float, dict[str, object]]], code: str = "S1") -> tuple[AlertBook, list[tuple[float, str, str]]]:
+def run(
+    steps: list[tuple[float, dict[str, object]]], code: str = "S1"
+) -> tuple[AlertBook, list[tuple[float, str, str]]]:
     """Evaluate once per second from the first step's time to the last; `steps` change the
     site at their time (relative to START). Returns the book and (t, kind, opened|resolved)."""
     book = AlertBook(START)
@@ -56,19 +58,31 @@ CASES = {
         [(-900.0, "not_joined", "opened"), (-600.0, "not_joined", "resolved")],
     ),
     "offline 60 s is not yet an alert": (
-        [(0.0, {"status": "playing", "since": 0.0}), (10.0, {"status": "offline", "since": 10.0}),
-         (70.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0}),
+            (10.0, {"status": "offline", "since": 10.0}),
+            (70.0, {}),
+        ],
         [],
     ),
     "offline more than 60 s, then back": (
-        [(0.0, {"status": "playing", "since": 0.0}), (10.0, {"status": "offline", "since": 10.0}),
-         (100.0, {"status": "playing", "since": 100.0}), (101.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0}),
+            (10.0, {"status": "offline", "since": 10.0}),
+            (100.0, {"status": "playing", "since": 100.0}),
+            (101.0, {}),
+        ],
         [(71.0, "offline", "opened"), (100.0, "offline", "resolved")],
     ),
     "short drops never alert": (
-        [(0.0, {"status": "playing", "since": 0.0}), (5.0, {"status": "offline", "since": 5.0}),
-         (40.0, {"status": "playing", "since": 40.0}), (50.0, {"status": "offline", "since": 50.0}),
-         (100.0, {"status": "playing", "since": 100.0}), (200.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0}),
+            (5.0, {"status": "offline", "since": 5.0}),
+            (40.0, {"status": "playing", "since": 40.0}),
+            (50.0, {"status": "offline", "since": 50.0}),
+            (100.0, {"status": "playing", "since": 100.0}),
+            (200.0, {}),
+        ],
         [],
     ),
     "poor for 2 min": (
@@ -76,30 +90,47 @@ CASES = {
         [(121.0, "poor", "opened")],
     ),
     "lost counts as poor, recovery resolves": (
-        [(0.0, {"status": "playing", "since": 0.0, "quality": "lost"}),
-         (150.0, {"quality": "good"}), (151.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0, "quality": "lost"}),
+            (150.0, {"quality": "good"}),
+            (151.0, {}),
+        ],
         [(121.0, "poor", "opened"), (150.0, "poor", "resolved")],
     ),
     "poor interrupted by non_optimal starts over": (
-        [(0.0, {"status": "playing", "since": 0.0, "quality": "poor"}),
-         (100.0, {"quality": "non_optimal"}), (101.0, {"quality": "poor"}), (200.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0, "quality": "poor"}),
+            (100.0, {"quality": "non_optimal"}),
+            (101.0, {"quality": "poor"}),
+            (200.0, {}),
+        ],
         [],
     ),
     "going offline ends poor; offline takes over": (
-        [(0.0, {"status": "playing", "since": 0.0, "quality": "poor"}),
-         (130.0, {"status": "offline", "since": 130.0}), (200.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0, "quality": "poor"}),
+            (130.0, {"status": "offline", "since": 130.0}),
+            (200.0, {}),
+        ],
         [(121.0, "poor", "opened"), (130.0, "poor", "resolved"), (191.0, "offline", "opened")],
     ),
     "help request opens at once, resolving closes it": (
-        [(0.0, {"status": "playing", "since": 0.0}), (5.0, {"help_open": 1}),
-         (9.0, {"help_open": 2}), (20.0, {"help_open": 0}), (21.0, {})],
+        [
+            (0.0, {"status": "playing", "since": 0.0}),
+            (5.0, {"help_open": 1}),
+            (9.0, {"help_open": 2}),
+            (20.0, {"help_open": 0}),
+            (21.0, {}),
+        ],
         [(5.0, "help", "opened"), (20.0, "help", "resolved")],
     ),
 }
 
 
 @pytest.mark.parametrize("steps, expected", CASES.values(), ids=list(CASES))
-def test_rules(steps: list[tuple[float, dict[str, object]]], expected: list[tuple[float, str, str]]) -> None:
+def test_rules(
+    steps: list[tuple[float, dict[str, object]]], expected: list[tuple[float, str, str]]
+) -> None:
     _, events = run(steps)
     assert events == expected
 
@@ -121,9 +152,14 @@ def test_incident_log_keeps_sites_that_dropped_most_recent_first() -> None:
     assert log[1].since == START + 10 and log[1].opened_at == START + 80
     assert [x.site for x in book.open_alerts()] == ["B"]
     assert book.incidents(site="A")[0].wire() == {
-        "id": f"offline:A:{int(START + 10)}", "kind": "offline", "site": "A",
-        "since": "2027-01-15T08:00:10Z", "opened_at": "2027-01-15T08:01:20Z",
-        "resolved_at": "2027-01-15T08:01:35Z", "open": False}
+        "id": f"offline:A:{int(START + 10)}",
+        "kind": "offline",
+        "site": "A",
+        "since": "2027-01-15T08:00:10Z",
+        "opened_at": "2027-01-15T08:01:20Z",
+        "resolved_at": "2027-01-15T08:01:35Z",
+        "open": False,
+    }
 
 
 def test_an_alert_is_reported_once_while_it_stays_open() -> None:
@@ -157,8 +193,16 @@ def test_rebuilt_after_restart_an_offline_site_keeps_its_drop_time() -> None:
 
 
 def test_5000_sites_evaluate_quickly() -> None:
-    sites = [Site(f"S{i}", ("playing", "offline", "never_joined")[i % 3], START,
-                  ("good", "poor", None)[i % 3], i % 7 == 0) for i in range(5000)]
+    sites = [
+        Site(
+            f"S{i}",
+            ("playing", "offline", "never_joined")[i % 3],
+            START,
+            ("good", "poor", None)[i % 3],
+            i % 7 == 0,
+        )
+        for i in range(5000)
+    ]
     book = AlertBook(START)
     book.evaluate(START + 200, sites)
     began = time.perf_counter()

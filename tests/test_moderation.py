@@ -21,7 +21,10 @@ BATCH = 0.1
 
 @pytest.fixture
 async def app(tmp_path: Path):
-    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=5.0) as (client, state):
+    async with running_app(tmp_path, batch_interval_s=BATCH, ws_idle_timeout_s=5.0) as (
+        client,
+        state,
+    ):
         await seed(client, sites=("S1", "S2", "S3"))
         yield client, state
 
@@ -30,8 +33,9 @@ def bearer(role: Role, site: str | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(role, 'c1', site)}"}
 
 
-async def get_json(client: Any, path: str, role: Role = Role.MODERATOR, status: int = 200,
-                   site: str | None = None) -> dict[str, Any]:
+async def get_json(
+    client: Any, path: str, role: Role = Role.MODERATOR, status: int = 200, site: str | None = None
+) -> dict[str, Any]:
     reply = await client.get(path, headers=bearer(role, site))
     assert reply.status == status, await reply.text()
     return await reply.json()
@@ -52,8 +56,9 @@ async def busy_site(client: Any) -> tuple[Any, str]:
     await site.send_json({"type": "quality", "rtt_ms": 120, "loss_pct": 15.0, "kbps": 90})
     await call(site, {"type": "checkin", "name": "Nguyễn Văn An", "ident": "0912", "id": "c1"})
     await call(site, {"type": "question", "text": "Cài Zalo thế nào?", "id": "q1"})
-    help_id = (await call(site, {"type": "help", "reason": "no_sound", "text": "mất tiếng",
-                                 "id": "x1"}))["help_id"]
+    help_id = (
+        await call(site, {"type": "help", "reason": "no_sound", "text": "mất tiếng", "id": "x1"})
+    )["help_id"]
     return site, help_id
 
 
@@ -74,7 +79,8 @@ async def test_drill_down_shows_intervals_stats_headcounts_checkins_help(app) ->
     assert body["checkins"]["latest"][0]["name"] == "Nguyễn Văn An"
     assert "ident" not in body["checkins"]["latest"][0]  # not shown: the report needs no more
     assert [(h["help_id"], h["reason"], h["resolved_at"]) for h in body["help"]] == [
-        (help_id, "no_sound", None)]
+        (help_id, "no_sound", None)
+    ]
     assert [q["text"] for q in body["questions"]] == ["Cài Zalo thế nào?"]
     assert [q["class"] for q in body["quality"]] == ["poor"]
     assert [(a["kind"], a["open"]) for a in body["alerts"]] == [("help", True)]
@@ -89,12 +95,17 @@ async def test_resolved_help_closes_its_alert_and_stays_in_the_incident_log(app)
     await asyncio.sleep(3 * BATCH)  # the help alert opens
     await call(mod, {"type": "resolve_help", "site": "S1", "help_id": help_id, "id": "r1"})
     await receive(site, "help_resolved")
-    update = await receive(mod, "sites_update", where=lambda m: any(
-        a["kind"] == "help" and not a["open"] for a in m.get("alerts", [])))
+    update = await receive(
+        mod,
+        "sites_update",
+        where=lambda m: any(a["kind"] == "help" and not a["open"] for a in m.get("alerts", [])),
+    )
     (alert,) = [a for a in update["alerts"] if a["kind"] == "help"]
     assert alert["site"] == "S1" and alert["resolved_at"] is not None
     body = await get_json(client, "/api/sessions/c1/sites/S1")
-    assert body["help"][0]["resolved_at"] is not None and body["help"][0]["resolved_by"] == "moderator"
+    assert (
+        body["help"][0]["resolved_at"] is not None and body["help"][0]["resolved_by"] == "moderator"
+    )
     assert body["alerts"] == [] and [a["kind"] for a in body["incidents"]] == ["help"]
     await site.close()
     await mod.close()
@@ -121,11 +132,17 @@ async def test_a_moderator_connecting_gets_open_alerts_and_open_help(app) -> Non
     await asyncio.sleep(3 * BATCH)
     mod = await connect(client, Role.MODERATOR)
     snapshot = await receive(mod, "sites")
-    assert {(a["site"], a["kind"]) for a in snapshot["alerts"]} >= {("S2", "not_joined"),
-                                                                     ("S1", "help")}
+    assert {(a["site"], a["kind"]) for a in snapshot["alerts"]} >= {
+        ("S2", "not_joined"),
+        ("S1", "help"),
+    }
     assert all(a["open"] for a in snapshot["alerts"]) and snapshot["incidents"]
     help_msg = await receive(mod, "help")
-    assert (help_msg["site"], help_msg["help_id"], help_msg["reason"]) == ("S1", help_id, "no_sound")
+    assert (help_msg["site"], help_msg["help_id"], help_msg["reason"]) == (
+        "S1",
+        help_id,
+        "no_sound",
+    )
     await site.close()
     await mod.close()
 
@@ -150,8 +167,11 @@ async def test_sites_update_carries_alerts_once_per_batch(app) -> None:
     await asyncio.sleep(3 * BATCH)  # S2 is not_joined
     site = await connect(client, Role.SITE, "S2")
     await receive(site, "welcome")
-    update = await receive(mod, "sites_update", where=lambda m: any(
-        a["site"] == "S2" and not a["open"] for a in m.get("alerts", [])))
+    update = await receive(
+        mod,
+        "sites_update",
+        where=lambda m: any(a["site"] == "S2" and not a["open"] for a in m.get("alerts", [])),
+    )
     (alert,) = [a for a in update["alerts"] if a["site"] == "S2"]
     assert alert["kind"] == "not_joined"  # resolved by the join
     started = time.monotonic()
@@ -160,22 +180,25 @@ async def test_sites_update_carries_alerts_once_per_batch(app) -> None:
         try:
             await receive(mod, "sites_update", timeout=BATCH)
             count += 1
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
     assert count <= 7  # at most one per batch, and none when nothing changed
     await site.close()
     await mod.close()
 
 
-@pytest.mark.parametrize("path, role, site, status, code", [
-    ("/api/sessions/c1/sites/S1", Role.SITE, "S1", 403, "wrong_role"),
-    ("/api/sessions/c1/sites/S1", Role.LECTURER, None, 403, "wrong_role"),
-    ("/api/sessions/c1/sites/NOPE", Role.MODERATOR, None, 404, "unknown_site"),
-    ("/api/sessions/zz/sites/S1", Role.ADMIN, None, 404, "unknown_class"),
-    ("/api/sessions/c1/incidents?limit=0", Role.MODERATOR, None, 400, "bad_field"),
-    ("/api/sessions/c1/incidents?site=NOPE", Role.MODERATOR, None, 404, "unknown_site"),
-    ("/api/sessions/c1/incidents", Role.PARTICIPANT, "S1", 403, "wrong_role"),
-])
+@pytest.mark.parametrize(
+    "path, role, site, status, code",
+    [
+        ("/api/sessions/c1/sites/S1", Role.SITE, "S1", 403, "wrong_role"),
+        ("/api/sessions/c1/sites/S1", Role.LECTURER, None, 403, "wrong_role"),
+        ("/api/sessions/c1/sites/NOPE", Role.MODERATOR, None, 404, "unknown_site"),
+        ("/api/sessions/zz/sites/S1", Role.ADMIN, None, 404, "unknown_class"),
+        ("/api/sessions/c1/incidents?limit=0", Role.MODERATOR, None, 400, "bad_field"),
+        ("/api/sessions/c1/incidents?site=NOPE", Role.MODERATOR, None, 404, "unknown_site"),
+        ("/api/sessions/c1/incidents", Role.PARTICIPANT, "S1", 403, "wrong_role"),
+    ],
+)
 async def test_errors(app, path: str, role: Role, site: str | None, status: int, code: str) -> None:
     client, _ = app
     sid = "zz" if "/zz/" in path else "c1"

@@ -75,11 +75,13 @@ async def class_incidents(request: web.Request) -> web.Response:
     if code is not None and code not in room.sites:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     limit = _limit(request)
-    return web.json_response({
-        "session_id": session.id,
-        "open": [a.wire() for a in room.alerts.open_alerts(code)][:limit],
-        "incidents": [a.wire() for a in room.alerts.incidents(code, limit)],
-    })
+    return web.json_response(
+        {
+            "session_id": session.id,
+            "open": [a.wire() for a in room.alerts.open_alerts(code)][:limit],
+            "incidents": [a.wire() for a in room.alerts.incidents(code, limit)],
+        }
+    )
 
 
 def add_routes(app: web.Application) -> None:
