@@ -81,7 +81,7 @@ class LopsoCluster:
         for i in range(self.n_edges):
             self.edges.append(self._node(f"edge{i + 1}", "edge", 0, {}))
         for i, j in self.upstreams.items():
-            self.edges[i].env["LOPSO_UPSTREAM_URL"] = self.edges[j].url
+            self.edges[i].extra_args += ["--upstream-url", self.edges[j].url]
         for edge in self.edges:
             edge.start()
 
