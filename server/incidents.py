@@ -29,9 +29,14 @@ def _of(events: Iterable[Event], *kinds: EventKind) -> list[Event]:
 
 
 def help_requests(events: Iterable[Event]) -> list[dict[str, Any]]:
-    """Every help request with `resolved_at` / `resolved_by` (None while open)."""
+    """Every help request with `resolved_at` / `resolved_by` (None while open).
+
+    Requests are read before resolutions, so a resolution stamped earlier than its request
+    (two nodes whose clocks disagree) still closes it."""
     requests: dict[str, dict[str, Any]] = {}
-    for event in _of(events, EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED):
+    found = _of(events, EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED)
+    found.sort(key=lambda e: e.kind is EventKind.HELP_RESOLVED)  # stable: times kept in order
+    for event in found:
         help_id = str(event.data.get("help_id", ""))
         if event.kind is EventKind.HELP_REQUESTED:
             requests.setdefault(

@@ -218,3 +218,48 @@ async def test_ledger_is_what_the_drill_down_reads(app) -> None:
     body = await get_json(client, "/api/sessions/c1/sites/S1")
     assert body["live"]["status"] == "offline"
     assert body["record"]["intervals"][0]["open"] is False
+
+
+def _event(kind: EventKind, at: float, **data: Any) -> Any:
+    from server.models import Event
+
+    return Event("c1", kind, at, "S1", data, id=f"{kind.value}-{at}")
+
+
+@pytest.mark.parametrize(
+    "events, open_ids, resolved",
+    [
+        ([], [], {}),
+        ([(EventKind.HELP_REQUESTED, 10.0, "h1")], ["h1"], {}),
+        (
+            [(EventKind.HELP_REQUESTED, 10.0, "h1"), (EventKind.HELP_RESOLVED, 20.0, "h1")],
+            [],
+            {"h1": "1970-01-01T00:00:20Z"},
+        ),
+        # the resolving node's clock is behind: its event is stamped before the request
+        (
+            [(EventKind.HELP_RESOLVED, 8.0, "h1"), (EventKind.HELP_REQUESTED, 10.0, "h1")],
+            [],
+            {"h1": "1970-01-01T00:00:08Z"},
+        ),
+        (
+            [
+                (EventKind.HELP_REQUESTED, 10.0, "h1"),
+                (EventKind.HELP_REQUESTED, 12.0, "h2"),
+                (EventKind.HELP_RESOLVED, 20.0, "h1"),
+                (EventKind.HELP_RESOLVED, 21.0, "h1"),  # twice: the first one counts
+                (EventKind.HELP_RESOLVED, 22.0, "zz"),  # unknown: ignored
+            ],
+            ["h2"],
+            {"h1": "1970-01-01T00:00:20Z"},
+        ),
+    ],
+)
+def test_help_requests_from_the_ledger(events, open_ids, resolved) -> None:
+    from server.incidents import help_requests, open_help
+
+    ledger = [_event(kind, at, help_id=h, reason="other", by="moderator") for kind, at, h in events]
+    assert [h["help_id"] for h in open_help(ledger)] == open_ids
+    assert {
+        h["help_id"]: h["resolved_at"] for h in help_requests(ledger) if h["resolved_at"]
+    } == resolved

@@ -189,6 +189,7 @@ export class Wall {
     if (old.name !== site.name || old.code !== site.code) {
       tile.key = (site.name + " " + site.code + " " + (site.commune || "")).toLowerCase();
       setText(tile.name, shortName(site.name));
+      el.setAttribute("aria-label", site.name + " (" + site.code + ")"); // small tiles show no text
     }
     if (old.headcount !== site.headcount) {
       setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: site.headcount }) : "");
