@@ -294,6 +294,8 @@ async def test_an_edge_pulls_from_another_edge_and_links_drop_when_the_last_view
 async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_a_redis_restart(
     tmp_path: Path,
 ) -> None:
+    from media.loadviewer import LoadViewer
+
     loadgen = load_script("loadgen")
     with LopsoCluster(tmp_path, edges=1, sites=2) as cluster:
         demo, sid = cluster.demo, cluster.demo["session_id"]
@@ -318,6 +320,23 @@ async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_
                     second.playing, 20, "a site joining after Redis restarted", cluster
                 )
                 assert second.node_id == "edge1" and first.playing() and first.reconnects == 0
+
+                # a viewer's DELETE through the origin reaches the edge serving it
+                viewer = LoadViewer()
+                await viewer.start()
+                try:
+                    location = await viewer.whep(
+                        http, cluster.origin.url + links[1].whep_path, links[1].token
+                    )
+                    assert location.startswith(f"{cluster.origin.url}/whep/{sid}/")
+                    assert location.split("/")[-1].startswith("edge1.")
+                    site_token = {"Authorization": f"Bearer {links[1].token}"}
+                    async with http.delete(location, headers=site_token) as reply:
+                        assert reply.status == 200, await reply.text()
+                    async with http.delete(location, headers=site_token) as reply:
+                        assert reply.status == 404
+                finally:
+                    await viewer.close()
 
                 # the lecturer's DELETE through the edge reaches the origin
                 token = {"Authorization": f"Bearer {demo['lecturer']['token']}"}
