@@ -90,7 +90,7 @@ class Munger:
         return out_seq, out_ts
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a hashable member of its forwarder's viewer sets
 class ViewerTrack:
     """One viewer's membership of one track: its endpoint, negotiated PTs and counters."""
 
@@ -161,8 +161,9 @@ class TrackForwarder:
         self.cache = PacketCache() if kind == "video" else None
         self.is_start = keyframe_detector(codec) if kind == "video" else (lambda p: True)
         self.throttle = KeyframeThrottle(throttle_interval)
-        self.waiting: list[ViewerTrack] = []
-        self.viewers: list[ViewerTrack] = []
+        # ordered sets (dicts): join and leave stay O(1) when thousands of sites come and go
+        self.waiting: dict[ViewerTrack, None] = {}
+        self.viewers: dict[ViewerTrack, None] = {}
         self.mappings: dict[int, ClockMapping] = {}
         self.newest: int | None = None
         self.retired: set[int] = set()
@@ -238,19 +239,17 @@ class TrackForwarder:
 
     def join(self, viewer: ViewerTrack) -> None:
         """Add a connected viewer: at once for audio; at a keyframe for video."""
-        self.viewers.append(viewer)
+        self.viewers[viewer] = None
         if self.cache is None:
             self._add(viewer, None)
         elif not self._replay(viewer):
-            self.waiting.append(viewer)
+            self.waiting[viewer] = None
             self.request_keyframe()
 
     def leave(self, viewer: ViewerTrack) -> None:
         """Remove a viewer (idempotent)."""
-        if viewer in self.viewers:
-            self.viewers.remove(viewer)
-        if viewer in self.waiting:
-            self.waiting.remove(viewer)
+        self.viewers.pop(viewer, None)
+        self.waiting.pop(viewer, None)
         if viewer.joined:
             self.fanout.remove(viewer.endpoint)
             viewer.joined = False

@@ -17,7 +17,7 @@ from typing import Any
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .congestion import VideoGate
-from .errors import LectureClosedError, MediaError
+from .errors import LectureClosedError
 from .forwarder import TrackForwarder, ViewerTrack
 from .ingest import Publisher
 from .rtcp import ClockMapping, Feedback, RtcpError, parse_feedback, rtt_seconds
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 SENDER_REPORT_INTERVAL = 1.0
 SILENCE_TIMEOUT = 3.0  # seconds without publisher packets before the lecture counts as off air
-CONNECT_TIMEOUT = 30.0
 RTCP_SILENCE = 3.0
 """Seconds without RTCP from a viewer (while live) before its video pauses: its link is
 down, so sending video is wasted egress, and when the link returns the viewer must restart at
@@ -84,25 +83,24 @@ class Viewer:
         self.last_rtcp: float | None = None
         endpoint.on_rtcp = self._on_rtcp
         endpoint.on_state_change = self._on_state
-        self._task = asyncio.ensure_future(self._join_when_connected())
-
-    async def _join_when_connected(self) -> None:
-        try:
-            await self.endpoint.connected(CONNECT_TIMEOUT)
-        except MediaError as exc:
-            logger.info("viewer did not connect", extra={"error": str(exc)})
-            self._close()
-            return
-        if not self.closed:
-            for kind, track in self.tracks.items():
-                if kind != "video" or not self.gate.paused:
-                    self.lecture.tracks[kind].join(track)
-            self.last_rtcp = time.monotonic()
-            self.gate.started(self.last_rtcp)
+        # No task per viewer (a join storm makes thousands): the endpoint says when it is
+        # connected, and the socket fails one that has not connected within its consent
+        # timeout (30 s), which closes the viewer here.
 
     def _on_state(self, state: str) -> None:
-        if state in ("failed", "closed"):
+        if state == "connected":
+            self._joined()
+        elif state in ("failed", "closed"):
             self._close()
+
+    def _joined(self) -> None:
+        if self.closed or self.last_rtcp is not None:
+            return
+        for kind, track in self.tracks.items():
+            if kind != "video" or not self.gate.paused:
+                self.lecture.tracks[kind].join(track)
+        self.last_rtcp = time.monotonic()
+        self.gate.started(self.last_rtcp)
 
     def _on_rtcp(self, data: bytes) -> None:
         if self.last_rtcp is not None:
@@ -203,8 +201,6 @@ class Viewer:
             self.lecture.tracks[kind].leave(track)
         self.endpoint.close()
         self.lecture.viewers.discard(self)
-        if not self._task.done():
-            self._task.cancel()
         if self.on_close is not None:
             self.on_close(self)
 

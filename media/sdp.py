@@ -153,35 +153,44 @@ class _Section:
         self.wanted = spec.name.lower() if spec is not None else None
         self.codec_lines: list[tuple[str, str]] = []
         self.names: dict[str, str] = {}
-        self.apt: dict[str, str] = {}
+        self.fmtp: dict[str, dict[str, str]] = {}
 
     def add(self, line: str) -> None:
         head = line[:6]
-        if head in _IGNORED or line.startswith("a=msid:"):
-            return
-        if self.wanted is None or head not in ("a=rtpm", "a=fmtp", "a=rtcp"):
+        if head in _IGNORED or line.startswith(("a=msid:", "a=rtcp-fb:")):
+            return  # (the answer's feedback is fixed: nack, nack pli, ccm fir)
+        if self.wanted is None or head not in ("a=rtpm", "a=fmtp"):
             self.lines.append(line)
-            return
-        if head == "a=rtcp" and not line.startswith("a=rtcp-fb:"):
-            self.lines.append(line)  # a=rtcp:, a=rtcp-mux, a=rtcp-rsize
             return
         pt, _, rest = line.partition(":")[2].partition(" ")
         self.codec_lines.append((pt, line))
         if head == "a=rtpm":
             self.names[pt] = rest.split("/", 1)[0].strip().lower()
-        elif head == "a=fmtp" and "apt=" in rest:
-            for param in rest.split(";"):
-                key, _, value = param.strip().partition("=")
-                if key == "apt":
-                    self.apt[pt] = value.strip()
+        else:
+            params = (p.strip().partition("=") for p in rest.split(";"))
+            self.fmtp[pt] = {key: value.strip() for key, _, value in params}
+
+    def _usable(self, pt: str) -> bool:
+        if self.wanted != "h264":
+            return True
+        params = self.fmtp.get(pt, {})  # the rules of _codec_matches, on the raw text
+        profile = params.get("profile-level-id", "42e01f").lower()
+        return (
+            params.get("packetization-mode") == "1" and profile[:4] in CONSTRAINED_BASELINE_FAMILY
+        )
 
     def done(self) -> list[str]:
         """Its lines with only the wanted codec's and its RTX's codec lines (in order)."""
         if self.wanted is None:
             return self.lines
-        main = {pt for pt, name in self.names.items() if name == self.wanted}
-        rtx = {pt for pt, name in self.names.items() if name == "rtx" and self.apt.get(pt) in main}
-        keep = main | rtx | {"*"}
+        names = self.names
+        main = {pt for pt, name in names.items() if name == self.wanted and self._usable(pt)}
+        rtx = {
+            pt
+            for pt, name in names.items()
+            if name == "rtx" and self.fmtp.get(pt, {}).get("apt") in main
+        }
+        keep = main | rtx
         return self.lines + [line for pt, line in self.codec_lines if pt in keep]
 
 
@@ -189,9 +198,10 @@ def _prune(text: str, tracks: dict[str, CodecSpec]) -> str:
     """The offer without what the answer never depends on, for a cheaper parse.
 
     Dropped from m-sections: candidates (ICE-lite learns addresses from the checks), header
-    extensions (the forwarder strips them), SSRC/msid lines, and every codec but the lecture's
-    (with its RTX). aiortc's parser is quadratic in codec lines: a Chrome offer (160 lines,
-    35 payload types) cost 590 us whole; pruning + parsing the rest costs about a third.
+    extensions (the forwarder strips them), SSRC/msid lines, RTCP feedback lines (the answer's
+    are fixed), and every codec but the lecture's usable ones (with their RTX). aiortc's parser is quadratic in codec lines: a Chrome offer (160 lines,
+    35 payload types) took ~520 us to parse whole, more than the server's side of a DTLS
+    handshake (~360 us); pruned, ~170 us (tests/chromeoffer.py, scripts/bench_join.py).
     """
     lines = text.splitlines()
     out: list[str] = []

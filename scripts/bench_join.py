@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import pathlib
 import pstats
+import re
 import signal
 import socket
 import statistics
@@ -443,7 +444,8 @@ def py_spy_top(pid: int, seconds: float, out: pathlib.Path) -> subprocess.Popen[
                 "-d",
                 str(max(1, int(seconds))),
                 "-r",
-                "200",
+                "100",
+                "--gil",  # only the thread holding the GIL: Python CPU, not idle waits
                 "--format",
                 "raw",
                 "-o",
@@ -466,7 +468,7 @@ def summarize_raw_stacks(path: pathlib.Path, count: int = 25) -> str:
         if not samples.isdigit():
             continue
         n = int(samples)
-        frames = stack.split(";")
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]  # per function
         total += n
         own[frames[-1]] += n
         for frame in set(frames):
