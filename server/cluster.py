@@ -51,6 +51,7 @@ BACKOFF = (0.5, 5.0)  # first and largest delay between pulls
 SWEEP_S = 1.0
 NODE_FILE = "node.json"
 NODES_CACHE_S = 0.5
+BEAT_CHECK_S = 0.5
 _TOKEN_TAG = b"lopso-node-token|"
 
 
@@ -252,16 +253,23 @@ class Cluster:
             at=time.time(),
         )
 
-    async def beat(self) -> None:
-        await self._store_of().heartbeat(self.node_info(), ttl_s=NODE_TTL_S)
+    async def beat(self) -> NodeInfo:
+        info = self.node_info()
+        await self._store_of().heartbeat(info, ttl_s=NODE_TTL_S)
+        return info
 
     async def _beat_forever(self) -> None:
+        """Beat every HEARTBEAT_S, and sooner when the viewer count moved by a few percent of
+        capacity (placement elsewhere then sees a join storm within BEAT_CHECK_S)."""
+        last: NodeInfo | None = None
+        step = max(3, self.config.node_capacity // 50)
         while True:
-            try:
-                await self.beat()
-            except Exception:
-                log.exception("node heartbeat failed", extra={"node": self.node_id})
-            await asyncio.sleep(HEARTBEAT_S)
+            if last is None or _changed(last, self.node_info(), step):
+                try:
+                    last = await self.beat()
+                except Exception:
+                    log.exception("node heartbeat failed", extra={"node": self.node_id})
+            await asyncio.sleep(BEAT_CHECK_S)
 
     # placement ----------------------------------------------------------------------------
     async def nodes(self) -> list[NodeInfo]:
@@ -337,6 +345,15 @@ class Cluster:
                 await self.sweep()
             except Exception:
                 log.exception("relay sweep failed", extra={"node": self.node_id})
+
+
+def _changed(last: NodeInfo, now: NodeInfo, step: int) -> bool:
+    """A heartbeat is due: HEARTBEAT_S passed, viewers moved by `step`, or lectures changed."""
+    return (
+        now.at - last.at >= HEARTBEAT_S
+        or abs(now.viewers - last.viewers) >= step
+        or now.lectures != last.lectures
+    )
 
 
 class RelayLink:
