@@ -167,6 +167,21 @@ class AlertBook:
             self._open_count[code] -= 1
             changed.append(current)
 
+    def seed(self, alerts: Iterable[Alert]) -> None:
+        """Take alerts rebuilt from the ledger (server/incidents.py `past_alerts`) after a
+        restart: resolved ones join the log, open ones are open again (not raised twice)."""
+        known = {a.id for a in self._log}
+        for alert in sorted(alerts, key=lambda a: (a.since, a.opened_at)):
+            key = (alert.site, alert.kind)
+            if alert.id in known or (alert.open and key in self._open):
+                continue
+            known.add(alert.id)
+            self._log.append(alert)
+            if alert.open:
+                self._open[key] = alert
+                self._open_count[alert.site] += 1
+                self._watched.add(alert.site)
+
     def open_alerts(self, site: str | None = None) -> list[Alert]:
         """Open alerts, most recent first (of one site when `site` is given)."""
         alerts = [a for a in self._open.values() if site is None or a.site == site]

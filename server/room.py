@@ -17,7 +17,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from server.alerts import AlertBook
-from server.incidents import open_help
+from server.incidents import open_help, past_alerts
 from server.models import ClassSession, Event, EventKind, Role, Site
 from server.peer import (
     CONNECTED,
@@ -72,6 +72,8 @@ class ClassLive:
         last_seen = max((e.at for e in events), default=self.hub.clock())
         for code in [c for c in self.sites if c not in present]:
             await self.close_lost(code, last_seen, events)
+        # The incident log survives a restart: past drops, late joins, poor spells, help.
+        self.alerts.seed(past_alerts(self.session, self.registry.values(), events, self.hub.clock()))
         subscription = self.hub.store.subscribe(self.channel)
         try:  # Redis down: start anyway; the store subscribes when it reconnects
             await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)

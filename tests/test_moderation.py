@@ -263,3 +263,20 @@ def test_help_requests_from_the_ledger(events, open_ids, resolved) -> None:
     assert {
         h["help_id"]: h["resolved_at"] for h in help_requests(ledger) if h["resolved_at"]
     } == resolved
+
+
+async def test_the_incident_log_survives_a_restart(tmp_path: Path) -> None:
+    """A resolved help request is rebuilt from the ledger by the next process."""
+    async with running_app(tmp_path, batch_interval_s=BATCH) as (client, _):
+        await seed(client, sites=("S1", "S2", "S3"))
+        site, help_id = await busy_site(client)
+        mod = await connect(client, Role.MODERATOR)
+        await receive(mod, "sites")
+        await call(mod, {"type": "resolve_help", "site": "S1", "help_id": help_id, "id": "r1"})
+        await site.close()
+        await mod.close()
+    async with running_app(tmp_path, batch_interval_s=BATCH) as (client, _):
+        body = await get_json(client, "/api/sessions/c1/incidents?site=S1")
+        helps = [a for a in body["incidents"] if a["kind"] == "help"]
+        assert len(helps) == 1 and helps[0]["open"] is False and helps[0]["resolved_at"]
+        assert body["open"] == [] or all(a["kind"] != "help" for a in body["open"])
