@@ -15,13 +15,16 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from server.cluster import (
     CARRY_PENALTY,
+    HEARTBEAT_S,
     NODE_TOKEN_HEADER,
+    _changed,
     first_free_port,
     mint_node_token,
     pick_source,
@@ -110,6 +113,23 @@ def test_rank_edges_spreads_a_burst_by_counting_placements() -> None:
         pending[rank_edges(nodes, "c1", pending=pending, capacity=100)[0].id] += 1
     assert pending == {"a": 10, "b": 10}
     assert CARRY_PENALTY > 0
+
+
+@pytest.mark.parametrize(
+    "change, due",
+    [
+        ({}, False),
+        ({"at": 1.0 + HEARTBEAT_S}, True),  # time for the regular beat
+        ({"viewers": 12}, False),  # a couple of viewers more: wait for the beat
+        ({"viewers": 13}, True),  # a join storm: tell placement now
+        ({"lectures": ("c1",)}, True),  # a link came up
+    ],
+)
+def test_heartbeat_is_sent_early_when_load_or_lectures_change(
+    change: dict[str, Any], due: bool
+) -> None:
+    last = node("e1", load=0.1)  # 10 viewers, at=1.0
+    assert _changed(last, dataclasses.replace(last, **change), step=3) is due
 
 
 def test_pick_source_prefers_the_origin_carrying_the_class() -> None:
