@@ -154,9 +154,11 @@ def resolve_ports(config: Config) -> Config:
 
 
 def node_url(config: Config) -> str:
-    """Where other nodes reach this node's HTTP: LOPSO_NODE_URL, else this host's address."""
-    if config.node_url:
-        return config.node_url.rstrip("/")
+    """Where other nodes reach this node's HTTP: LOPSO_NODE_URL (its port defaults to the
+    bound one), else the announced address (or this host's) and the bound port."""
+    if config.node_url:  # without a port: the one bound (it may come from LOPSO_HTTP_PORTS)
+        url = URL(config.node_url.rstrip("/"))
+        return str(url if url.explicit_port else url.with_port(config.port))
     host = config.host
     if host in ("0.0.0.0", "::", "") and config.announce:
         host = config.announce[0]  # host networking: the address viewers reach reaches nodes too

@@ -27,10 +27,12 @@ from server.cluster import (
     _changed,
     first_free_port,
     mint_node_token,
+    node_url,
     pick_source,
     rank_edges,
     verify_node_token,
 )
+from server.config import load_config
 from server.errors import AuthError
 from server.models import ClassSession, NodeInfo, Role
 from tests import redisproc
@@ -137,6 +139,20 @@ def test_pick_source_prefers_the_origin_carrying_the_class() -> None:
     assert pick_source(nodes, "c1", "e1").id == "o2"  # type: ignore[union-attr]
     assert pick_source(nodes, "c9", "e1").id == "o1"  # type: ignore[union-attr]
     assert pick_source([node("e2")], "c1", "e1") is None
+
+
+@pytest.mark.parametrize(
+    "settings, url",
+    [
+        ({"node_url": "http://10.0.0.5:9000/"}, "http://10.0.0.5:9000"),
+        ({"node_url": "http://10.0.0.5"}, "http://10.0.0.5:8123"),  # the port bound
+        ({"host": "0.0.0.0", "announce": "203.0.113.7"}, "http://203.0.113.7:8123"),
+        ({"host": "127.0.0.1"}, "http://127.0.0.1:8123"),
+    ],
+)
+def test_node_url(settings: dict[str, str], url: str, tmp_path: Path) -> None:
+    config = load_config({"data_dir": tmp_path, "port": 8123, **settings}, env={})
+    assert node_url(config) == url
 
 
 def test_first_free_port_skips_busy_ports() -> None:
