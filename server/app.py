@@ -27,6 +27,7 @@ from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
+from server.metrics import Metrics, metered
 from server.models import ClassSession, NodeInfo
 from server.registry import KeyIdCache
 from server.roles import SITE_ROLES, Action
@@ -58,9 +59,11 @@ class AppState:
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
+    metrics: Metrics = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         cfg = self.config
+        self.metrics = Metrics(lambda: getattr(self.engine, "lectures", None) or {})
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
@@ -206,7 +209,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
-        state.store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
+        store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
+        state.store = metered(store, state.metrics)  # ledger appends timed, failures counted
         state.hub = Hub(
             state.store,
             cfg.node_id,
@@ -375,7 +379,7 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import api, moderation, pages, whip, ws
+    from server.routes import api, metrics, moderation, pages, whip, ws
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -384,7 +388,8 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     )
     state = AppState(config=config, templates=templates)
     app = web.Application(
-        client_max_size=config.max_body_bytes, middlewares=[error_middleware, site_key_middleware]
+        client_max_size=config.max_body_bytes,
+        middlewares=[metrics.signalling_middleware, error_middleware, site_key_middleware],
     )
     app[STATE] = state
     app.cleanup_ctx.append(_store_ctx(state))
@@ -404,6 +409,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     whip.add_routes(app)
     ws.add_routes(app)
     moderation.add_routes(app)
+    metrics.add_routes(app)
     pages.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app

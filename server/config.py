@@ -64,6 +64,7 @@ class Config:
     media_ports: tuple[int, int] | None = None  # bind the first free UDP port of this range
     webhook_url: str = ""  # POST the class summary here when a class ends (server/webhook.py)
     webhook_secret: bytes = b""  # HMAC-SHA256 key of the webhook's signature header
+    metrics_token: str = ""  # bearer token Prometheus sends to GET /metrics (or an admin token)
 
     @property
     def tls(self) -> bool:
@@ -212,6 +213,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "media_ports": ("LOPSO_MEDIA_PORTS", _port_range("media port range")),
     "webhook_url": ("LOPSO_WEBHOOK_URL", str),
     "webhook_secret": ("LOPSO_WEBHOOK_SECRET", lambda raw: str(raw).encode()),
+    "metrics_token": ("LOPSO_METRICS_TOKEN", str),
 }
 
 
@@ -294,6 +296,8 @@ def _check(config: Config) -> None:
         )
     if config.webhook_url and len(config.webhook_secret) < 16:
         raise ConfigError("LOPSO_WEBHOOK_URL needs LOPSO_WEBHOOK_SECRET of at least 16 characters")
+    if config.metrics_token and len(config.metrics_token) < 16:
+        raise ConfigError("LOPSO_METRICS_TOKEN must be at least 16 characters")
     if config.role != "all" and not config.redis_url:
         raise ConfigError(f"role {config.role} needs cluster mode (LOPSO_REDIS_URL)")
 

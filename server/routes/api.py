@@ -23,7 +23,7 @@ from server.app import (
     in_background,
     session_or_404,
 )
-from server.checkin import parse_checkin
+from server.checkin import Checkin, CheckinError, parse_checkin
 from server.demo import class_links
 from server.errors import ContentTypeError, ForbiddenError, ValidationError
 from server.models import ClassSession, Role
@@ -201,15 +201,26 @@ async def checkin(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid, code = request.match_info["sid"], request.match_info["site"]
     authorize_request(request, Action.CHECKIN, sid, code)
-    state.checkin_limiter.check(sid, code, client_address(request))
-    person = parse_checkin(await read_json(request), by="qr")
+    person = await admitted_checkin(request, sid, code)
     room = await state.hub.room(await session_or_404(state.store, sid))
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
     event, created = await reports.checkin(room, code, person)
+    state.metrics.checkin(created)
     return web.json_response(
         {"duplicate": not created, "event_id": event.id}, status=201 if created else 200
     )
+
+
+async def admitted_checkin(request: web.Request, sid: str, code: str) -> Checkin:
+    """The request's check-in, within the limits; a refusal is counted, then raised."""
+    state = request.app[STATE]
+    try:
+        state.checkin_limiter.check(sid, code, client_address(request))
+        return parse_checkin(await read_json(request), by="qr")
+    except CheckinError as exc:
+        state.metrics.checkin_refused(exc)
+        raise
 
 
 # --- attendance -----------------------------------------------------------------------------

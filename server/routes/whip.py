@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -130,6 +131,7 @@ async def post_whip(request: web.Request) -> web.Response:
 
 
 async def post_whep(request: web.Request) -> web.Response:
+    started = time.monotonic()
     state = request.app[STATE]
     code = request.match_info["site"]
     session = await open_class(request, Action.VIEW, code)
@@ -143,6 +145,7 @@ async def post_whep(request: web.Request) -> web.Response:
     if placed is not None:
         return placed
     answer, viewer = await lecture_of(state, session).subscribe(offer)
+    state.metrics.watch_join(viewer, started)
     rid = _remember(state, Resource("whep", session.id, code, viewer))
     return _created(f"/whep/{session.id}/{code}/{rid}", answer)
 

@@ -22,8 +22,9 @@ from aiohttp import WSMsgType, web
 
 from server import auth, reports
 from server.app import STATE, authorize_request, session_or_404
-from server.checkin import parse_checkin
+from server.checkin import CheckinError, parse_checkin
 from server.errors import UnknownError, ValidationError, describe
+from server.metrics import Metrics
 from server.models import Role
 from server.peer import Peer
 from server.roles import Action, may
@@ -47,6 +48,7 @@ class Context:
     peer: Peer
     room: ClassLive
     claims: auth.Claims
+    metrics: Metrics
     ref: str | None = None  # the message's id: resends of one message are stored once
 
 
@@ -154,8 +156,13 @@ async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {key: data[key] for key in ("name", "ident") if key in data}
-    person = parse_checkin(fields, by="operator")  # a person without a phone, at the hall
+    try:
+        person = parse_checkin(fields, by="operator")  # a person without a phone, at the hall
+    except CheckinError as exc:
+        ctx.metrics.checkin_refused(exc)
+        raise
     _, created = await reports.checkin(ctx.room, own_site(ctx), person)
+    ctx.metrics.checkin(created)
     return {"duplicate": not created}
 
 
@@ -278,9 +285,11 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     peer = Peer(sid, claims.role, site)
     writer = asyncio.create_task(_write(ws, peer))
+    connected = state.metrics.websockets.labels(claims.role.value)
+    connected.inc()
     try:
         await room.join(peer)
-        await _read(ws, Context(peer, room, claims), state.config.ws_idle_timeout_s)
+        await _read(ws, Context(peer, room, claims, state.metrics), state.config.ws_idle_timeout_s)
     finally:
         peer.shut()
         # aiohttp cancels this handler when the socket drops: the leave must still be recorded.
@@ -288,6 +297,7 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         state.background.add(leaving)
         leaving.add_done_callback(state.background.discard)
         writer.cancel()
+        connected.dec()
         with contextlib.suppress(Exception):
             await ws.close()
         await asyncio.shield(leaving)

@@ -1,0 +1,67 @@
+"""`GET /metrics` (Prometheus text format) and the middleware counting WHIP/WHEP replies.
+
+The scrape needs `Authorization: Bearer <LOPSO_METRICS_TOKEN>` (or `?token=`), or an admin
+token: per-class numbers name classes, so the endpoint is not public.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from server import auth
+from server.app import STATE
+from server.errors import AuthError, ForbiddenError
+from server.metrics import CONTENT_TYPE
+from server.models import Role
+
+SIGNALLING = ("whip", "whep")
+
+
+def check_scraper(request: web.Request) -> None:
+    """Admit the metrics token or an admin token; anything else is a 401."""
+    config = request.app[STATE].config
+    presented = auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
+    if not presented:
+        raise AuthError("metrics need a bearer token", code="token_missing")
+    if config.metrics_token and hmac.compare_digest(
+        presented.encode(), config.metrics_token.encode()
+    ):
+        return
+    claims = auth.verify(config.secret, presented)
+    if claims.role is not Role.ADMIN:
+        raise ForbiddenError("metrics need the metrics token or an admin token")
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    check_scraper(request)
+    body = request.app[STATE].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+@web.middleware
+async def signalling_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Count WHIP/WHEP requests by kind, method and final status (outermost middleware)."""
+    kind = request.path.split("/", 2)[1] if request.path.count("/") >= 2 else ""
+    if kind not in SIGNALLING:
+        response: web.StreamResponse = await handler(request)
+        return response
+    counter = request.app[STATE].metrics.signalling
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        counter.labels(kind, request.method, str(exc.status)).inc()
+        raise
+    except Exception:
+        counter.labels(kind, request.method, "500").inc()
+        raise
+    counter.labels(kind, request.method, str(response.status)).inc()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", get_metrics)
