@@ -1,0 +1,20 @@
+"""The lint half of scripts/check holds for the packages: `ruff check` passes on media/ and server/."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_ruff_check_passes_on_media_and_server():
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--output-format", "concise", "media", "server"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
