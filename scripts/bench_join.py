@@ -19,8 +19,9 @@ the storm (cProfile in direct mode, py-spy in http mode) to stderr.
     python scripts/bench_join.py --viewers 1000 --live --profile
 
 CPU per connect is given raw (server CPU during the storm / connects) and net of the cost the
-connected viewers keep causing (their RTCP, consent), measured just after the storm. The last
-line of output is one JSON object.
+connected viewers keep causing (their RTCP, consent), measured just after the storm. Then every
+viewer leaves at once (DTLS close_notify) and the server's CPU for that is given per viewer.
+The last line of output is one JSON object.
 """
 
 from __future__ import annotations
@@ -307,6 +308,10 @@ async def client_main(ctrl: Any, sig: Any, options: dict[str, Any]) -> None:
             ctrl.send(await clients.prepare())
         elif command == "storm":
             ctrl.send(await clients.storm())
+        elif command == "leave":  # every site goes at once (DTLS close_notify)
+            await clients.close()
+            clients.viewers.clear()
+            ctrl.send(None)
         elif command == "quit":
             await clients.close()
             ctrl.send(None)
@@ -541,6 +546,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.settle)
         cpu2, t2 = process_cpu(server_pid), time.monotonic()
         server_stats = await children[0].call("stats") if args.mode == "direct" else None
+        await clients.call("leave")
+        await asyncio.sleep(2.0)
+        leave_cpu = process_cpu(server_pid) - cpu2
+        after_leave = await children[0].call("stats") if args.mode == "direct" else None
         if profile:
             print(profile, file=sys.stderr)
     finally:
@@ -576,6 +585,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_max_s": _round(max(lat) if lat else None),
         "latency_mean_s": _round(statistics.fmean(lat) if lat else None),
         "server": server_stats,
+        "leave_cpu_ms_per_viewer": round(1000 * leave_cpu / max(1, connected), 3),
+        "server_after_leave": after_leave,
     }
 
 
