@@ -39,8 +39,9 @@ class Metrics:
         r = self.registry
         self.signalling = Counter(
             "lopso_signalling_requests",
-            "WHIP (publish) and WHEP (view) HTTP requests by kind, method and status",
-            ["kind", "method", "status"],
+            "WHIP (publish) and WHEP (view) HTTP requests by kind, method, status, and whether a"
+            " client or another node (cluster placement) sent them",
+            ["kind", "method", "status", "via"],
             registry=r,
         )
         self.join_seconds = Histogram(

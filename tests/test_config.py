@@ -89,6 +89,7 @@ def test_https_base_url(tmp_path: Path) -> None:
         ({}, {"LOPSO_WS_IDLE_TIMEOUT": "-1"}, "idle timeout must be positive"),
         ({}, {"LOPSO_TRUST_PROXY": "maybe"}, "trust proxy must be true or false"),
         ({}, {"LOPSO_CHECKIN_RATE_ADDR": "-2"}, "must be 0 \\(no limit\\) or positive"),
+        ({}, {"LOPSO_METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:

@@ -45,22 +45,36 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 @web.middleware
 async def signalling_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Count WHIP/WHEP requests by kind, method and final status (outermost middleware)."""
+    """Count WHIP/WHEP requests by kind, method, final status and origin (outermost middleware).
+
+    In a cluster a viewer's WHEP POST may be forwarded to the edge that serves it: the entry
+    node counts it with `via="client"`, the edge again with `via="node"`."""
     kind = request.path.split("/", 2)[1] if request.path.count("/") >= 2 else ""
     if kind not in SIGNALLING:
         response: web.StreamResponse = await handler(request)
         return response
-    counter = request.app[STATE].metrics.signalling
+    state = request.app[STATE]
+    via = (
+        "node" if state.config.redis_url and _from_node(request, state.config.secret) else "client"
+    )
+    count = state.metrics.signalling
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        counter.labels(kind, request.method, str(exc.status)).inc()
+        count.labels(kind, request.method, str(exc.status), via).inc()
         raise
     except Exception:
-        counter.labels(kind, request.method, "500").inc()
+        count.labels(kind, request.method, "500", via).inc()
         raise
-    counter.labels(kind, request.method, str(response.status)).inc()
+    count.labels(kind, request.method, str(response.status), via).inc()
     return response
+
+
+def _from_node(request: web.Request, secret: bytes) -> bool:
+    """Another node forwarded it (cluster placement): the client's request is counted there."""
+    from server.cluster import node_forwarded
+
+    return node_forwarded(request, secret)
 
 
 def add_routes(app: web.Application) -> None:
