@@ -11,7 +11,9 @@ media/ knows nothing of sites, roles, tokens or Redis; server/ drives it through
     publisher = await lecture.relay_from(signal)   # edge: pull from another node's lecture,
                                                    # signal(offer) -> its subscribe answer
     viewer.stats()         # -> ViewerStats (packets/bytes sent, loss, jitter, rtt, nacks, plis,
-                           #    retransmits, state)
+                           #    retransmits, state, video_paused, video_pauses)
+    viewer.set_audio_only(True)   # the site's choice; video also pauses by itself while the
+                                  # link loses >= 20 % (retried with backoff) or sends no RTCP
     lecture.stats()        # -> LectureStats (live, viewers, packets/bytes in, rate, keyframe
                            #    requests sent upstream, publishers so far)
     viewer.on_close = cb     # cb(viewer), once, when its transport dies or it is closed

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import fractions
 import importlib.util
+import json
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -118,13 +120,15 @@ async def test_relay_delays_drops_and_limits_rate():
         sent_at = loop.time()
         for i in range(500):
             client.sendto(i.to_bytes(4, "big") + bytes(96))
-            if i % 50 == 49:
-                await asyncio.sleep(0.005)  # socket buffers hold ~250 small datagrams
+            if i % 10 == 9:
+                await asyncio.sleep(0.002)  # socket buffers hold ~250 small datagrams
         await asyncio.sleep(0.3)
-        assert 0.7 * 500 < len(received) < 0.9 * 500  # ~20 % lost
-        assert received[0][0] - sent_at >= 0.055
         up = relay.stats()["up"]
-        assert up["lost"] + up["delivered"] == 500
+        assert up["packets_in"] >= 0.9 * 500  # (a loaded machine's buffers may drop a few)
+        assert 0.12 < up["lost"] / up["packets_in"] < 0.28  # ~20 % lost
+        assert up["lost"] + up["delivered"] == up["packets_in"]
+        assert 0.9 * up["delivered"] <= len(received) <= up["delivered"]
+        assert received[0][0] - sent_at >= 0.055
         # now rate-limited: 200 kbit/s, 300 ms queue -> ~7.5 kB pass at once, the rest drops
         relay.up.impairment = impair.Impairment(rate_kbps=200, queue_ms=300)
         received.clear()
@@ -271,3 +275,28 @@ async def test_audio_only_choice_stops_video_and_back_resumes_at_a_keyframe(engi
     finally:
         await viewer.close()
         await publisher.close()
+
+
+def test_impair_runs_from_the_command_line_and_prints_its_counters():
+    argv = [
+        sys.executable,
+        str(ROOT / "scripts/impair.py"),
+        "--to",
+        "127.0.0.1:9",
+        "--delay-ms",
+        "50",
+        "--loss",
+        "0.1",
+        "--rate-kbps",
+        "800",
+        "--seconds",
+        "0.5",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("listening 127.0.0.1:")
+    assert json.loads(lines[-1])["down"]["packets_in"] == 0
+    bad = subprocess.run(
+        [*argv[:2], "--to", "nowhere"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
