@@ -238,7 +238,9 @@ class TrackForwarder:
     # -- viewers ----------------------------------------------------------------------------
 
     def join(self, viewer: ViewerTrack) -> None:
-        """Add a connected viewer: at once for audio; at a keyframe for video."""
+        """Add a connected viewer: at once for audio; at a keyframe for video (idempotent)."""
+        if viewer in self.viewers:
+            return
         self.viewers[viewer] = None
         if self.cache is None:
             self._add(viewer, None)
