@@ -102,7 +102,8 @@ class SimSite:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._trouble = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._joined_at = 0.0
+        self._joined_at = 0.0  # when the current join began, until its first packet
+        self._connected_at = 0.0  # when the current connection was made
         self._stopped = False
 
     # lifecycle ------------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class SimSite:
         answer, node_url = await self._post(viewer.offer(self.codec))
         await viewer.connect(answer)
         self.node_url, self._joined_at = node_url, started
+        self._connected_at = time.monotonic()
         self.joins += 1
         if self.websocket:
             await self._open_ws()
@@ -253,16 +255,9 @@ class SimSite:
             if now >= next_beat:
                 self._send({"type": "heartbeat"})
                 next_beat = now + HEARTBEAT_S
-            if (
-                self.stall_s
-                and self.live
-                and self.last_packet
-                and now - max(self.last_packet, self._connected_at()) > self.stall_s
-            ):
+            quiet_since = max(self.last_packet, self._connected_at)
+            if self.stall_s and self.live and now - quiet_since > self.stall_s:
                 raise RuntimeError("media stalled")
-
-    def _connected_at(self) -> float:
-        return self._joined_at or 0.0
 
     async def _teardown(self) -> None:
         ws, self._ws = self._ws, None
