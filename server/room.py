@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from server.alerts import AlertBook
@@ -70,8 +72,12 @@ class ClassLive:
                 self.sites[code].status = str(state.get("status", "connecting"))
         # Connections left open by a crash: closed at the last moment the class was seen alive.
         last_seen = max((e.at for e in events), default=self.hub.clock())
-        for code in [c for c in self.sites if c not in present]:
-            await self.close_lost(code, last_seen, events)
+        lost = [  # one pass over the ledger, not one per site
+            self.close_lost(code, last_seen, conns)
+            for code, conns in open_connections_by_site(events).items()
+            if code in self.sites and code not in present
+        ]
+        await asyncio.gather(*lost)  # appended together: one group commit, not one fsync each
         # The incident log survives a restart: past drops, late joins, poor spells, help.
         self.alerts.seed(past_alerts(self.session, self.registry.values(), events, self.hub.clock()))
         subscription = self.hub.store.subscribe(self.channel)
@@ -199,14 +205,16 @@ class ClassLive:
                 state.status, state.since = "offline", now
                 self.dirty.add(code)
 
-    async def close_lost(self, code: str, at: float, events: list[Event] | None = None) -> None:
+    async def close_lost(self, code: str, at: float, conns: set[str] | None = None) -> None:
         """Append SITE_LEFT for each of the site's connections the ledger still has open and
-        no page of this node holds. Idempotent across nodes (the event id comes from `conn`)."""
-        if events is None:
+        no page of this node holds. Idempotent across nodes (the event id comes from `conn`).
+        `conns`: the site's open connections when the caller read them from the ledger already."""
+        if conns is None:
             kinds = (EventKind.SITE_JOINED, EventKind.SITE_LEFT)
             events = await self.hub.store.events(self.session.id, kinds=kinds, site_code=code)
+            conns = open_connections(events, code)
         local = {p.conn for p in self.peers if p.site_code == code}
-        for conn in open_connections(events, code) - local:
+        for conn in conns - local:
             left = dataclasses.replace(
                 self.hub.event(
                     self.session.id,
@@ -353,6 +361,21 @@ def open_connections(events: list[Event], code: str) -> set[str]:
         elif event.kind is EventKind.SITE_LEFT:
             left.add(str(event.data["conn"]))
     return joined - left
+
+
+def open_connections_by_site(events: Iterable[Event]) -> dict[str, set[str]]:
+    """Every site's open `conn` ids (SITE_JOINED with no SITE_LEFT yet), in one pass."""
+    joined: dict[str, set[str]] = defaultdict(set)
+    left: dict[str, set[str]] = defaultdict(set)
+    for event in events:
+        if event.site_code is None or "conn" not in event.data:
+            continue
+        if event.kind is EventKind.SITE_JOINED:
+            joined[event.site_code].add(str(event.data["conn"]))
+        elif event.kind is EventKind.SITE_LEFT:
+            left[event.site_code].add(str(event.data["conn"]))
+    found = {code: conns - left[code] for code, conns in joined.items()}
+    return {code: conns for code, conns in found.items() if conns}
 
 
 def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:
