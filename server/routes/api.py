@@ -202,7 +202,9 @@ async def checkin(request: web.Request) -> web.Response:
     sid, code = request.match_info["sid"], request.match_info["site"]
     authorize_request(request, Action.CHECKIN, sid, code)
     person = await admitted_checkin(request, sid, code)
-    room = await state.hub.room(await session_or_404(state.store, sid))
+    room = state.hub.open_room(sid)  # the class is not read and decoded on every check-in
+    if room is None:
+        room = await state.hub.room(await session_or_404(state.store, sid))
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
     event, created = await reports.checkin(room, code, person)
