@@ -73,6 +73,14 @@ class Hub:
             self._rooms[session.id] = task
         return await asyncio.shield(task)
 
+    def open_room(self, sid: str) -> ClassLive | None:
+        """The class's room when it is open and started on this node (no store read), else
+        None: the caller reads the class and opens it with `room()`."""
+        task = self._rooms.get(sid)
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
     async def _open_room(self, session: ClassSession) -> ClassLive:
         sites = await self.expected_sites(session)
         room = ClassLive(self, session, sites)
