@@ -97,9 +97,10 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 # --- request helpers shared by the routes --------------------------------------------------
 def claims_of(request: web.Request) -> auth.Claims:
-    """Verify the request's token (Bearer header, else ?token=)."""
+    """Verify the request's token (Bearer header, else ?token=): the middleware's verdict when
+    it had a good token, so the HMAC is computed once per request."""
     state = request.app[STATE]
-    claims = auth.verify(state.config.secret, _token(request))
+    claims = request.get(VERIFIED_CLAIMS) or auth.verify(state.config.secret, _token(request))
     if claims.role in SITE_ROLES and claims.site is not None:
         try:  # filled by site_key_middleware before any route runs
             current = state.site_keys.current(claims.site)
@@ -107,6 +108,9 @@ def claims_of(request: web.Request) -> auth.Claims:
             raise AuthError("the site's key could not be checked", code="token_unchecked") from None
         auth.check_key(claims, current)
     return claims
+
+
+VERIFIED_CLAIMS = "lopso.claims"  # request key: the claims site_key_middleware verified
 
 
 def _token(request: web.Request) -> str:
@@ -122,6 +126,8 @@ async def site_key_middleware(request: web.Request, handler: Any) -> web.StreamR
         claims = auth.verify(state.config.secret, _token(request))
     except LopsoError:
         claims = None  # no or bad token: the route says so precisely
+    else:
+        request[VERIFIED_CLAIMS] = claims  # claims_of reuses them
     if claims is not None and claims.role in SITE_ROLES and claims.site is not None:
         await state.site_keys.refresh(claims.site)
     response: web.StreamResponse = await handler(request)
