@@ -233,6 +233,9 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
     message_id: Any = None
     try:
         data = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, nested too deep, a number too long
+        return {"type": "error", "id": None, "code": "bad_json", "message": "frame is not JSON"}
+    try:
         if not isinstance(data, dict):
             raise ValidationError("a message must be a JSON object", code="bad_message")
         message_id = data.get("id")
@@ -248,8 +251,6 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
                 f"role {ctx.claims.role.value} may not send {kind}", code="forbidden"
             )
         result = await handler(dataclasses.replace(ctx, ref=message_id), data)
-    except json.JSONDecodeError:
-        return {"type": "error", "id": None, "code": "bad_json", "message": "frame is not JSON"}
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error message
         return _error_reply(exc, message_id, ctx)
     if message_id is None:
