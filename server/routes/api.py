@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODECS = ("VP8", "H264")
 MAX_JSON = 256 * 1024
+TIME_RANGE = (946_684_800.0, 4_102_444_800.0)  # 2000-01-01 .. 2100-01-01 UTC
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -48,7 +49,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ValidationError(f"JSON body over {MAX_JSON} bytes", code="body_too_large")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON or UTF-8, nested too deep, a huge number
         raise ValidationError("body is not valid JSON", code="bad_json") from None
     if not isinstance(body, dict):
         raise ValidationError("body must be a JSON object", code="bad_json")
@@ -56,20 +57,23 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 def parse_time(value: Any, field: str) -> float:
-    """ISO 8601 (with offset or Z) or epoch seconds → epoch seconds."""
+    """ISO 8601 (with offset or Z) or epoch seconds → epoch seconds, from 2000 to 2100."""
+    at = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        at = float(value)
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+            at = parsed.timestamp() if parsed.tzinfo is not None else None
+        except (ValueError, OverflowError):
             pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed.timestamp()
-    raise ValidationError(
-        f"{field} must be an ISO 8601 time with a zone, or epoch seconds", code="bad_field"
-    )
+    if at is None:
+        raise ValidationError(
+            f"{field} must be an ISO 8601 time with a zone, or epoch seconds", code="bad_field"
+        )
+    if not TIME_RANGE[0] <= at <= TIME_RANGE[1]:  # also NaN: every page and export shows it
+        raise ValidationError(f"{field} must be between 2000 and 2100", code="bad_field")
+    return at
 
 
 def _admin(request: web.Request) -> auth.Claims:
