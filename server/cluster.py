@@ -439,7 +439,7 @@ class RelayLink:
             ) as reply:
                 if reply.status == 404:
                     return False
-                return reply.status == 200
+                return True if reply.status == 200 else None  # a 5xx is a miss, not a verdict
         except (aiohttp.ClientError, TimeoutError):
             return None
 
