@@ -13,7 +13,8 @@ import io
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from server import auth
 from server.errors import UnknownError, ValidationError
@@ -21,6 +22,7 @@ from server.models import Site
 from server.store.base import Store
 
 CODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 REQUIRED = ("code", "name")
 OPTIONAL = ("village", "commune", "province", "join_key")
 MAX_FIELD = 200
@@ -53,11 +55,12 @@ def parse_sites(
     """Parse the registry CSV into Sites; raise SiteImportError listing every bad row."""
     text = text.lstrip("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = _header(next(reader, None))
+    rows = _rows(reader)
+    header = _header(next(rows, None))
     sites: list[Site] = []
     problems: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
-    for row in reader:
+    for row in rows:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
@@ -74,6 +77,18 @@ def parse_sites(
     if not sites:
         raise SiteImportError([(1, "no site rows after the header")])
     return sites
+
+
+def _rows(reader: Any) -> Iterator[list[str]]:
+    """The reader's rows; a row the csv module cannot read (a field over its 128 KiB limit)
+    is a SiteImportError naming its line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise SiteImportError([(reader.line_num, f"unreadable CSV ({exc})")]) from None
 
 
 def _header(row: list[str] | None) -> dict[str, int]:
@@ -102,6 +117,9 @@ def _site(header: dict[str, int], row: list[str], new_key: Callable[[], str]) ->
     long = [name for name, value in fields.items() if len(value) > MAX_FIELD]
     if long:
         return f"{long[0]} longer than {MAX_FIELD} characters"
+    odd = [name for name, value in fields.items() if CONTROL_RE.search(value)]
+    if odd:
+        return f"{odd[0]} holds control characters (NUL, tab, ...)"
     return Site(
         code=code,
         name=fields["name"],
