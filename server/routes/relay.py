@@ -160,7 +160,7 @@ async def _forward_whep(
             cluster.placed(node)
             return _mirror(reply, body, node)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("edge did not take a viewer", extra={"node": node.id, "error": repr(exc)})
+        log.warning("node did not take an offer", extra={"node": node.id, "error": repr(exc)})
         cluster.mark_down(node.id)
         return None
 
