@@ -106,6 +106,8 @@ def verify(secret: bytes, token: str, *, now: float | None = None) -> Claims:
         payload, signature = _unb64(body), _unb64(sig)
     except (binascii.Error, ValueError):
         raise AuthError("token is not base64url", code="token_malformed") from None
+    if _b64(payload) != body or _b64(signature) != sig:  # one spelling per token (no spare bits)
+        raise AuthError("token is not canonical base64url", code="token_malformed")
     if not hmac.compare_digest(signature, _sign(secret, payload)):
         raise AuthError("token signature does not match", code="token_bad_signature")
     claims = _parse_claims(payload)

@@ -182,3 +182,18 @@ def test_rate_zero_means_no_limit() -> None:
     limiter = auth.RateLimiter(rate=0, burst=0, clock=lambda: 0.0)
     for _ in range(1000):
         limiter.check("a")
+
+
+def test_a_token_has_one_spelling() -> None:
+    """Base64url's spare bits in a last character must not give a token other valid forms."""
+    token = auth.mint(SECRET, "c1", Role.MODERATOR, ttl_s=60, now=NOW)
+    body, sig = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    others = [f"{body[:-1]}{c}.{sig}" for c in alphabet] + [
+        f"{body}.{sig[:-1]}{c}" for c in alphabet
+    ]
+    assert auth.verify(SECRET, token, now=NOW).role is Role.MODERATOR
+    for other in others:
+        if other != token:
+            with pytest.raises(AuthError):
+                auth.verify(SECRET, other, now=NOW)

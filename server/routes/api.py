@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 SID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODECS = ("VP8", "H264")
 MAX_JSON = 256 * 1024
-TIME_RANGE = (946_684_800.0, 4_102_444_800.0)  # 2000-01-01 .. 2100-01-01 UTC
+TIME_RANGE = (0.0, 4_102_444_800.0)  # 1970 .. 2100-01-01 UTC: shown in every zone, exported
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -57,7 +57,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 def parse_time(value: Any, field: str) -> float:
-    """ISO 8601 (with offset or Z) or epoch seconds → epoch seconds, from 2000 to 2100."""
+    """ISO 8601 (with offset or Z) or epoch seconds → epoch seconds, from 1970 to 2100."""
     at = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         at = float(value)
@@ -72,7 +72,7 @@ def parse_time(value: Any, field: str) -> float:
             f"{field} must be an ISO 8601 time with a zone, or epoch seconds", code="bad_field"
         )
     if not TIME_RANGE[0] <= at <= TIME_RANGE[1]:  # also NaN: every page and export shows it
-        raise ValidationError(f"{field} must be between 2000 and 2100", code="bad_field")
+        raise ValidationError(f"{field} must be between 1970 and 2100", code="bad_field")
     return at
 
 
