@@ -413,7 +413,9 @@ def drill_down_filter_and_resolve(
     assert (
         moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length") == in_commune
     )
+    assert moderator.input_value("#msg-target") == f"commune:{commune}"  # messages go there
     moderator.select_option("#filter-commune", "")
+    assert moderator.input_value("#msg-target") == "all"
     moderator.select_option("#filter-alert", "offline")
     assert moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length") == offline
     moderator.select_option("#filter-alert", "")

@@ -580,6 +580,13 @@ function wireControls(state) {
   for (const id of ["filter-status", "filter-quality", "filter-commune", "filter-alert", "filter-help"]) {
     $(id).addEventListener("change", refilter);
   }
+  // Looking at one commune: a message goes to that commune unless the moderator picks otherwise.
+  $("filter-commune").addEventListener("change", function () {
+    const name = $("filter-commune").value;
+    const target = $("msg-target");
+    if (name) target.value = "commune:" + name;
+    else if (target.value.indexOf("commune:") === 0) target.value = "all";
+  });
   const legend = document.querySelectorAll("[data-filter-class]");
   for (let i = 0; i < legend.length; i++) {
     legend[i].addEventListener("click", function () {
