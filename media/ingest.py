@@ -107,6 +107,8 @@ class Publisher:
                 f"publisher offer lacks this class's codecs "
                 f"({', '.join(s.describe() for s in self.specs.values())}): {exc}"
             ) from exc
+        if any(t.receiver.transport is None for t in self.pc.getTransceivers()):
+            raise SdpError("publisher offer has a media section aiortc cannot match (no a=mid?)")
         self._tap_all()
         hooks.prefer_dtls_server(self.pc, offer)  # after BUNDLE settled the transports
         hooks.legacy_curve_dtls_client(self.pc)
