@@ -40,6 +40,13 @@ KEYFRAME_REPLAY_PACKETS = 120
 RTX_SHARE = 0.5
 RTX_BURST = 64.0
 RESEND_MEMORY = 1024
+MIN_RESEND_INTERVAL = 0.05
+# A relay link (an edge pulling the lecture for hundreds of sites) is a LAN or data-centre
+# link: its losses are bursts (a busy edge's socket buffer overflowing), and every packet it
+# misses is missed by every site behind it, so it may be resent everything it asks for.
+RELAY_RTX_SHARE = 1.0
+RELAY_RTX_BURST = 1024.0
+RELAY_MIN_RESEND_INTERVAL = 0.02
 
 
 class Munger:
@@ -106,9 +113,35 @@ class ViewerTrack:
     rtx_refused: int = 0
     resend_interval: float = 0.2
     resent: dict[int, float] = field(default_factory=dict)
-    rtx_tokens: float = RTX_BURST
+    rtx_share: float = RTX_SHARE  # RTX budget: this share of forwarded packets ...
+    rtx_burst: float = RTX_BURST  # ... plus a burst
+    min_resend_interval: float = MIN_RESEND_INTERVAL
+    rtx_tokens: float = -1.0  # starts at rtx_burst
     rtx_mark: int = 0
     floor: int | None = None  # first seq this viewer was sent since it (re)joined
+
+    def __post_init__(self) -> None:
+        if self.rtx_tokens < 0:
+            self.rtx_tokens = self.rtx_burst
+
+    @classmethod
+    def relay(
+        cls, endpoint: Any, payload_type: int, rtx_payload_type: int | None = None
+    ) -> ViewerTrack:
+        """A relay link's membership: an RTX budget and resend pace fit for a LAN link."""
+        return cls(
+            endpoint,
+            payload_type,
+            rtx_payload_type,
+            rtx_share=RELAY_RTX_SHARE,
+            rtx_burst=RELAY_RTX_BURST,
+            min_resend_interval=RELAY_MIN_RESEND_INTERVAL,
+            resend_interval=RELAY_MIN_RESEND_INTERVAL,
+        )
+
+    def set_rtt(self, rtt: float) -> None:
+        """Pace resends of one packet to about the link's round trip (capped at 1 s)."""
+        self.resend_interval = min(1.0, max(self.min_resend_interval, 1.2 * rtt))
 
     def next_rtx_seq(self) -> int:
         """Sequence number for this viewer's next RTX packet."""
@@ -122,9 +155,9 @@ class ViewerTrack:
         last = self.resent.get(seq)
         if last is not None and now - last < self.resend_interval:
             return False
-        earned = (forwarded - self.rtx_mark) * RTX_SHARE
+        earned = (forwarded - self.rtx_mark) * self.rtx_share
         self.rtx_mark = forwarded
-        self.rtx_tokens = min(RTX_BURST, self.rtx_tokens + earned)
+        self.rtx_tokens = min(self.rtx_burst, self.rtx_tokens + earned)
         if self.rtx_tokens < 1.0:
             self.rtx_refused += 1
             return False

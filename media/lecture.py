@@ -65,20 +65,28 @@ class LectureStats:
 
 
 class Viewer:
-    """One viewer's endpoint and its membership of the lecture's tracks."""
+    """One viewer's endpoint and its membership of the lecture's tracks.
 
-    def __init__(self, lecture: Lecture, endpoint: Any, lines: list[MediaLine]) -> None:
+    A relay viewer (`relay=True`: an edge pulling the lecture for every site behind it) has no
+    VideoGate: neither loss nor RTCP silence nor an audio-only choice pauses its video, and its
+    retransmissions are budgeted for a LAN link (media.forwarder.RELAY_RTX_*).
+    """
+
+    def __init__(
+        self, lecture: Lecture, endpoint: Any, lines: list[MediaLine], relay: bool = False
+    ) -> None:
         self.lecture = lecture
         self.endpoint = endpoint
+        self.relay = relay
+        member = ViewerTrack.relay if relay else ViewerTrack
         self.tracks = {
-            line.kind: ViewerTrack(endpoint, line.payload_type, line.rtx_payload_type)
-            for line in lines
+            line.kind: member(endpoint, line.payload_type, line.rtx_payload_type) for line in lines
         }
         self.on_close: Callable[[Viewer], None] | None = None
         self.reports: dict[str, Any] = {}
         self.rtt: float | None = None
         self.closed = False
-        self.gate = VideoGate()
+        self.gate: VideoGate | None = None if relay else VideoGate()
         self.silent = False
         self.last_rtcp: float | None = None
         endpoint.on_rtcp = self._on_rtcp
@@ -97,15 +105,19 @@ class Viewer:
         if self.closed or self.last_rtcp is not None:
             return
         for kind, track in self.tracks.items():
-            if kind != "video" or not self.gate.paused:
+            if kind != "video" or not self._paused():
                 self.lecture.tracks[kind].join(track)
         self.last_rtcp = time.monotonic()
-        self.gate.started(self.last_rtcp)
+        if self.gate is not None:
+            self.gate.started(self.last_rtcp)
+
+    def _paused(self) -> bool:
+        return self.gate is not None and self.gate.paused
 
     def _on_rtcp(self, data: bytes) -> None:
         if self.last_rtcp is not None:
             self.last_rtcp = time.monotonic()
-            if self.silent:
+            if self.silent and self.gate is not None:
                 self.silent = False
                 if not self.gate.paused:
                     self.gate.started(self.last_rtcp)
@@ -120,17 +132,22 @@ class Viewer:
     def _apply(self, feedback: Feedback) -> None:
         by_ssrc = {self.lecture.tracks[k].ssrc: k for k in self.tracks}
         now, clock = time.time(), time.monotonic()
+        gate = self.gate
         for report in feedback.reports:
             kind = by_ssrc.get(report.ssrc)
             if kind is not None:
                 self.reports[kind] = report
-                if kind == "video" and self.gate.on_video_report(report.fraction_lost, clock):
+                if (
+                    kind == "video"
+                    and gate is not None
+                    and gate.on_video_report(report.fraction_lost, clock)
+                ):
                     self._pause_video("sustained loss")
                 rtt = rtt_seconds(report.lsr, report.dlsr, now)
                 if rtt is not None:
                     self.rtt = rtt
                     for track in self.tracks.values():
-                        track.resend_interval = min(1.0, max(0.05, 1.2 * rtt))
+                        track.set_rtt(rtt)
         for ssrc, seqs in feedback.nacks.items():
             kind = by_ssrc.get(ssrc)
             if kind is not None:
@@ -138,12 +155,15 @@ class Viewer:
         video = self.tracks.get("video")
         if feedback.keyframes and video is not None:
             self.lecture.tracks["video"].on_keyframe_request(video)
-        if self.gate.should_resume(clock) and not self.silent:
+        if gate is not None and gate.should_resume(clock) and not self.silent:
             self._resume_video()
 
     def check_silence(self, now: float, live_since: float) -> None:
-        """Pause video while the viewer sends no RTCP (its link is down); RTCP resumes it."""
-        if self.last_rtcp is None or self.silent or self.closed:
+        """Pause video while the viewer sends no RTCP (its link is down); RTCP resumes it.
+
+        Never a relay link's: a busy edge that is late with its RTCP still carries every site
+        behind it (a dead relay link is closed by the socket's consent timeout instead)."""
+        if self.gate is None or self.last_rtcp is None or self.silent or self.closed:
             return
         if now - max(self.last_rtcp, live_since) > RTCP_SILENCE:
             self.silent = True
@@ -162,7 +182,12 @@ class Viewer:
             self.lecture.tracks["video"].join(video)  # starts at a keyframe
 
     def set_audio_only(self, audio_only: bool) -> None:
-        """The site's own choice: no video at all (True) or video again (False)."""
+        """The site's own choice: no video at all (True) or video again (False).
+
+        Ignored for a relay link: it carries video to sites that made their own choice."""
+        if self.gate is None:
+            logger.warning("audio-only ignored on a relay link", extra={"lecture": self.lecture.id})
+            return
         self.gate.manual = audio_only
         if audio_only and not self.gate.paused:
             self.gate.paused = True
@@ -189,8 +214,8 @@ class Viewer:
             plis=sum(t.plis for t in self.tracks.values()),
             retransmits=sum(t.retransmits for t in self.tracks.values()),
             state=self.endpoint.state,
-            video_paused=self.gate.paused or self.silent,
-            video_pauses=self.gate.pauses,
+            video_paused=self._paused() or self.silent,
+            video_pauses=0 if self.gate is None else self.gate.pauses,
         )
 
     def _close(self) -> None:
@@ -328,8 +353,12 @@ class Lecture:
 
     # -- viewing ----------------------------------------------------------------------------
 
-    async def subscribe(self, offer: str) -> tuple[str, Viewer]:
-        """Answer a viewer's offer; media starts (at a keyframe) once it connects."""
+    async def subscribe(self, offer: str, relay: bool = False) -> tuple[str, Viewer]:
+        """Answer a viewer's offer; media starts (at a keyframe) once it connects.
+
+        `relay=True` for another LopSo node pulling the lecture (an edge, or an edge of a
+        tree): its video is never paused by per-viewer congestion logic (see `Viewer`).
+        """
         self._check_open()
         parsed = parse_viewer_offer(offer, self.specs)
         remote = parsed.remote
@@ -343,7 +372,8 @@ class Lecture:
         )
         ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in self.tracks.items()}
         answer = build_answer(parsed, self.specs, local, ssrcs)
-        viewer = Viewer(self, endpoint, [line for line in parsed.lines if line is not None])
+        lines = [line for line in parsed.lines if line is not None]
+        viewer = Viewer(self, endpoint, lines, relay=relay)
         self.viewers.add(viewer)
         return answer, viewer
 
@@ -359,15 +389,18 @@ class Lecture:
                     viewer.check_silence(now, self.live_since)
 
     def send_sender_reports(self) -> None:
-        """One SR per track to every joined viewer (the stream is shared, so is the SR)."""
+        """One SR per track to every joined viewer, batched by the track's fanout.
+
+        The SR is the same bytes for every viewer: one outgoing stream per track (one SSRC,
+        one munger timestamp offset, one packet/octet count), so it goes out like an RTP
+        packet of that stream (one sendmmsg per 64 viewers, SRTCP per viewer). Nothing in it
+        differs per viewer; the fanout's members are exactly the track's joined viewers.
+        """
         now = time.time()
         for track in self.tracks.values():
             report = track.sender_report(now)
-            if report is None:
-                continue
-            for viewer in track.viewers:
-                if viewer.joined:
-                    viewer.endpoint.send_rtcp(report)
+            if report is not None:
+                track.fanout.send_rtcp(report)
 
     # -- the rest ---------------------------------------------------------------------------
 

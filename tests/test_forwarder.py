@@ -237,6 +237,28 @@ def test_retransmissions_stay_within_the_rtx_budget():
     assert len(viewer.endpoint.sent) == 100 * RTX_SHARE  # earned by forwarded packets only
 
 
+def test_a_relay_link_is_resent_a_whole_burst_and_rtt_paced():
+    from media.forwarder import RELAY_MIN_RESEND_INTERVAL, RTX_BURST
+
+    clock = Clock()
+    track, _ = video_track(clock)
+    relay = ViewerTrack.relay(RecordingEndpoint(), 97)
+    track.join(relay)
+    for i in range(300):
+        track.on_rtp(3, False, 500 + i, i * 3000, KEY if i == 0 else CONT)
+    seqs = [rtp.fields(p)[2] for p in relay.endpoint.sent]
+    relay.endpoint.sent.clear()
+    track.on_nack(relay, seqs)  # an edge's socket buffer overflowed: 300 lost at once
+    assert relay.retransmits == 300 > RTX_BURST and relay.rtx_refused == 0
+    relay.set_rtt(0.002)  # a LAN link: resend again after 20 ms, a site viewer after 50 ms
+    site = ViewerTrack(RecordingEndpoint(), 97)
+    site.set_rtt(0.002)
+    assert relay.resend_interval == RELAY_MIN_RESEND_INTERVAL < site.resend_interval == 0.05
+    clock.now += RELAY_MIN_RESEND_INTERVAL + 0.001
+    track.on_nack(relay, seqs[:10])
+    assert relay.retransmits == 310
+
+
 def test_no_retransmission_from_before_the_viewers_keyframe():
     track, first, _seqs, _clock = _joined_viewer_after_packets(0)
     track.on_rtp(3, False, 500, 0, KEY)

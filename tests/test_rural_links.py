@@ -22,6 +22,7 @@ import pytest
 from aiortc import RTCSessionDescription
 from av import VideoFrame
 
+from media.congestion import VideoGate
 from media.engine import MediaConfig, MediaEngine
 from tests.mediaclip import NumberedVideoTrack
 from tests.test_lecture import PublisherPeer, ViewerPeer, assert_clean_increasing, wait_for
@@ -300,3 +301,60 @@ def test_impair_runs_from_the_command_line_and_prints_its_counters():
         [*argv[:2], "--to", "nowhere"], capture_output=True, text=True, timeout=30, check=False
     )
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+async def test_relay_link_with_25_percent_loss_is_never_paused(engine):
+    """An edge pulls the lecture over a link losing 25 % each way: its receiver reports say a
+    site viewer's video would pause (VideoGate), yet the relay link's video never does
+    (hundreds of sites behind it would go black) and the edge's site keeps decoding."""
+    edge_engine = MediaEngine(MediaConfig("127.0.0.1", 0))
+    await edge_engine.start()
+    origin = engine.lecture("relay-loss", video_codec="VP8")
+    edge = edge_engine.lecture("relay-loss", video_codec="VP8")
+    lossy = impair.Impairment(delay_ms=5, loss=0.25)
+    link_relay = impair.ImpairRelay(("127.0.0.1", engine.port), lossy, seed=2)
+    publisher, site = NoisyPublisher(), ViewerPeer()
+    links = []
+
+    async def signal(offer: str) -> str:
+        answer, link = await origin.subscribe(offer, relay=True)
+        links.append(link)
+        direct = f" 127.0.0.1 {engine.port} typ host"
+        return answer.replace(direct, f" 127.0.0.1 {link_relay.address[1]} typ host")
+
+    try:
+        await link_relay.start()
+        await site.subscribe(edge)
+        await publisher.publish(origin)
+        await edge.relay_from(signal)
+        await wait_for(lambda: len(site.frames) >= 15, timeout=15)
+        link = links[0]
+        reports: dict[int, float] = {}  # the link's video receiver reports, by identity
+        windows = []
+        for _ in range(5):  # 10 s: an ordinary viewer pauses after a 2 s grace + 3 reports
+            before = len(site.frames)
+            for _ in range(40):
+                await asyncio.sleep(0.05)
+                report = link.reports.get("video")
+                if report is not None:
+                    reports.setdefault(id(report), report.fraction_lost)
+            windows.append(len(site.frames) - before)
+        stats, lossed = link.stats(), link_relay.stats()
+        gate = VideoGate()  # what decides for a site viewer, fed the same reports
+        would_pause = any(gate.on_video_report(f, 100.0) for f in reports.values())
+        corrupt = sum(1 for n in site.numbers() if n is None)
+        print(
+            f"\nrelay link 25 % loss: site frames per 2 s {windows} ({corrupt} corrupt); "
+            f"video loss reported {[round(f, 2) for f in reports.values()]}; link {stats}; "
+            f"relay {lossed}"
+        )
+        assert 0.2 < lossed["down"]["lost"] / lossed["down"]["packets_in"] < 0.3
+        assert would_pause  # the same reports pause an ordinary viewer's video ...
+        assert not stats.video_paused and stats.video_pauses == 0  # ... never a relay link's
+        assert link.tracks["video"].joined and stats.retransmits > 0.1 * stats.packets_sent
+        assert all(n >= 10 for n in windows), windows  # ~30 fps published: video keeps going
+    finally:
+        await site.close()
+        await publisher.close()
+        link_relay.close()
+        await edge_engine.close()
