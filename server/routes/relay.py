@@ -63,7 +63,7 @@ async def post_relay(request: web.Request) -> web.Response:
     offer = await read_sdp(request)
     lecture = lecture_of(state, session)
     cluster.want(lecture)  # an edge feeding another edge pulls the lecture itself (a tree)
-    answer, viewer = await lecture.subscribe(offer)
+    answer, viewer = await lecture.subscribe(offer, relay=True)  # never paused: carries sites
     rid = resource_id(cluster.node_id)
     cluster.relays[rid] = viewer
     viewer.on_close = lambda _viewer: cluster.relays.pop(rid, None)
