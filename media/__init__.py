@@ -8,6 +8,8 @@ media/ knows nothing of sites, roles, tokens or Redis; server/ drives it through
     lecture = engine.lecture("class-42", video_codec="VP8")   # get or create (VP8 or H264)
     answer, publisher = await lecture.publish(offer_sdp)      # WHIP; replaces a live publisher
     answer, viewer = await lecture.subscribe(offer_sdp)       # WHEP; works before the lecturer is live
+    answer, link = await lecture.subscribe(offer_sdp, relay=True)  # a relay link to an edge:
+                                         # never paused by loss or silence, LAN RTX budget
     publisher = await lecture.relay_from(signal)   # edge: pull from another node's lecture,
                                                    # signal(offer) -> its subscribe answer
     viewer.stats()         # -> ViewerStats (packets/bytes sent, loss, jitter, rtt, nacks, plis,
