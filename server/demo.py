@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -67,6 +68,14 @@ def demo_sites(count: int) -> list[Site]:
 async def create_demo(store: Store, config: Config, count: int) -> dict[str, Any]:
     """Register demo sites and a new demo class starting in 10 minutes; return its links."""
     sites = demo_sites(count)
+    # A restart must not revoke the links pages already hold: keep known sites' join keys.
+    known = {s.code: s for s in await store.get_sites([s.code for s in sites]) if s}
+    sites = [
+        dataclasses.replace(s, join_key=known[s.code].join_key)
+        if s.code in known and known[s.code].join_key
+        else s
+        for s in sites
+    ]
     await store.upsert_sites(sites)
     now = time.time()
     session = ClassSession(
