@@ -447,6 +447,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="20,000 check-ins (under 60 s)")
     parser.add_argument("--profile", action="store_true", help="py-spy the server (own server)")
+    parser.add_argument(
+        "--profile-top", type=int, default=25, help="functions listed by the profile summary"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.checkins = min(args.checkins, 20_000)
@@ -555,7 +558,7 @@ def run_own_server(args: argparse.Namespace) -> dict[str, Any]:
                 measure(server.url, server.admin_token(), args, pid, profiler)
             )
             if profiler is not None:
-                print(profiler.summary(), file=sys.stderr)
+                print(profiler.summary(args.profile_top), file=sys.stderr)
         except BaseException:
             print(f"server log (tail):\n{server.log()}", file=sys.stderr)
             raise
