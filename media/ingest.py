@@ -112,7 +112,12 @@ class Publisher:
         self._tap_all()
         hooks.prefer_dtls_server(self.pc, offer)  # after BUNDLE settled the transports
         hooks.legacy_curve_dtls_client(self.pc)
-        answer = await self.pc.createAnswer()
+        try:
+            answer = await self.pc.createAnswer()
+        except ValueError as exc:  # e.g. a media section without a=sendonly/sendrecv/...
+            raise SdpError(
+                f"publisher offer cannot be answered (a=sendonly missing?): {exc}"
+            ) from exc
         await self.pc.setLocalDescription(answer)
         return self.pc.localDescription.sdp
 
