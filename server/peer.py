@@ -74,6 +74,7 @@ class SiteState:
     help_open: int = 0
     checkins: int = 0
     joins: int = 0
+    media_mode: str = "auto"  # the site's own choice: "auto" | "audio_only" (media_mode)
 
     def wire(self) -> dict[str, Any]:
         """The protocol's site state object."""
