@@ -62,6 +62,8 @@ class Hub:
         self.on_class_ended: Callable[[str], Awaitable[None]] | None = None
         # a site's join key was rotated: close its media in that class (sid, site)
         self.on_site_revoked: Callable[[str, str], Awaitable[None]] | None = None
+        # a site chose "auto" or "audio_only": apply it to this node's viewers (sid, site, mode)
+        self.on_media_mode: Callable[[str, str, str], None] | None = None
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
 
