@@ -147,6 +147,9 @@ class ClassLive:
             if state is not None:
                 state.apply(message["patch"])
                 self.dirty.add(state.code)
+                mode = message["patch"].get("media_mode")
+                if mode is not None and self.hub.on_media_mode is not None:  # every node's viewers
+                    self.hub.on_media_mode(self.session.id, state.code, str(mode))
         elif kind == "live":
             self.live = bool(message["live"])
         elif kind == "question":
