@@ -225,6 +225,7 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
         state.hub.on_site_revoked = lambda sid, code: _close_site_media(state, sid, code)
+        state.hub.on_media_mode = lambda sid, code, mode: apply_media_mode(state, sid, code, mode)
         await state.hub.resume(time.time())
         try:
             yield
@@ -255,6 +256,24 @@ async def _close_site_media(state: AppState, sid: str, code: str) -> None:
                 await resource.handle.close()
             except Exception:
                 log.exception("could not close a revoked viewer", extra={"sid": sid, "site": code})
+
+
+def site_viewers(state: AppState, sid: str, code: str) -> list[Any]:
+    """This node's WHEP viewers (media Viewer handles) of one site in a class."""
+    return [
+        r.handle
+        for r in list(state.resources.values())
+        if r.kind == "whep" and r.sid == sid and r.site == code
+    ]
+
+
+def apply_media_mode(state: AppState, sid: str, code: str, mode: str) -> None:
+    """A site's choice ("auto" | "audio_only") applied to its viewers on this node."""
+    for viewer in site_viewers(state, sid, code):
+        try:
+            viewer.set_audio_only(mode == "audio_only")
+        except Exception:
+            log.exception("could not apply a media mode", extra={"sid": sid, "site": code})
 
 
 async def lecture_live(state: AppState, sid: str) -> bool:
