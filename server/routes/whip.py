@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_SDP = 64 * 1024
 ALLOW = "OPTIONS, POST"
 ALLOW_RESOURCE = "DELETE, OPTIONS"
+MEDIA_MODES = ("auto", "audio_only")
 
 
 @dataclasses.dataclass
@@ -145,9 +146,21 @@ async def post_whep(request: web.Request) -> web.Response:
     if placed is not None:
         return placed
     answer, viewer = await lecture_of(state, session).subscribe(offer)
+    if media_mode_of(request, session.id, code) == "audio_only":  # before it connects
+        viewer.set_audio_only(True)
     state.metrics.watch_join(viewer, started)
     rid = _remember(state, Resource("whep", session.id, code, viewer))
     return _created(f"/whep/{session.id}/{code}/{rid}", answer)
+
+
+def media_mode_of(request: web.Request, sid: str, code: str) -> str:
+    """The site's media choice for a new viewer: the page's `?media=audio_only` (kept when a
+    cluster forwards the offer), else what its `media_mode` message recorded in the class."""
+    if request.query.get("media") in MEDIA_MODES:
+        return request.query["media"]
+    room = request.app[STATE].hub.open_room(sid)
+    site = room.sites.get(code) if room is not None else None
+    return site.media_mode if site is not None else "auto"
 
 
 def _remember(state: AppState, resource: Resource) -> str:
