@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from server import auth, reports
-from server.app import STATE, authorize_request, session_or_404
+from server.app import STATE, AppState, authorize_request, session_or_404, site_viewers
 from server.checkin import CheckinError, parse_checkin
 from server.errors import UnknownError, ValidationError, describe
 from server.metrics import Metrics
@@ -39,6 +39,7 @@ FLOOD_WINDOW_S = 10.0
 STATUSES = ("waiting", "connecting", "playing", "reconnecting", "stalled", "error")
 PHASES = ("start", "mid", "end", "other")
 HELP_REASONS = ("no_picture", "no_sound", "connection", "other")
+MEDIA_MODES = ("auto", "audio_only")
 
 
 @dataclasses.dataclass
@@ -50,6 +51,7 @@ class Context:
     claims: auth.Claims
     metrics: Metrics
     ref: str | None = None  # the message's id: resends of one message are stored once
+    state: AppState | None = None  # the node (its media viewers), absent in bare dispatch tests
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -138,6 +140,30 @@ async def on_quality(ctx: Context, data: dict[str, Any]) -> None:
     )
     sample = {key: number(data, key) for key in keys if data.get(key) is not None}
     await reports.quality(ctx.room, own_site(ctx), sample)
+    _echo_media_state(ctx)
+
+
+def _echo_media_state(ctx: Context) -> None:
+    """Tell the site page its media mode and whether the server paused its video (a weak
+    link), from this node's viewers of the site (none here in a cluster: mode only)."""
+    code = own_site(ctx)
+    viewers = site_viewers(ctx.state, ctx.peer.sid, code) if ctx.state is not None else []
+    site = ctx.room.sites.get(code)
+    ctx.peer.post(
+        {
+            "type": "media_state",
+            "mode": site.media_mode if site is not None else "auto",
+            "video_paused": any(v.stats().video_paused for v in viewers) if viewers else None,
+        }
+    )
+
+
+async def on_media_mode(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    """The site's choice: "auto" (video, paused by the server on a weak link) or
+    "audio_only"; recorded in the class and applied to the site's viewers on every node."""
+    mode = choice(data, "mode", MEDIA_MODES)
+    await ctx.room.patch(own_site(ctx), media_mode=mode)
+    return {"mode": mode}
 
 
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +247,7 @@ HANDLERS: dict[str, tuple[Handler, Action | None]] = {
     "help": (on_help, Action.REPORT),
     "question": (on_question, Action.REPORT),
     "checkin": (on_checkin, Action.CHECKIN),
+    "media_mode": (on_media_mode, Action.REPORT),
     "message": (on_message, Action.MODERATE),
     "command": (on_command, Action.MODERATE),
     "resolve_help": (on_resolve_help, Action.MODERATE),
@@ -290,7 +317,8 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     connected.inc()
     try:
         await room.join(peer)
-        await _read(ws, Context(peer, room, claims, state.metrics), state.config.ws_idle_timeout_s)
+        context = Context(peer, room, claims, state.metrics, state=state)
+        await _read(ws, context, state.config.ws_idle_timeout_s)
     finally:
         peer.shut()
         # aiohttp cancels this handler when the socket drops: the leave must still be recorded.
