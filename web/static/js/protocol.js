@@ -99,9 +99,13 @@ export function newId() {
 }
 
 /**
- * One signalling WebSocket per page: reconnects with backoff forever, heartbeats every 10 s,
+ * One signalling WebSocket per page: reconnects with backoff, heartbeats every 10 s,
  * and keeps messages that need an ack in a queue that is resent after every reconnect
  * (and survives a page reload when `storageKey` is given).
+ * It stops for good when its link was revoked (the site's join key was rotated): on a
+ * `revoked` message, or when a connect fails and a plain GET of the same URL answers
+ * `401 token_revoked` (a browser hides a refused upgrade's status). It then emits
+ * `"rejected"` with the HttpError and goes to state "closed".
  */
 export class Channel {
   /**
@@ -165,11 +169,14 @@ export class Channel {
     this.ws = ws;
     ws.onopen = () => this.onOpen();
     ws.onmessage = (ev) => this.onFrame(ev.data);
+    let opened = false;
+    ws.addEventListener("open", function () { opened = true; });
     ws.onclose = () => {
       if (this.ws !== ws) return;
       this.ws = null;
       clearInterval(this.timer);
-      this.scheduleReconnect();
+      if (opened || this.stopped) this.scheduleReconnect();
+      else this.probeThenReconnect();
     };
     ws.onerror = () => { /* onclose follows */ };
   }
@@ -188,6 +195,11 @@ export class Channel {
     let msg;
     try { msg = JSON.parse(data); } catch (e) { return; }
     if (!msg || typeof msg.type !== "string") return;
+    if (msg.type === "revoked") {
+      this.emit(msg.type, msg);
+      this.stop(new HttpError(401, "token_revoked", "the link was replaced"));
+      return;
+    }
     if ((msg.type === "ack" || msg.type === "error") && msg.id && this.pending.has(msg.id)) {
       const entry = this.pending.get(msg.id);
       this.pending.delete(msg.id);
@@ -196,6 +208,26 @@ export class Channel {
       else entry.reject(new HttpError(0, msg.code || "error", msg.message || msg.code));
     }
     this.emit(msg.type, msg);
+  }
+
+  /** A connect failed before opening: ask why (one GET); stop if the link was revoked. */
+  async probeThenReconnect() {
+    let err = null;
+    try {
+      const resp = await fetch(this.url.replace(/^ws/, "http"), { cache: "no-store" });
+      if (resp.status === 401) err = await httpErrorFrom(resp);
+    } catch (e) { /* offline: just retry later */ }
+    if (err && err.code === "token_revoked") {
+      this.stop(err);
+      return;
+    }
+    this.scheduleReconnect();
+  }
+
+  /** Stop for good because the server refused this page's link. @param {HttpError} err */
+  stop(err) {
+    this.close();
+    this.emit("rejected", err);
   }
 
   scheduleReconnect() {
