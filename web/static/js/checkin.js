@@ -51,6 +51,10 @@ async function submit(page, url) {
     setText(result, t(duplicate ? "checkin_duplicate" : "checkin_ok", { name: name }));
   } catch (err) {
     result.setAttribute("data-kind", "error");
+    if (err.code === "token_revoked") {
+      showRevoked();
+      return;
+    }
     if (err.status === 409 || err.code === "duplicate" || err.code === "checkin_duplicate") {
       setText(result, t("checkin_duplicate", { name: name }));
     } else if (err.status === 429) {
@@ -63,6 +67,14 @@ async function submit(page, url) {
   } finally {
     $("submit").disabled = false;
   }
+}
+
+/** The hall's link was replaced: the form cannot work any more; say what to do. */
+function showRevoked() {
+  $("form").hidden = true;
+  $("revoked").hidden = false;
+  setText($("revoked-title"), t("link_revoked_title"));
+  setText($("revoked-detail"), t("link_revoked_detail"));
 }
 
 main();
