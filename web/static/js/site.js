@@ -1,6 +1,8 @@
 // Site player: the village hall's projector page. Connects as soon as it opens (operators
 // test early), shows a waiting card until the lecturer is live, plays by itself, and
-// reconnects WHEP and the WebSocket with backoff for as long as the class lasts.
+// reconnects WHEP and the WebSocket with backoff for as long as the class lasts — unless
+// its link was revoked (the site's join key rotated): then it stops and says so.
+// The operator chooses "auto" (video, paused by the server on a weak link) or "audio only".
 import {
   Backoff, Channel, HttpError, StatsSampler, WhxSession, qualityMessage, sleep,
 } from "./protocol.js";
@@ -19,6 +21,12 @@ class Player {
     this.page = page;
     this.live = false;
     this.ended = false;
+    this.revoked = false; // the link was replaced: no more reconnects
+    /** @type {"auto"|"audio_only"} the hall's choice, kept across reloads */
+    this.mode = loadMode(page);
+    /** @type {boolean|null} the server paused video (weak link), from `media_state` */
+    this.videoPaused = null;
+    this.audioNow = 0; // audio packets received by the current peer connection
     /** @type {"none"|"connecting"|"connected"|"failed"} */
     this.media = "none";
     this.everConnected = false;
@@ -47,8 +55,14 @@ class Player {
     return this.framesBase + this.framesNow;
   }
 
-  /** @returns {string} waiting|connecting|playing|reconnecting|stalled|ended */
+  /** Only sound is expected now (chosen, or video paused by the server). */
+  audioOnly() {
+    return this.mode === "audio_only" || this.videoPaused === true;
+  }
+
+  /** @returns {string} waiting|connecting|playing|reconnecting|stalled|ended|revoked */
   derive(now) {
+    if (this.revoked) return "revoked";
     if (this.ended) return "ended";
     if (this.lastFrameAt && now - this.lastFrameAt < STALL_MS && this.media === "connected") return "playing";
     if (this.media !== "connected") return this.everConnected ? "reconnecting" : "connecting";
@@ -80,6 +94,8 @@ function exposeForTests(player) {
     get live() { return player.live; },
     get whepConnects() { return player.whepConnects; },
     get wsState() { return player.channel.state; },
+    get mode() { return player.mode; },
+    get revoked() { return player.revoked; },
     framesDecoded: function () { return player.framesDecoded(); },
     peerConnection: function () { return player.pc; },
   };
@@ -95,7 +111,17 @@ function fillStartTime(page) {
 function wireChannel(player) {
   const ch = player.channel;
   ch.on("state", function (state) {
-    if (state === "open") ch.send({ type: "status", state: wireState(player.state) });
+    if (state === "open") {
+      ch.send({ type: "status", state: wireState(player.state) });
+      if (player.mode !== "auto") ch.send({ type: "media_mode", mode: player.mode });
+    }
+    render(player);
+  });
+  ch.on("rejected", function (err) {
+    if (err && err.code === "token_revoked") revoke(player);
+  });
+  ch.on("media_state", function (msg) {
+    player.videoPaused = typeof msg.video_paused === "boolean" ? msg.video_paused : null;
     render(player);
   });
   ch.on("welcome", function (msg) {
@@ -121,6 +147,15 @@ function wireChannel(player) {
   });
 }
 
+/** The site's link was replaced: stop every reconnect and show what to do. */
+function revoke(player) {
+  if (player.revoked) return;
+  player.revoked = true;
+  player.channel.close();
+  closeMedia(player);
+  render(player);
+}
+
 function setLive(player, live) {
   if (live && !player.live) player.liveSince = Date.now();
   player.live = live;
@@ -143,7 +178,7 @@ function wireState(state) {
 async function connectMedia(player, delayMs) {
   const gen = ++player.generation;
   if (delayMs) await sleep(delayMs);
-  if (gen !== player.generation || player.ended) return;
+  if (gen !== player.generation || player.ended || player.revoked) return;
   player.media = "connecting";
   render(player);
   const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
@@ -156,7 +191,7 @@ async function connectMedia(player, delayMs) {
   };
   pc.onconnectionstatechange = function () { onConnectionState(player, pc, gen); };
   player.pc = pc;
-  player.whep = new WhxSession(player.page.whep_url, player.page.token);
+  player.whep = new WhxSession(whepUrl(player), player.page.token);
   player.sampler = new StatsSampler(pc, "inbound");
   try {
     await player.whep.start(pc, { iceWaitMs: 0 });
@@ -177,6 +212,10 @@ function onWhepError(player, err) {
   console.warn("lopso: WHEP failed", err);
   if (err instanceof HttpError && err.code === "class_ended") {
     endClass(player);
+    return;
+  }
+  if (err instanceof HttpError && err.code === "token_revoked") {
+    revoke(player);
     return;
   }
   if (err instanceof HttpError && (err.status === 401 || err.status === 403 || err.status === 404)) {
@@ -216,13 +255,14 @@ function closeMedia(player) {
   player.whep = null;
   player.framesBase += player.framesNow;
   player.framesNow = 0;
+  player.audioNow = 0;
   if (whep) whep.stop();
   if (pc) pc.close();
   player.media = "none";
 }
 
 function reconnectMedia(player, delayMs) {
-  if (player.ended) return;
+  if (player.ended || player.revoked) return;
   closeMedia(player);
   connectMedia(player, delayMs);
 }
@@ -245,10 +285,15 @@ async function tick(player) {
   const pc = player.pc;
   if (pc && player.media === "connected") {
     try {
-      const frames = await videoFramesDecoded(pc);
-      if (pc === player.pc && frames > player.framesNow) {
-        player.framesNow = frames;
+      const got = await mediaReceived(pc);
+      if (pc === player.pc && got.frames > player.framesNow) {
+        player.framesNow = got.frames;
         player.lastFrameAt = Date.now();
+      }
+      // Sound only (chosen, or the server paused video): sound arriving is playing.
+      if (pc === player.pc && got.audio > player.audioNow) {
+        player.audioNow = got.audio;
+        if (player.audioOnly()) player.lastFrameAt = Date.now();
       }
     } catch (e) { /* closed meanwhile */ }
   }
@@ -260,13 +305,16 @@ async function tick(player) {
   render(player);
 }
 
-async function videoFramesDecoded(pc) {
+/** Video frames decoded and audio packets received by one peer connection. */
+async function mediaReceived(pc) {
   const report = await pc.getStats();
   let frames = 0;
+  let audio = 0;
   report.forEach(function (s) {
     if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0;
+    if (s.type === "inbound-rtp" && s.kind === "audio") audio += s.packetsReceived || 0;
   });
-  return frames;
+  return { frames: frames, audio: audio };
 }
 
 async function sendQuality(player) {
@@ -285,6 +333,7 @@ const CARD = {
   waiting: ["site_waiting", "site_waiting_detail"],
   stalled: ["site_stalled", "site_stalled_detail"],
   ended: ["site_ended", "site_ended_detail"],
+  revoked: ["link_revoked_title", "link_revoked_detail"],
 };
 
 function render(player) {
@@ -295,18 +344,66 @@ function render(player) {
   const pill = $("status");
   pill.setAttribute("data-state", state);
   let label = t("state_" + state);
-  if (player.channel.state !== "open" && state !== "ended") label += " · " + t("site_ws_offline");
+  if (player.channel.state !== "open" && state !== "ended" && state !== "revoked") {
+    label += " · " + t("site_ws_offline");
+  }
   setText(pill, label);
   const card = CARD[state];
   $("card").hidden = !card;
   if (card) {
     setText($("card-title"), t(card[0]));
-    setText($("card-detail"), t(player.problem && state !== "ended" ? player.problem : card[1]));
+    const problem = player.problem && state !== "ended" && state !== "revoked";
+    setText($("card-detail"), t(problem ? player.problem : card[1]));
   }
+  renderMedia(player, state);
   if (changed) {
     player.channel.send({ type: "status", state: wireState(state) });
     if (state === "playing") keepScreenOn(player);
   }
+}
+
+/** The mode buttons and the "sound only" notice on the stage. */
+function renderMedia(player, state) {
+  $("mode-auto").setAttribute("aria-pressed", String(player.mode === "auto"));
+  $("mode-audio").setAttribute("aria-pressed", String(player.mode === "audio_only"));
+  const note = $("media-note");
+  let key = "";
+  if (state === "playing" && player.mode === "audio_only") key = "site_media_audio_only_on";
+  else if (state === "playing" && player.videoPaused === true) key = "site_video_paused_weak";
+  note.hidden = !key;
+  note.setAttribute("data-kind", player.mode === "audio_only" ? "chosen" : "weak");
+  if (key) setText(note, t(key));
+}
+
+// ---- media mode (auto / audio only) ------------------------------------------------------
+
+function modeKey(page) {
+  return "lopso:mode:" + page.sid + ":" + (page.site ? page.site.code : "");
+}
+
+/** @returns {"auto"|"audio_only"} */
+function loadMode(page) {
+  try {
+    return localStorage.getItem(modeKey(page)) === "audio_only" ? "audio_only" : "auto";
+  } catch (e) { return "auto"; }
+}
+
+/** The WHEP URL with the hall's choice, so a new viewer starts in it on whichever node. */
+function whepUrl(player) {
+  const url = player.page.whep_url;
+  if (player.mode === "auto") return url;
+  return url + (url.indexOf("?") < 0 ? "?" : "&") + "media=" + player.mode;
+}
+
+/** @param {"auto"|"audio_only"} mode */
+function setMode(player, mode) {
+  if (player.mode === mode) return;
+  player.mode = mode;
+  try { localStorage.setItem(modeKey(player.page), mode); } catch (e) { /* private mode */ }
+  if (mode === "auto") player.videoPaused = null;
+  // Applied to the viewer at once; after a reconnect the WHEP URL and `open` carry it again.
+  player.channel.call({ type: "media_mode", mode: mode }).catch(function () {});
+  render(player);
 }
 
 function keepScreenOn(player) {
@@ -337,6 +434,8 @@ function wireControls(player) {
   $("start").hidden = false;
   $("start").addEventListener("click", function () { startWatching(); });
   $("fullscreen").addEventListener("click", function () { toggleFullscreen(); });
+  $("mode-auto").addEventListener("click", function () { setMode(player, "auto"); });
+  $("mode-audio").addEventListener("click", function () { setMode(player, "audio_only"); });
   $("message-close").addEventListener("click", function () { $("message").hidden = true; });
   $("open-headcount").addEventListener("click", function () { openPanel("panel-headcount", "hc-count"); });
   $("open-help").addEventListener("click", function () { openPanel("panel-help"); });
