@@ -240,7 +240,8 @@ def used_keys() -> set[str]:
 def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
     vi = catalogue("vi")
     dynamic = {f"state_{s}" for s in ("connecting", "reconnecting", "waiting", "playing",
-                                      "stalled", "ended", "offline", "never_joined")}
+                                      "stalled", "ended", "offline", "never_joined",
+                                      "revoked")}
     dynamic |= {f"help_{r}" for r in ("no_picture", "no_sound", "connection", "other")}
     dynamic |= {f"quality_{q}" for q in ("good", "non_optimal", "poor", "lost")}
     dynamic |= {f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting",
