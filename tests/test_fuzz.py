@@ -414,6 +414,13 @@ async def test_class_bodies(hall: Hall, body: dict[str, Any]) -> None:
     assert (await again.json())["starts_at"] == created["starts_at"]
 
 
+async def test_json_body_over_its_limit_is_413(hall: Hall) -> None:
+    raw = b'{"name": "' + b"x" * (300 * 1024) + b'"}'
+    path = "/api/sessions/c1/sites/S1/checkins"
+    reply = await call(hall.client.post(path, data=raw, headers=_json_headers()))
+    assert (await assert_error(reply, 413))["code"] == "body_too_large"
+
+
 @FUZZ
 @given(raw=RAW_JSON, path=st.sampled_from(["/api/sessions", "/api/sessions/c1/sites/S1/checkins"]))
 async def test_raw_json_bodies(hall: Hall, raw: bytes, path: str) -> None:
@@ -507,6 +514,57 @@ async def test_hostile_registry_csv(hall: Hall, csv_text: str | bytes, encoding:
     assert names["S1"] == "Nhà văn hóa thôn Đông"  # nothing outside the CSV changed
     for site in names.values():
         assert "\x00" not in site
+
+
+# --- paths and query strings ---------------------------------------------------------------
+SEGMENT = st.one_of(
+    st.sampled_from(["c1", "S1", "S2", "S9", "", ".", "..", "%00", "*"]),
+    st.text(min_size=1, max_size=40),
+    st.text(alphabet="abc", min_size=300, max_size=3000),
+)
+QUERY = st.dictionaries(
+    st.sampled_from(["lang", "level", "commune", "limit", "site", "token", "x"]),
+    st.one_of(st.text(max_size=30), st.integers(-(2**70), 2**70).map(str), st.just("")),
+    max_size=4,
+)
+GETS = (
+    "/api/sessions/{sid}",
+    "/api/sessions/{sid}/links",
+    "/api/sessions/{sid}/attendance",
+    "/api/sessions/{sid}/attendance.csv",
+    "/api/sessions/{sid}/attendance.xlsx",
+    "/api/sessions/{sid}/sites/{site}",
+    "/api/sessions/{sid}/incidents",
+    "/studio/{sid}",
+    "/site/{sid}/{site}",
+    "/moderator/{sid}",
+    "/checkin/{sid}/{site}",
+)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(GETS),
+    sid=st.one_of(st.just("c1"), SEGMENT),
+    site=st.one_of(st.just("S1"), SEGMENT),
+    query=QUERY,
+)
+async def test_paths_and_query_strings(
+    hall: Hall, path: str, sid: str, site: str, query: dict[str, str]
+) -> None:
+    from urllib.parse import quote
+
+    url = path.replace("{sid}", quote(sid, safe="")).replace("{site}", quote(site, safe=""))
+    if "token" not in query:
+        query = {**query, "token": mint(Role.ADMIN)}
+    reply = await call(hall.client.get(url, params=query))
+    if reply.status < 400:
+        assert reply.status == 200, await reply.text()
+        return
+    if reply.content_type == "application/json" or path.startswith("/api/"):
+        await assert_error(reply)  # an API route, or a path no route matches
+    else:  # a page: an error page in the person's language
+        assert 400 <= reply.status < 500 and reply.content_type == "text/html", reply.status
 
 
 # --- tokens ---------------------------------------------------------------------------------

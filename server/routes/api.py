@@ -25,7 +25,7 @@ from server.app import (
 )
 from server.checkin import Checkin, CheckinError, parse_checkin
 from server.demo import class_links
-from server.errors import ContentTypeError, ForbiddenError, ValidationError
+from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, ValidationError
 from server.models import ClassSession, Role
 from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
@@ -46,7 +46,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise ContentTypeError("Content-Type must be application/json")
     raw = await request.read()
     if len(raw) > MAX_JSON:
-        raise ValidationError(f"JSON body over {MAX_JSON} bytes", code="body_too_large")
+        raise BodyTooLargeError(f"JSON body over {MAX_JSON} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON or UTF-8, nested too deep, a huge number
