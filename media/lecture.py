@@ -83,6 +83,8 @@ class Viewer:
             line.kind: member(endpoint, line.payload_type, line.rtx_payload_type) for line in lines
         }
         self.on_close: Callable[[Viewer], None] | None = None
+        self._kinds = {lecture.tracks[kind].ssrc: kind for kind in self.tracks}
+        """Which of our tracks an SSRC in this viewer's RTCP is about (fixed per lecture)."""
         self.reports: dict[str, Any] = {}
         self.rtt: float | None = None
         self.closed = False
@@ -130,9 +132,10 @@ class Viewer:
         self._apply(feedback)
 
     def _apply(self, feedback: Feedback) -> None:
-        by_ssrc = {self.lecture.tracks[k].ssrc: k for k in self.tracks}
-        now, clock = time.time(), time.monotonic()
+        by_ssrc = self._kinds
+        clock = time.monotonic()
         gate = self.gate
+        rtt = None
         for report in feedback.reports:
             kind = by_ssrc.get(report.ssrc)
             if kind is not None:
@@ -143,11 +146,13 @@ class Viewer:
                     and gate.on_video_report(report.fraction_lost, clock)
                 ):
                     self._pause_video("sustained loss")
-                rtt = rtt_seconds(report.lsr, report.dlsr, now)
-                if rtt is not None:
-                    self.rtt = rtt
-                    for track in self.tracks.values():
-                        track.set_rtt(rtt)
+                measured = rtt_seconds(report.lsr, report.dlsr, time.time()) if report.lsr else None
+                if measured is not None:
+                    rtt = measured
+        if rtt is not None:
+            self.rtt = rtt
+            for track in self.tracks.values():
+                track.set_rtt(rtt)
         for ssrc, seqs in feedback.nacks.items():
             kind = by_ssrc.get(ssrc)
             if kind is not None:

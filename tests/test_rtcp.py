@@ -76,3 +76,90 @@ def test_parse_feedback_fails_only_with_rtcp_error(data):
     except RtcpError:
         return
     assert all(0 <= seq <= 0xFFFF for lost in feedback.nacks.values() for seq in lost)
+
+
+def _reference_feedback(data: bytes):
+    """What aiortc.rtp's generic parser reads from a well-formed compound packet."""
+    from aiortc.rtp import RtcpRtpfbPacket, RtcpSrPacket
+
+    reports, nacks, keyframes = [], {}, set()
+    for packet in RtcpPacket.parse(data):
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            reports += [
+                (r.ssrc, r.fraction_lost / 256, r.packets_lost, r.jitter, r.lsr, r.dlsr)
+                for r in packet.reports
+            ]
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == 1:
+            nacks.setdefault(packet.media_ssrc, []).extend(s & 0xFFFF for s in packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == 1:
+            keyframes.add(packet.media_ssrc)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == 4:
+            keyframes |= {struct.unpack_from("!L", packet.fci, i)[0] for i in range(0, 8, 8)}
+    return reports, nacks, keyframes
+
+
+_u32 = st.integers(0, 2**32 - 1)
+_block = st.builds(
+    RtcpReceiverInfo,
+    ssrc=_u32,
+    fraction_lost=st.integers(0, 255),
+    packets_lost=st.integers(-(2**23), 2**23 - 1),
+    highest_sequence=_u32,
+    jitter=_u32,
+    lsr=_u32,
+    dlsr=_u32,
+)
+
+
+def _rr(blocks):
+    return bytes(RtcpRrPacket(ssrc=1, reports=blocks))
+
+
+def _sr(blocks):
+    from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket
+
+    return bytes(RtcpSrPacket(ssrc=1, sender_info=RtcpSenderInfo(1, 2, 3, 4), reports=blocks))
+
+
+def _nack(media_ssrc, pairs):
+    fci = b"".join(struct.pack("!HH", pid, blp) for pid, blp in pairs)
+    return struct.pack("!BBHLL", 0x81, 205, 2 + len(pairs), 1, media_ssrc) + fci
+
+
+def _psfb(fmt, media_ssrc, fir_ssrc):
+    fci = struct.pack("!LBxxx", fir_ssrc, 7) if fmt == 4 else b""
+    return bytes(RtcpPsfbPacket(fmt=fmt, ssrc=1, media_ssrc=media_ssrc, fci=fci))
+
+
+_SDES = b"\x81\xca\x00\x06" + struct.pack("!L", 1) + b"\x01\x10" + b"{0123456789abcd}" + b"\x00\x00"
+_TRANSPORT_CC = struct.pack("!BBHLL", 0x8F, 205, 4, 1, 2) + bytes(8)
+_REMB = struct.pack("!BBHLL", 0x8F, 206, 4, 1, 0) + b"REMB" + bytes(4)
+_part = st.one_of(
+    st.lists(_block, max_size=4).map(_rr),
+    st.lists(_block, max_size=2).map(_sr),
+    st.builds(_nack, _u32, st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)))),
+    st.builds(_psfb, st.sampled_from([1, 4]), _u32, _u32),
+    st.sampled_from([_SDES, _TRANSPORT_CC, _REMB]),
+)
+
+
+@given(st.lists(_part, min_size=1, max_size=6))
+def test_parse_feedback_reads_what_aiortcs_generic_parser_reads(parts):
+    data = b"".join(parts)
+    fb = parse_feedback(data)
+    reports, nacks, keyframes = _reference_feedback(data)
+    mine = [
+        (r.ssrc, r.fraction_lost, r.cumulative_lost, r.jitter, r.lsr, r.dlsr) for r in fb.reports
+    ]
+    assert mine == reports
+    assert {k: sorted(v) for k, v in fb.nacks.items()} == {k: sorted(v) for k, v in nacks.items()}
+    assert fb.keyframes == keyframes
+
+
+def test_padded_rr_and_trailing_garbage():
+    rr = bytearray(_rr([RtcpReceiverInfo(5, 64, -3, 1, 2, 3, 4)]) + b"\x00\x00\x00\x04")
+    rr[0] |= 0x20  # padding bit; length grows by one word
+    rr[3] += 1
+    assert parse_feedback(bytes(rr)).reports[0].cumulative_lost == -3
+    with pytest.raises(RtcpError):
+        parse_feedback(bytes(rr) + b"\x80\xc9")
