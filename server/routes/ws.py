@@ -162,8 +162,12 @@ async def on_media_mode(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     """The site's choice: "auto" (video, paused by the server on a weak link) or
     "audio_only"; recorded in the class and applied to the site's viewers on every node."""
     mode = choice(data, "mode", MEDIA_MODES)
-    await ctx.room.patch(own_site(ctx), media_mode=mode)
-    return {"mode": mode}
+    code = own_site(ctx)
+    await ctx.room.patch(code, media_mode=mode)
+    # 0: the site's viewer is not on this node (a cluster edge holds it): the page renews its
+    # WHEP with ?media= so the choice reaches it even where no page of the class follows it
+    here = len(site_viewers(ctx.state, ctx.peer.sid, code)) if ctx.state is not None else 0
+    return {"mode": mode, "viewers_here": here}
 
 
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
