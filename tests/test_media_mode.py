@@ -106,7 +106,8 @@ async def test_audio_only_stops_video_keeps_audio_and_auto_resumes_at_a_keyframe
         await wait_for(lambda: len(first.numbers) >= 15 and first.audio >= 10, timeout=15)
 
         await ws.send_json({"type": "media_mode", "mode": "audio_only", "id": "m1"})
-        assert await reply_of(ws, "ack") == {"type": "ack", "id": "m1", "mode": "audio_only"}
+        ack = await reply_of(ws, "ack")
+        assert ack == {"type": "ack", "id": "m1", "mode": "audio_only", "viewers_here": 1}
         await wait_for(lambda: all(v.stats().video_paused for v in viewer_of(state, "S1")))
         await asyncio.sleep(0.3)  # what was in flight
         frames, audio = len(first.numbers), first.audio
