@@ -402,7 +402,12 @@ function setMode(player, mode) {
   try { localStorage.setItem(modeKey(player.page), mode); } catch (e) { /* private mode */ }
   if (mode === "auto") player.videoPaused = null;
   // Applied to the viewer at once; after a reconnect the WHEP URL and `open` carry it again.
-  player.channel.call({ type: "media_mode", mode: mode }).catch(function () {});
+  // When the viewer is on another node (a cluster edge), a new WHEP carries the choice there.
+  player.channel.call({ type: "media_mode", mode: mode }).then(function (ack) {
+    if (ack && ack.viewers_here === 0 && player.media === "connected" && player.mode === mode) {
+      reconnectMedia(player, 0);
+    }
+  }).catch(function () {});
   render(player);
 }
 
