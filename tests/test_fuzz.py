@@ -435,7 +435,12 @@ def _json_headers() -> dict[str, str]:
 CHECKIN_BODY = st.fixed_dictionaries(
     {},
     optional={
-        "name": st.one_of(JSON, st.text(max_size=120), st.just("Nguyễn Văn Ân")),
+        "name": st.one_of(
+            JSON,
+            st.text(max_size=120),
+            st.just("Nguyễn Văn Ân"),
+            st.from_regex(r"[A-Za-zÀ-ỹ][A-Za-zÀ-ỹ ]{1,30}", fullmatch=True),
+        ),
         "ident": st.one_of(
             JSON, st.text(max_size=45), st.from_regex(r"\+?84[0-9 .-]{9,12}", fullmatch=True)
         ),
@@ -514,6 +519,34 @@ async def test_hostile_registry_csv(hall: Hall, csv_text: str | bytes, encoding:
     assert names["S1"] == "Nhà văn hóa thôn Đông"  # nothing outside the CSV changed
     for site in names.values():
         assert "\x00" not in site
+
+
+async def test_formulas_imported_come_out_as_text(hall: Hall) -> None:
+    """A registry row written to run in Excel is kept as data and exported as plain text."""
+    import csv
+    import io
+    import zipfile
+
+    hostile = '=HYPERLINK("http://evil.example","Bấm")'
+    raw = f'code,name,commune\nFZX1,"{hostile.replace(chr(34), chr(34) * 2)}",@SUM(A1)\n'
+    reply = await call(
+        hall.client.post(
+            "/api/sites/import", data=raw.encode(), headers={**ADMIN, "Content-Type": "text/csv"}
+        )
+    )
+    assert reply.status == 200, await reply.text()
+    body = {"id": "fzformula", "title": "=1+1", "starts_at": 1_800_000_000, "site_codes": ["FZX1"]}
+    reply = await call(hall.client.post("/api/sessions", json=body, headers=ADMIN))
+    assert reply.status == 201, await reply.text()
+    export = await call(hall.client.get("/api/sessions/fzformula/attendance.csv", headers=ADMIN))
+    rows = list(csv.reader(io.StringIO((await export.read()).decode("utf-8-sig"))))
+    cells = [cell for row in rows for cell in row]
+    assert "'" + hostile in cells and "'@SUM(A1)" in cells, rows
+    assert not any(cell.startswith(("=", "@", "+")) for cell in cells), rows
+    xlsx = await call(hall.client.get("/api/sessions/fzformula/attendance.xlsx", headers=ADMIN))
+    with zipfile.ZipFile(io.BytesIO(await xlsx.read())) as book:
+        sheets = [book.read(n).decode() for n in book.namelist() if n.startswith("xl/worksheets/")]
+    assert sheets and not any("<f>" in sheet for sheet in sheets)  # no cell holds a formula
 
 
 # --- paths and query strings ---------------------------------------------------------------
@@ -696,6 +729,11 @@ async def test_after_the_barrage_clients_work_and_nothing_acked_is_lost(hall: Ha
     assert isinstance(seen, list) and any(m.get("id") == "last" for m in seen), seen
     await ws.close()
     hall.acked.append(Acked(EventKind.HEADCOUNT, "S1", {"count": 77, "phase": "end"}))
+    path = "/api/sessions/c1/sites/S1/checkins"
+    headers = {**bearer(PARTICIPANT), "Content-Type": "application/json"}
+    reply = await call(client.post(path, json={"name": "Trần Thị Bình"}, headers=headers))
+    assert reply.status in (200, 201), await reply.text()
+    hall.acked.append(Acked(EventKind.CHECKIN, "S1", {"name": "Trần Thị Bình"}))
     export = await call(client.get("/api/sessions/c1/attendance", headers=ADMIN))
     assert export.status == 200, await export.text()
     reader = await open_store(None, hall.data_dir, "reader")  # what is on disk, not in memory
@@ -704,4 +742,3 @@ async def test_after_the_barrage_clients_work_and_nothing_acked_is_lost(hall: Ha
     finally:
         await reader.close()
     assert not missing, missing
-    assert len(hall.acked) >= 2
