@@ -84,3 +84,23 @@ def test_many_errors_are_summarised() -> None:
     with pytest.raises(SiteImportError, match="and 10 more") as info:
         parse_sites(text)
     assert len(info.value.problems) == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ('code,name\nA1,x\nA2,"' + "y" * 200_000 + '"\n', 3, "unreadable CSV"),
+        ("code,name\nA1,x\nA2," + "y" * 200_000 + "\n", 3, "unreadable CSV"),
+        ("code,name\nA1,Nhà\x00văn\n", 2, "control characters"),
+        ("code,name,commune\nA1,x,Xã\tA\n", 2, "control characters"),
+    ],
+)
+def test_hostile_fields_are_refused_by_line(text: str, line: int, words: str) -> None:
+    with pytest.raises(SiteImportError) as info:
+        parse_sites(text)
+    assert info.value.problems[0][0] == line and words in info.value.problems[0][1]
+
+
+def test_formulas_are_kept_as_data() -> None:
+    (site,) = parse_sites('code,name,commune\nA1,"=HYPERLINK(""x"")",@SUM(A1)\n')
+    assert site.name == '=HYPERLINK("x")' and site.commune == "@SUM(A1)"
