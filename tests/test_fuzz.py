@@ -549,6 +549,38 @@ async def test_formulas_imported_come_out_as_text(hall: Hall) -> None:
     assert sheets and not any("<f>" in sheet for sheet in sheets)  # no cell holds a formula
 
 
+RAW_REQUEST = st.one_of(
+    st.binary(max_size=2000),
+    st.binary(max_size=200).map(lambda b: b"GET /healthz HTTP/1.1\r\n" + b + b"\r\n\r\n"),
+    st.binary(max_size=200).map(
+        lambda b: b"POST /whep/c1/S1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b
+    ),
+    st.integers(9_000, 70_000).map(lambda n: b"GET /" + b"a" * n + b" HTTP/1.1\r\n\r\n"),
+    st.integers(9_000, 70_000).map(lambda n: b"GET / HTTP/1.1\r\nX: " + b"b" * n + b"\r\n\r\n"),
+)
+
+
+@FUZZ
+@given(raw=RAW_REQUEST)
+async def test_garbage_on_the_http_port(hall: Hall, raw: bytes) -> None:
+    """Bytes that are not HTTP get a 4xx or a closed connection, within CALL_S."""
+    server = hall.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        writer.write_eof()
+        head = await asyncio.wait_for(reader.read(64), CALL_S)
+    except ConnectionError:
+        head = b""
+    finally:
+        writer.close()
+    if head:
+        status = int(head.split(b" ", 2)[1])
+        assert status < 500, head
+    assert (await call(hall.client.get("/healthz"))).status == 200
+
+
 # --- paths and query strings ---------------------------------------------------------------
 SEGMENT = st.one_of(
     st.sampled_from(["c1", "S1", "S2", "S9", "", ".", "..", "%00", "*"]),
