@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -22,7 +23,9 @@ from serverproc import mint, running_app
 from test_api import seed
 from test_whip_whep import bearer, offer_of, publish
 
+from server.cluster import NODE_HEADER
 from server.models import Role
+from tests.clusterproc import LopsoCluster, WhipPublisher
 
 
 @pytest.fixture
@@ -61,6 +64,16 @@ class SiteViewer:
         )
         assert reply.status == 201, await reply.text()
         await self.pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+
+    async def view_at(self, http: aiohttp.ClientSession, url: str, token: str) -> str:
+        """WHEP through any node of a cluster; the id of the node that serves the viewer."""
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+        async with http.post(url, data=await offer_of(self.pc), headers=headers) as reply:
+            body = await reply.text()
+            assert reply.status == 201, body
+            node = reply.headers.get(NODE_HEADER, "")
+        await self.pc.setRemoteDescription(RTCSessionDescription(body, "answer"))
+        return node
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -175,3 +188,54 @@ async def test_media_mode_is_checked_and_only_a_site_may_send_it(app) -> None:
     finally:
         await site.close()
         await lecturer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_in_a_cluster_the_choice_reaches_the_viewer_on_an_edge(tmp_path: Path) -> None:
+    """The site page talks to the origin, its viewer sits on the edge: the choice travels on
+    the class channel to the edge (which follows the class: another page is connected
+    there), and a viewer asked for with ?media=audio_only through the origin starts so."""
+    with LopsoCluster(tmp_path, edges=1, sites=2) as cluster:
+        demo, sid = cluster.demo, cluster.demo["session_id"]
+        origin, edge = cluster.origin.url, cluster.edges[0].url
+        one, two = demo["sites"][:2]
+        timeout = aiohttp.ClientTimeout(total=15)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            publisher = WhipPublisher(http)
+            await publisher.publish(f"{origin}/whip/{sid}", demo["lecturer"]["token"])
+            other_page = await http.ws_connect(f"{edge}/ws/{sid}", params={"token": two["token"]})
+            page = await http.ws_connect(f"{origin}/ws/{sid}", params={"token": one["token"]})
+            live, later = SiteViewer(), SiteViewer()
+            whep = f"{origin}/whep/{sid}/{one['code']}"
+            try:
+                assert await live.view_at(http, whep, one["token"]) == "edge1"
+                await wait_for(lambda: len(live.numbers) >= 15 and live.audio >= 10, timeout=30)
+
+                await page.send_json({"type": "media_mode", "mode": "audio_only", "id": "a"})
+                ack = await reply_of(page, "ack", timeout=10)
+                assert (ack["mode"], ack["viewers_here"]) == ("audio_only", 0)  # not on the origin
+                await asyncio.sleep(1.5)  # the channel's echo, then what was in flight
+                frames, audio = len(live.numbers), live.audio
+                await asyncio.sleep(6.0)  # longer than aiortc's 128-packet gap at resume
+                assert len(live.numbers) == frames, "the edge kept sending video"
+                assert live.audio > audio + 100
+
+                node = await later.view_at(http, whep + "?media=audio_only", one["token"])
+                assert node == "edge1"
+                await wait_for(lambda: later.audio >= 50, timeout=30)
+                assert later.numbers == []
+
+                await page.send_json({"type": "media_mode", "mode": "auto", "id": "b"})
+                assert (await reply_of(page, "ack", timeout=10))["mode"] == "auto"
+                await wait_for(lambda: len(live.numbers) >= frames + 15, timeout=30)
+                assert None not in live.numbers[frames:]  # resumed at a keyframe
+            except AssertionError:
+                print(cluster.logs())
+                raise
+            finally:
+                await page.close()
+                await other_page.close()
+                await live.close()
+                await later.close()
+                await publisher.close()
