@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import importlib.util
 import json
 import logging
@@ -31,10 +32,11 @@ import multiprocessing
 import os
 import pathlib
 import statistics
+import struct
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -55,6 +57,37 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, all its threads."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def run_queue(pid: int) -> tuple[float, int]:
+    """(seconds spent runnable but waiting for a CPU, times scheduled) of a process's main
+    thread (its event loop), from /proc/<pid>/schedstat."""
+    _on_cpu, waited_ns, slices = pathlib.Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+    return int(waited_ns) / 1e9, int(slices)
+
+
+def waits(before: tuple[float, int], after: tuple[float, int], elapsed: float) -> dict[str, float]:
+    """A loop's run-queue wait over a window: ms per second, and mean ms per wake-up."""
+    waited, slices = after[0] - before[0], after[1] - before[1]
+    return {
+        "ms_per_s": round(1000 * waited / elapsed, 2),
+        "ms_per_wakeup": round(1000 * waited / slices, 3) if slices else 0.0,
+    }
+
+
+def renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of `pid` (Linux schedules threads, not processes)."""
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+
+
+def start_profile(pid: int, seconds: float, out: pathlib.Path) -> Any:
+    """py-spy on `pid` for `seconds`, idle frames included, as collapsed stacks in `out`."""
+    import subprocess
+
+    command = ["py-spy", "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", "250"]
+    command += ["--idle", "--nonblocking", "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # --- viewer processes -------------------------------------------------------------------------
@@ -151,15 +184,43 @@ class ViewerProcs:
 
 
 # --- hop latency ------------------------------------------------------------------------------
+SIOCGSTAMPNS = 0x8907  # Linux: the kernel's receive time of a socket's last datagram
+
+
+def kernel_stamp(sock: Any) -> float | None:
+    """When the kernel received `sock`'s last datagram (CLOCK_REALTIME seconds), or None."""
+    try:
+        seconds, nanos = struct.unpack("qq", fcntl.ioctl(sock, SIOCGSTAMPNS, bytes(16)))
+    except OSError:
+        return None
+    return seconds + nanos / 1e9
+
+
+class Arrival(NamedTuple):
+    """One video packet at one probe viewer: read by the loop, queued by the kernel (seconds,
+    wall clock), and its RTP sequence number and timestamp as that viewer got them."""
+
+    read: float
+    kernel: float | None
+    seq: int
+    stamp: int
+
+
 class HopProbe:
     """Viewers on the origin ("origin", "origin2") and on an edge ("edge"): each video payload
-    is timed at each. edge - origin is the relay hop; origin2 - origin is the measurement's own
-    noise (two viewers of one node get the packet in the same sendmmsg)."""
+    is timed at each, twice: when the kernel queued it on the viewer's socket (SIOCGSTAMPNS)
+    and when this process's loop read it. edge - origin is the relay hop; origin2 - origin is
+    the measurement's own noise (two viewers of one node get the packet in the same sendmmsg).
+    The kernel times leave out this process's own waits for a CPU; the loop times include
+    them (what the hop looked like before)."""
 
     def __init__(self) -> None:
-        self.arrivals: dict[bytes, dict[str, float]] = {}
+        self.arrivals: dict[bytes, dict[str, Arrival]] = {}
         self.hops: list[float] = []
         self.noise: list[float] = []
+        self.loop_hops: list[float] = []
+        self.loop_noise: list[float] = []
+        self.frames: dict[int, list[tuple[int, float]]] = {}  # edge RTP ts -> [(seq, hop)]
 
     @staticmethod
     def key(data: bytes) -> bytes | None:
@@ -170,25 +231,57 @@ class HopProbe:
             offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
         return data[offset : offset + 64] + len(data[offset:]).to_bytes(4, "big")
 
-    def sink(self, name: str) -> Any:
+    def sink(self, name: str, sock: Any = None) -> Any:
+        """An on_rtp callback for the viewer called `name`; `sock` is its UDP socket (read
+        just before the callback, so its last kernel timestamp is this packet's)."""
+
         def on_rtp(data: bytes) -> None:
             key = self.key(data)
             if key is None:
                 return
             seen = self.arrivals.setdefault(key, {})
-            seen[name] = time.perf_counter()
+            seq, stamp = struct.unpack_from("!HI", data, 2)
+            kernel = kernel_stamp(sock) if sock is not None else None
+            seen[name] = Arrival(time.time(), kernel, seq, stamp)
             if len(seen) == 3:
-                self.hops.append(seen["edge"] - seen["origin"])
-                self.noise.append(abs(seen["origin2"] - seen["origin"]))
+                self._record(seen)
                 del self.arrivals[key]
             if len(self.arrivals) > 20000:
                 self.arrivals.pop(next(iter(self.arrivals)))
 
         return on_rtp
 
+    def _record(self, seen: dict[str, Arrival]) -> None:
+        edge, origin, origin2 = seen["edge"], seen["origin"], seen["origin2"]
+        self.loop_hops.append(edge.read - origin.read)
+        self.loop_noise.append(abs(origin2.read - origin.read))
+        if edge.kernel is not None and origin.kernel is not None and origin2.kernel is not None:
+            self.hops.append(edge.kernel - origin.kernel)
+            self.noise.append(abs(origin2.kernel - origin.kernel))
+            hop = edge.kernel - origin.kernel
+            self.frames.setdefault(edge.stamp, []).append((edge.seq, hop))
+
+    def by_place_in_frame(self) -> dict[str, list[float]]:
+        """Hops split by a packet's place in its video frame: "first" packets (no packet of
+        their frame ahead of them in the edge's fan-out) and "later" ones, plus the hop added
+        per packet ahead (least squares slope, ms per packet), which is the edge's fan-out of
+        one packet to all its viewers."""
+        first: list[float] = []
+        later: list[float] = []
+        points: list[tuple[float, float]] = []
+        for samples in self.frames.values():
+            base = min(seq for seq, _hop in samples)
+            for seq, hop in samples:
+                ahead = (seq - base) & 0xFFFF
+                (first if ahead == 0 else later).append(hop)
+                points.append((float(ahead), hop))
+        _fixed, slope = fit(points) if len(points) > 2 else (0.0, 0.0)
+        return {"first": first, "later": later, "slope": [slope]}
+
     def clear(self) -> None:
-        self.hops.clear()
-        self.noise.clear()
+        for values in (self.hops, self.noise, self.loop_hops, self.loop_noise):
+            values.clear()
+        self.frames.clear()
 
 
 async def hop_viewers(
@@ -207,7 +300,10 @@ async def hop_viewers(
     on_origin, on_origin2, on_edge = LoadViewer(), LoadViewer(), LoadViewer()
     for viewer, name in ((on_origin, "origin"), (on_origin2, "origin2"), (on_edge, "edge")):
         await viewer.start()
-        viewer.on_rtp = probe.sink(name)
+        sock = getattr(viewer._udp, "_sock", None)  # media/udp.py's socket: read-only use
+        if sock is not None:
+            kernel_stamp(sock)  # the first call turns the socket's receive timestamps on
+        viewer.on_rtp = probe.sink(name, sock)
     headers = {"Content-Type": "application/sdp", NODE_TOKEN_HEADER: node_token}
     for viewer in (on_origin, on_origin2):  # relay subscribes: served by the origin itself
         async with http.post(
@@ -274,14 +370,26 @@ async def run(
                     await asyncio.sleep(1.0)
                 await asyncio.sleep(options["warmup"])
                 pids = {e.dir.name: e.proc.pid for e in cluster.edges}
+                loops = {"origin": cluster.origin.proc.pid, "bench": os.getpid(), **pids}
+                if options.get("nice") is not None:
+                    for pid in pids.values():
+                        renice(pid, options["nice"])
+                profiler = None
+                if options.get("profile"):
+                    out = pathlib.Path(options["profile"]) / f"edge-{edges}x{viewers}.txt"
+                    profiler = start_profile(cluster.edges[0].proc.pid, options["seconds"], out)
                 cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+                queue0 = {k: run_queue(p) for k, p in loops.items()}
                 origin0, count0 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
                 probe.clear()
                 started = time.monotonic()
                 await asyncio.sleep(options["seconds"])
                 cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
+                queue1 = {k: run_queue(p) for k, p in loops.items()}
                 origin1, count1 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
                 elapsed = time.monotonic() - started
+                if profiler is not None:
+                    await asyncio.to_thread(profiler.wait, 30)
             finally:
                 procs.stop()
                 for viewer in hop:
@@ -305,6 +413,13 @@ async def run(
     rate = packets / elapsed / viewers  # packets/s one viewer gets
     hops = sorted(1000 * h for h in probe.hops)
     noise = sorted(1000 * h for h in probe.noise)
+    loop_hops = sorted(1000 * h for h in probe.loop_hops)
+    place = probe.by_place_in_frame()
+    first, later = (
+        sorted(1000 * h for h in place["first"]),
+        sorted(1000 * h for h in place["later"]),
+    )
+    loop_noise = sorted(1000 * h for h in probe.loop_noise)
 
     def pct(p: float, values: list[float] = hops) -> float | None:
         return (
@@ -328,8 +443,20 @@ async def run(
         "hop_ms_p99": pct(99),
         "hop_samples": len(hops),
         "hop_ms_mean": round(statistics.fmean(hops), 3) if hops else None,
+        "hop_ms_p90": pct(90),
+        "hop_ms_max": pct(100),
         "noise_ms_p50": pct(50, noise),
         "noise_ms_p99": pct(99, noise),
+        # the link itself: packets first in their frame (nothing of theirs queued ahead)
+        "hop_first_in_frame_ms_p50": pct(50, first),
+        "hop_first_in_frame_ms_p99": pct(99, first),
+        "hop_later_in_frame_ms_p99": pct(99, later),
+        "hop_ms_per_packet_ahead": round(1000 * place["slope"][0], 3),
+        "loop_hop_ms_p50": pct(50, loop_hops),  # read by this process's loop, its waits in
+        "loop_hop_ms_p99": pct(99, loop_hops),
+        "loop_noise_ms_p99": pct(99, loop_noise),
+        # each event loop's wait for a CPU (runnable, not running): the machine's share
+        "run_queue": {k: waits(queue0[k], queue1[k], elapsed) for k in loops},
     }
 
 
@@ -337,11 +464,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     bench_fanout = load_script("bench_fanout")
     clip = bench_fanout.make_clip(args.warmup + args.seconds + 90)
     options = {"procs": args.procs, "warmup": args.warmup, "seconds": args.seconds}
+    options["profile"], options["nice"] = args.profile, args.edge_nice
     runs = []
-    for edges in (1, 2):
+    for edges in args.edges:
         result = await run(edges, args.viewers, options, clip)
         print(json.dumps(result), flush=True)
         runs.append(result)
+    if len(runs) != 2:
+        result = runs[-1]
+        result.pop("points")
+        return {**result, "cores": os.cpu_count(), "loadavg": os.getloadavg()[0]}
     one, two = runs
     fixed, marginal = fit([p for r in runs for p in r.pop("points")])
     rate = statistics.fmean(r["packets_per_viewer_per_s"] for r in runs)
@@ -378,6 +510,14 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return max(0.0, my - marginal * mx), marginal
 
 
+def edge_counts(text: str) -> list[int]:
+    """--edges: a comma-separated list of edge counts, each 1 or more."""
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("edge counts are whole numbers from 1")
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--viewers", type=int, default=100, help="viewers in each run")
@@ -385,6 +525,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--quick", action="store_true", help="40 viewers, 8 s windows")
+    parser.add_argument(
+        "--edges", type=edge_counts, default=[1, 2], help="edge counts to run, e.g. 1 (1,2)"
+    )
+    parser.add_argument(
+        "--edge-nice",
+        type=int,
+        help="nice value for the edges (e.g. -10: a busy machine's "
+        "other work waits; shows how much of the hop is waiting for a CPU)",
+    )
+    parser.add_argument("--profile", help="py-spy the first edge into this folder (raw stacks)")
     args = parser.parse_args()
     if args.quick:
         args.viewers, args.seconds, args.warmup = 40, 8.0, 3.0
