@@ -63,7 +63,7 @@ async def site_detail(request: web.Request) -> web.Response:
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", "500")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:  # not "²"
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", code="bad_field")
     return int(raw)
 
