@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCPeerConnection
 from chromeoffer import chrome_offer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from serverproc import SECRET, mint, running_app
 from test_api import ADMIN, seed
@@ -608,6 +608,8 @@ GETS = (
 
 
 @FUZZ
+@example(path="/api/sessions/{sid}/incidents", sid="c1", site="S1", query={"limit": "²"})
+@example(path="/api/sessions/{sid}/attendance.csv", sid="c1", site="S1", query={"level": "x"})
 @given(
     path=st.sampled_from(GETS),
     sid=st.one_of(st.just("c1"), SEGMENT),
