@@ -24,7 +24,7 @@ from typing import Any
 
 from media import ice
 from media.dtls import DtlsError, DtlsIdentity, DtlsSession
-from media.errors import MediaError
+from media.errors import MediaError, SdpError
 from media.fanout import BATCH, MAX_RTP, Fanout
 from media.srtp import FastProtector, SrtpContext, SrtpError
 from media.udp import Libc, UdpSocket
@@ -198,7 +198,7 @@ class Endpoint:
         remote_setup: str,
     ) -> None:
         if remote_setup not in ("actpass", "active", "passive"):
-            raise MediaError(f"unsupported a=setup value {remote_setup!r}")
+            raise SdpError(f"unsupported a=setup value {remote_setup!r}")  # the offer's fault
         self._sock = sock
         self.remote_ufrag = remote_ufrag
         self.remote_pwd = remote_pwd
@@ -207,8 +207,8 @@ class Endpoint:
         role = "client" if self.setup == "active" else "server"
         try:
             self._dtls = DtlsSession(sock.identity, role, remote_fingerprint)
-        except DtlsError as exc:
-            raise MediaError(str(exc)) from exc
+        except DtlsError as exc:  # e.g. an a=fingerprint algorithm we do not know: the offer's
+            raise SdpError(str(exc)) from exc
         self.state = "new"
         self.remote_address: tuple[str, int] | None = None
         self.addresses: set[tuple[str, int]] = set()
