@@ -138,11 +138,15 @@ async def test_relay_delays_drops_and_limits_rate():
             client.sendto(bytes(1000))
             if i % 50 == 49:
                 await asyncio.sleep(0.005)
+        sending = loop.time() - start
         await asyncio.sleep(0.5)
-        assert 6 <= len(received) <= 10, len(received)
+        # the queue holds ~7.5 packets; while a loaded machine stretches the sending loop,
+        # the link drains one 1,000-byte packet per 40 ms more
+        most = 10 + int(sending / 0.040)
+        assert 6 <= len(received) <= most, (len(received), sending)
         span = received[-1][0] - start
         assert span >= 0.25  # serialised at 200 kbit/s: 8 kbit per 40 ms
-        assert relay.stats()["up"]["queue_drops"] >= 185
+        assert relay.stats()["up"]["queue_drops"] >= 200 - most
     finally:
         client.close()
         relay.close()
