@@ -188,7 +188,9 @@ SIOCGSTAMPNS = 0x8907  # Linux: the kernel's receive time of a socket's last dat
 
 
 def kernel_stamp(sock: Any) -> float | None:
-    """When the kernel received `sock`'s last datagram (CLOCK_REALTIME seconds), or None."""
+    """When the kernel received `sock`'s last datagram (CLOCK_REALTIME seconds), or None.
+    The first call turns stamping on, a moment later (a deferred kernel switch): a datagram
+    that came before is stamped with the time of the call."""
     try:
         seconds, nanos = struct.unpack("qq", fcntl.ioctl(sock, SIOCGSTAMPNS, bytes(16)))
     except OSError:
