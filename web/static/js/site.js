@@ -153,6 +153,10 @@ function revoke(player) {
   player.revoked = true;
   player.channel.close();
   closeMedia(player);
+  $("start").hidden = true; // nothing left to start: the controls and panels go too (CSS)
+  document.body.classList.add("revoked");
+  const open = document.querySelectorAll(".panel:not([hidden])");
+  for (let i = 0; i < open.length; i++) closePanel(open[i]);
   render(player);
 }
 
