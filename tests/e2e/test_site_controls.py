@@ -81,6 +81,8 @@ def test_a_revoked_link_stops_the_site_and_checkin_pages(lopso: Any, browser_pag
     wait_state(site, "revoked", timeout_ms=15_000)
     assert REVOKED_VI in site.inner_text("#card-title")
     assert "ban tổ chức" in site.inner_text("#card-detail")
+    for control in ("#start", "#open-help", "#open-checkin", "#mode-audio"):
+        assert site.locator(control).is_hidden(), f"{control} still offered on a revoked link"
     connects = site.evaluate("window.lopso.whepConnects")
     site.wait_for_timeout(4000)  # no reconnect loop: the socket stays closed, no new viewer
     assert site.evaluate("[window.lopso.wsState, window.lopso.revoked]") == ["closed", True]
