@@ -268,8 +268,10 @@ class LopsoRelay:
         drops = sum(
             getattr(getattr(t, "fanout", None), "drops", 0) for t in self.lecture.tracks.values()
         )
+        pauses = sum(getattr(v.stats(), "video_pauses", 0) for v in list(self.lecture.viewers))
         return {
             "fanout_drops": drops,
+            "video_pauses": pauses,
             "cpu_s": cpu - cpu0,
             "copies": copies - copies0,
             "packets_in": packets_in - in0,
@@ -551,6 +553,7 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "receiving_viewers": seen["receiving"],
         "uvloop": args.uvloop,
         "fanout_drops": window.get("fanout_drops"),
+        "video_pauses": window.get("video_pauses"),
         "relay_user_s": round(window.get("user_s", 0.0), 3),
         "relay_sys_s": round(window.get("sys_s", 0.0), 3),
         "fanout_us_per_fwd_packet": round(1e6 * window["fanout_cpu_s"] / copies, 2)
