@@ -110,7 +110,7 @@ def claims_of(request: web.Request) -> auth.Claims:
     return claims
 
 
-VERIFIED_CLAIMS = "lopso.claims"  # request key: the claims site_key_middleware verified
+VERIFIED_CLAIMS = web.RequestKey("lopso.claims", auth.Claims)  # what site_key_middleware verified
 
 
 def _token(request: web.Request) -> str:
