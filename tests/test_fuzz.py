@@ -40,7 +40,7 @@ from server.store import open_store
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 FUZZ = settings(
-    max_examples=50,
+    max_examples=100,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
