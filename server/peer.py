@@ -93,6 +93,7 @@ class SiteState:
             "since": iso(self.since),
             "help_open": self.help_open,
             "checkins": self.checkins,
+            "media_mode": self.media_mode,
         }
 
     def apply(self, patch: dict[str, Any]) -> None:
