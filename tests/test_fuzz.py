@@ -35,6 +35,7 @@ from test_bad_input import viewer_offer
 from server import auth
 from server.checkin import CheckinError, parse_checkin
 from server.models import EventKind, Role
+from server.routes.ws import HANDLERS
 from server.store import open_store
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -130,11 +131,13 @@ ENDPOINTS = {  # kind -> (path, token, the real offers that fit it)
 }
 
 
-async def post_offer(hall: Hall, kind: str, body: bytes) -> int:
-    """POST `body` as an offer: a 201 with an SDP answer (then DELETE'd) or a JSON 4xx."""
+async def post_offer(hall: Hall, kind: str, body: bytes, media: str | None = None) -> int:
+    """POST `body` as an offer (`?media=` when given): a 201 with an SDP answer (then
+    DELETE'd) or a JSON 4xx."""
     path, token, _ = ENDPOINTS[kind]
     headers = {**bearer(token), "Content-Type": SDP}
-    reply = await call(hall.client.post(path, data=body, headers=headers))
+    params = {"media": media} if media is not None else {}
+    reply = await call(hall.client.post(path, data=body, headers=headers, params=params))
     if reply.status != 201:
         await assert_error(reply)
         return reply.status
@@ -176,6 +179,9 @@ def mutate_lines(sdp: str, data: st.DataObject) -> str:
     return separator.join(lines)
 
 
+MEDIA_QUERY = st.one_of(st.none(), st.sampled_from(["auto", "audio_only"]), st.text(max_size=12))
+
+
 @FUZZ
 @given(kind=st.sampled_from(sorted(ENDPOINTS)), body=st.binary(max_size=4096))
 async def test_random_bytes_as_offer(hall: Hall, kind: str, body: bytes) -> None:
@@ -194,23 +200,12 @@ async def test_truncated_real_offers(hall: Hall, kind: str, data: st.DataObject)
 @given(kind=st.sampled_from(sorted(ENDPOINTS)), data=st.data())
 async def test_mutated_real_offers(hall: Hall, kind: str, data: st.DataObject) -> None:
     offer = hall.offers[data.draw(st.sampled_from(ENDPOINTS[kind][2]), label="offer")]
-    await post_offer(hall, kind, mutate_lines(offer, data).encode("utf-8", "surrogatepass"))
+    body = mutate_lines(offer, data).encode("utf-8", "surrogatepass")
+    await post_offer(hall, kind, body, data.draw(MEDIA_QUERY, label="media"))
 
 
 # --- WebSocket frames -----------------------------------------------------------------------
-WS_TYPES = (
-    "heartbeat",
-    "status",
-    "headcount",
-    "quality",
-    "help",
-    "question",
-    "checkin",
-    "message",
-    "command",
-    "resolve_help",
-    "forward_question",
-)
+WS_TYPES = tuple(sorted(HANDLERS))  # every message type the server knows, new ones too
 FIELDS = (
     "state",
     "count",
@@ -228,6 +223,7 @@ FIELDS = (
     "loss_pct",
     "kbps",
     "fps",
+    "mode",
 )
 SCALARS = st.one_of(
     st.none(),
@@ -254,6 +250,7 @@ PLAUSIBLE = {  # values a real page sends, so that some fuzzed messages are acce
     "to": st.sampled_from([{"all": True}, {"site": "S1"}, {"commune": "Xã Tiên Lữ"}, {"site": 1}]),
     "site": st.sampled_from(["S1", "S2", "S9", ""]),
     "action": st.sampled_from(["reconnect", "explode"]),
+    "mode": st.sampled_from(["auto", "audio_only", "video_only"]),
 }
 MESSAGE = st.fixed_dictionaries(
     {"type": st.one_of(st.sampled_from(WS_TYPES), JSON)},
