@@ -69,6 +69,29 @@ def test_audio_only_control_stops_video_keeps_playing_and_auto_brings_it_back(
     assert connects >= 1
 
 
+def test_the_wall_shows_a_sites_sound_only_choice(lopso: Any, browser_pages: Any) -> None:
+    code = lopso.demo["sites"][0]["code"]  # left in "auto" by the test above
+    moderator = browser_pages.open(lopso.demo["moderator"]["url"], name="moderator-mode")
+    moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+    tile = f'.tile[data-code="{code}"]'
+    assert moderator.get_attribute(tile, "data-media") is None
+    site = browser_pages.open(lopso.demo["sites"][0]["url"], name="site-mode-wall")
+    site.wait_for_function("window.lopso && window.lopso.wsState === 'open'")
+
+    site.click("#mode-audio")
+    moderator.wait_for_selector(f'{tile}[data-media="audio_only"]', timeout=10_000)
+    assert "Chỉ âm thanh" in moderator.get_attribute(tile, "aria-label")
+    moderator.click(tile)
+    moderator.wait_for_function(
+        "document.getElementById('detail-fields').textContent.indexOf('Chỉ âm thanh') >= 0")
+
+    site.click("#mode-auto")
+    moderator.wait_for_selector(f'{tile}:not([data-media])', timeout=10_000)
+    moderator.wait_for_function(
+        "document.getElementById('detail-fields').textContent.indexOf('Tự động') >= 0")
+    assert "Chỉ âm thanh" not in moderator.get_attribute(tile, "aria-label")
+
+
 def test_a_revoked_link_stops_the_site_and_checkin_pages(lopso: Any, browser_pages: Any) -> None:
     demo_site = lopso.demo["sites"][1]
     site = browser_pages.open(demo_site["url"], name="site-revoked")

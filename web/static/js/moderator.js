@@ -314,6 +314,7 @@ function showLive(state, s) {
     [t("loss"), fmtNum(s.loss_pct, " %")],
     [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
     [t("field_rejoins"), fmtNum(s.rejoins)],
+    [t("site_media_label"), t("site_media_" + (s.media_mode === "audio_only" ? "audio_only" : "auto"))],
     [t("field_checkins"), fmtNum(s.checkins)],
     [t("field_help_open"), fmtNum(s.help_open)],
   ]);

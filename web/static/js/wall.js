@@ -186,10 +186,17 @@ export class Wall {
     if (old.status !== site.status) el.setAttribute("data-status", site.status || "never_joined");
     if (site.help_open > 0) el.setAttribute("data-help", String(site.help_open));
     else if (old.help_open > 0) el.removeAttribute("data-help");
-    if (old.name !== site.name || old.code !== site.code) {
+    const audio = site.media_mode === "audio_only"; // the hall's own choice, not a fault
+    if (audio !== (old.media_mode === "audio_only")) {
+      if (audio) el.setAttribute("data-media", "audio_only");
+      else el.removeAttribute("data-media");
+    }
+    if (old.name !== site.name || old.code !== site.code || audio !== (old.media_mode === "audio_only")) {
       tile.key = (site.name + " " + site.code + " " + (site.commune || "")).toLowerCase();
       setText(tile.name, shortName(site.name));
-      el.setAttribute("aria-label", site.name + " (" + site.code + ")"); // small tiles show no text
+      // Small tiles show no text: the label says who it is, and the sound-only choice.
+      el.setAttribute("aria-label", site.name + " (" + site.code + ")" +
+        (audio ? " · " + t("site_media_audio_only") : ""));
     }
     if (old.headcount !== site.headcount) {
       setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: site.headcount }) : "");
@@ -304,6 +311,7 @@ function tileTitle(site, lang) {
   const parts = [site.name + " (" + site.code + ")", site.commune || "", t("state_" + site.status)];
   if (site.quality) parts.push(t("quality_" + site.quality));
   if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: site.headcount }));
+  if (site.media_mode === "audio_only") parts.push(t("site_media_audio_only"));
   if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
   return parts.filter(Boolean).join(" · ");
 }
