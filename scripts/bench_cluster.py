@@ -384,12 +384,13 @@ async def run(
                 queue0 = {k: run_queue(p) for k, p in loops.items()}
                 origin0, count0 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
                 probe.clear()
-                started = time.monotonic()
+                started, window = time.monotonic(), [round(time.time(), 3)]
                 await asyncio.sleep(options["seconds"])
                 cpu1 = {k: cpu_seconds(p) for k, p in pids.items()}
                 queue1 = {k: run_queue(p) for k, p in loops.items()}
                 origin1, count1 = cpu_seconds(cluster.origin.proc.pid), await procs.count()
                 elapsed = time.monotonic() - started
+                window.append(round(time.time(), 3))
                 if profiler is not None:
                     await asyncio.to_thread(profiler.wait, 30)
             finally:
@@ -432,6 +433,7 @@ async def run(
         "edges": edges,
         "viewers": viewers,
         "seconds": round(elapsed, 1),
+        "window": window,  # wall clock, to match against the nodes' logs
         "cpu_us_per_fwd_packet": round(us, 2),
         "packets_per_viewer_per_s": round(rate, 1),
         "viewers_per_edge_core": int(1e6 / (us * rate)) if packets else 0,
