@@ -5,8 +5,9 @@
 
 Starts `lopso serve --demo-json` on a free port (tests/serverproc.py), drives Debian's headless
 Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site-waiting.png,
-site.png, moderator.png (with a site's drill-down open), checkin.png and wall.png (the wall at
-province scale: 5,000 made-up sites fed into the page as one snapshot; small: half-scale PNGs).
+site.png, moderator.png (the drill-down of a site that chose sound only), checkin.png and
+wall.png (the wall at province scale: 5,000 made-up sites fed into the page as one snapshot, a
+few of them sound only; small: half-scale PNGs).
 """
 
 from __future__ import annotations
@@ -93,13 +94,16 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         players[0].mouse.move(640, 300)  # wake the control bar that fades in full screen
         players[0].wait_for_timeout(300)
         shoot(players[0], out, "site")
+        players[0].click("#mode-audio")  # then this hall chooses sound only: the wall shows it
+        players[0].wait_for_function("window.lopso.mode === 'audio_only'")
 
         moderator = new_page(browser, DESKTOP, scale)
         moderator.goto(demo["moderator"]["url"])
         moderator.wait_for_function("window.lopso.totals.playing >= 2")
+        moderator.wait_for_selector('.tile[data-media="audio_only"]')
         studio.wait_for_timeout(1500)
         shoot(studio, out, "studio")
-        moderator.click(f'.tile[data-code="{demo["sites"][1]["code"]}"]')
+        moderator.click(f'.tile[data-code="{demo["sites"][0]["code"]}"]')
         moderator.wait_for_function("window.lopso.detail() !== null")
         moderator.wait_for_timeout(300)
         shoot(moderator, out, "moderator")
@@ -152,6 +156,7 @@ def province_sites(count: int = 5000, communes: int = 104) -> list[dict[str, Any
                 "since": None,
                 "help_open": int(rng.random() < 0.004),
                 "checkins": 0,
+                "media_mode": "audio_only" if joined and rng.random() < 0.02 else "auto",
             }
         )
     return sites
