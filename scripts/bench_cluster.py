@@ -494,6 +494,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "efficiency": round(efficiency, 3) if efficiency else None,
         "hop_ms_p50": [r["hop_ms_p50"] for r in runs],
         "hop_ms_p99": [r["hop_ms_p99"] for r in runs],
+        "hop_first_in_frame_ms_p99": [r["hop_first_in_frame_ms_p99"] for r in runs],  # the link
+        "hop_ms_per_packet_ahead": [r["hop_ms_per_packet_ahead"] for r in runs],  # edge fan-out
+        "edge_run_queue_ms_per_s": [
+            max(v["ms_per_s"] for k, v in r["run_queue"].items() if k.startswith("edge"))
+            for r in runs
+        ],
         "noise_ms_p99": [r["noise_ms_p99"] for r in runs],  # same-node viewers: the floor
         "loss_pct": [r["loss_pct"] for r in runs],
         "origin_cpu_pct": [r["origin_cpu_pct"] for r in runs],
