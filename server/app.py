@@ -122,11 +122,9 @@ async def site_key_middleware(request: web.Request, handler: Any) -> web.StreamR
     """Read the key id of the site a site/participant token names (cached), so `claims_of`
     can tell a link whose join key was rotated: once per request or WebSocket connect."""
     state = request.app[STATE]
-    try:
+    claims: auth.Claims | None = None  # no or bad token: the route says so precisely
+    with contextlib.suppress(LopsoError):
         claims = auth.verify(state.config.secret, _token(request))
-    except LopsoError:
-        claims = None  # no or bad token: the route says so precisely
-    else:
         request[VERIFIED_CLAIMS] = claims  # claims_of reuses them
     if claims is not None and claims.role in SITE_ROLES and claims.site is not None:
         await state.site_keys.refresh(claims.site)

@@ -79,7 +79,9 @@ class ClassLive:
         ]
         await asyncio.gather(*lost)  # appended together: one group commit, not one fsync each
         # The incident log survives a restart: past drops, late joins, poor spells, help.
-        self.alerts.seed(past_alerts(self.session, self.registry.values(), events, self.hub.clock()))
+        self.alerts.seed(
+            past_alerts(self.session, self.registry.values(), events, self.hub.clock())
+        )
         subscription = self.hub.store.subscribe(self.channel)
         try:  # Redis down: start anyway; the store subscribes when it reconnects
             await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)

@@ -45,7 +45,9 @@ class SiteViewer:
         self.numbers: list[int | None] = []
         self.audio = 0
         self.tasks: list[asyncio.Task[None]] = []
-        self.pc.on("track", lambda track: self.tasks.append(asyncio.ensure_future(self._pump(track))))
+        self.pc.on(
+            "track", lambda track: self.tasks.append(asyncio.ensure_future(self._pump(track)))
+        )
 
     async def _pump(self, track: Any) -> None:
         try:

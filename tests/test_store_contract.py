@@ -216,7 +216,7 @@ async def test_checkin_dedupe_under_concurrency(store):
     assert len({e.data["name"] for e in stored}) == 50
     # every loser got the winner's event for its key
     winners = {e.data["name"]: e for e in stored}
-    for event, created in results:
+    for event, _created in results:
         assert event == winners[event.data["name"]]
 
 

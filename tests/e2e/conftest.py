@@ -87,8 +87,14 @@ class BrowserPages:
         self.pages: list[tuple[str, Any, list[str]]] = []
         self.contexts: list[Any] = []
 
-    def open(self, url: str, *, name: str, lang: str | None = None,
-             viewport: dict[str, int] | None = None) -> Any:
+    def open(
+        self,
+        url: str,
+        *,
+        name: str,
+        lang: str | None = None,
+        viewport: dict[str, int] | None = None,
+    ) -> Any:
         context = self.browser.new_context(
             permissions=["camera", "microphone"],
             viewport=viewport or {"width": 1280, "height": 720},
@@ -140,8 +146,9 @@ def server_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def browser_pages(browser: Any, request: pytest.FixtureRequest,
-                  artifacts_dir: pathlib.Path) -> Iterator[BrowserPages]:
+def browser_pages(
+    browser: Any, request: pytest.FixtureRequest, artifacts_dir: pathlib.Path
+) -> Iterator[BrowserPages]:
     pages = BrowserPages(browser)
     try:
         yield pages

@@ -23,6 +23,7 @@ HEADCOUNTS = (37, 52)
 
 # ---- helpers -----------------------------------------------------------------------------
 
+
 def http_get(url: str, token: str) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=10) as reply:
@@ -35,11 +36,14 @@ def frames(page: Any) -> int:
 
 def wait_state(page: Any, state: str, timeout_ms: int = 30_000) -> None:
     try:
-        page.wait_for_function("(s) => window.lopso && window.lopso.state === s", arg=state,
-                               timeout=timeout_ms)
+        page.wait_for_function(
+            "(s) => window.lopso && window.lopso.state === s", arg=state, timeout=timeout_ms
+        )
     except Exception as exc:  # noqa: BLE001 - say what the page was doing instead
-        seen = page.evaluate("window.lopso ? {state: window.lopso.state, ws: window.lopso.wsState,"
-                             " whep: window.lopso.whepConnects} : null")
+        seen = page.evaluate(
+            "window.lopso ? {state: window.lopso.state, ws: window.lopso.wsState,"
+            " whep: window.lopso.whepConnects} : null"
+        )
         raise AssertionError(f"{page.url}: never reached {state!r}; page says {seen}") from exc
 
 
@@ -77,7 +81,9 @@ def wait_wall(moderator: Any, code: str, status: str, headcount: int) -> None:
     moderator.wait_for_function(
         "([c, s, h]) => { const x = window.lopso && window.lopso.site(c);"
         " return !!x && x.status === s && x.headcount === h; }",
-        arg=[code, status, headcount], timeout=20_000)
+        arg=[code, status, headcount],
+        timeout=20_000,
+    )
 
 
 def find_record(payload: Any, code: str) -> dict[str, Any]:
@@ -86,8 +92,10 @@ def find_record(payload: Any, code: str) -> dict[str, Any]:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if code in (node.get("code"), node.get("site_code"), node.get("site")) and \
-                    "rejoins" in node:
+            if (
+                code in (node.get("code"), node.get("site_code"), node.get("site"))
+                and "rejoins" in node
+            ):
                 found.append(node)
             for value in node.values():
                 walk(value)
@@ -101,6 +109,7 @@ def find_record(payload: Any, code: str) -> dict[str, Any]:
 
 
 # ---- the class ---------------------------------------------------------------------------
+
 
 def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
     demo = lopso.demo
@@ -143,13 +152,17 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
         assert str(count) in tile.inner_text()
     moderator.wait_for_function(
         "(n) => window.lopso.totals.people === n && window.lopso.totals.playing === 2",
-        arg=sum(HEADCOUNTS))
+        arg=sum(HEADCOUNTS),
+    )
     assert moderator.locator("#t-playing").inner_text().strip() == "2"
 
     # Each site's getStats summary (every 5 s) gives the wall a quality class and figures.
     moderator.wait_for_function(
         "(c) => { const x = window.lopso.site(c); return !!x && x.quality === 'good'"
-        " && x.kbps > 100 && x.loss_pct < 5; }", arg=sites[1]["code"], timeout=15_000)
+        " && x.kbps > 100 && x.loss_pct < 5; }",
+        arg=sites[1]["code"],
+        timeout=15_000,
+    )
     print("wall sees", site_on_wall(moderator, sites[1]["code"]))
 
     # The studio sees the same counts.
@@ -172,7 +185,9 @@ def test_class_end_to_end(lopso: Any, browser_pages: Any) -> None:
     assert str(HEADCOUNTS[0]) in early.text_content("#headcount-shown")
     moderator.wait_for_function(
         "(c) => { const x = window.lopso.site(c); return !!x && x.status === 'playing'"
-        " && x.rejoins === 1; }", arg=sites[0]["code"])
+        " && x.rejoins === 1; }",
+        arg=sites[0]["code"],
+    )
 
     token = demo["moderator"]["token"]
     sid = demo["session_id"]
@@ -214,6 +229,7 @@ def test_english_switch_keeps_the_token(lopso: Any, browser_pages: Any) -> None:
 
 # ---- static checks of the pages (no browser) ----------------------------------------------
 
+
 def catalogue(lang: str) -> dict[str, str]:
     return json.loads((WEB / "static" / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
 
@@ -239,28 +255,59 @@ def used_keys() -> set[str]:
 
 def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
     vi = catalogue("vi")
-    dynamic = {f"state_{s}" for s in ("connecting", "reconnecting", "waiting", "playing",
-                                      "stalled", "ended", "offline", "never_joined",
-                                      "revoked")}
+    dynamic = {
+        f"state_{s}"
+        for s in (
+            "connecting",
+            "reconnecting",
+            "waiting",
+            "playing",
+            "stalled",
+            "ended",
+            "offline",
+            "never_joined",
+            "revoked",
+        )
+    }
     dynamic |= {f"help_{r}" for r in ("no_picture", "no_sound", "connection", "other")}
     dynamic |= {f"quality_{q}" for q in ("good", "non_optimal", "poor", "lost")}
-    dynamic |= {f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting",
-                                               "ended")}
+    dynamic |= {
+        f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting", "ended")
+    }
     dynamic |= {f"prompt_{p}" for p in ("start", "mid", "end")}
     dynamic |= {f"phase_{p}" for p in ("start", "mid", "end", "other")}
-    dynamic |= {f"wall_{k}" for k in ("good", "non_optimal", "poor", "lost", "waiting",
-                                      "connecting", "offline", "never_joined")}
+    dynamic |= {
+        f"wall_{k}"
+        for k in (
+            "good",
+            "non_optimal",
+            "poor",
+            "lost",
+            "waiting",
+            "connecting",
+            "offline",
+            "never_joined",
+        )
+    }
     dynamic |= {f"alert_{k}" for k in ("not_joined", "offline", "poor", "help")}
-    dynamic |= {f"attendance_{k}" for k in ("present", "late", "left_early", "absent",
-                                            "never_joined")}
+    dynamic |= {
+        f"attendance_{k}" for k in ("present", "late", "left_early", "absent", "never_joined")
+    }
     missing = sorted((used_keys() | dynamic) - set(vi))
     assert not missing, missing
 
 
 # Syntax newer than the old Chromium / Android WebViews in village halls (Chrome 61+ runs
 # ES modules): optional chaining and nullish coalescing (80), class fields (72), and the like.
-MODERN = [r"\?\.[A-Za-z_$(\[]", r"\?\?", r"^\s+(static\s+)?#?[A-Za-z_$][\w$]*\s*=[^=]",
-          r"\.toggleAttribute\(", r"\.replaceAll\(", r"\.at\(", r"structuredClone"]
+MODERN = [
+    r"\?\.[A-Za-z_$(\[]",
+    r"\?\?",
+    r"^\s+(static\s+)?#?[A-Za-z_$][\w$]*\s*=[^=]",
+    r"\.toggleAttribute\(",
+    r"\.replaceAll\(",
+    r"\.at\(",
+    r"structuredClone",
+]
 
 
 @pytest.mark.parametrize("path", sorted((WEB / "static" / "js").glob("*.js")), ids=lambda p: p.name)
@@ -273,8 +320,9 @@ def test_scripts_avoid_syntax_old_browsers_lack(path: pathlib.Path) -> None:
         elif line.startswith("}"):
             in_class = False
         for pattern in MODERN:
-            if pattern.startswith("^") and not (in_class and line.startswith("  ") and
-                                                not line.startswith("    ")):
+            if pattern.startswith("^") and not (
+                in_class and line.startswith("  ") and not line.startswith("    ")
+            ):
                 continue
             assert not re.search(pattern, line), f"{path.name}:{number}: {line.strip()}"
 
@@ -286,6 +334,7 @@ def test_protocol_library_has_no_dom_code() -> None:
 
 
 # ---- moderation round trip -----------------------------------------------------------------
+
 
 def test_moderator_resolves_help_and_messages_a_site(lopso: Any, browser_pages: Any) -> None:
     site = lopso.demo["sites"][1]
@@ -306,7 +355,9 @@ def test_moderator_resolves_help_and_messages_a_site(lopso: Any, browser_pages: 
     moderator.wait_for_selector(f'.tile[data-code="{site["code"]}"][data-help]')
     item.locator("button", has_text="Đã xử lý").click()
     item.wait_for(state="detached")
-    player.wait_for_function("document.getElementById('toast').textContent.indexOf('đã xử lý') >= 0")
+    player.wait_for_function(
+        "document.getElementById('toast').textContent.indexOf('đã xử lý') >= 0"
+    )
     moderator.wait_for_selector(f'.tile[data-code="{site["code"]}"]:not([data-help])')
 
     player.click("#open-question")
@@ -326,29 +377,53 @@ def test_moderator_resolves_help_and_messages_a_site(lopso: Any, browser_pages: 
 
 def test_wall_of_5000_sites_updates_only_what_changed(lopso: Any, browser_pages: Any) -> None:
     """The province wall: a 5,000-site snapshot, then batches of changes, timed in the page."""
-    moderator = browser_pages.open(lopso.demo["moderator"]["url"], name="wall",
-                                   viewport={"width": 1600, "height": 900})
+    moderator = browser_pages.open(
+        lopso.demo["moderator"]["url"], name="wall", viewport={"width": 1600, "height": 900}
+    )
     moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
     statuses = ["playing", "waiting", "reconnecting", "offline", "never_joined"]
-    sites = [{"code": f"W{i:05d}", "name": f"Nhà văn hóa thôn {i}", "commune": f"Xã {i % 104:03d}",
-              "status": statuses[i % 5], "headcount": i % 90, "peak_headcount": 90,
-              "quality": "good" if i % 5 == 0 else None, "rtt_ms": 80, "loss_pct": 0.5,
-              "kbps": 1400, "rejoins": 0, "since": "2026-11-26T03:00:00Z", "help_open": 0}
-             for i in range(5000)]
-    totals = {"expected": 5000, "connected": 3000, "playing": 1000, "people": 222500,
-              "help_open": 0}
-    moderator.evaluate("(m) => window.lopso.feed(m)", {"type": "sites", "sites": sites,
-                                                       "totals": totals})
+    sites = [
+        {
+            "code": f"W{i:05d}",
+            "name": f"Nhà văn hóa thôn {i}",
+            "commune": f"Xã {i % 104:03d}",
+            "status": statuses[i % 5],
+            "headcount": i % 90,
+            "peak_headcount": 90,
+            "quality": "good" if i % 5 == 0 else None,
+            "rtt_ms": 80,
+            "loss_pct": 0.5,
+            "kbps": 1400,
+            "rejoins": 0,
+            "since": "2026-11-26T03:00:00Z",
+            "help_open": 0,
+        }
+        for i in range(5000)
+    ]
+    totals = {
+        "expected": 5000,
+        "connected": 3000,
+        "playing": 1000,
+        "people": 222500,
+        "help_open": 0,
+    }
+    moderator.evaluate(
+        "(m) => window.lopso.feed(m)", {"type": "sites", "sites": sites, "totals": totals}
+    )
     assert moderator.evaluate("window.lopso.tileCount()") == 5000
     assert moderator.locator("section.commune").count() == 104
     snapshot_ms = moderator.evaluate("window.lopso.metrics.lastMs")
 
     times = []
     for batch in range(5):
-        changed = [dict(sites[(batch * 997 + k * 7) % 5000], status="reconnecting",
-                        headcount=batch) for k in range(500)]
-        moderator.evaluate("(m) => window.lopso.feed(m)", {"type": "sites_update",
-                                                           "sites": changed, "totals": totals})
+        changed = [
+            dict(sites[(batch * 997 + k * 7) % 5000], status="reconnecting", headcount=batch)
+            for k in range(500)
+        ]
+        moderator.evaluate(
+            "(m) => window.lopso.feed(m)",
+            {"type": "sites_update", "sites": changed, "totals": totals},
+        )
         times.append(moderator.evaluate("window.lopso.metrics.lastMs"))
     code = sites[(4 * 997) % 5000]["code"]
     tile = moderator.locator(f'.tile[data-code="{code}"]')
@@ -357,16 +432,20 @@ def test_wall_of_5000_sites_updates_only_what_changed(lopso: Any, browser_pages:
     moderator.select_option("#filter-status", "reconnecting")
     shown = moderator.evaluate("document.querySelectorAll('.tile:not([hidden])').length")
     assert 1000 <= shown <= 5000
-    print(f"wall: snapshot of 5000 in {snapshot_ms:.0f} ms; 500-site updates in "
-          f"{', '.join(f'{t:.0f}' for t in times)} ms")
+    print(
+        f"wall: snapshot of 5000 in {snapshot_ms:.0f} ms; 500-site updates in "
+        f"{', '.join(f'{t:.0f}' for t in times)} ms"
+    )
     # Generous bound for a loaded 2-core CI machine; issue 5's test measures the real budget.
     assert max(times) < 1000
 
 
 # ---- resilience --------------------------------------------------------------------------
 
+
 def test_pages_recover_by_themselves_when_the_server_restarts(
-        tmp_path: pathlib.Path, browser_pages: Any) -> None:
+    tmp_path: pathlib.Path, browser_pages: Any
+) -> None:
     """Server down mid-lecture: the studio republishes and the site plays again, untouched."""
     from tests.serverproc import LopsoServer
 
@@ -402,9 +481,14 @@ def test_pages_recover_by_themselves_when_the_server_restarts(
 
 # ---- the class codec -----------------------------------------------------------------------
 
+
 def http_post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as reply:
         return json.loads(reply.read())
 
@@ -413,9 +497,16 @@ def test_h264_class_publishes_and_plays_h264(lopso: Any, browser_pages: Any) -> 
     """A class fixed to H264: the studio forces it with setCodecPreferences, a site decodes it."""
     admin = lopso.admin_token()
     code = lopso.demo["sites"][0]["code"]
-    created = http_post_json(f"{lopso.url}/api/sessions", admin, {
-        "title": "Lớp H264", "starts_at": "2026-11-26T03:00:00Z", "video_codec": "H264",
-        "site_codes": [code]})
+    created = http_post_json(
+        f"{lopso.url}/api/sessions",
+        admin,
+        {
+            "title": "Lớp H264",
+            "starts_at": "2026-11-26T03:00:00Z",
+            "video_codec": "H264",
+            "site_codes": [code],
+        },
+    )
     sid = created.get("id") or created["session"]["id"]
     _, _, body = http_get(f"{lopso.url}/api/sessions/{sid}/links", admin)
     links = json.loads(body)
@@ -433,6 +524,7 @@ def test_h264_class_publishes_and_plays_h264(lopso: Any, browser_pages: Any) -> 
 
 
 # ---- check-in --------------------------------------------------------------------------------
+
 
 def test_checkin_from_a_phone_and_by_the_operator(lopso: Any, browser_pages: Any) -> None:
     site = lopso.demo["sites"][1]
@@ -469,6 +561,7 @@ def test_a_bad_link_shows_a_page_in_vietnamese(lopso: Any, browser_pages: Any) -
 
 
 # ---- the client library, in the browser ------------------------------------------------------
+
 
 def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
     page = browser_pages.open(lopso.url + "/", name="protocol")

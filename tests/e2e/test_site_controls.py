@@ -19,9 +19,15 @@ REVOKED_VI = "Đường dẫn này đã được thay."
 
 
 def rotate(lopso: Any, code: str) -> dict[str, Any]:
-    req = urllib.request.Request(f"{lopso.url}/api/sites/{code}/rotate", data=b"{}", method="POST",
-                                 headers={"Authorization": f"Bearer {lopso.admin_token()}",
-                                          "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{lopso.url}/api/sites/{code}/rotate",
+        data=b"{}",
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {lopso.admin_token()}",
+            "Content-Type": "application/json",
+        },
+    )
     with urllib.request.urlopen(req, timeout=10) as reply:
         return json.loads(reply.read())
 
@@ -35,7 +41,8 @@ def go_live(lopso: Any, browser_pages: Any) -> Any:
 
 
 def test_audio_only_control_stops_video_keeps_playing_and_auto_brings_it_back(
-        lopso: Any, browser_pages: Any) -> None:
+    lopso: Any, browser_pages: Any
+) -> None:
     go_live(lopso, browser_pages)
     site = browser_pages.open(lopso.demo["sites"][0]["url"], name="site-mode")
     wait_state(site, "playing")
@@ -83,12 +90,14 @@ def test_the_wall_shows_a_sites_sound_only_choice(lopso: Any, browser_pages: Any
     assert "Chỉ âm thanh" in moderator.get_attribute(tile, "aria-label")
     moderator.click(tile)
     moderator.wait_for_function(
-        "document.getElementById('detail-fields').textContent.indexOf('Chỉ âm thanh') >= 0")
+        "document.getElementById('detail-fields').textContent.indexOf('Chỉ âm thanh') >= 0"
+    )
 
     site.click("#mode-auto")
-    moderator.wait_for_selector(f'{tile}:not([data-media])', timeout=10_000)
+    moderator.wait_for_selector(f"{tile}:not([data-media])", timeout=10_000)
     moderator.wait_for_function(
-        "document.getElementById('detail-fields').textContent.indexOf('Tự động') >= 0")
+        "document.getElementById('detail-fields').textContent.indexOf('Tự động') >= 0"
+    )
     assert "Chỉ âm thanh" not in moderator.get_attribute(tile, "aria-label")
 
 
@@ -112,11 +121,14 @@ def test_a_revoked_link_stops_the_site_and_checkin_pages(lopso: Any, browser_pag
     assert site.evaluate("window.lopso.whepConnects") == connects
 
     # A page that missed the message (it was offline) learns it on its next connect attempt.
-    rejected = site.evaluate("""async (path) => {
+    rejected = site.evaluate(
+        """async (path) => {
         const { Channel } = await import('/static/js/protocol.js');
         const ch = new Channel(path);
         const err = await new Promise((resolve) => { ch.on('rejected', resolve); ch.connect(); });
-        return [err.code, ch.state, ch.reconnects]; }""", ws_path)
+        return [err.code, ch.state, ch.reconnects]; }""",
+        ws_path,
+    )
     assert rejected == ["token_revoked", "closed", 0]
 
     phone.fill("#name", "Lê Thị Mai")
