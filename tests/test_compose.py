@@ -8,7 +8,9 @@ are fed to LopSo's own config loader; the nodes' health check command is run aga
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +173,25 @@ def test_healthcheck_command_tells_a_live_node_from_a_dead_one(
         assert run_healthcheck(command, cluster.origin.data) == 0
         edge.kill()
         assert run_healthcheck(command, edge.data) != 0
+
+
+def test_docker_compose_config_accepts_it() -> None:
+    """The Compose tool itself parses and interpolates the file (scripts/test installs
+    Debian's docker-compose; `config` needs no engine)."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (scripts/test installs it)")
+    env = dict(os.environ, LOPSO_SECRET="0123456789abcdef0123", LOPSO_ANNOUNCE="192.0.2.10")
+    done = subprocess.run(
+        [tool, "-f", str(COMPOSE), "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    parsed = yaml.safe_load(done.stdout)
+    assert set(parsed["services"]) == {"redis", "origin", "edge"}
+    assert parsed["services"]["origin"]["environment"]["LOPSO_ANNOUNCE"] == "192.0.2.10"
+    # and without the mandatory settings it refuses, naming the one missing
+    env.pop("LOPSO_SECRET")
+    refused = subprocess.run(
+        [tool, "-f", str(COMPOSE), "config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0 and "LOPSO_SECRET" in refused.stderr
