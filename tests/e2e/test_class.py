@@ -576,6 +576,7 @@ def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
         const now = { t: 2000, bytes: 250000, packets: 290, lost: 10, framesDecoded: 50,
                       framesSent: 0, freezes: 1, jitter: 12.34, rtt: 80.04, fps: null };
         const q = p.summarise(prev, now);
+        const first = p.qualityMessage(p.summarise(null, now));
         const msg = p.qualityMessage(Object.assign({}, q, { rtt_ms: null }));
         // Acked messages wait in storage until acked, and come back after a reload.
         const a = new p.Channel('/ws/none?token=x', { storageKey: 'lopso:test' });
@@ -583,7 +584,7 @@ def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
         const b2 = new p.Channel('/ws/none?token=x', { storageKey: 'lopso:test' });
         const restored = Array.from(b2.pending.values()).map((e) => e.msg.count);
         localStorage.removeItem('lopso:test');
-        return { delays, afterReset, q, msg, restored };
+        return { delays, afterReset, q, msg, restored, first };
     }""")
     assert result["delays"] == [100, 200, 400, 800, 1000, 1000]
     assert result["afterReset"] == 100
@@ -593,6 +594,8 @@ def test_protocol_library_pure_parts(lopso: Any, browser_pages: Any) -> None:
     assert "rtt_ms" not in result["msg"] and "frames_sent" not in result["msg"]
     assert result["msg"]["type"] == "quality" and result["msg"]["kbps"] == 1000
     assert result["restored"] == [5]
+    # the first sample has no rate yet: its message leaves kbps out rather than report 0
+    assert "kbps" not in result["first"] and result["first"]["type"] == "quality"
 
 
 def test_moderator_downloads_every_sites_link(lopso: Any, browser_pages: Any) -> None:

@@ -4,7 +4,7 @@
 
 /**
  * @typedef {{type: string, id?: string, [key: string]: any}} Message
- * @typedef {{rtt_ms: number|null, loss_pct: number, jitter_ms: number|null, kbps: number,
+ * @typedef {{rtt_ms: number|null, loss_pct: number, jitter_ms: number|null, kbps: number|null,
  *            fps: number, frames_decoded: number, freeze_count: number,
  *            frames_sent: number}} QualitySummary
  */
@@ -480,7 +480,8 @@ export function summarise(prev, now) {
     rtt_ms: now.rtt === null ? null : round1(now.rtt),
     loss_pct: total ? round1((100 * dLost) / total) : 0,
     jitter_ms: now.jitter === null ? null : round1(now.jitter),
-    kbps: dt ? Math.round((dBytes * 8) / dt / 1000) : 0,
+    // no rate yet on the first sample: unknown, not 0 (0 kbit/s reads as "lost" on the wall)
+    kbps: dt ? Math.round((dBytes * 8) / dt / 1000) : null,
     fps: round1(fps),
     frames_decoded: now.framesDecoded,
     freeze_count: now.freezes,

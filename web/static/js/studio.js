@@ -368,7 +368,7 @@ async function showStats(studio) {
   try {
     const q = await studio.sampler.sample();
     studio.framesSent = q.frames_sent;
-    let text = q.kbps + " kbit/s · " + Math.round(q.fps) + " fps";
+    let text = (q.kbps === null ? "…" : q.kbps) + " kbit/s · " + Math.round(q.fps) + " fps";
     if (q.rtt_ms !== null) text += " · RTT " + Math.round(q.rtt_ms) + " ms";
     if (q.loss_pct) text += " · " + t("loss") + " " + q.loss_pct + "%";
     setText($("pub-stats"), text);
