@@ -12,3 +12,30 @@ def artifacts_dir() -> pathlib.Path:
     """Folder for screenshots and other files a test leaves for people to look at."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+async def sock():
+    """A started MediaSocket on an ephemeral loopback port, closed after the test."""
+    from media.endpoint import MediaSocket
+
+    s = MediaSocket()
+    await s.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def viewers():
+    """A factory of aiortc loopback viewers (tests/aiortcviewer.py), all closed afterwards."""
+    from tests.aiortcviewer import Viewer
+
+    made: list[Viewer] = []
+
+    def make() -> Viewer:
+        made.append(Viewer())
+        return made[-1]
+
+    yield make
+    for v in made:
+        await v.close()

@@ -12,28 +12,7 @@ from aiortc.rtp import RtcpPacket, RtcpPsfbPacket, RtcpRrPacket
 from media import ice
 from media.endpoint import MediaSocket
 from media.errors import MediaError
-from tests.aiortcviewer import AUDIO_SSRC, VIDEO_SSRC, Viewer, rtp, wait_for
-
-
-@pytest.fixture
-async def sock():
-    s = MediaSocket()
-    await s.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def viewers():
-    made: list[Viewer] = []
-
-    def make() -> Viewer:
-        made.append(Viewer())
-        return made[-1]
-
-    yield make
-    for v in made:
-        await v.close()
+from tests.aiortcviewer import AUDIO_SSRC, VIDEO_SSRC, rtp, wait_for
 
 
 async def test_rtcp_pli_from_aiortc_reaches_on_rtcp(sock, viewers):

@@ -10,28 +10,7 @@ from aiortc.rtp import RtcpPsfbPacket, RtpPacket
 import media.endpoint
 import media.fanout
 from media.endpoint import MediaSocket
-from tests.aiortcviewer import VIDEO_SSRC, Viewer, rtp, wait_for
-
-
-@pytest.fixture
-async def sock():
-    s = MediaSocket()
-    await s.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def viewers():
-    made: list[Viewer] = []
-
-    def make() -> Viewer:
-        made.append(Viewer())
-        return made[-1]
-
-    yield make
-    for v in made:
-        await v.close()
+from tests.aiortcviewer import VIDEO_SSRC, rtp, wait_for
 
 
 async def test_fanout_reaches_aiortc_decrypted(sock, viewers):

@@ -27,14 +27,6 @@ async def wait_for(predicate, timeout: float = 3.0) -> None:
     assert predicate()
 
 
-@pytest.fixture
-async def sock():
-    s = MediaSocket()
-    await s.start()
-    yield s
-    await s.close()
-
-
 async def connect(sock: MediaSocket, viewer: LoadViewer, remote_setup: str = "actpass"):
     await viewer.start()
     ep = sock.endpoint(viewer.ufrag, viewer.pwd, viewer.identity.fingerprint, remote_setup)
