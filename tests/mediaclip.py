@@ -112,8 +112,11 @@ def write_h264_clip(directory: pathlib.Path, seconds: float = 4.0, fps: int = 30
     return path
 
 
-def ecdsa_identity(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """A P-256 ECDSA key and self-signed certificate (PEM files) for an FFmpeg publisher."""
+def ecdsa_identity(
+    directory: pathlib.Path, common_name: str = "lopso-test"
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """A P-256 ECDSA key and self-signed certificate (PEM files): an FFmpeg publisher's DTLS
+    identity, or a test HTTPS server's certificate."""
     import datetime
 
     from cryptography import x509
@@ -122,7 +125,7 @@ def ecdsa_identity(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lopso-test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import ssl
 import subprocess
@@ -11,10 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from mediaclip import ecdsa_identity
 from serverproc import LopsoServer
 
 from server import auth
@@ -130,34 +126,8 @@ def test_bad_configuration_exits_2_with_a_precise_message(tmp_path: Path, args, 
     assert done.returncode == 2 and message in done.stderr
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_https_when_given_a_certificate(tmp_path: Path) -> None:
-    with LopsoServer(tmp_path, demo_sites=1, tls=self_signed(tmp_path)) as srv:
+    with LopsoServer(tmp_path, demo_sites=1, tls=ecdsa_identity(tmp_path, "127.0.0.1")) as srv:
         assert srv.url.startswith("https://")
         assert srv.demo["lecturer"]["url"].startswith(srv.url)
         status, html = get(srv.demo["lecturer"]["url"], ssl._create_unverified_context())
