@@ -40,7 +40,6 @@ import pathlib
 import pstats
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,9 @@ import time
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.serverproc import LopsoServer  # noqa: E402  (the same server runner the tests use)
+
 TICKS = os.sysconf("SC_CLK_TCK")
 SIGNAL_WINDOW = 32  # offers in flight on the pipe (keeps both pipe directions under 64 KiB)
 
@@ -61,14 +63,6 @@ def process_cpu(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- pipe RPC (offers in, answers out) --------------------------------------------------------
@@ -369,74 +363,6 @@ class Child:
 # -- http mode: a real `lopso serve` ----------------------------------------------------------
 
 
-class LopsoServe:
-    """`lopso serve` with a demo class of N sites, signalling rate limit off."""
-
-    def __init__(self, directory: pathlib.Path, sites: int) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.demo_path = directory / "demo.json"
-        args = [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data",
-            str(directory / "data"),
-            "--media-host",
-            "127.0.0.1",
-            "--media-port",
-            str(free_port(socket.SOCK_DGRAM)),
-            "--announce",
-            "127.0.0.1",
-            "--demo-json",
-            str(self.demo_path),
-            "--demo-sites",
-            str(sites),
-        ]
-        env = {
-            **os.environ,
-            "LOPSO_SECRET": "bench-join-secret-0123456789",
-            "LOPSO_SIGNALLING_RATE": "0",
-            "LOPSO_LOG_LEVEL": "WARNING",
-        }
-        self.log = (directory / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            args,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-
-    async def ready(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Wait for the demo links file; returns each site's whep_url and token."""
-        deadline = time.monotonic() + timeout
-        while not self.demo_path.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"lopso serve did not start: see {self.dir / 'server.log'}")
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)  # the file is written before the port may be listening
-        demo = json.loads(self.demo_path.read_text(encoding="utf-8"))
-        return [{"whep_url": s["whep_url"], "token": s["token"]} for s in demo["sites"]]
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.log.close()
-
-
 def py_spy_top(pid: int, seconds: float, out: pathlib.Path) -> subprocess.Popen[bytes] | None:
     """Start `py-spy record` on the server for the storm (raw collapsed stacks)."""
     try:
@@ -507,7 +433,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     tmp = tempfile.TemporaryDirectory(prefix="bench-join-")
     children: list[Child] = []
-    serve: LopsoServe | None = None
+    serve: LopsoServer | None = None
     try:
         if args.mode == "direct":
             ctx = multiprocessing.get_context("spawn")
@@ -516,8 +442,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             children.append(server)
             server_pid = server.pid
         else:
-            serve = LopsoServe(pathlib.Path(tmp.name), args.viewers)
-            options["links"] = await serve.ready()
+            serve = LopsoServer(
+                pathlib.Path(tmp.name),
+                demo_sites=args.viewers,
+                env={"LOPSO_SIGNALLING_RATE": "0", "LOPSO_LOG_LEVEL": "WARNING"},
+                startup_timeout_s=60.0,
+            )
+            await asyncio.to_thread(serve.start)
+            options["links"] = [
+                {"whep_url": s["whep_url"], "token": s["token"]} for s in serve.demo["sites"]
+            ]
             client_end, server_pid = None, serve.proc.pid
         clients = Child("clients", client_end, options)
         children.append(clients)
