@@ -40,12 +40,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,7 +51,10 @@ from typing import Any
 
 import aiohttp
 
-SECRET = "load-checkins-secret-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.serverproc import LopsoServer  # noqa: E402  (the same server runner the tests use)
+
 SURNAMES = ("Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô")
 MIDDLES = ("Văn", "Thị", "Đức", "Minh", "Hữu", "Ngọc", "Quang", "Thu")
 
@@ -63,91 +64,6 @@ class LoadError(Exception):
 
 
 # --- the server ------------------------------------------------------------------------------
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """`lopso serve` in a subprocess with its own data dir and check-in limits off."""
-
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "server.log"
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Start it and wait for /healthz."""
-        command = [
-            sys.executable,
-            "-m",
-            "server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data",
-            str(self.workdir / "data"),
-            "--media-host",
-            "127.0.0.1",
-            "--media-port",
-            str(free_port(socket.SOCK_DGRAM)),
-            "--announce",
-            "127.0.0.1",
-        ]
-        env = {
-            **os.environ,
-            "LOPSO_SECRET": SECRET,
-            "LOPSO_CHECKIN_RATE_SITE": "0",
-            "LOPSO_CHECKIN_RATE_ADDR": "0",
-            "LOPSO_LOG_LEVEL": "WARNING",
-            **self.env,
-        }
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise LoadError(f"lopso serve exited {self.proc.returncode}: {self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply,
-            ):
-                if reply.status == 200:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise LoadError(f"lopso serve not healthy after {timeout_s}s: {self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; safe to call twice."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-
-    def admin_token(self) -> str:
-        from server import auth
-        from server.models import Role
-
-        return auth.mint(SECRET.encode(), auth.ANY_CLASS, Role.ADMIN, ttl_s=7 * 86400)
 
 
 # --- class setup through the REST API --------------------------------------------------------
@@ -548,7 +464,15 @@ def run_own_server(args: argparse.Namespace) -> dict[str, Any]:
     count, `stored_export` what the attendance export said, `ids_match` whether the stored
     check-ins are exactly the ones answered 201 (by event id)."""
     with tempfile.TemporaryDirectory(prefix="lopso-load-") as tmp:
-        server = ServerProcess(Path(tmp))
+        server = LopsoServer(
+            Path(tmp),
+            demo_sites=0,
+            env={
+                "LOPSO_CHECKIN_RATE_SITE": "0",
+                "LOPSO_CHECKIN_RATE_ADDR": "0",
+                "LOPSO_LOG_LEVEL": "WARNING",
+            },
+        )
         server.start()
         assert server.proc is not None
         pid = server.proc.pid
@@ -560,12 +484,12 @@ def run_own_server(args: argparse.Namespace) -> dict[str, Any]:
             if profiler is not None:
                 print(profiler.summary(args.profile_top), file=sys.stderr)
         except BaseException:
-            print(f"server log (tail):\n{server.log()}", file=sys.stderr)
+            print(f"server log (tail):\n{server.log()[-4000:]}", file=sys.stderr)
             raise
         finally:
             server.stop()
         if "export_error" in result:
-            print(f"server log (tail):\n{server.log()}", file=sys.stderr)
+            print(f"server log (tail):\n{server.log()[-4000:]}", file=sys.stderr)
         ids = asyncio.run(ledger_checkin_ids(Path(tmp) / "data", result["session_id"]))
     result["stored_export"] = result["stored"]
     result["stored"] = len(ids)
