@@ -41,6 +41,10 @@ RTX_SHARE = 0.5
 RTX_BURST = 64.0
 RESEND_MEMORY = 1024
 MIN_RESEND_INTERVAL = 0.05
+# A viewer is never resent a packet from before its first keyframe; that floor trails the
+# newest packet by at most FLOOR_HORIZON (far more than the cache holds) so its 16-bit
+# distance never wraps: compared for ever, it would refuse half of every 65,536 packets.
+FLOOR_HORIZON = 8192
 # A relay link (an edge pulling the lecture for hundreds of sites) is a LAN or data-centre
 # link: its losses are bursts (a busy edge's socket buffer overflowing), and every packet it
 # misses is missed by every site behind it, so it may be resent everything it asks for.
@@ -50,12 +54,18 @@ RELAY_MIN_RESEND_INTERVAL = 0.02
 
 
 class Munger:
-    """Maps (source ssrc, seq, ts) to one monotonic outgoing (seq, ts) across source changes."""
+    """Maps (source ssrc, seq, ts) to one monotonic outgoing (seq, ts) across source changes.
+
+    A source's sequence numbers are extended (cycles counted, RFC 3550 A.1) so "before the
+    anchor" stays decidable however long the source runs: a 16-bit distance to the first
+    packet turns negative 32,768 packets in, which once stopped every class within minutes.
+    """
 
     def __init__(self, clock_rate: int, seq: int | None = None, ts: int | None = None) -> None:
         self.clock_rate = clock_rate
         self.source: int | None = None
-        self.first_seq = 0
+        self.first_seq = 0  # extended: the anchor's seq, in the source's own cycle count
+        self.highest_seq = 0  # extended: the newest seq seen from the source
         self.seq_offset = 0
         self.ts_offset = 0
         self.last_seq = random.randrange(1 << 16) if seq is None else seq
@@ -74,7 +84,7 @@ class Munger:
             out_seq = (self.last_seq + 1) & 0xFFFF
             out_ts = (self.last_ts + elapsed) & 0xFFFFFFFF
         self.source = ssrc
-        self.first_seq = seq
+        self.first_seq = self.highest_seq = seq
         self.seq_offset = (out_seq - seq) & 0xFFFF
         self.ts_offset = (out_ts - ts) & 0xFFFFFFFF
 
@@ -86,8 +96,8 @@ class Munger:
             if not can_start:
                 return None
             self._anchor(ssrc, seq, ts, now)
-        elif rtp.seq_diff(seq, self.first_seq) < 0:
-            return None
+        elif self._extend(seq) < self.first_seq:
+            return None  # from before the anchor (a late or retransmitted packet)
         out_seq = (seq + self.seq_offset) & 0xFFFF
         out_ts = (ts + self.ts_offset) & 0xFFFFFFFF
         if self.last_time is None or rtp.seq_gt(out_seq, self.last_seq):
@@ -95,6 +105,13 @@ class Munger:
             self.last_ts = out_ts
             self.last_time = now
         return out_seq, out_ts
+
+    def _extend(self, seq: int) -> int:
+        """The extended form of `seq`: the one nearest the newest seen (RFC 3550 A.1)."""
+        extended = self.highest_seq + rtp.seq_diff(seq, self.highest_seq & 0xFFFF)
+        if extended > self.highest_seq:
+            self.highest_seq = extended
+        return extended
 
 
 @dataclass(eq=False)  # identity: a hashable member of its forwarder's viewer sets
@@ -148,9 +165,17 @@ class ViewerTrack:
         self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
         return self.rtx_seq
 
-    def may_resend(self, seq: int, now: float, forwarded: int) -> bool:
-        """Whether `seq` may be retransmitted now (once per interval, within the RTX budget)."""
-        if self.floor is None or rtp.seq_diff(seq, self.floor) < 0:
+    def may_resend(self, seq: int, newest: int, now: float, forwarded: int) -> bool:
+        """Whether `seq` may be retransmitted now (once per interval, within the RTX budget).
+
+        `newest` is the track's newest outgoing seq (it keeps the floor within reach).
+        """
+        floor = self.floor
+        if floor is None:
+            return False
+        if rtp.seq_diff(newest, floor) > FLOOR_HORIZON:
+            floor = self.floor = (newest - FLOOR_HORIZON) & 0xFFFF
+        if rtp.seq_diff(seq, floor) < 0:
             return False  # from before its keyframe: useless, and old data confuses receivers
         last = self.resent.get(seq)
         if last is not None and now - last < self.resend_interval:
@@ -324,7 +349,9 @@ class TrackForwarder:
         now = self.clock()
         for seq in seqs:
             packet = self.cache.get(seq)
-            if packet is None or not viewer.may_resend(seq, now, self.packets):
+            if packet is None or not viewer.may_resend(
+                seq, self.munger.last_seq, now, self.packets
+            ):
                 continue
             if viewer.rtx_payload_type is not None:
                 out = rtp.wrap_rtx(

@@ -17,6 +17,9 @@ Hooks used (aiortc 1.16.0):
 - RTCPeerConnection.__certificates and RTCCertificate._create_ssl_context: per-connection
   override widening the DTLS cipher list to RSA-certificate peers (GStreamer, Janus, FFmpeg).
 - RTCDtlsTransport._srtp_profiles: SRTP profiles offered in DTLS use_srtp.
+- aioice Connection (RTCIceTransport._connection) .query_consent / .data_received /
+  ._nominated / .build_request / .remote_password: consent freshness on ingest counts arriving
+  media as consent, so a publisher that answers no checks (FFmpeg's WHIP muxer) is kept.
 - RTCDtlsTransport._do_handshake / _ssl / _role / _state and RTCCertificate._cert / _key:
   where aiortc is the DTLS client, its handshake runs on the system libssl
   (media/libssl_client.py; FFmpeg's WHIP default certificate is on curve P-224).
@@ -31,11 +34,16 @@ Client-side hooks, for tests and load tools driving aiortc peers as viewers/publ
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioice
 import aiortc
+from aioice import stun
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, State
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
@@ -50,6 +58,9 @@ from .libssl_client import CIPHERS, LibsslDtlsClient, load_libssl
 logger = logging.getLogger(__name__)
 
 AIORTC_VERSION = "1.16.0"
+AIOICE_VERSION = "0.13.0"
+CONSENT_INTERVAL = 5.0  # seconds between consent checks (RFC 7675: 4-6 s)
+CONSENT_LAPSE = 30.0  # seconds without an answer nor media before consent is lost
 _R = "_RTCRtpReceiver__"
 
 
@@ -111,6 +122,15 @@ def check_hooks() -> None:
     for name in ("_cert", "_key"):
         _require(_certificates(pc)[0], name, "RTCCertificate instance")
     _require(pc, "_RTCPeerConnection__certificates", "RTCPeerConnection")
+    if aioice.__version__ != AIOICE_VERSION:
+        raise HookError(
+            f"aioice {aioice.__version__} installed, media/hooks.py is for {AIOICE_VERSION}"
+        )
+    ice = receiver.transport.transport
+    _require(ice, "_connection", "RTCIceTransport instance")
+    for name in ("query_consent", "data_received", "_nominated", "build_request", "close"):
+        _require(ice._connection, name, "aioice Connection instance")
+    _require(ice._connection, "remote_password", "aioice Connection instance")
 
 
 def _unwrapper(receiver: RTCRtpReceiver) -> Callable[[RtpPacket], RtpPacket | None]:
@@ -253,3 +273,67 @@ def legacy_curve_dtls_client(pc: RTCPeerConnection) -> None:
     transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()}
     for transport in transports.values():
         tap(transport)
+
+
+def consent_from_media(
+    pc: RTCPeerConnection,
+    interval: float = CONSENT_INTERVAL,
+    lapse: float = CONSENT_LAPSE,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Consent freshness for an ingest peer: an answered check OR arriving media keeps it.
+
+    aioice ends a connection after six unanswered consent checks (~30 s); FFmpeg's WHIP muxer
+    answers none, so it was dropped 30 s into every lecture while its media kept arriving. A
+    peer that keeps sending us media consents to its own session; only a peer silent on both
+    counts for `lapse` seconds is let go. Call after setRemoteDescription (ICE not started).
+    """
+    connections = {id(c): c for c in _ice_connections(pc)}
+    for connection in connections.values():
+        _keep_consent(connection, interval, lapse, clock)
+
+
+def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
+    return [t.receiver.transport.transport._connection for t in pc.getTransceivers()]
+
+
+def _keep_consent(
+    connection: Any, interval: float, lapse: float, clock: Callable[[], float]
+) -> None:
+    heard = [clock()]
+    original_data = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        heard[0] = clock()
+        original_data(data, component)
+
+    async def query_consent() -> None:
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            if await _check_answered(connection):
+                heard[0] = clock()
+            if clock() - heard[0] >= lapse:
+                logger.info("ingest consent lapsed: no answer and no media", extra={"lapse": lapse})
+                connection._query_consent_task = None
+                await connection.close()
+                return
+
+    connection.data_received = data_received
+    connection.query_consent = query_consent
+
+
+async def _check_answered(connection: Any) -> bool:
+    answered = False
+    for pair in list(connection._nominated.values()):
+        request = connection.build_request(pair, nominate=False)
+        try:
+            await pair.protocol.request(
+                request,
+                pair.remote_addr,
+                integrity_key=connection.remote_password.encode("utf8"),
+                retransmissions=0,
+            )
+            answered = True
+        except stun.TransactionError:
+            pass
+    return answered

@@ -110,6 +110,7 @@ class Publisher:
         if any(t.receiver.transport is None for t in self.pc.getTransceivers()):
             raise SdpError("publisher offer has a media section aiortc cannot match (no a=mid?)")
         self._tap_all()
+        hooks.consent_from_media(self.pc)
         hooks.prefer_dtls_server(self.pc, offer)  # after BUNDLE settled the transports
         hooks.legacy_curve_dtls_client(self.pc)
         try:

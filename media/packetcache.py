@@ -10,11 +10,23 @@ from __future__ import annotations
 from .rtp import seq_diff
 
 
-class PacketCache:
-    """A ring of the last `capacity` packets keyed by outgoing seq, plus a keyframe window."""
+class PacketCacheError(ValueError):
+    """A cache size the 16-bit sequence space cannot be split into."""
 
-    def __init__(self, capacity: int = 500, keyframe_limit: int = 1000) -> None:
+
+class PacketCache:
+    """A ring of the last `capacity` packets keyed by outgoing seq, plus a keyframe window.
+
+    `capacity` divides 65,536 (a power of two), so consecutive seqs keep distinct slots across
+    the wrap: with 500 slots, seq 65,500 and seq 0 shared one, and the cache held only 36
+    packets around each wrap.
+    """
+
+    def __init__(self, capacity: int = 512, keyframe_limit: int = 1000) -> None:
+        if capacity <= 0 or capacity > 1 << 16 or capacity & (capacity - 1):
+            raise PacketCacheError(f"packet cache capacity {capacity} is not a power of two")
         self.capacity = capacity
+        self._mask = capacity - 1
         self.keyframe_limit = keyframe_limit
         self._ring: list[tuple[int, bytes] | None] = [None] * capacity
         self.keyframe_start: int | None = None
@@ -23,7 +35,7 @@ class PacketCache:
 
     def add(self, seq: int, packet: bytes, keyframe_start: bool = False, now: float = 0.0) -> None:
         """Store a packet; `keyframe_start` marks the first packet of a keyframe."""
-        self._ring[seq % self.capacity] = (seq, packet)
+        self._ring[seq & self._mask] = (seq, packet)
         if self.last_seq is None or seq_diff(seq, self.last_seq) > 0:
             self.last_seq = seq
         if keyframe_start:
@@ -34,7 +46,7 @@ class PacketCache:
 
     def get(self, seq: int) -> bytes | None:
         """The packet with this seq, if still cached."""
-        entry = self._ring[seq % self.capacity]
+        entry = self._ring[seq & self._mask]
         if entry is not None and entry[0] == seq:
             return entry[1]
         return None

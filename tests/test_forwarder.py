@@ -6,6 +6,7 @@ real ones are exercised in tests/test_lecture.py with aiortc peers.
 
 from itertools import pairwise
 
+import pytest
 from aiortc.rtp import RtcpPacket
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,7 +95,7 @@ def test_viewer_waits_for_keyframe_and_requests_one():
     viewer = ViewerTrack(RecordingEndpoint(), 97)
     track.cache.clear()  # nothing to replay
     track.join(viewer)
-    assert requests == [1] or len(requests) == 1
+    assert requests == [1]
     track.on_rtp(1, True, 11, 3000, DELTA)
     assert viewer.endpoint.sent == []
     track.on_rtp(1, False, 12, 6000, KEY)
@@ -276,3 +277,75 @@ def test_no_retransmission_from_before_the_viewers_keyframe():
     assert late.retransmits == 0
     track.on_nack(late, [new[1]])
     assert late.retransmits == 1
+
+
+# -- compressed time: a source runs for ever ------------------------------------------------
+
+
+@pytest.mark.parametrize("first_seq", [0, 1, 30000, 32767, 32768, 65400, 65535])
+@pytest.mark.parametrize("first_ts", [0, 0xFFFFF000])
+def test_munger_forwards_a_source_for_ever(first_seq, first_ts):
+    """Past 32,768 packets from the anchor (once the stale rule turned every packet away) and
+    past two wraps of the sequence number and of the timestamp, every packet is forwarded."""
+    m = Munger(90000, seq=1000, ts=77)
+    out = []
+    for i in range(140_000):
+        ts = (first_ts + i * 3000) & 0xFFFFFFFF
+        r = m.rewrite(5, (first_seq + i) & 0xFFFF, ts, i == 0, i / 30)
+        assert r is not None, f"packet {i} dropped"
+        out.append(r)
+    assert all((b[0] - a[0]) & 0xFFFF == 1 for a, b in pairwise(out))
+    assert all((b[1] - a[1]) & 0xFFFFFFFF == 3000 for a, b in pairwise(out))
+
+
+def test_munger_stale_rule_holds_near_the_anchor_and_after_wraps():
+    m = Munger(90000, seq=0, ts=0)
+    assert m.rewrite(9, 65530, 0, True, 0.0) == (0, 0)  # anchored just below the wrap
+    assert m.rewrite(9, 65529, 0, True, 0.0) is None  # before the anchor: stale
+    assert m.rewrite(9, 3, 900, True, 0.1) == (9, 900)  # after the wrap
+    assert m.rewrite(9, 65531, 10, True, 0.1) == (1, 10)  # late but after the anchor
+    for i in range(4, 100_000):  # on past 32,768 packets and a second wrap
+        assert m.rewrite(9, (3 + i) & 0xFFFF, 900, True, 0.2) is not None
+    late = (3 + 100_000 - 50) & 0xFFFF  # a reordered packet 50 behind: still forwarded
+    assert m.rewrite(9, late, 900, True, 0.3) == ((late + 6) & 0xFFFF, 900)
+
+
+def test_track_serves_viewers_and_nacks_past_every_wrap():
+    """A viewer joined at the start still gets every packet and its NACKs answered 140,000
+    packets later (the NACK floor once refused half of every 65,536 packets)."""
+    clock = Clock()
+    track, _ = video_track(clock)
+    viewer = ViewerTrack(RecordingEndpoint(), 97)
+    track.join(viewer)
+    answered = 0
+    for i in range(140_000):
+        clock.now += 1 / 150
+        track.on_rtp(
+            3, i % 3 == 2, (65000 + i) & 0xFFFF, (i // 3) * 3000, KEY if i % 3000 == 0 else CONT
+        )
+        if i % 10_000 == 9_999:
+            newest = rtp.fields(viewer.endpoint.sent[-1])[2]
+            before = viewer.retransmits
+            track.on_nack(viewer, [(newest - 5) & 0xFFFF])
+            answered += viewer.retransmits - before
+    assert len(viewer.endpoint.sent) == 140_000 + answered
+    assert answered == 14
+    seqs = [rtp.fields(p)[2] for p in viewer.endpoint.sent[:1000]]
+    assert all((b - a) & 0xFFFF == 1 for a, b in pairwise(seqs))
+
+
+def test_rtx_sequence_numbers_wrap():
+    viewer = ViewerTrack(RecordingEndpoint(), 96, rtx_payload_type=99, rtx_seq=65534)
+    assert [viewer.next_rtx_seq() for _ in range(3)] == [65535, 0, 1]
+
+
+def test_sender_report_across_the_timestamp_wrap():
+    clock = Clock()
+    track, _ = video_track(clock)
+    track.on_rtp(3, False, 10, 0xFFFFFF00, KEY)
+    mapping = ClockMapping(ssrc=3, time=clock.now, rtp=0xFFFFFF00, clock_rate=90000)
+    track.on_sender_report(mapping)
+    report = track.sender_report(clock.now + 1.0)  # 90,000 ticks later: past the wrap
+    sr = RtcpPacket.parse(report)[0]
+    expected = (0xFFFFFF00 + 90000 + track.munger.ts_offset) & 0xFFFFFFFF
+    assert sr.sender_info.rtp_timestamp == expected

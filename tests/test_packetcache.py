@@ -1,9 +1,10 @@
 """The per-track packet cache: NACK lookups and the keyframe window for replay."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.packetcache import PacketCache
+from media.packetcache import PacketCache, PacketCacheError
 
 
 def test_get_returns_recent_and_forgets_old():
@@ -55,3 +56,23 @@ def test_window_is_every_packet_in_order(start, count):
         cache.add(seq, seq.to_bytes(2, "big"), keyframe_start=(i == 0))
     window = cache.since_keyframe()
     assert window == [((start + i) & 0xFFFF).to_bytes(2, "big") for i in range(count)]
+
+
+@pytest.mark.parametrize("start", [65536 - 600, 65536 - 1, 32768 - 100])
+def test_every_recent_packet_is_kept_across_the_wrap(start):
+    """512 slots divide the 16-bit space: the last `capacity` seqs stay retrievable across the
+    wrap (500 slots once shared seq 65,500 and 0, keeping only 36 packets there)."""
+    cache = PacketCache()
+    seqs = [(start + i) & 0xFFFF for i in range(2000)]
+    for n, seq in enumerate(seqs):
+        cache.add(seq, seq.to_bytes(2, "big"))
+        recent = seqs[max(0, n + 1 - cache.capacity) : n + 1]
+        assert cache.get(recent[0]) == recent[0].to_bytes(2, "big")
+    assert all(cache.get(s) is not None for s in seqs[-cache.capacity :])
+    assert cache.get(seqs[-cache.capacity - 1]) is None
+
+
+@pytest.mark.parametrize("capacity", [0, 500, 3, 1 << 17])
+def test_capacity_must_divide_the_sequence_space(capacity):
+    with pytest.raises(PacketCacheError, match="power of two"):
+        PacketCache(capacity=capacity)
