@@ -35,9 +35,14 @@ def number_image(number: int, tint: int = 0) -> np.ndarray:
     return image
 
 
-def read_number(frame: VideoFrame) -> int | None:
-    """The number a decoded frame shows, or None when any block is unreadable (corrupt)."""
-    gray = frame.reformat(width=WIDTH, height=HEIGHT, format="gray").to_ndarray()
+def read_number(frame: VideoFrame, crop: bool = False) -> int | None:
+    """The number a decoded frame shows, or None when any block is unreadable (corrupt).
+
+    `crop`: the number sits in the frame's top-left WIDTHxHEIGHT (a larger, noisy clip)."""
+    if crop:
+        gray = frame.to_ndarray(format="gray")[:HEIGHT, :WIDTH]
+    else:
+        gray = frame.reformat(width=WIDTH, height=HEIGHT, format="gray").to_ndarray()
     number = 0
     for bit in range(BITS):
         row, col = divmod(bit, GRID)
@@ -149,13 +154,58 @@ def ecdsa_identity(
     return cert_path, key_path
 
 
+def write_noisy_h264_clip(
+    directory: pathlib.Path,
+    kbps: int,
+    seconds: float = 4.0,
+    fps: int = 30,
+    width: int = 640,
+    height: int = 480,
+) -> pathlib.Path:
+    """An MP4 at about `kbps` (H264 constrained baseline, keyframe every second, no audio):
+    numbered frames in the top-left WIDTHxHEIGHT (read back with `read_number(frame, crop=True)`)
+    and random noise elsewhere, so the encoder spends the bitrate (a real packet rate)."""
+    path = directory / f"noisy-{kbps}k-{width}x{height}-{seconds:g}s.mp4"
+    if path.exists():
+        return path
+    rng = np.random.default_rng(7)
+    tmp = path.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.bit_rate = kbps * 1000
+        video.options = {
+            "profile": "baseline",
+            "g": str(fps),
+            "bf": "0",
+            "tune": "zerolatency",
+            "preset": "ultrafast",
+            "x264-params": f"nal-hrd=cbr:vbv-maxrate={kbps}:vbv-bufsize={kbps // 2}",
+        }
+        for n in range(int(seconds * fps)):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            image[:HEIGHT, :WIDTH] = number_image(n)
+            for packet in video.encode(VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+    tmp.rename(path)
+    return path
+
+
 def publish_whip(
-    url: str, clip: str, token: str, cert: str | None = None, key: str | None = None
+    url: str,
+    clip: str,
+    token: str,
+    cert: str | None = None,
+    key: str | None = None,
+    seconds: float = 0.0,
 ) -> int:
     """Stream a clip in real time through FFmpeg's WHIP muxer (PyAV); returns packets sent.
 
-    Runs in its own process (see __main__): the muxer's HTTP and DTLS calls block inside
-    FFmpeg, which would starve an event loop in the same process.
+    With `seconds`, the clip is played over and over (timestamps running on) for that long:
+    a long lecture from a short clip. Runs in its own process (see __main__): the muxer's HTTP
+    and DTLS calls block inside FFmpeg, which would starve an event loop in the same process.
     """
     import time
 
@@ -164,21 +214,43 @@ def publish_whip(
         options.update(cert_file=cert, key_file=key)
     sent = 0
     with av.open(clip) as source, av.open(url, "w", format="whip", options=options) as out:
-        stream = out.add_stream_from_template(source.streams.video[0])
+        template = source.streams.video[0]
+        stream = out.add_stream_from_template(template)
+        packets = [p for p in source.demux(template) if p.dts is not None]
+        span = max(p.pts for p in packets) + (packets[1].pts - packets[0].pts)
         start = time.monotonic()
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is None:
-                continue
-            delay = start + float(packet.pts * packet.time_base) - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            packet.stream = stream
-            out.mux(packet)
-            sent += 1
-    return sent
+        loop = 0
+        while True:
+            for packet in packets:
+                pts = packet.pts + loop * span
+                at = float(pts * packet.time_base)
+                if loop and at >= seconds:
+                    return sent
+                delay = start + at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts = pts, packet.dts + loop * span
+                copy.time_base, copy.is_keyframe = packet.time_base, packet.is_keyframe
+                copy.stream = stream
+                out.mux(copy)
+                sent += 1
+            loop += 1
+            if float(loop * span * packets[0].time_base) >= seconds:
+                return sent
+
+
+def main(argv: list[str]) -> None:
+    """python -m tests.mediaclip URL CLIP TOKEN [CERT KEY] [--seconds N]: publish, print count."""
+    seconds = 0.0
+    if "--seconds" in argv:
+        at = argv.index("--seconds")
+        seconds = float(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
+    print(publish_whip(*argv, seconds=seconds), flush=True)
 
 
 if __name__ == "__main__":
     import sys
 
-    print(publish_whip(*sys.argv[1:]), flush=True)
+    main(sys.argv[1:])
