@@ -19,7 +19,8 @@ Hooks used (aiortc 1.16.0):
 - RTCDtlsTransport._srtp_profiles: SRTP profiles offered in DTLS use_srtp.
 - aioice Connection (RTCIceTransport._connection) .query_consent / .data_received /
   ._nominated / .build_request / .remote_password: consent freshness on ingest counts arriving
-  media as consent, so a publisher that answers no checks (FFmpeg's WHIP muxer) is kept.
+  media as consent, so a publisher that answers no checks (FFmpeg's WHIP muxer) is kept;
+  ._protocols[].transport: the ingest sockets' receive buffers are enlarged.
 - RTCDtlsTransport._do_handshake / _ssl / _role / _state and RTCCertificate._cert / _key:
   where aiortc is the DTLS client, its handshake runs on the system libssl
   (media/libssl_client.py; FFmpeg's WHIP default certificate is on curve P-224).
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,6 +63,7 @@ AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
 CONSENT_INTERVAL = 5.0  # seconds between consent checks (RFC 7675: 4-6 s)
 CONSENT_LAPSE = 30.0  # seconds without an answer nor media before consent is lost
+INGEST_RCVBUF = 4 << 20  # bytes asked for (Linux caps it at net.core.rmem_max)
 _R = "_RTCRtpReceiver__"
 
 
@@ -128,7 +131,14 @@ def check_hooks() -> None:
         )
     ice = receiver.transport.transport
     _require(ice, "_connection", "RTCIceTransport instance")
-    for name in ("query_consent", "data_received", "_nominated", "build_request", "close"):
+    for name in (
+        "query_consent",
+        "data_received",
+        "_nominated",
+        "build_request",
+        "close",
+        "_protocols",
+    ):
         _require(ice._connection, name, "aioice Connection instance")
     _require(ice._connection, "remote_password", "aioice Connection instance")
 
@@ -277,8 +287,8 @@ def legacy_curve_dtls_client(pc: RTCPeerConnection) -> None:
 
 def consent_from_media(
     pc: RTCPeerConnection,
-    interval: float = CONSENT_INTERVAL,
-    lapse: float = CONSENT_LAPSE,
+    interval: float | None = None,
+    lapse: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Consent freshness for an ingest peer: an answered check OR arriving media keeps it.
@@ -288,9 +298,25 @@ def consent_from_media(
     peer that keeps sending us media consents to its own session; only a peer silent on both
     counts for `lapse` seconds is let go. Call after setRemoteDescription (ICE not started).
     """
+    interval = CONSENT_INTERVAL if interval is None else interval
+    lapse = CONSENT_LAPSE if lapse is None else lapse
     connections = {id(c): c for c in _ice_connections(pc)}
     for connection in connections.values():
         _keep_consent(connection, interval, lapse, clock)
+
+
+def enlarge_receive_buffers(pc: RTCPeerConnection, size: int = INGEST_RCVBUF) -> None:
+    """Give this peer's ICE sockets a receive buffer of `size` bytes (after gathering).
+
+    A lecturer's keyframe at 1.5-10 Mbit/s arrives as a burst of tens of packets; the default
+    buffer (~208 KiB) overflows when the event loop is late by a few hundred milliseconds,
+    and every packet lost there is lost for every hall (publishers need not retransmit)."""
+    connections = {id(c): c for c in _ice_connections(pc)}
+    for connection in connections.values():
+        for protocol in connection._protocols:
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _ice_connections(pc: RTCPeerConnection) -> list[Any]:
@@ -336,4 +362,8 @@ async def _check_answered(connection: Any) -> bool:
             answered = True
         except stun.TransactionError:
             pass
+        except (OSError, ConnectionError, RuntimeError):
+            # the check is also the peer's proof that we still listen (FFmpeg counts our
+            # requests as consent): a failed send must not end the loop that sends them
+            logger.debug("ingest consent check not sent", exc_info=True)
     return answered

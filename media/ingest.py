@@ -119,7 +119,8 @@ class Publisher:
             raise SdpError(
                 f"publisher offer cannot be answered (a=sendonly missing?): {exc}"
             ) from exc
-        await self.pc.setLocalDescription(answer)
+        await self.pc.setLocalDescription(answer)  # gathers: the ICE sockets exist now
+        hooks.enlarge_receive_buffers(self.pc)
         return self.pc.localDescription.sdp
 
     async def pull(self, signal: Callable[[str], Awaitable[str]]) -> None:
@@ -133,6 +134,7 @@ class Publisher:
             transceiver.setCodecPreferences(_preferences(kind, spec, spec.fmtp))
         self._tap_all()
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        hooks.enlarge_receive_buffers(self.pc)  # a relay link carries every hall's packets
         answer = await signal(self.pc.localDescription.sdp)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))

@@ -15,6 +15,17 @@ def artifacts_dir() -> pathlib.Path:
 
 
 @pytest.fixture
+async def engine():
+    """A started MediaEngine on an ephemeral loopback port, closed after the test."""
+    from media.engine import MediaConfig, MediaEngine
+
+    engine = MediaEngine(MediaConfig("127.0.0.1", 0))
+    await engine.start()
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture
 async def sock():
     """A started MediaSocket on an ephemeral loopback port, closed after the test."""
     from media.endpoint import MediaSocket

@@ -1,5 +1,8 @@
 """The private aiortc internals media/ relies on are all still there (fails loudly if not)."""
 
+import asyncio
+import time
+
 import pytest
 from aiortc import RTCPeerConnection
 
@@ -112,3 +115,51 @@ async def test_without_system_libssl_the_client_hook_is_a_no_op(monkeypatch):
     before = transport._do_handshake
     hooks.legacy_curve_dtls_client(pc)
     assert transport._do_handshake == before
+
+
+# -- consent freshness on ingest, in compressed time -----------------------------------------
+
+
+def _ignore_binding_requests(pc: RTCPeerConnection) -> None:
+    """The publisher stops answering consent checks (as FFmpeg's WHIP muxer did)."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.sender.transport.transport._connection
+        connection.request_received = lambda *args: None
+
+
+def _go_silent(pc: RTCPeerConnection) -> None:
+    """The publisher's network vanishes: nothing more leaves or arrives (no close, no BYE)."""
+    for transceiver in pc.getTransceivers():
+        for protocol in transceiver.sender.transport.transport._connection._protocols:
+            protocol.transport.abort()
+
+
+async def test_publisher_kept_while_media_arrives_and_let_go_when_silent(engine, monkeypatch):
+    """Consent checks unanswered for many times the lapse: the publisher stays while its media
+    arrives; once silent on both counts it is closed after about the lapse."""
+    from tests.test_lecture import PublisherPeer, wait_for
+
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)  # aioice alone: closed in ~1.2 s
+    monkeypatch.setattr(hooks, "CONSENT_INTERVAL", 0.2)
+    monkeypatch.setattr(hooks, "CONSENT_LAPSE", 1.5)
+    lecture = engine.lecture("consent", video_codec="VP8")
+    publisher = PublisherPeer()
+    closed = asyncio.Event()
+    try:
+        ingest = await publisher.publish(lecture)
+        ingest.on_close = lambda _p: closed.set()
+        await wait_for(lambda: lecture.stats().live, timeout=10)
+        _ignore_binding_requests(publisher.pc)
+        before = lecture.stats().packets_in
+        await asyncio.sleep(6.0)  # four lapses without a single answer
+        assert not closed.is_set() and lecture.publisher is ingest
+        assert lecture.stats().packets_in > before + 100
+        _go_silent(publisher.pc)
+        silent_at = time.monotonic()
+        await asyncio.wait_for(closed.wait(), timeout=5.0)
+        assert 1.2 < time.monotonic() - silent_at < 3.0
+        assert lecture.publisher is None
+    finally:
+        await publisher.close()

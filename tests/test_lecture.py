@@ -24,14 +24,6 @@ from media.rtcp import time_from_ntp
 from tests.mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
 
 
-@pytest.fixture
-async def engine():
-    engine = MediaEngine(MediaConfig("127.0.0.1", 0))
-    await engine.start()
-    yield engine
-    await engine.close()
-
-
 class PublisherPeer:
     """An aiortc peer publishing numbered video (+ tone audio) to a lecture."""
 
@@ -65,8 +57,11 @@ class PublisherPeer:
 class ViewerPeer:
     """An aiortc viewer; decodes video and records each frame's number and arrival time."""
 
-    def __init__(self, decode: bool = True, drop=None, codec: str | None = None) -> None:
+    def __init__(
+        self, decode: bool = True, drop=None, codec: str | None = None, crop: bool = False
+    ) -> None:
         self.pc = RTCPeerConnection()
+        self.crop = crop  # the number sits in the top-left corner of a larger (noisy) frame
         self.pc.addTransceiver("audio", direction="recvonly")
         video = self.pc.addTransceiver("video", direction="recvonly")
         if codec is not None:
@@ -99,15 +94,15 @@ class ViewerPeer:
             while True:
                 frame = await track.recv()
                 if track.kind == "video":
-                    self.frames.append((time.monotonic(), read_number(frame)))
+                    self.frames.append((time.monotonic(), read_number(frame, self.crop)))
                 else:
                     self.audio_frames += 1
         except MediaStreamError:
             pass
 
-    async def subscribe(self, lecture):
+    async def subscribe(self, lecture, relay: bool = False):
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer, viewer = await lecture.subscribe(self.pc.localDescription.sdp)
+        answer, viewer = await lecture.subscribe(self.pc.localDescription.sdp, relay=relay)
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         if self.drop is not None:  # after BUNDLE settled which transport carries video
             hooks.drop_incoming_rtp(self.video_receiver.transport, self.drop)

@@ -18,7 +18,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 from aiortc import RTCSessionDescription
 from av import VideoFrame
 
@@ -87,14 +86,6 @@ class RuralViewer(ViewerPeer):
     async def close(self) -> None:
         await super().close()
         self.relay.close()
-
-
-@pytest.fixture
-async def engine():
-    engine = MediaEngine(MediaConfig("127.0.0.1", 0))
-    await engine.start()
-    yield engine
-    await engine.close()
 
 
 def frames_since(viewer: ViewerPeer, since: float) -> list[int | None]:
