@@ -45,6 +45,12 @@ MIN_RESEND_INTERVAL = 0.05
 # newest packet by at most FLOOR_HORIZON (far more than the cache holds) so its 16-bit
 # distance never wraps: compared for ever, it would refuse half of every 65,536 packets.
 FLOOR_HORIZON = 8192
+# A viewer whose video is paused (audio only, a weak or silent link) is sent one padding-only
+# packet whenever the stream has moved IDLE_REFRESH packets on. SRTP keeps no index on the
+# wire: both ends guess it from the last sequence number they saw, and after a gap of more than
+# 32,768 packets the sender's libsrtp refuses to protect for up to 32,768 more (measured: a hall
+# back from 4 minutes of audio only at 150 packets/s got no picture for 3 more minutes).
+IDLE_REFRESH = 8192
 # A relay link (an edge pulling the lecture for hundreds of sites) is a LAN or data-centre
 # link: its losses are bursts (a busy edge's socket buffer overflowing), and every packet it
 # misses is missed by every site behind it, so it may be resent everything it asks for.
@@ -222,6 +228,7 @@ class TrackForwarder:
         # ordered sets (dicts): join and leave stay O(1) when thousands of sites come and go
         self.waiting: dict[ViewerTrack, None] = {}
         self.viewers: dict[ViewerTrack, None] = {}
+        self.idle: dict[ViewerTrack, int] = {}  # paused viewers -> last seq they were sent
         self.mappings: dict[int, ClockMapping] = {}
         self.newest: int | None = None
         self.retired: set[int] = set()
@@ -299,6 +306,7 @@ class TrackForwarder:
         """Add a connected viewer: at once for audio; at a keyframe for video (idempotent)."""
         if viewer in self.viewers:
             return
+        self.idle.pop(viewer, None)
         self.viewers[viewer] = None
         if self.cache is None:
             self._add(viewer, None)
@@ -306,8 +314,28 @@ class TrackForwarder:
             self.waiting[viewer] = None
             self.request_keyframe()
 
+    def pause(self, viewer: ViewerTrack) -> None:
+        """Stop sending to a viewer that stays connected (it may `join` again)."""
+        if viewer in self.viewers:
+            self.leave(viewer)
+            self.idle[viewer] = self.munger.last_seq
+
+    def refresh_idle(self) -> None:
+        """Keep paused viewers' SRTP index estimates within reach (see IDLE_REFRESH)."""
+        newest = self.munger.last_seq
+        for viewer, last in list(self.idle.items()):
+            if rtp.seq_diff(newest, last) < IDLE_REFRESH:
+                continue
+            if viewer.endpoint.state == "connected":
+                packet = rtp.padding_only(
+                    viewer.payload_type, newest, self.munger.last_ts, self.ssrc
+                )
+                viewer.endpoint.send_rtp(packet)
+            self.idle[viewer] = newest
+
     def leave(self, viewer: ViewerTrack) -> None:
         """Remove a viewer (idempotent)."""
+        self.idle.pop(viewer, None)
         self.viewers.pop(viewer, None)
         self.waiting.pop(viewer, None)
         if viewer.joined:

@@ -179,7 +179,7 @@ class Viewer:
         video = self.tracks.get("video")
         if video is not None:
             logger.info("viewer video paused", extra={"lecture": self.lecture.id, "why": why})
-            self.lecture.tracks["video"].leave(video)
+            self.lecture.tracks["video"].pause(video)
 
     def _resume_video(self) -> None:
         video = self.tracks.get("video")
@@ -386,6 +386,8 @@ class Lecture:
         while True:
             await asyncio.sleep(SENDER_REPORT_INTERVAL)
             self.send_sender_reports()
+            for track in self.tracks.values():
+                track.refresh_idle()
             now = time.monotonic()
             if self.live and now - self._last_packet > SILENCE_TIMEOUT:
                 self._set_live(False)  # connected but silent (camera stopped, network gone)

@@ -33,6 +33,11 @@ def pack(marker: bool, pt: int, seq: int, ts: int, ssrc: int, payload: bytes) ->
     return HEADER.pack(0x80, (0x80 if marker else 0) | pt, seq, ts, ssrc) + payload
 
 
+def padding_only(pt: int, seq: int, ts: int, ssrc: int) -> bytes:
+    """An RTP packet whose whole payload is padding (RFC 3550 5.1): decoders skip it."""
+    return HEADER.pack(0xA0, pt, seq, ts, ssrc) + b"\x00\x00\x00\x04"
+
+
 def fields(packet: bytes | bytearray) -> tuple[bool, int, int, int, int]:
     """(marker, payload_type, seq, timestamp, ssrc) of an RTP packet."""
     if len(packet) < 12:

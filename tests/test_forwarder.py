@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from media import rtp
-from media.forwarder import Munger, TrackForwarder, ViewerTrack
+from media.forwarder import IDLE_REFRESH, Munger, TrackForwarder, ViewerTrack
 from media.rtcp import ClockMapping, time_from_ntp
 
 KEY = bytes([0x10, 0x00, 0x9D])  # VP8 keyframe start
@@ -349,3 +349,60 @@ def test_sender_report_across_the_timestamp_wrap():
     sr = RtcpPacket.parse(report)[0]
     expected = (0xFFFFFF00 + 90000 + track.munger.ts_offset) & 0xFFFFFFFF
     assert sr.sender_info.rtp_timestamp == expected
+
+
+class SrtpEndpoint(RecordingEndpoint):
+    """Protects what it is sent with a real libsrtp session; a peer session unprotects it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from pylibsrtp import Policy, Session
+
+        key = bytes(range(30))
+        self.tx = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        self.rx = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+        self.refused = 0
+        self.received: list[bytes] = []
+
+    def send_rtp(self, packet):
+        try:
+            protected = self.tx.protect(bytes(packet))
+        except Exception:  # noqa: BLE001 - libsrtp refuses: the index guess is out of reach
+            self.refused += 1
+            return
+        self.received.append(self.rx.unprotect(protected))
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+def test_a_viewer_back_from_a_long_pause_is_protected_at_once(refresh):
+    """40,000 video packets go by while a viewer is paused (audio only): with the idle refresh
+    its first packets after resuming are protected and decrypt; without it libsrtp refuses."""
+    clock = Clock()
+    track, _ = video_track(clock)
+    viewer = ViewerTrack(SrtpEndpoint(), 97)
+    seq = 0
+
+    def send(count: int) -> None:
+        nonlocal seq
+        for i in range(count):
+            clock.now += 1 / 150
+            track.on_rtp(3, False, seq & 0xFFFF, seq * 30, KEY if i == 0 else CONT)
+            seq += 1
+            if refresh and seq % 150 == 0:  # the lecture's once-a-second loop
+                track.refresh_idle()
+
+    track.join(viewer)
+    send(70_000)  # the stream's SRTP rollover counter is past 0
+    track.pause(viewer)
+    send(40_000)
+    track.join(viewer)
+    track.cache.clear()  # no replay: it waits for the next keyframe, like a real resume
+    before = len(viewer.endpoint.received)
+    send(100)
+    if refresh:
+        assert viewer.endpoint.refused == 0
+        assert len(viewer.endpoint.received) - before == 100
+        padding = [p for p in viewer.endpoint.received if p[0] & 0x20]
+        assert len(padding) == 40_000 // IDLE_REFRESH
+    else:
+        assert viewer.endpoint.refused == 100  # what the refresh prevents

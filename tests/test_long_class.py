@@ -120,7 +120,6 @@ async def test_ffmpeg_class_runs_past_every_wrap(origin_and_edge):
     await behind_relay.subscribe(edge, relay=True)
     viewers = (behind_relay, audio_first)
     paused = await audio_first.subscribe(origin)
-    paused.set_audio_only(True)
     ffmpeg = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "tests.mediaclip", url, str(clip), "token"),
         *("--seconds", str(TIMEOUT)),
@@ -141,8 +140,11 @@ async def test_ffmpeg_class_runs_past_every_wrap(origin_and_edge):
         started = time.monotonic()
         await relay(edge, origin)
         video, relayed = origin.tracks["video"], edge.tracks["video"]
+        await publish_until(lambda: len(audio_first.frames) >= 30)
+        paused.set_audio_only(True)  # after its SRTP state has seen the stream
+        mark = video.packets
         # more than 32,768 video packets go by while the third viewer hears audio only
-        await publish_until(lambda: video.packets > 40_000)
+        await publish_until(lambda: video.packets > mark + 40_000)
         paused.set_audio_only(False)
         resumed = time.monotonic()
         await publish_until(
