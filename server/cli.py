@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="behind a reverse proxy: take the client address from X-Forwarded-For",
     )
+    serve.add_argument(
+        "--trusted-proxies",
+        dest="trusted_proxies",
+        help="the reverse proxies' addresses or networks, comma-separated (default: loopback)",
+    )
 
     sites = commands.add_parser("sites", help="site registry").add_subparsers(
         dest="sites_cmd", required=True
@@ -163,6 +168,7 @@ _SERVE_KEYS = (
     "public_url",
     "log_format",
     "trust_proxy",
+    "trusted_proxies",
     "upstream_url",
     "node_url",
 )

@@ -265,3 +265,51 @@ async def test_rotating_a_join_key_ends_the_sites_viewers(app) -> None:
     assert again.status == 401 and (await again.json())["error"]["code"] == "token_revoked"
     for pc in (publisher, s1, s2, late):
         await pc.close()
+
+
+async def post_whep_as(client, offer: str, forwarded: str) -> int:
+    headers = {**bearer(Role.SITE, "S1"), "X-Forwarded-For": forwarded}
+    reply = await client.post("/whep/c1/S1", data=offer, headers=headers)
+    await reply.read()
+    return reply.status
+
+
+async def viewer_offer() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    offer = await offer_of(pc)
+    await pc.close()
+    return offer
+
+
+async def test_forged_forwarded_entries_do_not_escape_the_signalling_limit(tmp_path: Path) -> None:
+    """The finding: 400 WHEP posts through a trusted proxy, each with a made-up left-most
+    X-Forwarded-For entry, were 400 clients (all 201). The proxy appends the address it saw
+    (198.51.100.7): that is the client, so 15 (a burst of 3 s at 5/s) and a few more pass."""
+    settings = {"signalling_rate": 5.0, "trust_proxy": True}  # the proxy: loopback, by default
+    async with running_app(tmp_path, media=True, **settings) as (client, _):
+        await seed(client)
+        offer = await viewer_offer()
+        began = time.monotonic()
+        statuses = [
+            await post_whep_as(client, offer, f"10.{i // 250}.{i % 250}.1, 198.51.100.7")
+            for i in range(400)
+        ]
+        allowed = 15 + 5.0 * (time.monotonic() - began) + 1
+        assert set(statuses) <= {201, 429}
+        assert statuses.count(201) <= allowed, (statuses.count(201), allowed)
+        assert statuses.count(429) >= 400 - allowed
+        # another client behind the same proxy has its own bucket
+        assert await post_whep_as(client, offer, "198.51.100.8") == 201
+
+
+async def test_forwarded_entries_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
+    """Only a trusted proxy may name the client: here the proxy is 192.0.2.1, so this loopback
+    peer is the client, whatever it writes in X-Forwarded-For."""
+    settings = {"signalling_rate": 5.0, "trusted_proxies": "192.0.2.1"}
+    async with running_app(tmp_path, media=True, **settings) as (client, _):
+        await seed(client)
+        offer = await viewer_offer()
+        statuses = [await post_whep_as(client, offer, f"203.0.113.{i}") for i in range(40)]
+        assert statuses.count(429) >= 40 - 15 - 5
