@@ -198,6 +198,11 @@ class Publisher:
         self.octets += len(packet.payload)
         self.on_packet(kind, packet)
 
+    @property
+    def closed(self) -> bool:
+        """True once closed (by us, or because its connection failed)."""
+        return self._closed
+
     def request_keyframe(self) -> None:
         """Send a PLI for the current video source (no-op before video arrives)."""
         receiver = self.receivers.get("video")

@@ -267,6 +267,42 @@ async def test_rotating_a_join_key_ends_the_sites_viewers(app) -> None:
         await pc.close()
 
 
+async def test_a_second_publish_is_409_publisher_busy_unless_it_takes_over(app) -> None:
+    """Before: a second WHIP POST with the lecturer's token replaced the live publisher."""
+    client, state = app
+    viewer, _, frames = await view(client, "S1")
+    first, first_location = await publish(client)
+    second = RTCPeerConnection()
+    second.addTrack(ToneAudioTrack())
+    second.addTrack(NumberedVideoTrack(20000))
+    try:
+        await decoded_numbers(frames, 10)
+        offer = await offer_of(second)
+        busy = await client.post("/whip/c1", data=offer, headers=bearer(Role.LECTURER))
+        assert busy.status == 409
+        assert (await busy.json())["error"]["code"] == "publisher_busy"
+        bad = await client.post("/whip/c1?takeover=yes", data=offer, headers=bearer(Role.LECTURER))
+        assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_query"
+        assert first_location.rsplit("/", 1)[1] in state.resources  # still on air
+
+        took = await client.post("/whip/c1?takeover=1", data=offer, headers=bearer(Role.LECTURER))
+        assert took.status == 201, await took.text()
+        await second.setRemoteDescription(RTCSessionDescription(await took.text(), "answer"))
+        numbers = await decoded_numbers(frames, 200)
+        assert any(n is not None and n >= 20000 for n in numbers), numbers
+        await wait_gone(state, first_location)  # the old session ended once the new one was on
+    finally:
+        for pc in (viewer, first, second):
+            await pc.close()
+
+
+async def wait_gone(state, location: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while location.rsplit("/", 1)[1] in state.resources:
+        assert time.monotonic() < deadline, "the old publisher was never let go"
+        await asyncio.sleep(0.05)
+
+
 async def post_whep_as(client, offer: str, forwarded: str) -> int:
     headers = {**bearer(Role.SITE, "S1"), "X-Forwarded-For": forwarded}
     reply = await client.post("/whep/c1/S1", data=offer, headers=headers)
