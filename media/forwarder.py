@@ -285,6 +285,21 @@ class TrackForwarder:
         self.newest = ssrc
         self.request_keyframe()
 
+    @property
+    def source(self) -> int | None:
+        """The SSRC being forwarded now (None: none yet, or its source is gone)."""
+        return self.munger.source
+
+    def source_gone(self) -> None:
+        """The source being forwarded is gone for good; a newer one, if one is already
+        arriving, takes over at its next keyframe (audio: its next packet)."""
+        source = self.munger.source
+        if source is not None:
+            self.retired.add(source)
+            if self.newest == source:
+                self.newest = None
+        self.munger.reset_source()
+
     def on_sender_report(self, mapping: ClockMapping) -> None:
         """The publisher's NTP<->RTP mapping for one source."""
         self.mappings[mapping.ssrc] = mapping

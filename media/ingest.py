@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpReceiver, RTCSessionDescription
 from aiortc import sdp as aiosdp
+from aiortc.exceptions import OperationError
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from . import hooks
 from .errors import CodecMismatchError, MediaError, SdpError
-from .sdp import CodecSpec
+from .sdp import CodecSpec, parse_sdp
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,27 @@ def _preferences(kind: str, spec: CodecSpec, offer: str) -> list[RTCRtpCodecCapa
     if kind == "video":
         chosen += [c for c in caps if c.mimeType.lower() == "video/rtx"]
     return chosen
+
+
+def _check_offer(description: aiosdp.SessionDescription, specs: dict[str, CodecSpec]) -> None:
+    """What aiortc needs of a publisher's offer, refused here with a precise message."""
+    lines = [m for m in description.media if m.kind in specs and m.port != 0]
+    if not lines:
+        raise SdpError("publisher offer has no audio or video m-line")
+    for media in lines:
+        kind = media.kind
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise SdpError(f"publisher offer's {kind} m-line has no a=ice-ufrag / a=ice-pwd")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise SdpError(f"publisher offer's {kind} m-line has no a=fingerprint")
+        if not media.rtcp_mux:
+            raise SdpError(f"publisher offer's {kind} m-line lacks a=rtcp-mux (required)")
+        if not media.rtp.muxId:
+            raise SdpError(f"publisher offer's {kind} m-line has no a=mid")
+        if media.direction is None:
+            raise SdpError(
+                f"publisher offer's {kind} m-line has no direction (a=sendonly or a=sendrecv)"
+            )
 
 
 def _offered_kinds(offer: str) -> list[str]:
@@ -93,35 +115,39 @@ class Publisher:
         self.pc.on("connectionstatechange", self._on_state)
 
     async def start(self, offer: str) -> str:
-        """Answer the publisher's offer; media flows once ICE/DTLS connect."""
+        """Answer the publisher's offer; media flows once ICE/DTLS connect.
+
+        The offer is checked first, so every refusal is one of our fixed messages (aiortc's
+        own errors name its internals, or nothing at all)."""
+        _check_offer(parse_sdp(offer), self.specs)
         for kind in _offered_kinds(offer):
             if kind in self.specs:
                 transceiver = self.pc.addTransceiver(kind, direction="recvonly")
                 transceiver.setCodecPreferences(_preferences(kind, self.specs[kind], offer))
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
-        except ValueError as exc:
-            raise SdpError(f"publisher offer is invalid: {exc}") from exc
-        except Exception as exc:
+        except OperationError:  # aiortc found no codec in common on some m-line
             raise CodecMismatchError(
                 f"publisher offer lacks this class's codecs "
-                f"({', '.join(s.describe() for s in self.specs.values())}): {exc}"
-            ) from exc
+                f"({', '.join(s.describe() for s in self.specs.values())})"
+            ) from None
+        except Exception as exc:
+            logger.debug("publisher offer refused by aiortc", exc_info=True)
+            raise SdpError("publisher offer cannot be applied to a WebRTC connection") from exc
         if any(t.receiver.transport is None for t in self.pc.getTransceivers()):
-            raise SdpError("publisher offer has a media section aiortc cannot match (no a=mid?)")
+            raise SdpError("publisher offer has a media section that cannot be matched")
         self._tap_all()
         hooks.consent_from_media(self.pc)
         hooks.prefer_dtls_server(self.pc, offer)  # after BUNDLE settled the transports
         hooks.legacy_curve_dtls_client(self.pc)
         try:
             answer = await self.pc.createAnswer()
-        except ValueError as exc:  # e.g. a media section without a=sendonly/sendrecv/...
-            raise SdpError(
-                f"publisher offer cannot be answered (a=sendonly missing?): {exc}"
-            ) from exc
-        await self.pc.setLocalDescription(answer)  # gathers: the ICE sockets exist now
+            await self.pc.setLocalDescription(answer)  # gathers: the ICE sockets exist now
+        except Exception as exc:
+            logger.debug("publisher offer not answerable by aiortc", exc_info=True)
+            raise SdpError("publisher offer cannot be answered") from exc
         hooks.enlarge_receive_buffers(self.pc)
-        return self.pc.localDescription.sdp
+        return str(self.pc.localDescription.sdp)
 
     async def pull(self, signal: Callable[[str], Awaitable[str]]) -> None:
         """Be the offerer instead (a relay link: an edge pulling a lecture from an origin).
@@ -171,6 +197,11 @@ class Publisher:
         self.packets += 1
         self.octets += len(packet.payload)
         self.on_packet(kind, packet)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (by us, or because its connection failed)."""
+        return self._closed
 
     def request_keyframe(self) -> None:
         """Send a PLI for the current video source (no-op before video arrives)."""

@@ -1,7 +1,8 @@
 """A lecture: one publisher at a time, any number of viewers, no codec on the path.
 
-`Lecture.publish(offer)` answers a publisher (WHIP) and replaces a live one without touching
-viewers; `Lecture.subscribe(offer)` answers a viewer (WHEP) on the process's one UDP socket,
+`Lecture.publish(offer)` answers a publisher (WHIP); while another is on air it is refused
+(PublisherBusyError) unless it takes over, and then the old one keeps forwarding until the
+new one's first keyframe has gone out, so viewers see no gap; `Lecture.subscribe(offer)` answers a viewer (WHEP) on the process's one UDP socket,
 before or after the lecturer is live. Each track (audio, video) is a `TrackForwarder`.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .congestion import VideoGate
-from .errors import LectureClosedError
+from .errors import LectureClosedError, PublisherBusyError
 from .forwarder import TrackForwarder, ViewerTrack
 from .ingest import Publisher
 from .rtcp import ClockMapping, Feedback, RtcpError, parse_feedback, rtt_seconds
@@ -253,12 +254,15 @@ class Lecture:
             ),
         }
         self.publisher: Publisher | None = None
+        self.pending: Publisher | None = None  # taking over; on air at its first keyframe
         self.viewers: set[Viewer] = set()
         self.on_live: Callable[[bool], None] | None = None
         self.on_closed: Callable[[Lecture], None] | None = None
         self.live = False
         self.closed = False
         self._last_packet = 0.0
+        self._adopted_at = 0.0
+        self._closing: set[asyncio.Future[None]] = set()
         self.live_since = 0.0
         self.publishers = 0
         self._rate = (time.monotonic(), 0, 0.0)
@@ -267,17 +271,40 @@ class Lecture:
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def publish(self, offer: str) -> tuple[str, Publisher]:
-        """Answer a publisher's offer; a live publisher is replaced (viewers keep going)."""
+    async def publish(self, offer: str, takeover: bool = False) -> tuple[str, Publisher]:
+        """Answer a publisher's offer. While another publisher is on air this raises
+        PublisherBusyError unless `takeover`: the new one then replaces it once its first
+        keyframe is forwarded (the old one keeps going until then). Viewers keep going."""
         self._check_open()
+        self._check_free(takeover)
         publisher = self._new_publisher()
         try:
             answer = await publisher.start(offer)
+            self._check_open()
+            self._check_free(takeover)  # another publisher may have come on air meanwhile
         except BaseException:
             await publisher.close()
             raise
-        await self._adopt(publisher)
+        if takeover and self.on_air():
+            await self._hand_over(publisher)
+        else:
+            await self._adopt(publisher)
         return answer, publisher
+
+    def on_air(self) -> bool:
+        """Whether a publisher holds the lecture: not closed, and heard from (or answered)
+        within the silence timeout. One that is gone or silent yields to a new publish."""
+        publisher = self.publisher
+        if publisher is None or publisher.closed:
+            return False
+        return time.monotonic() - max(self._last_packet, self._adopted_at) <= SILENCE_TIMEOUT
+
+    def _check_free(self, takeover: bool) -> None:
+        if not takeover and self.on_air():
+            raise PublisherBusyError(
+                f"lecture {self.id} already has a live publisher; "
+                "publish with takeover to replace it"
+            )
 
     async def relay_from(self, signal: Callable[[str], Awaitable[str]]) -> Publisher:
         """Ingest from another LopSo node (an edge pulling from its origin, or a tree).
@@ -307,15 +334,48 @@ class Lecture:
     async def _adopt(self, publisher: Publisher) -> None:
         self._check_open()
         old, self.publisher = self.publisher, publisher
+        stale, self.pending = self.pending, None
         self.publishers += 1
+        self._adopted_at = time.monotonic()
         for track in self.tracks.values():
             track.source_changed()
-        if old is not None:
-            await old.close()
+        for gone in (old, stale):
+            if gone is not None:
+                await gone.close()
+
+    async def _hand_over(self, publisher: Publisher) -> None:
+        stale, self.pending = self.pending, publisher
+        if stale is not None:  # an earlier takeover that never showed a picture
+            await stale.close()
+
+    def _promote(self) -> None:
+        """The pending publisher is on air: every track moves to it, the old one is closed."""
+        new, old = self.pending, self.publisher
+        assert new is not None
+        self.pending, self.publisher = None, new
+        self.publishers += 1
+        self._adopted_at = time.monotonic()
+        for kind, track in self.tracks.items():
+            if track.source != new.ssrcs.get(kind):
+                track.source_gone()  # audio: the new one's starts with its next packet
+        if old is not None and not old.closed:
+            closing = asyncio.ensure_future(old.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
-        if publisher is not self.publisher or not packet.payload:
+        if not packet.payload:
             return
+        if publisher is self.pending:
+            # Its audio waits for its picture (unless it sends none), so both switch together.
+            if kind == "video" or "video" not in publisher.receivers:
+                self._forward(kind, packet)
+                if self.tracks[kind].source == packet.ssrc:
+                    self._promote()
+        elif publisher is self.publisher:
+            self._forward(kind, packet)
+
+    def _forward(self, kind: str, packet: RtpPacket) -> None:
         self._last_packet = time.monotonic()
         if not self.live:
             self._set_live(True)
@@ -328,7 +388,7 @@ class Lecture:
         )
 
     def _on_report(self, publisher: Publisher, kind: str, report: RtcpSrPacket) -> None:
-        if publisher is self.publisher:
+        if publisher is self.publisher or publisher is self.pending:  # mappings are per SSRC
             track = self.tracks[kind]
             track.on_sender_report(ClockMapping.from_sr(report, track.clock_rate))
 
@@ -339,7 +399,11 @@ class Lecture:
             p[1] + publisher.octets,
             p[2] + publisher.keyframe_requests,
         )
-        if publisher is self.publisher:
+        if publisher is self.pending:
+            self.pending = None
+        elif publisher is self.publisher and self.pending is not None:
+            self._promote()  # gone before the new one showed a picture: the new one goes on
+        elif publisher is self.publisher:
             self.publisher = None
             for track in self.tracks.values():
                 track.source_changed()
@@ -353,8 +417,9 @@ class Lecture:
                 self.on_live(live)
 
     def _request_keyframe(self) -> None:
-        if self.publisher is not None:
-            self.publisher.request_keyframe()
+        for publisher in (self.publisher, self.pending):  # a takeover starts at a keyframe
+            if publisher is not None:
+                publisher.request_keyframe()
 
     # -- viewing ----------------------------------------------------------------------------
 
@@ -438,8 +503,9 @@ class Lecture:
         self._reporter.cancel()
         for viewer in list(self.viewers):
             await viewer.close()
-        if self.publisher is not None:
-            await self.publisher.close()
+        for publisher in (self.pending, self.publisher):
+            if publisher is not None:
+                await publisher.close()
         for track in self.tracks.values():
             track.close()
         if self.on_closed is not None:

@@ -220,11 +220,36 @@ def _prune(text: str, tracks: dict[str, CodecSpec]) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
-def _parse(text: str) -> aiosdp.SessionDescription:
+def parse_sdp(text: str) -> aiosdp.SessionDescription:
+    """Parse an offer with aiortc.sdp; a failure names the first line it cannot read.
+
+    aiortc's parser raises whatever its code trips on (KeyError, ValueError, even an
+    AssertionError); none of that text reaches a client, only the offending line."""
     try:
         return aiosdp.SessionDescription.parse(text)
-    except Exception as exc:  # aiortc's parser raises many kinds on bad input
-        raise SdpError(f"offer SDP cannot be parsed: {exc!r}") from exc
+    except Exception as exc:
+        shown = _printable(_first_bad_line(text))
+        raise SdpError(f'offer SDP cannot be parsed: line "{shown}" is malformed') from exc
+
+
+def _first_bad_line(text: str) -> str:
+    # Every prefix of a readable offer is readable, so bisect for the shortest unreadable
+    # prefix: about 12 parses for the largest offer the edge accepts (64 KiB).
+    lines = text.splitlines()
+    good, bad = 0, len(lines)
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            aiosdp.SessionDescription.parse("\r\n".join(lines[:middle]))
+            good = middle
+        except Exception:
+            bad = middle
+    return lines[bad - 1] if lines else ""
+
+
+def _printable(line: str, limit: int = 60) -> str:
+    shown = "".join(c if " " <= c <= "~" and c != '"' else "?" for c in line[:limit])
+    return shown + ("..." if len(line) > limit else "")
 
 
 def _remote_transport(media: list[aiosdp.MediaDescription]) -> RemoteTransport:
@@ -250,9 +275,9 @@ def parse_viewer_offer(text: str, tracks: dict[str, CodecSpec]) -> ViewerOffer:
     if not isinstance(text, str) or not text.lstrip().startswith("v=0"):
         raise SdpError("offer is not SDP (it must start with v=0)")
     try:
-        return _negotiate(_parse(_prune(text, tracks)), tracks)
+        return _negotiate(parse_sdp(_prune(text, tracks)), tracks)
     except CodecMismatchError:
-        return _negotiate(_parse(text), tracks)  # the same error, naming every codec offered
+        return _negotiate(parse_sdp(text), tracks)  # the same error, naming every codec offered
 
 
 def _negotiate(description: aiosdp.SessionDescription, tracks: dict[str, CodecSpec]) -> ViewerOffer:

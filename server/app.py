@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from aiohttp import web
 import web as web_assets
 from server import auth
 from server.checkin import CheckinLimiter, CheckinLimits
-from server.config import Config
+from server.config import Config, Network
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
 from server.metrics import Metrics, metered
@@ -149,13 +150,36 @@ async def session_or_404(store: Store, sid: str) -> ClassSession:
 
 
 def client_address(request: web.Request) -> str:
-    """The client's address; behind a trusted reverse proxy, X-Forwarded-For's first entry."""
+    """The client's address, which rate limits count by: the TCP peer; when that peer is a
+    trusted reverse proxy (or another node of the cluster), the right-most X-Forwarded-For
+    entry that is not a trusted proxy. A proxy appends the address it saw, so entries to its
+    left are whatever the client chose to send."""
     config = request.app[STATE].config
-    if config.trust_proxy or (config.redis_url and _node_forwarded(request, config.secret)):
-        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        if forwarded:
-            return forwarded
-    return request.remote or "unknown"
+    peer = request.remote or "unknown"
+    networks = config.proxy_networks
+    by_node = bool(config.redis_url) and _node_forwarded(request, config.secret)
+    if not by_node and not _within(peer, networks):
+        return peer
+    entries = [
+        entry.strip()
+        for header in request.headers.getall("X-Forwarded-For", ())
+        for entry in header.split(",")
+        if entry.strip()
+    ]
+    for entry in reversed(entries):
+        if not _within(entry, networks):
+            return entry
+    return entries[0] if entries else peer  # every hop trusted: the first is the client
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # not an address (a proxy never writes one): not trusted
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def _node_forwarded(request: web.Request, secret: bytes) -> bool:

@@ -81,7 +81,12 @@ def mint(
 ) -> str:
     """Return a token for `role` in class `sid` (and `site`), valid for `ttl_s` seconds.
 
-    Site and participant tokens need the site's current `join_key` (from the registry)."""
+    Only an admin token may be for every class (`ANY_CLASS`). Site and participant tokens
+    need the site's current `join_key` (from the registry)."""
+    if sid == ANY_CLASS and role is not Role.ADMIN:
+        raise ValueError(
+            f"a {role.value} token needs a class: {ANY_CLASS} is for admin tokens only"
+        )
     if role in SITE_ROLES and not site:
         raise ValueError(f"a {role.value} token needs a site")
     if role in SITE_ROLES and join_key is None:
@@ -130,6 +135,11 @@ def _parse_claims(payload: bytes) -> Claims:
         or not (k is None or isinstance(k, str))
     ):
         raise AuthError("token claims have wrong types", code="token_malformed")
+    if sid == ANY_CLASS and role is not Role.ADMIN:  # signed by an older LopSo: never again
+        raise AuthError(
+            f"a {role.value} token for every class is not accepted; ask for one for your class",
+            code="token_scope",
+        )
     return Claims(sid=sid, role=role, site=site, exp=exp, k=k)
 
 
@@ -148,8 +158,17 @@ def check_key(claims: Claims, current: str | None) -> None:
 
 
 def authorize(claims: Claims, action: Action, sid: str, site: str | None = None) -> None:
-    """Raise ForbiddenError unless `claims` allow `action` on class `sid` (and `site`)."""
-    if claims.sid not in (sid, ANY_CLASS):
+    """Raise ForbiddenError unless `claims` allow `action` on class `sid` (and `site`).
+
+    `sid` ANY_CLASS asks for a registry-wide action (sites, creating classes, metrics): only
+    a token for every class, an admin's, may do it; an admin token for one class may not."""
+    if claims.sid != ANY_CLASS and claims.sid != sid:
+        if sid == ANY_CLASS:
+            raise ForbiddenError(
+                f"this needs an admin token for every class ({ANY_CLASS}); "
+                f"this one is for class {claims.sid}",
+                code="wrong_class",
+            )
         raise ForbiddenError("token is for another class", code="wrong_class")
     if not may(claims.role, action):
         raise ForbiddenError(f"role {claims.role.value} may not {action.value}", code="wrong_role")

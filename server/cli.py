@@ -4,7 +4,8 @@ lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
             [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
 lopso sites import FILE.csv [--data DIR]
 lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
-lopso token --class SID --role ROLE [--site CODE] [--ttl SECONDS]
+lopso token --role ROLE [--class SID] [--site CODE] [--ttl SECONDS]
+                                         (--class required but for admin)
 lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
                    [--sites CODE,...] [--id SID]
 """
@@ -104,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="behind a reverse proxy: take the client address from X-Forwarded-For",
     )
+    serve.add_argument(
+        "--trusted-proxies",
+        dest="trusted_proxies",
+        help="the reverse proxies' addresses or networks, comma-separated (default: loopback)",
+    )
 
     sites = commands.add_parser("sites", help="site registry").add_subparsers(
         dest="sites_cmd", required=True
@@ -118,7 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     _data(rotate)
 
     token = commands.add_parser("token", help="mint a token")
-    token.add_argument("--class", dest="sid", default=auth.ANY_CLASS, help="class id, * for admin")
+    token.add_argument(
+        "--class",
+        dest="sid",
+        help=f"class id; required but for an admin token (default {auth.ANY_CLASS}: every class)",
+    )
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--site")
     token.add_argument("--ttl", type=int, help="seconds (default: the configured token TTL)")
@@ -158,6 +168,7 @@ _SERVE_KEYS = (
     "public_url",
     "log_format",
     "trust_proxy",
+    "trusted_proxies",
     "upstream_url",
     "node_url",
 )
@@ -255,6 +266,12 @@ async def _token(config: Config, args: argparse.Namespace) -> str:
     from server.roles import SITE_ROLES
 
     role, join_key = Role(args.role), None
+    sid = args.sid or (auth.ANY_CLASS if role is Role.ADMIN else None)
+    if sid is None:
+        raise ValueError(
+            f"a {role.value} token needs --class SID "
+            f"(only an admin token may be for every class, --class '{auth.ANY_CLASS}')"
+        )
     if role in SITE_ROLES and args.site:
         from server.store import open_store
 
@@ -267,7 +284,7 @@ async def _token(config: Config, args: argparse.Namespace) -> str:
             raise ValueError(f"site {args.site} is not in the registry")
         join_key = site.join_key
     ttl = args.ttl or config.token_ttl_s
-    return auth.mint(config.secret, args.sid, role, site=args.site, join_key=join_key, ttl_s=ttl)
+    return auth.mint(config.secret, sid, role, site=args.site, join_key=join_key, ttl_s=ttl)
 
 
 async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:

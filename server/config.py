@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import os
 import secrets
 import socket
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("all", "origin", "edge")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 LOG_FORMATS = ("text", "json")
 SECRET_FILE = "secret.key"
 
@@ -56,7 +62,10 @@ class Config:
     # A hall's Wi-Fi (or a carrier's NAT) puts hundreds of phones behind one address.
     checkin_rate_addr: float = 5.0  # check-ins per second per client address; 0 = off
     checkin_burst_addr: int = 100
-    trust_proxy: bool = False  # behind a reverse proxy: the client is X-Forwarded-For's first
+    trust_proxy: bool = False  # behind a reverse proxy: the client comes from X-Forwarded-For
+    # The reverse proxies whose X-Forwarded-For entries are believed (default with trust_proxy:
+    # loopback); the client is the right-most entry that is not one of them.
+    trusted_proxies: tuple[Network, ...] = ()
     node_url: str = ""  # cluster: where other nodes reach this node's HTTP (default: host:port)
     upstream_url: str = ""  # edge: the node to pull lectures from (default: the origin)
     node_capacity: int = 500  # cluster: viewers at load 1.0, for placement
@@ -70,6 +79,13 @@ class Config:
     def tls(self) -> bool:
         """True when the HTTP server must speak HTTPS."""
         return self.tls_cert is not None
+
+    @property
+    def proxy_networks(self) -> tuple[Network, ...]:
+        """Where X-Forwarded-For is believed from: none unless behind a reverse proxy."""
+        if self.trusted_proxies:
+            return self.trusted_proxies
+        return LOOPBACK_NETWORKS if self.trust_proxy else ()
 
     @property
     def base_url(self) -> str:
@@ -118,6 +134,21 @@ def _addresses(raw: Any) -> tuple[str, ...]:
     else:
         items = str(raw).split(",")
     return tuple(x.strip() for x in items if x.strip())
+
+
+def _networks(name: str) -> Callable[[Any], tuple[Network, ...]]:
+    def parse(raw: Any) -> tuple[Network, ...]:
+        networks = []
+        for item in _addresses(raw):
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be IP addresses or networks (10.0.0.0/8), got {item!r}"
+                ) from None
+        return tuple(networks)
+
+    return parse
 
 
 def _rate(name: str) -> Callable[[Any], float]:
@@ -206,6 +237,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
         _int("check-in burst per address", 1, 1_000_000),
     ),
     "trust_proxy": ("LOPSO_TRUST_PROXY", _flag("trust proxy")),
+    "trusted_proxies": ("LOPSO_TRUSTED_PROXIES", _networks("trusted proxies")),
     "node_url": ("LOPSO_NODE_URL", str),
     "upstream_url": ("LOPSO_UPSTREAM_URL", str),
     "node_capacity": ("LOPSO_NODE_CAPACITY", _int("node capacity", 1, 1_000_000)),

@@ -91,8 +91,12 @@ async def create_demo(store: Store, config: Config, count: int) -> dict[str, Any
     return class_links(config, session, sites)
 
 
-def class_links(config: Config, session: ClassSession, sites: list[Site]) -> dict[str, Any]:
-    """Absolute links and tokens of a class, as `--demo-json` and the links API give them."""
+def class_links(
+    config: Config, session: ClassSession, sites: list[Site], *, presenter: bool = True
+) -> dict[str, Any]:
+    """Absolute links and tokens of a class, as `--demo-json` and the links API give them.
+
+    `presenter=False` (a caller that may not publish) leaves out the lecturer's link."""
     base, sid = config.base_url, session.id
     # A token must outlive the class, whatever the configured TTL.
     ttl = max(config.token_ttl_s, (session.ends_at or session.starts_at) - time.time() + 86400)
@@ -101,17 +105,18 @@ def class_links(config: Config, session: ClassSession, sites: list[Site]) -> dic
         code, key = (site.code, site.join_key) if site else (None, None)
         return auth.mint(config.secret, sid, role, site=code, join_key=key, ttl_s=ttl)
 
-    lecturer, moderator = token(Role.LECTURER), token(Role.MODERATOR)
-    return {
-        "session_id": sid,
-        "lecturer": {
+    moderator = token(Role.MODERATOR)
+    links: dict[str, Any] = {"session_id": sid}
+    if presenter:
+        lecturer = token(Role.LECTURER)
+        links["lecturer"] = {
             "url": f"{base}/studio/{sid}?token={lecturer}",
             "whip_url": f"{base}/whip/{sid}",
             "token": lecturer,
-        },
-        "moderator": {"url": f"{base}/moderator/{sid}?token={moderator}", "token": moderator},
-        "sites": [_site_links(base, sid, site, token(Role.SITE, site)) for site in sites],
-    }
+        }
+    links["moderator"] = {"url": f"{base}/moderator/{sid}?token={moderator}", "token": moderator}
+    links["sites"] = [_site_links(base, sid, site, token(Role.SITE, site)) for site in sites]
+    return links
 
 
 def _site_links(base: str, sid: str, site: Site, token: str) -> dict[str, str]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from serverproc import mint, running_app
+from serverproc import SECRET, mint, running_app
 
+from server.auth import verify
 from server.models import EventKind, Role
 
 CSV = (
@@ -121,9 +122,14 @@ async def test_only_admin_creates_classes(app) -> None:
 
 async def test_links_carry_working_tokens(app) -> None:
     client, _ = app
-    reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR))
+    reply = await client.get("/api/sessions/c1/links", headers=ADMIN)
     links = await reply.json()
     assert set(links) == {"session_id", "lecturer", "moderator", "sites"}
+    lecturer = {"Authorization": f"Bearer {links['lecturer']['token']}"}
+    assert (await client.get("/api/sessions/c1", headers=lecturer)).status == 200
+    reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR))
+    links = await reply.json()
+    assert set(links) == {"session_id", "moderator", "sites"}
     assert [s["code"] for s in links["sites"]] == ["S1", "S2"]
     site = links["sites"][0]
     assert site["whep_url"].endswith("/whep/c1/S1") and site["commune"] == "Xã Tiên Lữ"
@@ -133,6 +139,42 @@ async def test_links_carry_working_tokens(app) -> None:
     assert check.status == 200
     denied = await client.get("/api/sessions/c1/links", headers=auth(Role.SITE, site="S1"))
     assert denied.status == 403
+
+
+async def test_a_moderator_never_gets_a_token_that_may_publish(app) -> None:
+    """Before: the links handed a moderator the lecturer's token, and with it WHIP."""
+    client, _ = app
+    reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR))
+    assert reply.status == 200
+    links = await reply.json()
+    assert "lecturer" not in links
+    for entry in (links["moderator"], *links["sites"]):
+        claims = verify(SECRET.encode(), entry["token"])
+        assert claims.role in (Role.MODERATOR, Role.SITE) and claims.sid == "c1"
+
+
+async def test_class_scoped_tokens_stay_in_their_class(app) -> None:
+    """Before: a class's admin acted as a global admin; a moderator of c2 reads c1's links."""
+    client, _ = app
+    await client.post(
+        "/api/sessions",
+        json={"id": "c2", "title": "Lớp hai", "starts_at": "2026-12-01T01:00:00Z"},
+        headers=ADMIN,
+    )
+    admin_c2 = auth(Role.ADMIN, sid="c2")
+    assert (await client.get("/api/sessions/c2/links", headers=admin_c2)).status == 200
+    for method, path, body in (
+        ("GET", "/api/sessions/c1/links", None),
+        ("GET", "/api/sessions/c1/attendance", None),
+        ("POST", "/api/sessions", {"id": "c3", "title": "x", "starts_at": "2026-12-01T01:00:00Z"}),
+        ("POST", "/api/sites/S1/rotate", None),
+        ("GET", "/metrics", None),
+    ):
+        reply = await client.request(method, path, json=body, headers=admin_c2)
+        assert reply.status == 403, (path, await reply.text())
+        assert (await reply.json())["error"]["code"] == "wrong_class"
+    reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR, sid="c2"))
+    assert reply.status == 403
 
 
 async def test_participant_checkin_dedupes(app) -> None:

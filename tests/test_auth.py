@@ -127,6 +127,12 @@ def test_signed_garbage_claims_are_malformed() -> None:
         (Role.PARTICIPANT, "c1", "S1", Action.CHECKIN, "c1", "S9", "wrong_site"),
         (Role.ADMIN, "*", None, Action.EXPORT, "c7", None, None),
         (Role.ADMIN, "*", None, Action.VIEW, "c7", "S3", None),
+        (Role.ADMIN, "*", None, Action.ADMIN, "*", None, None),
+        # an admin token for one class acts on that class only, and on no registry-wide action
+        (Role.ADMIN, "c1", None, Action.EXPORT, "c1", None, None),
+        (Role.ADMIN, "c1", None, Action.EXPORT, "c7", None, "wrong_class"),
+        (Role.ADMIN, "c1", None, Action.ADMIN, "*", None, "wrong_class"),
+        (Role.MODERATOR, "c1", None, Action.LINKS, "*", None, "wrong_class"),
     ],
 )
 def test_scope_table(role, tok_sid, tok_site, action, sid, site, code) -> None:
@@ -197,3 +203,18 @@ def test_a_token_has_one_spelling() -> None:
         if other != token:
             with pytest.raises(AuthError):
                 auth.verify(SECRET, other, now=NOW)
+
+
+@pytest.mark.parametrize("role", [Role.LECTURER, Role.MODERATOR, Role.SITE, Role.PARTICIPANT])
+def test_only_admin_tokens_may_be_for_every_class(role) -> None:
+    """Before: any role minted with `*` was valid in every class."""
+    with pytest.raises(ValueError, match="is for admin tokens only"):
+        token(role, sid=auth.ANY_CLASS, site="S1")
+    # one signed before this rule (or by hand): refused when verified
+    claims = auth.Claims(sid=auth.ANY_CLASS, role=role, site="S1", exp=int(NOW + 60), k="x")
+    payload = claims.to_json()
+    forged = f"{auth._b64(payload)}.{auth._b64(auth._sign(SECRET, payload))}"
+    with pytest.raises(AuthError) as info:
+        auth.verify(SECRET, forged, now=NOW)
+    assert info.value.code == "token_scope" and info.value.status == 401
+    assert auth.verify(SECRET, token(Role.ADMIN, sid=auth.ANY_CLASS), now=NOW).sid == "*"

@@ -6,7 +6,8 @@ from the table, so a new route cannot ship without its row. The matrix runs agai
 all-in-one app (embedded store) and against a cluster origin on a private redis-server (which
 adds the /relay routes).
 
-Callers: an admin, the class's lecturer and moderator, the operators of site A (S1) and site
+Callers: an admin, an admin of this class only (its token names the class, not `*`: it may
+do what an admin may in this class, and nothing registry-wide), the class's lecturer and moderator, the operators of site A (S1) and site
 B (S2) of the class, a participant of site A, an expired admin token, site A's link from
 before its join key was rotated, a moderator of another class, nobody (no token), and another
 node of the cluster (a node token, no user token).
@@ -36,6 +37,7 @@ from server.models import Role
 
 CALLERS = (
     "admin",
+    "class_admin",
     "lecturer",
     "moderator",
     "site_a",
@@ -52,6 +54,7 @@ CALLERS = (
 def tokens() -> dict[str, str | None]:
     return {
         "admin": mint(Role.ADMIN),
+        "class_admin": mint(Role.ADMIN, "c1"),
         "lecturer": mint(Role.LECTURER, "c1"),
         "moderator": mint(Role.MODERATOR, "c1"),
         "site_a": mint(Role.SITE, "c1", "S1"),
@@ -67,9 +70,17 @@ def tokens() -> dict[str, str | None]:
 
 def only(ok: int, *allowed: str, denied: int = 403, node: int = 401) -> dict[str, int]:
     """`ok` for the allowed callers, `denied` for other valid tokens, 401 without a valid one
-    (an expired token, a site link from before its join key was rotated)."""
+    (an expired token, a site link from before its join key was rotated). The class's admin
+    may what an admin may: in this class."""
+    if "admin" in allowed:
+        allowed = (*allowed, "class_admin")
     table = {caller: ok if caller in allowed else denied for caller in CALLERS}
     return {**table, "expired": 401, "revoked": 401, "nobody": 401, "node": node}
+
+
+def registry_wide(ok: int) -> dict[str, int]:
+    """A global admin only: an admin token for one class is refused (403 wrong_class)."""
+    return {**only(ok, "admin"), "class_admin": 403}
 
 
 def everyone(status: int) -> dict[str, int]:
@@ -99,13 +110,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", everyone(200)),
     Route("GET", "/", everyone(200), kind="page"),
     Route("GET", "/static", everyone(200), url="/static/css/lopso.css"),
-    Route("GET", "/metrics", {**only(200, "admin"), "revoked": 403}),  # no site data in it
+    Route("GET", "/metrics", {**registry_wide(200), "revoked": 403}),  # no site data in it
     # registry
-    Route("POST", "/api/sites/import", only(200, "admin"), body="csv"),
+    Route("POST", "/api/sites/import", registry_wide(200), body="csv"),
     Route("GET", "/api/sites", only(200, "admin", "moderator", "other_class")),
-    Route("POST", "/api/sites/{code}/rotate", only(200, "admin"), url="/api/sites/S3/rotate"),
+    Route("POST", "/api/sites/{code}/rotate", registry_wide(200), url="/api/sites/S3/rotate"),
     # classes
-    Route("POST", "/api/sessions", only(201, "admin"), body="class"),
+    Route("POST", "/api/sessions", registry_wide(201), body="class"),
     Route("GET", "/api/sessions/{sid}", only(200, *CLASS)),
     Route("GET", "/api/sessions/{sid}/links", only(200, *MODERATORS)),
     Route(

@@ -125,6 +125,80 @@ async def test_codec_mismatch_is_406(app) -> None:
     assert (await reply.json())["error"]["code"] == "codec_mismatch"
 
 
+async def publisher_offer() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="sendonly")
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def _insert(line: str):
+    return lambda sdp: sdp.replace("a=ice-ufrag", f"{line}\r\na=ice-ufrag", 1)
+
+
+def _without(prefix: str):
+    return lambda sdp: "\r\n".join(x for x in sdp.split("\r\n") if not x.startswith(prefix))
+
+
+# Offers aiortc's parser trips on with KeyError('bogus'), ValueError("invalid literal ...") or
+# a bare AssertionError: the reply names the line, never the Python error.
+# (A viewer's a=ssrc lines are dropped before parsing: that one is for WHIP only.)
+MALFORMED_OFFERS = [
+    ("setup", lambda sdp: sdp.replace("a=setup:actpass", "a=setup:bogus"), "a=setup:bogus"),
+    ("rtpmap", lambda sdp: sdp.replace("a=rtpmap:", "a=rtpmap:bogus ", 1), "a=rtpmap:bogus"),
+    ("rtcp", _insert("a=rtcp:bogus"), "a=rtcp:bogus"),
+    ("fingerprint", lambda sdp: sdp.replace("sha-256 ", "x", 1), "a=fingerprint:x"),
+    ("ssrc", _insert("a=ssrc:bogus cname:x"), "a=ssrc:bogus cname:x"),
+]
+
+
+def _assert_fixed(message: str) -> None:
+    for python in ("Error(", "Error:", "invalid literal", "not enough values", "KeyError"):
+        assert python not in message, message
+
+
+@pytest.mark.parametrize(("name", "spoil", "line"), MALFORMED_OFFERS)
+async def test_malformed_offers_get_a_fixed_message_naming_the_line(app, name, spoil, line) -> None:
+    client, _ = app
+    posts = [("/whip/c1", LECTURER, await publisher_offer())]
+    if name != "ssrc":
+        posts.append(("/whep/c1/S1", S1, await viewer_offer()))
+    for path, token, offer in posts:
+        reply = await client.post(path, data=spoil(offer), headers=sdp_headers(token))
+        assert reply.status == 400, await reply.text()
+        error = (await reply.json())["error"]
+        assert error["code"] == "sdp_invalid"
+        _assert_fixed(error["message"])
+        assert error["message"].startswith("offer SDP cannot be parsed: line ")
+        assert f'line "{line}' in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (_without("a=mid:"), "publisher offer's audio m-line has no a=mid"),
+        (
+            lambda sdp: sdp.replace("a=sendonly", "a=bogus"),
+            "publisher offer's audio m-line has no direction (a=sendonly or a=sendrecv)",
+        ),
+        (_without("a=rtcp-mux"), "publisher offer's audio m-line lacks a=rtcp-mux (required)"),
+        (_without("a=ice-pwd"), "publisher offer's audio m-line has no a=ice-ufrag / a=ice-pwd"),
+    ],
+)
+async def test_publisher_offers_aiortc_cannot_use_are_refused_precisely(
+    app, spoil, message
+) -> None:
+    """Before: a missing a=mid was a 500, a missing direction 'None is not in list'."""
+    client, _ = app
+    offer = spoil(await publisher_offer())
+    reply = await client.post("/whip/c1", data=offer, headers=sdp_headers(LECTURER))
+    assert reply.status == 400, await reply.text()
+    assert (await reply.json())["error"] == {"code": "sdp_invalid", "message": message}
+
+
 async def test_unknown_resource_and_ended_class(app) -> None:
     client, _ = app
     reply = await client.delete("/whip/c1/nope", headers={"Authorization": f"Bearer {LECTURER}"})

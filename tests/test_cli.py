@@ -114,6 +114,23 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "NOPE" in unknown.stderr
 
 
+def test_token_needs_a_class_but_for_an_admin(tmp_path: Path) -> None:
+    """Before: every role defaulted to --class '*', a moderator token good in every class."""
+    data = tmp_path / "data"
+    for role in ("moderator", "lecturer", "site", "participant"):
+        refused = lopso("token", "--role", role, "--site", "S1", data=data)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert f"a {role} token needs --class SID" in refused.stderr
+    starred = lopso("token", "--class", "*", "--role", "moderator", data=data)
+    assert starred.returncode == 1 and "* is for admin tokens only" in starred.stderr
+    secret = (data / SECRET_FILE).read_bytes()
+    admin = lopso("token", "--role", "admin", data=data)
+    assert admin.returncode == 0, admin.stderr
+    assert auth.verify(secret, admin.stdout.strip()).sid == auth.ANY_CLASS
+    moderator = lopso("token", "--class", "dec1", "--role", "moderator", data=data)
+    assert auth.verify(secret, moderator.stdout.strip()).sid == "dec1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

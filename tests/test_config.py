@@ -68,6 +68,19 @@ def test_https_base_url(tmp_path: Path) -> None:
     assert public.base_url == "https://lop.example.vn"
 
 
+def test_trusted_proxies_default_to_loopback_behind_a_proxy(tmp_path: Path) -> None:
+    import ipaddress
+
+    assert load_config({"data_dir": tmp_path}, env={}).proxy_networks == ()
+    behind = load_config({"data_dir": tmp_path, "trust_proxy": True}, env={})
+    assert [str(n) for n in behind.proxy_networks] == ["127.0.0.0/8", "::1/128"]
+    env = {"LOPSO_TRUSTED_PROXIES": "10.1.2.3, 172.16.0.0/12,fd00::/8"}
+    listed = load_config({"data_dir": tmp_path}, env=env)
+    assert listed.proxy_networks == tuple(
+        ipaddress.ip_network(n) for n in ("10.1.2.3/32", "172.16.0.0/12", "fd00::/8")
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "env", "message"),
     [
@@ -88,6 +101,7 @@ def test_https_base_url(tmp_path: Path) -> None:
         ({"bogus": 1}, {}, "unknown setting 'bogus'"),
         ({}, {"LOPSO_WS_IDLE_TIMEOUT": "-1"}, "idle timeout must be positive"),
         ({}, {"LOPSO_TRUST_PROXY": "maybe"}, "trust proxy must be true or false"),
+        ({}, {"LOPSO_TRUSTED_PROXIES": "10.0.0.1, nginx"}, "trusted proxies must be IP"),
         ({}, {"LOPSO_CHECKIN_RATE_ADDR": "-2"}, "must be 0 \\(no limit\\) or positive"),
         ({}, {"LOPSO_METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16"),
     ],

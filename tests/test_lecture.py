@@ -19,7 +19,7 @@ from aiortc.rtp import RtcpPsfbPacket
 
 from media import hooks, rtp
 from media.engine import MediaConfig, MediaEngine
-from media.errors import CodecMismatchError, LectureClosedError
+from media.errors import CodecMismatchError, LectureClosedError, PublisherBusyError
 from media.rtcp import time_from_ntp
 from tests.mediaclip import NumberedVideoTrack, ToneAudioTrack, read_number
 
@@ -44,11 +44,18 @@ class PublisherPeer:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (1, 4):
             self.plis_received += 1
 
-    async def publish(self, lecture):
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer, publisher = await lecture.publish(self.pc.localDescription.sdp)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    async def publish(self, lecture, takeover: bool = False):
+        answer, publisher = await self.offer(lecture, takeover)
+        await self.connect(answer)
         return publisher
+
+    async def offer(self, lecture, takeover: bool = False):
+        """Only the offer and the lecture's answer: not connected (no media) yet."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return await lecture.publish(self.pc.localDescription.sdp, takeover=takeover)
+
+    async def connect(self, answer: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
 
     async def close(self) -> None:
         await self.pc.close()
@@ -303,7 +310,7 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
             await v.subscribe(lecture)
         await camera.publish(lecture)
         await wait_for(lambda: all(len(v.frames) >= 20 for v in viewers))
-        await screen.publish(lecture)  # camera -> screen: a new track from a new peer
+        await screen.publish(lecture, takeover=True)  # camera -> screen: a new peer
         await wait_for(
             lambda: all(any(n and 20000 <= n < 40000 for n in v.numbers()) for v in viewers)
         )
@@ -326,6 +333,79 @@ async def test_screen_switch_and_reconnect_keep_viewers_decoding(engine):
             await v.close()
         for p in (camera, screen, again):
             await p.close()
+
+
+def frames_from(viewer: ViewerPeer, low: int, high: int) -> int:
+    return sum(1 for n in viewer.numbers() if n is not None and low <= n < high)
+
+
+async def test_a_second_publisher_is_busy_while_the_first_is_on_air(engine):
+    """Before: a second publish replaced the live publisher at once."""
+    lecture = engine.lecture("busy", video_codec="VP8")
+    viewer, camera, intruder = ViewerPeer(), PublisherPeer(0), PublisherPeer(20000)
+    try:
+        await viewer.subscribe(lecture)
+        first = await camera.publish(lecture)
+        await wait_for(lambda: len(viewer.frames) >= 10)
+        with pytest.raises(PublisherBusyError, match="takeover"):
+            await intruder.publish(lecture)
+        await asyncio.sleep(1.0)
+        assert lecture.publisher is first and not first.closed and lecture.pending is None
+        seen = len(viewer.frames)
+        await wait_for(lambda: len(viewer.frames) >= seen + 10)
+        assert frames_from(viewer, 20000, 40000) == 0
+        assert_clean_increasing(viewer.numbers())
+    finally:
+        for peer in (viewer, camera, intruder):
+            await peer.close()
+
+
+async def test_takeover_keeps_the_old_publisher_until_the_new_one_shows_a_picture(engine):
+    """The lecturer moves to another device: until the new one's first keyframe is forwarded
+    the old one stays on air (before: it was closed as soon as the new one was answered)."""
+    lecture = engine.lecture("takeover", video_codec="VP8")
+    viewer, old_laptop, new_laptop = ViewerPeer(), PublisherPeer(0), PublisherPeer(20000)
+    try:
+        await viewer.subscribe(lecture)
+        old = await old_laptop.publish(lecture)
+        await wait_for(lambda: len(viewer.frames) >= 10)
+        answer, new = await new_laptop.offer(lecture, takeover=True)
+        await asyncio.sleep(1.5)  # answered, not connected: no picture from it yet
+        assert lecture.publisher is old and lecture.pending is new and not old.closed
+        seen = len(viewer.frames)
+        await wait_for(lambda: len(viewer.frames) >= seen + 10)  # still the old one's
+        await new_laptop.connect(answer)
+        await wait_for(lambda: frames_from(viewer, 20000, 40000) >= 20)
+        assert lecture.publisher is new and lecture.pending is None
+        await wait_for(lambda: old.closed)
+        assert_clean_increasing(viewer.numbers())  # no gap, no corrupt frame at the switch
+        assert lecture.live and lecture.stats().publishers == 2
+    finally:
+        for peer in (viewer, old_laptop, new_laptop):
+            await peer.close()
+
+
+async def test_a_publisher_that_is_gone_or_silent_does_not_block(engine):
+    lecture = engine.lecture("gone", video_codec="VP8")
+    viewer = ViewerPeer()
+    first, second, third = PublisherPeer(0), PublisherPeer(20000), PublisherPeer(40000)
+    try:
+        await viewer.subscribe(lecture)
+        closed = await first.publish(lecture)
+        await wait_for(lambda: len(viewer.frames) >= 10)
+        await closed.close()  # ended (a DELETE, or its connection failed)
+        silent = await second.publish(lecture)
+        await wait_for(lambda: frames_from(viewer, 20000, 40000) >= 10)
+        for sender in second.pc.getSenders():  # connected, but its camera and mic stopped
+            sender.replaceTrack(None)
+        await wait_for(lambda: not lecture.on_air(), timeout=6)
+        assert not silent.closed  # still connected, but silent past the silence timeout
+        await third.publish(lecture)
+        await wait_for(lambda: frames_from(viewer, 40000, 60000) >= 10)
+        assert_clean_increasing(viewer.numbers())
+    finally:
+        for peer in (viewer, first, second, third):
+            await peer.close()
 
 
 async def test_lip_sync_sender_reports_match_publisher_clock(engine):

@@ -165,10 +165,10 @@ FULL_CHROME = chrome_offer("abcd", "abcdefghijklmnopqrstuvwx", ("sha-256", "AA:B
 
 @pytest.mark.parametrize("spec", [VP8, H264])
 def test_pruned_parse_negotiates_exactly_what_the_whole_offer_does(spec):
-    from media.sdp import _negotiate, _parse
+    from media.sdp import _negotiate, parse_sdp
 
     tracks = {"audio": OPUS, "video": spec}
-    whole = _negotiate(_parse(FULL_CHROME), tracks)
+    whole = _negotiate(parse_sdp(FULL_CHROME), tracks)
     fast = parse_viewer_offer(FULL_CHROME, tracks)
     assert fast.lines == whole.lines and fast.remote == whole.remote
     local = {"audio": (1, 2), "video": (3, 4)}

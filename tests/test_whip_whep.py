@@ -265,3 +265,87 @@ async def test_rotating_a_join_key_ends_the_sites_viewers(app) -> None:
     assert again.status == 401 and (await again.json())["error"]["code"] == "token_revoked"
     for pc in (publisher, s1, s2, late):
         await pc.close()
+
+
+async def test_a_second_publish_is_409_publisher_busy_unless_it_takes_over(app) -> None:
+    """Before: a second WHIP POST with the lecturer's token replaced the live publisher."""
+    client, state = app
+    viewer, _, frames = await view(client, "S1")
+    first, first_location = await publish(client)
+    second = RTCPeerConnection()
+    second.addTrack(ToneAudioTrack())
+    second.addTrack(NumberedVideoTrack(20000))
+    try:
+        await decoded_numbers(frames, 10)
+        offer = await offer_of(second)
+        busy = await client.post("/whip/c1", data=offer, headers=bearer(Role.LECTURER))
+        assert busy.status == 409
+        assert (await busy.json())["error"]["code"] == "publisher_busy"
+        bad = await client.post("/whip/c1?takeover=yes", data=offer, headers=bearer(Role.LECTURER))
+        assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_query"
+        assert first_location.rsplit("/", 1)[1] in state.resources  # still on air
+
+        took = await client.post("/whip/c1?takeover=1", data=offer, headers=bearer(Role.LECTURER))
+        assert took.status == 201, await took.text()
+        await second.setRemoteDescription(RTCSessionDescription(await took.text(), "answer"))
+        numbers = await decoded_numbers(frames, 200)
+        assert any(n is not None and n >= 20000 for n in numbers), numbers
+        await wait_gone(state, first_location)  # the old session ended once the new one was on
+    finally:
+        for pc in (viewer, first, second):
+            await pc.close()
+
+
+async def wait_gone(state, location: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while location.rsplit("/", 1)[1] in state.resources:
+        assert time.monotonic() < deadline, "the old publisher was never let go"
+        await asyncio.sleep(0.05)
+
+
+async def post_whep_as(client, offer: str, forwarded: str) -> int:
+    headers = {**bearer(Role.SITE, "S1"), "X-Forwarded-For": forwarded}
+    reply = await client.post("/whep/c1/S1", data=offer, headers=headers)
+    await reply.read()
+    return reply.status
+
+
+async def viewer_offer() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    offer = await offer_of(pc)
+    await pc.close()
+    return offer
+
+
+async def test_forged_forwarded_entries_do_not_escape_the_signalling_limit(tmp_path: Path) -> None:
+    """The finding: 400 WHEP posts through a trusted proxy, each with a made-up left-most
+    X-Forwarded-For entry, were 400 clients (all 201). The proxy appends the address it saw
+    (198.51.100.7): that is the client, so 15 (a burst of 3 s at 5/s) and a few more pass."""
+    settings = {"signalling_rate": 5.0, "trust_proxy": True}  # the proxy: loopback, by default
+    async with running_app(tmp_path, media=True, **settings) as (client, _):
+        await seed(client)
+        offer = await viewer_offer()
+        began = time.monotonic()
+        statuses = [
+            await post_whep_as(client, offer, f"10.{i // 250}.{i % 250}.1, 198.51.100.7")
+            for i in range(400)
+        ]
+        allowed = 15 + 5.0 * (time.monotonic() - began) + 1
+        assert set(statuses) <= {201, 429}
+        assert statuses.count(201) <= allowed, (statuses.count(201), allowed)
+        assert statuses.count(429) >= 400 - allowed
+        # another client behind the same proxy has its own bucket
+        assert await post_whep_as(client, offer, "198.51.100.8") == 201
+
+
+async def test_forwarded_entries_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
+    """Only a trusted proxy may name the client: here the proxy is 192.0.2.1, so this loopback
+    peer is the client, whatever it writes in X-Forwarded-For."""
+    settings = {"signalling_rate": 5.0, "trusted_proxies": "192.0.2.1"}
+    async with running_app(tmp_path, media=True, **settings) as (client, _):
+        await seed(client)
+        offer = await viewer_offer()
+        statuses = [await post_whep_as(client, offer, f"203.0.113.{i}") for i in range(40)]
+        assert statuses.count(429) >= 40 - 15 - 5

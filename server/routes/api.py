@@ -29,7 +29,7 @@ from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, V
 from server.models import ClassSession, Role
 from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
-from server.roles import Action
+from server.roles import Action, may
 from server.routes.ws import text
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ def parse_time(value: Any, field: str) -> float:
 
 
 def _admin(request: web.Request) -> auth.Claims:
+    """A registry-wide action: an admin token for every class, not one class's admin."""
     claims = claims_of(request)
-    auth.authorize(claims, Action.ADMIN, claims.sid)
+    auth.authorize(claims, Action.ADMIN, auth.ANY_CLASS)
     return claims
 
 
@@ -191,10 +192,12 @@ async def close_class_media(state: Any, sid: str) -> None:
 async def session_links(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.LINKS, sid)
+    claims = authorize_request(request, Action.LINKS, sid)
     session = await session_or_404(state.store, sid)
     sites = await state.hub.expected_sites(session)
-    return web.json_response(class_links(state.config, session, sites))
+    # A moderator may not publish, so it is never handed a token that may (roles.py).
+    presenter = may(claims.role, Action.PUBLISH)
+    return web.json_response(class_links(state.config, session, sites, presenter=presenter))
 
 
 # --- participant check-in -------------------------------------------------------------------

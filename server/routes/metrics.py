@@ -16,6 +16,7 @@ from server.app import STATE
 from server.errors import AuthError, ForbiddenError
 from server.metrics import CONTENT_TYPE
 from server.models import Role
+from server.roles import Action
 
 SIGNALLING = ("whip", "whep")
 
@@ -33,6 +34,7 @@ def check_scraper(request: web.Request) -> None:
     claims = auth.verify(config.secret, presented)
     if claims.role is not Role.ADMIN:
         raise ForbiddenError("metrics need the metrics token or an admin token")
+    auth.authorize(claims, Action.ADMIN, auth.ANY_CLASS)  # every class's numbers
 
 
 async def get_metrics(request: web.Request) -> web.Response:

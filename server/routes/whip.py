@@ -125,10 +125,19 @@ async def post_whip(request: web.Request) -> web.Response:
     placed = await relay.place_whip(request, offer)  # cluster: an edge hands it to the origin
     if placed is not None:
         return placed
-    answer, publisher = await lecture_of(state, session).publish(offer)
+    takeover = takeover_of(request)
+    answer, publisher = await lecture_of(state, session).publish(offer, takeover=takeover)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
-    log.info("lecturer published", extra={"sid": session.id, "resource": rid})
+    log.info("lecturer published", extra={"sid": session.id, "resource": rid, "takeover": takeover})
     return _created(f"/whip/{session.id}/{rid}", answer)
+
+
+def takeover_of(request: web.Request) -> bool:
+    """`?takeover=1`: replace a publisher still on air (the lecturer moves to another device)."""
+    value = request.query.get("takeover", "0")
+    if value not in ("0", "1"):
+        raise ValidationError("takeover must be 0 or 1", code="bad_query")
+    return value == "1"
 
 
 async def post_whep(request: web.Request) -> web.Response:
