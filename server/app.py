@@ -218,7 +218,11 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         state.hub = Hub(
             state.store,
             cfg.node_id,
-            HubLimits(batch_interval_s=cfg.batch_interval_s),
+            HubLimits(
+                batch_interval_s=cfg.batch_interval_s,
+                open_questions_per_site=cfg.open_questions_per_site,
+                open_help_per_site=cfg.open_help_per_site,
+            ),
             live_probe=lambda sid: lecture_live(state, sid),
         )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)

@@ -65,6 +65,9 @@ class Config:
     webhook_url: str = ""  # POST the class summary here when a class ends (server/webhook.py)
     webhook_secret: bytes = b""  # HMAC-SHA256 key of the webhook's signature header
     metrics_token: str = ""  # bearer token Prometheus sends to GET /metrics (or an admin token)
+    # A moderator gets every open question and help request on connect: cap them per site.
+    open_questions_per_site: int = 5  # unanswered questions a site may have at once
+    open_help_per_site: int = 3  # unresolved help requests a site may have at once
 
     @property
     def tls(self) -> bool:
@@ -214,6 +217,11 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "webhook_url": ("LOPSO_WEBHOOK_URL", str),
     "webhook_secret": ("LOPSO_WEBHOOK_SECRET", lambda raw: str(raw).encode()),
     "metrics_token": ("LOPSO_METRICS_TOKEN", str),
+    "open_questions_per_site": (
+        "LOPSO_OPEN_QUESTIONS_PER_SITE",
+        _int("open questions per site", 1, 10_000),
+    ),
+    "open_help_per_site": ("LOPSO_OPEN_HELP_PER_SITE", _int("open help per site", 1, 10_000)),
 }
 
 

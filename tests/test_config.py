@@ -90,11 +90,20 @@ def test_https_base_url(tmp_path: Path) -> None:
         ({}, {"LOPSO_TRUST_PROXY": "maybe"}, "trust proxy must be true or false"),
         ({}, {"LOPSO_CHECKIN_RATE_ADDR": "-2"}, "must be 0 \\(no limit\\) or positive"),
         ({}, {"LOPSO_METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16"),
+        ({}, {"LOPSO_OPEN_QUESTIONS_PER_SITE": "0"}, "open questions per site must be between"),
+        ({}, {"LOPSO_OPEN_HELP_PER_SITE": "x"}, "open help per site must be an integer"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config({"data_dir": tmp_path, **overrides}, env=env)
+
+
+def test_open_item_caps_per_site(tmp_path: Path) -> None:
+    assert load_config({"data_dir": tmp_path}, env={}).open_questions_per_site == 5
+    env = {"LOPSO_OPEN_QUESTIONS_PER_SITE": "20", "LOPSO_OPEN_HELP_PER_SITE": "1"}
+    config = load_config({"data_dir": tmp_path}, env=env)
+    assert (config.open_questions_per_site, config.open_help_per_site) == (20, 1)
 
 
 def test_unwritable_data_dir(tmp_path: Path) -> None:

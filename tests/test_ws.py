@@ -98,6 +98,7 @@ async def test_updates_are_batched_and_carry_only_changed_sites(app) -> None:
     client, _ = app
     mod = await connect(client, Role.MODERATOR)
     await receive(mod, "sites")
+    await receive(mod, "backlog")  # open questions and help: none
     site = await connect(client, Role.SITE, "S2")
     await receive(site, "welcome")
     for state in ("connecting", "playing", "stalled", "playing") * 5:

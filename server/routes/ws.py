@@ -240,6 +240,14 @@ async def on_forward_question(ctx: Context, data: dict[str, Any]) -> None:
     await ctx.room.broadcast(
         {"roles": ["lecturer"]}, {"type": "question", **question, "forwarded": True}
     )
+    # answered by the lecturer now: no longer counts against its site (forwarding again is fine)
+    await reports.close_question(ctx.room, question_id, ctx.claims.role.value, "forwarded")
+
+
+async def on_dismiss_question(ctx: Context, data: dict[str, Any]) -> None:
+    question_id = text(data, "question_id", 64)
+    if not await reports.close_question(ctx.room, question_id, ctx.claims.role.value, "dismissed"):
+        raise UnknownError(f"no open question {question_id}", code="unknown_question")
 
 
 # message type -> (handler, action the sender's role needs)
@@ -256,6 +264,7 @@ HANDLERS: dict[str, tuple[Handler, Action | None]] = {
     "command": (on_command, Action.MODERATE),
     "resolve_help": (on_resolve_help, Action.MODERATE),
     "forward_question": (on_forward_question, Action.MODERATE),
+    "dismiss_question": (on_dismiss_question, Action.MODERATE),
 }
 
 
