@@ -23,6 +23,7 @@ from aiohttp import web
 
 import web as web_assets
 from server import auth
+from server.admission import SocketCounts, SocketLimits
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
@@ -59,6 +60,7 @@ class AppState:
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
+    sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
     metrics: Metrics = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -67,6 +69,9 @@ class AppState:
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
+        self.sockets = SocketCounts(
+            SocketLimits(cfg.ws_per_site, cfg.ws_per_token, cfg.ws_per_addr)
+        )
 
     def catalogue(self, lang: str) -> dict[str, str]:
         """The page strings of `lang` from web/static/i18n/<lang>.json (empty if missing)."""
