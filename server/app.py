@@ -24,6 +24,7 @@ from aiohttp import web
 
 import web as web_assets
 from server import auth
+from server.admission import SocketCounts, SocketLimits
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config, Network
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
@@ -60,6 +61,7 @@ class AppState:
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
+    sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
     metrics: Metrics = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -68,6 +70,9 @@ class AppState:
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
+        self.sockets = SocketCounts(
+            SocketLimits(cfg.ws_per_site, cfg.ws_per_token, cfg.ws_per_addr)
+        )
 
     def catalogue(self, lang: str) -> dict[str, str]:
         """The page strings of `lang` from web/static/i18n/<lang>.json (empty if missing)."""
@@ -242,7 +247,11 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         state.hub = Hub(
             state.store,
             cfg.node_id,
-            HubLimits(batch_interval_s=cfg.batch_interval_s),
+            HubLimits(
+                batch_interval_s=cfg.batch_interval_s,
+                open_questions_per_site=cfg.open_questions_per_site,
+                open_help_per_site=cfg.open_help_per_site,
+            ),
             live_probe=lambda sid: lecture_live(state, sid),
         )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)

@@ -74,6 +74,13 @@ class Config:
     webhook_url: str = ""  # POST the class summary here when a class ends (server/webhook.py)
     webhook_secret: bytes = b""  # HMAC-SHA256 key of the webhook's signature header
     metrics_token: str = ""  # bearer token Prometheus sends to GET /metrics (or an admin token)
+    # A moderator gets every open question and help request on connect: cap them per site.
+    open_questions_per_site: int = 5  # unanswered questions a site may have at once
+    open_help_per_site: int = 3  # unresolved help requests a site may have at once
+    # WebSockets open at once on a node (server/admission.py); 0 = no limit
+    ws_per_site: int = 8  # a hall: one player and a few pages
+    ws_per_token: int = 32  # one lecturer, moderator or admin link: a few tabs per person
+    ws_per_addr: int = 64  # one client address (several halls may share a carrier's NAT)
 
     @property
     def tls(self) -> bool:
@@ -246,6 +253,14 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "webhook_url": ("LOPSO_WEBHOOK_URL", str),
     "webhook_secret": ("LOPSO_WEBHOOK_SECRET", lambda raw: str(raw).encode()),
     "metrics_token": ("LOPSO_METRICS_TOKEN", str),
+    "open_questions_per_site": (
+        "LOPSO_OPEN_QUESTIONS_PER_SITE",
+        _int("open questions per site", 1, 10_000),
+    ),
+    "open_help_per_site": ("LOPSO_OPEN_HELP_PER_SITE", _int("open help per site", 1, 10_000)),
+    "ws_per_site": ("LOPSO_WS_PER_SITE", _int("WebSockets per site", 0, 1_000_000)),
+    "ws_per_token": ("LOPSO_WS_PER_TOKEN", _int("WebSockets per token", 0, 1_000_000)),
+    "ws_per_addr": ("LOPSO_WS_PER_ADDR", _int("WebSockets per address", 0, 1_000_000)),
 }
 
 

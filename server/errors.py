@@ -14,8 +14,10 @@ from media.errors import (
     PublisherBusyError,
     SdpError,
 )
+from server.admission import TooManySocketsError
 from server.checkin import CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
+from server.reports import TooManyOpenError
 from server.store.base import NotFoundError, StoreError
 
 
@@ -103,6 +105,10 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
         return exc.status, exc.code, str(exc)
     if isinstance(exc, CheckinError):  # server/checkin.py: its own precise codes
         return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
+    if isinstance(exc, TooManySocketsError):  # server/admission.py, before an upgrade
+        return 429, exc.code, str(exc)
+    if isinstance(exc, TooManyOpenError):  # server/reports.py: a site's open questions / help
+        return 429, exc.code, str(exc)
     for kind, status, code in _FOREIGN:
         if isinstance(exc, kind):
             return status, code, str(exc) or kind.__name__

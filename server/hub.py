@@ -42,6 +42,8 @@ class HubLimits:
     quality_event_every_s: float = 15.0
     mid_prompt_s: float | None = None  # default: half the planned duration, else 45 min
     subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
+    open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
+    open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
 
 
 class Hub:

@@ -32,6 +32,8 @@ class EventKind(str, enum.Enum):
     HELP_REQUESTED = "help_requested"  # data: {"help_id": str, "reason": str, "text": str}
     HELP_RESOLVED = "help_resolved"  # data: {"help_id": str, "by": str}
     QUESTION = "question"  # data: {"question_id": str, "text": str}
+    # a moderator forwarded or dismissed a question: data {"question_id", "by", "how"}
+    QUESTION_CLOSED = "question_closed"
     QUALITY = "quality"  # data: {"rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "class"}
 
 

@@ -1,6 +1,10 @@
 """What a site reports during a class: headcounts, quality, help requests, questions and
 check-ins. Each is appended to the ledger (durably, before the page gets its ack), then
 patched into the room's live state on every node (server/room.py).
+
+A site may have only so many questions unanswered and help requests unresolved at once
+(`HubLimits`): every moderator page is sent all of them when it connects, so one site link
+must not be able to bury the moderators.
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ from server.models import Event, EventKind
 from server.peer import iso, question_wire
 from server.quality import QualityClass, classify_sample
 from server.room import ClassLive, event_id
+
+
+class TooManyOpenError(Exception):
+    """A site already has as many open questions or help requests as it may; it asks again
+    once a moderator has answered, forwarded or resolved one."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def headcount(
@@ -49,15 +62,28 @@ async def help_request(
     help_id = event_id(room.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
     if help_id in room.known_help:
         return help_id  # a resend
+    open_ids = room.open_help.setdefault(code, set())
+    limit = room.hub.limits.open_help_per_site
+    if max(len(open_ids), room.sites[code].help_open) >= limit:  # help_open: every node's
+        raise TooManyOpenError(
+            f"site {code} has {limit} help requests open; a moderator resolves one first",
+            code="too_many_help",
+        )
+    # held before the write, so pages writing at the same moment cannot pass the cap together
     room.known_help.add(help_id)
-    event = await room.hub.append(
-        room.session.id,
-        EventKind.HELP_REQUESTED,
-        code,
-        {"help_id": help_id, "reason": reason, "text": text},
-        ref,
-    )
-    room.open_help.setdefault(code, set()).add(help_id)
+    open_ids.add(help_id)
+    try:
+        event = await room.hub.append(
+            room.session.id,
+            EventKind.HELP_REQUESTED,
+            code,
+            {"help_id": help_id, "reason": reason, "text": text},
+            ref,
+        )
+    except BaseException:
+        room.known_help.discard(help_id)
+        open_ids.discard(help_id)
+        raise
     await room.patch(code, help_open=len(room.open_help[code]))
     body = {
         "type": "help",
@@ -87,13 +113,25 @@ async def question(room: ClassLive, code: str, text: str, ref: str | None = None
     question_id = event_id(room.session.id, code, EventKind.QUESTION, ref)[:12]
     if question_id in room.questions:
         return question_id  # a resend
-    event = await room.hub.append(
-        room.session.id,
-        EventKind.QUESTION,
-        code,
-        {"question_id": question_id, "text": text},
-        ref,
-    )
+    open_ids = room.open_questions.setdefault(code, set())
+    limit = room.hub.limits.open_questions_per_site
+    if len(open_ids) >= limit:
+        raise TooManyOpenError(
+            f"site {code} has {limit} questions unanswered; a moderator answers one first",
+            code="too_many_questions",
+        )
+    open_ids.add(question_id)  # held before the write: concurrent pages cannot pass the cap
+    try:
+        event = await room.hub.append(
+            room.session.id,
+            EventKind.QUESTION,
+            code,
+            {"question_id": question_id, "text": text},
+            ref,
+        )
+    except BaseException:
+        open_ids.discard(question_id)
+        raise
     question = question_wire(event)
     room.questions[question_id] = question
     await room.broadcast(
@@ -104,6 +142,36 @@ async def question(room: ClassLive, code: str, text: str, ref: str | None = None
         question=question,
     )
     return question_id
+
+
+async def close_question(room: ClassLive, question_id: str, by: str, how: str) -> bool:
+    """A moderator forwarded (`how` = "forwarded") or dismissed a question: it no longer
+    counts against its site. False when no such question is open."""
+    question = room.questions.get(question_id)
+    code = str(question["site"]) if question is not None else ""
+    open_ids = room.open_questions.get(code, set())
+    if question_id not in open_ids:
+        return False
+    open_ids.discard(question_id)  # before the write: two moderators close it once
+    try:
+        await room.hub.append(
+            room.session.id,
+            EventKind.QUESTION_CLOSED,
+            code,
+            {"question_id": question_id, "by": by, "how": how},
+            ref=f"closed:{question_id}",  # one event whichever node closes it first
+        )
+    except BaseException:
+        open_ids.add(question_id)
+        raise
+    await room.broadcast(
+        {"roles": ["moderator", "admin"]},
+        {"type": "question_closed", "question_id": question_id, "site": code, "how": how},
+        t="question_closed",
+        site=code,
+        question_id=question_id,
+    )
+    return True
 
 
 async def checkin(room: ClassLive, code: str, person: Checkin) -> tuple[Event, bool]:

@@ -50,6 +50,7 @@ class ClassLive:
         self.open_help: dict[str, set[str]] = {}
         self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
+        self.open_questions: dict[str, set[str]] = {}  # by site: not forwarded or dismissed
         self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
@@ -125,6 +126,11 @@ class ClassLive:
             state.help_open = len(self.open_help[state.code])
         elif event.kind is EventKind.QUESTION:
             self.questions[event.data.get("question_id", "")] = question_wire(event)
+            self.open_questions.setdefault(state.code, set()).add(event.data.get("question_id", ""))
+        elif event.kind is EventKind.QUESTION_CLOSED:
+            self.open_questions.setdefault(state.code, set()).discard(
+                event.data.get("question_id", "")
+            )
         elif event.kind is EventKind.CHECKIN:
             state.checkins += 1
 
@@ -156,6 +162,10 @@ class ClassLive:
             self.live = bool(message["live"])
         elif kind == "question":
             self.questions[message["question_id"]] = message["question"]
+            site = str(message["question"].get("site"))
+            self.open_questions.setdefault(site, set()).add(message["question_id"])
+        elif kind == "question_closed":
+            self.open_questions.setdefault(message["site"], set()).discard(message["question_id"])
         elif kind == "ended":
             self.session = dataclasses.replace(self.session, ended_at=message["at"])
             if self.hub.on_class_ended is not None:  # every node closes its media of the class
@@ -257,6 +267,19 @@ class ClassLive:
             "incidents": [a.wire() for a in self.alerts.incidents(limit=500)],
         }
 
+    async def backlog(self) -> dict[str, Any]:
+        """The `backlog` message a moderator gets when it connects: every open question and
+        help request (help read from the ledger), oldest first. One message however many
+        there are, so a connect never fills the page's outbox."""
+        kinds = (EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED)
+        help_open = open_help(await self.hub.store.events(self.session.id, kinds=kinds))
+        questions = [
+            {"type": "question", **question}
+            for question_id, question in self.questions.items()
+            if question_id in self.open_questions.get(str(question.get("site")), ())
+        ]
+        return {"type": "backlog", "questions": questions, "help": help_open}
+
     def totals(self) -> dict[str, int]:
         states = self.sites.values()
         return {
@@ -276,13 +299,8 @@ class ClassLive:
         peer.post(self.welcome(peer))
         if peer.role in WATCHERS:
             peer.post(self.snapshot())
-            for question in self.questions.values():
-                if peer.role is not Role.LECTURER:
-                    peer.post({"type": "question", **question})
-            if peer.role is not Role.LECTURER:  # open help requests, from the ledger
-                kinds = (EventKind.HELP_REQUESTED, EventKind.HELP_RESOLVED)
-                for body in open_help(await self.hub.store.events(self.session.id, kinds=kinds)):
-                    peer.post(body)
+            if peer.role is not Role.LECTURER:
+                peer.post(await self.backlog())
 
     async def _site_joined(self, peer: Peer) -> None:
         """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""

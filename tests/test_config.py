@@ -104,11 +104,29 @@ def test_trusted_proxies_default_to_loopback_behind_a_proxy(tmp_path: Path) -> N
         ({}, {"LOPSO_TRUSTED_PROXIES": "10.0.0.1, nginx"}, "trusted proxies must be IP"),
         ({}, {"LOPSO_CHECKIN_RATE_ADDR": "-2"}, "must be 0 \\(no limit\\) or positive"),
         ({}, {"LOPSO_METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16"),
+        ({}, {"LOPSO_OPEN_QUESTIONS_PER_SITE": "0"}, "open questions per site must be between"),
+        ({}, {"LOPSO_OPEN_HELP_PER_SITE": "x"}, "open help per site must be an integer"),
+        ({}, {"LOPSO_WS_PER_SITE": "-1"}, "WebSockets per site must be between 0"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config({"data_dir": tmp_path, **overrides}, env=env)
+
+
+def test_open_item_caps_per_site(tmp_path: Path) -> None:
+    assert load_config({"data_dir": tmp_path}, env={}).open_questions_per_site == 5
+    env = {"LOPSO_OPEN_QUESTIONS_PER_SITE": "20", "LOPSO_OPEN_HELP_PER_SITE": "1"}
+    config = load_config({"data_dir": tmp_path}, env=env)
+    assert (config.open_questions_per_site, config.open_help_per_site) == (20, 1)
+
+
+def test_websocket_caps(tmp_path: Path) -> None:
+    config = load_config({"data_dir": tmp_path}, env={})
+    assert (config.ws_per_site, config.ws_per_token, config.ws_per_addr) == (8, 32, 64)
+    env = {"LOPSO_WS_PER_SITE": "3", "LOPSO_WS_PER_TOKEN": "0", "LOPSO_WS_PER_ADDR": "500"}
+    config = load_config({"data_dir": tmp_path}, env=env)
+    assert (config.ws_per_site, config.ws_per_token, config.ws_per_addr) == (3, 0, 500)
 
 
 def test_unwritable_data_dir(tmp_path: Path) -> None:

@@ -98,6 +98,7 @@ async def test_updates_are_batched_and_carry_only_changed_sites(app) -> None:
     client, _ = app
     mod = await connect(client, Role.MODERATOR)
     await receive(mod, "sites")
+    await receive(mod, "backlog")  # open questions and help: none
     site = await connect(client, Role.SITE, "S2")
     await receive(site, "welcome")
     for state in ("connecting", "playing", "stalled", "playing") * 5:
@@ -343,6 +344,74 @@ async def test_resent_messages_are_stored_once(app) -> None:
     assert sorted(k.value for k in kinds) == ["headcount", "help_requested", "question"]
     assert len([m for m in [await receive(mod, "help")]]) == 1
     await mod.close()
+
+
+async def _attempt(client, token: str, url: str = "/ws/c1"):
+    """Open a page's WebSocket: the socket, or the HTTP status that refused it."""
+    try:
+        return await client.ws_connect(url, params={"token": token})
+    except aiohttp.WSServerHandshakeError as exc:
+        return exc.status
+
+
+async def test_one_site_link_cannot_open_hundreds_of_websockets(app) -> None:
+    """The Hardening finding (MEDIUM): 600 WebSockets of one site link from one address were
+    all accepted, each writing fsynced ledger events, and the site's rejoins rose to 599.
+    Now a site holds at most 8 pages (LOPSO_WS_PER_SITE): the rest are refused with 429
+    before the upgrade, so the ledger never sees them, and the server keeps serving."""
+    client, state = app
+    token = mint(Role.SITE, "c1", "S1")
+    # a session without a connection pool limit: 600 sockets at once, as in the finding
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    url = str(client.make_url("/ws/c1"))
+    results = await asyncio.gather(*(_attempt(http, token, url) for _ in range(600)))
+    opened = [r for r in results if not isinstance(r, int)]
+    refused = [r for r in results if isinstance(r, int)]
+    assert len(opened) == 8 and refused == [429] * 592
+    reply = await client.get("/ws/c1", params={"token": token})  # what a refusal says
+    assert reply.status == 429 and reply.headers["Retry-After"] == "5"
+    assert (await reply.json())["error"]["code"] == "too_many_websockets"
+    joined = await state.store.events("c1", kinds=[EventKind.SITE_JOINED], site_code="S1")
+    assert len(joined) == 8
+    other = await connect(client, Role.SITE, "S2")  # the server keeps serving the others
+    assert (await receive(other, "welcome"))["site"]["code"] == "S2"
+    mod = await connect(client, Role.MODERATOR)
+    assert site_in(await receive(mod, "sites"), "S1")["rejoins"] == 7  # not 599
+    await opened[0].close()
+    for _ in range(50):  # the closed page's place is given back
+        again = await _attempt(client, token)
+        if not isinstance(again, int):
+            break
+        await asyncio.sleep(0.05)
+    assert not isinstance(again, int)
+    for ws in (*opened, again, other, mod):
+        await ws.close()
+    await http.close()
+
+
+async def test_websockets_per_token_and_per_address(tmp_path: Path) -> None:
+    """A lecturer or moderator link holds LOPSO_WS_PER_TOKEN pages; one address holds
+    LOPSO_WS_PER_ADDR, whatever tokens it uses."""
+    settings = {"ws_per_site": 2, "ws_per_token": 3, "ws_per_addr": 6}
+    async with running_app(tmp_path, batch_interval_s=BATCH, **settings) as (client, _):
+        await seed(client, sites=("S1", "S2", "S3"))
+        moderator = mint(Role.MODERATOR, "c1")
+        pages = [await _attempt(client, moderator) for _ in range(4)]
+        assert [isinstance(p, int) and p for p in pages] == [False, False, False, 429]
+        pages += [await _attempt(client, mint(Role.LECTURER, "c1")) for _ in range(2)]
+        assert not any(isinstance(p, int) for p in pages[4:])  # another token: its own count
+        hall = await _attempt(client, mint(Role.SITE, "c1", "S1"))
+        assert not isinstance(hall, int)  # the 6th page from this address
+        assert await _attempt(client, mint(Role.SITE, "c1", "S3")) == 429
+        await pages[0].close()
+        for _ in range(50):
+            third = await _attempt(client, mint(Role.SITE, "c1", "S3"))
+            if not isinstance(third, int):
+                break
+            await asyncio.sleep(0.05)
+        assert not isinstance(third, int)
+        for ws in (*pages[1:3], *pages[4:], hall, third):
+            await ws.close()
 
 
 async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path) -> None:

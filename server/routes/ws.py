@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -21,11 +22,19 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from server import auth, reports
-from server.app import STATE, AppState, authorize_request, session_or_404, site_viewers
+from server.admission import Holder
+from server.app import (
+    STATE,
+    AppState,
+    authorize_request,
+    client_address,
+    session_or_404,
+    site_viewers,
+)
 from server.checkin import CheckinError, parse_checkin
 from server.errors import UnknownError, ValidationError, describe
 from server.metrics import Metrics
-from server.models import Role
+from server.models import Role, Site
 from server.peer import Peer
 from server.roles import Action, may
 from server.room import ClassLive
@@ -240,6 +249,14 @@ async def on_forward_question(ctx: Context, data: dict[str, Any]) -> None:
     await ctx.room.broadcast(
         {"roles": ["lecturer"]}, {"type": "question", **question, "forwarded": True}
     )
+    # answered by the lecturer now: no longer counts against its site (forwarding again is fine)
+    await reports.close_question(ctx.room, question_id, ctx.claims.role.value, "forwarded")
+
+
+async def on_dismiss_question(ctx: Context, data: dict[str, Any]) -> None:
+    question_id = text(data, "question_id", 64)
+    if not await reports.close_question(ctx.room, question_id, ctx.claims.role.value, "dismissed"):
+        raise UnknownError(f"no open question {question_id}", code="unknown_question")
 
 
 # message type -> (handler, action the sender's role needs)
@@ -256,6 +273,7 @@ HANDLERS: dict[str, tuple[Handler, Action | None]] = {
     "command": (on_command, Action.MODERATE),
     "resolve_help": (on_resolve_help, Action.MODERATE),
     "forward_question": (on_forward_question, Action.MODERATE),
+    "dismiss_question": (on_dismiss_question, Action.MODERATE),
 }
 
 
@@ -302,7 +320,8 @@ def _error_reply(exc: Exception, message_id: Any, ctx: Context) -> dict[str, Any
 
 # --- the socket ---------------------------------------------------------------------------
 async def handle_ws(request: web.Request) -> web.StreamResponse:
-    """Authenticate, upgrade, then run the page's reader and writer until either ends."""
+    """Authenticate, take a place (server/admission.py), upgrade, then run the page's reader
+    and writer until either ends. A refusal is an HTTP error before the upgrade."""
     state = request.app[STATE]
     sid = request.match_info["sid"]
     claims = authorize_request(request, Action.VIEW_CLASS, sid)
@@ -313,9 +332,28 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
         if claims.site not in room.sites:
             raise UnknownError(f"site {claims.site} is not in this class", code="unknown_site")
         site = room.registry[claims.site]
+    # before the upgrade: a refused page writes nothing to the ledger
+    release = state.sockets.admit(_holder(request, claims), client_address(request))
+    try:
+        return await _serve(request, state, claims, room, site)
+    finally:
+        release()
+
+
+def _holder(request: web.Request, claims: auth.Claims) -> Holder:
+    """Whose place a page takes: its site (every token of it), else its token."""
+    if claims.role is Role.SITE and claims.site is not None:
+        return ("site", f"{claims.sid}/{claims.site}")
+    token = auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
+    return ("token", hashlib.sha256(token.encode()).hexdigest()[:32])
+
+
+async def _serve(
+    request: web.Request, state: AppState, claims: auth.Claims, room: ClassLive, site: Site | None
+) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
-    peer = Peer(sid, claims.role, site)
+    peer = Peer(room.session.id, claims.role, site)
     writer = asyncio.create_task(_write(ws, peer))
     connected = state.metrics.websockets.labels(claims.role.value)
     connected.inc()

@@ -19,7 +19,7 @@ function main() {
   const wall = new Wall($("wall"), page.lang);
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
   const state = { page: page, wall: wall, selected: "", totals: {}, live: false, metrics: metrics,
-    channel: new Channel(page.ws_url), help: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
+    channel: new Channel(page.ws_url), help: new Map(), questions: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
     detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
   window.lopso = {
     get state() { return state.channel.state; },
@@ -101,6 +101,12 @@ function wireChannel(state) {
   });
   ch.on("help", function (msg) { addHelp(state, msg); });
   ch.on("question", function (msg) { addQuestion(state, msg); });
+  ch.on("question_closed", function (msg) { closeQuestion(state, msg.question_id); });
+  // On connect: every open question and help request in one message, oldest first.
+  ch.on("backlog", function (msg) {
+    for (const q of msg.questions || []) addQuestion(state, q);
+    for (const h of msg.help || []) addHelp(state, h);
+  });
 }
 
 function setLiveBadge(state, override) {
@@ -484,6 +490,7 @@ function dropHelpOf(state, code) {
 }
 
 function addQuestion(state, msg) {
+  if (state.questions.has(msg.question_id)) return;
   const li = feedItem($("question-list"), clock(msg.at || Date.now() / 1000, state.page.lang) + " · " +
     siteLabel(state, msg.site), msg.text || "");
   const btn = document.createElement("button");
@@ -500,8 +507,32 @@ function addQuestion(state, msg) {
       toast(t("error_generic", { message: err.message || err }));
     }
   });
+  const dismiss = document.createElement("button");
+  dismiss.type = "button";
+  dismiss.className = "btn btn-small";
+  dismiss.textContent = t("mod_dismiss");
+  dismiss.addEventListener("click", async function () {
+    dismiss.disabled = true;
+    try {
+      await state.channel.call({ type: "dismiss_question", question_id: msg.question_id });
+      closeQuestion(state, msg.question_id);
+    } catch (err) {
+      dismiss.disabled = false;
+      toast(t("error_generic", { message: err.message || err }));
+    }
+  });
   li.appendChild(btn);
+  li.appendChild(dismiss);
+  state.questions.set(msg.question_id, { li: li, forward: btn, dismiss: dismiss });
   setText($("question-count"), $("question-list").querySelectorAll("li:not(.feed-empty)").length);
+}
+
+/** A question was forwarded or dismissed (here or by another moderator): no more buttons. */
+function closeQuestion(state, id) {
+  const entry = state.questions.get(id);
+  if (!entry) return;
+  entry.dismiss.remove();
+  entry.li.classList.add("feed-done");
 }
 
 // ---- messages and commands ---------------------------------------------------------------
