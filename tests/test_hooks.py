@@ -137,9 +137,9 @@ def _go_silent(pc: RTCPeerConnection) -> None:
 async def test_publisher_kept_while_media_arrives_and_let_go_when_silent(engine, monkeypatch):
     """Consent checks unanswered for many times the lapse: the publisher stays while its media
     arrives; once silent on both counts it is closed after about the lapse."""
-    from tests.test_lecture import PublisherPeer, wait_for
-
     import aioice.ice
+
+    from tests.test_lecture import PublisherPeer, wait_for
 
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)  # aioice alone: closed in ~1.2 s
     monkeypatch.setattr(hooks, "CONSENT_INTERVAL", 0.2)
