@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from server.errors import AuthError, ForbiddenError, RateLimitedError
+from server.fields import text_problem
 from server.models import Role
 from server.roles import SITE_ROLES, Action, may
 
@@ -130,6 +131,10 @@ def _parse_claims(payload: bytes) -> Claims:
         or not (k is None or isinstance(k, str))
     ):
         raise AuthError("token claims have wrong types", code="token_malformed")
+    for name, value in (("sid", sid), ("site", site), ("k", k)):
+        problem = text_problem(value) if value is not None else None
+        if problem is not None:  # a store key or an echoed name: it must be writable text
+            raise AuthError(f"token claim {name} {problem}", code="token_malformed")
     return Claims(sid=sid, role=role, site=site, exp=exp, k=k)
 
 

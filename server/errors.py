@@ -16,6 +16,7 @@ from media.errors import (
 )
 from server.checkin import CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
+from server.fields import FieldError
 from server.store.base import NotFoundError, StoreError
 
 
@@ -87,6 +88,7 @@ class RateLimitedError(LopsoError):
 
 
 _FOREIGN = (
+    (FieldError, 400, "bad_text"),
     (SdpError, 400, "sdp_invalid"),
     (CodecMismatchError, 406, "codec_mismatch"),
     (LectureClosedError, 409, "class_ended"),
