@@ -88,7 +88,6 @@ class RateLimitedError(LopsoError):
 
 
 _FOREIGN = (
-    (FieldError, 400, "bad_text"),
     (SdpError, 400, "sdp_invalid"),
     (CodecMismatchError, 406, "codec_mismatch"),
     (LectureClosedError, 409, "class_ended"),
@@ -105,6 +104,8 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
         return exc.status, exc.code, str(exc)
     if isinstance(exc, CheckinError):  # server/checkin.py: its own precise codes
         return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
+    if isinstance(exc, FieldError):  # server/fields.py: bad_text, or bad_field for a length
+        return 400, exc.code, str(exc)
     for kind, status, code in _FOREIGN:
         if isinstance(exc, kind):
             return status, code, str(exc) or kind.__name__

@@ -22,13 +22,12 @@ _MULTI_LINE_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]
 
 
 class FieldError(ValueError):
-    """A text field holds what no text field may (its message names the field)."""
+    """A text field is too long (`bad_field`) or holds what no text field may (`bad_text`);
+    its message names the field."""
 
-    code = "bad_text"
-
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, code: str = "bad_text") -> None:
         super().__init__(f"{field} {problem}")
-        self.field = field
+        self.field, self.code = field, code
 
 
 def text_problem(value: str, *, multiline: bool = False) -> str | None:
@@ -46,7 +45,7 @@ def check_text(value: str, field: str, limit: int, *, multiline: bool = False) -
     """`value` unchanged when it is at most `limit` characters of acceptable text; else a
     FieldError naming `field`."""
     if len(value) > limit:
-        raise FieldError(field, f"is longer than {limit} characters")
+        raise FieldError(field, f"is longer than {limit} characters", code="bad_field")
     problem = text_problem(value, multiline=multiline)
     if problem is not None:
         raise FieldError(field, problem)
