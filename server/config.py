@@ -74,6 +74,11 @@ class Config:
         return self.tls_cert is not None
 
     @property
+    def loopback_only(self) -> bool:
+        """True when the HTTP server listens on a loopback address only (this machine)."""
+        return self.host in LOOPBACKS or self.host.startswith("127.")
+
+    @property
     def base_url(self) -> str:
         """Absolute URL that links handed to people start with (no trailing slash)."""
         if self.public_url:
