@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 
 import web as web_assets
-from server import auth
+from server import auth, security
 from server.admission import SocketCounts, SocketLimits
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config, Network
@@ -448,6 +448,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
         middlewares=[metrics.signalling_middleware, error_middleware, site_key_middleware],
     )
     app[STATE] = state
+    security.install(app)
     app.cleanup_ctx.append(_store_ctx(state))
     if media:
         app.cleanup_ctx.append(_media_ctx(state))

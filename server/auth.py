@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from server.errors import AuthError, ForbiddenError, RateLimitedError
+from server.fields import text_problem
 from server.models import Role
 from server.roles import SITE_ROLES, Action, may
 
@@ -140,6 +141,10 @@ def _parse_claims(payload: bytes) -> Claims:
             f"a {role.value} token for every class is not accepted; ask for one for your class",
             code="token_scope",
         )
+    for name, value in (("sid", sid), ("site", site), ("k", k)):
+        problem = text_problem(value) if value is not None else None
+        if problem is not None:  # a store key or an echoed name: it must be writable text
+            raise AuthError(f"token claim {name} {problem}", code="token_malformed")
     return Claims(sid=sid, role=role, site=site, exp=exp, k=k)
 
 

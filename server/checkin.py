@@ -29,6 +29,8 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from server.fields import text_problem
+
 NAME_MAX = 100
 IDENT_MAX = 40
 BY_VALUES = ("qr", "operator")
@@ -89,6 +91,9 @@ def clean_name(raw: Any) -> str:
     """A person's name as shown: NFC, trimmed, inner spaces collapsed; validated."""
     if not isinstance(raw, str):
         raise InvalidNameError("name must be a string")
+    problem = text_problem(raw)
+    if problem is not None:
+        raise InvalidNameError(f"name {problem}")
     name = " ".join(unicodedata.normalize("NFC", raw).split())
     if not name:
         raise InvalidNameError("name is required")
@@ -111,6 +116,9 @@ def normalize_ident(raw: Any) -> str | None:
         raise InvalidIdentError("ident must be a string")
     if len(raw) > IDENT_MAX:
         raise InvalidIdentError(f"ident is longer than {IDENT_MAX} characters")
+    problem = text_problem(raw)
+    if problem is not None:
+        raise InvalidIdentError(f"ident {problem}")
     ident = _IDENT_SEPARATORS.sub("", unicodedata.normalize("NFKC", raw)).upper()
     if not ident:
         return None

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from server import files
+
 ROLES = ("all", "origin", "edge")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -93,6 +95,11 @@ class Config:
         if self.trusted_proxies:
             return self.trusted_proxies
         return LOOPBACK_NETWORKS if self.trust_proxy else ()
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when the HTTP server listens on a loopback address only (this machine)."""
+        return self.host in LOOPBACKS or self.host.startswith("127.")
 
     @property
     def base_url(self) -> str:
@@ -351,21 +358,35 @@ def _check(config: Config) -> None:
 
 def _prepare_data_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        files.private_dir(path)
     except OSError as exc:
         raise ConfigError(f"cannot create data directory {path}: {exc.strerror}") from None
 
 
 def _load_or_create_secret(data_dir: Path) -> bytes:
-    """Keep one random signing secret per data directory so tokens survive restarts."""
+    """Keep one random signing secret per data directory so tokens survive restarts.
+
+    A secret file that exists but is empty or malformed (a power cut while an older version
+    wrote it) stops the start: a new secret would silently kill every link handed out."""
     path = data_dir / SECRET_FILE
-    if path.is_file():
-        secret = path.read_bytes().strip()
-        if len(secret) >= 16:
-            return secret
-    secret = secrets.token_urlsafe(32).encode()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(secret)
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32).encode()
+        try:
+            files.write_private(path, secret)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+        return secret
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    secret = raw.strip()
+    if len(secret) < 16 or not all(0x21 <= byte <= 0x7E for byte in secret):
+        raise ConfigError(
+            f"{path} is empty or malformed ({len(raw)} bytes; a secret is at least 16 printable "
+            "ASCII characters). LopSo will not replace it: every link handed out is signed "
+            "with it. Restore it from a backup, or delete it to start with a new secret (then "
+            "hand out every link again)."
+        )
+    files.tighten(path)
     return secret

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from server import auth
+from server import auth, files
 from server.config import Config
 from server.models import ClassSession, Role, Site
 from server.store.base import Store
@@ -131,11 +130,9 @@ def _site_links(base: str, sid: str, site: Site, token: str) -> dict[str, str]:
 
 
 def write_demo_json(links: dict[str, Any], path: Path) -> None:
-    """Write the links atomically (readers never see half a file)."""
+    """Write the links (tokens: mode 0600) atomically: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(links, ensure_ascii=False, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_private(path, json.dumps(links, ensure_ascii=False, indent=2).encode())
 
 
 def print_links(links: dict[str, Any]) -> None:

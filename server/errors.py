@@ -17,6 +17,7 @@ from media.errors import (
 from server.admission import TooManySocketsError
 from server.checkin import CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
+from server.fields import FieldError
 from server.reports import TooManyOpenError
 from server.store.base import NotFoundError, StoreError
 
@@ -109,6 +110,8 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
         return 429, exc.code, str(exc)
     if isinstance(exc, TooManyOpenError):  # server/reports.py: a site's open questions / help
         return 429, exc.code, str(exc)
+    if isinstance(exc, FieldError):  # server/fields.py: bad_text, or bad_field for a length
+        return 400, exc.code, str(exc)
     for kind, status, code in _FOREIGN:
         if isinstance(exc, kind):
             return status, code, str(exc) or kind.__name__

@@ -18,11 +18,11 @@ from typing import Any
 
 from server import auth
 from server.errors import UnknownError, ValidationError
+from server.fields import text_problem
 from server.models import Site
 from server.store.base import Store
 
 CODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 REQUIRED = ("code", "name")
 OPTIONAL = ("village", "commune", "province", "join_key")
 MAX_FIELD = 200
@@ -117,9 +117,10 @@ def _site(header: dict[str, int], row: list[str], new_key: Callable[[], str]) ->
     long = [name for name, value in fields.items() if len(value) > MAX_FIELD]
     if long:
         return f"{long[0]} longer than {MAX_FIELD} characters"
-    odd = [name for name, value in fields.items() if CONTROL_RE.search(value)]
-    if odd:
-        return f"{odd[0]} holds control characters (NUL, tab, ...)"
+    for name, value in fields.items():
+        problem = text_problem(value)
+        if problem is not None:
+            return f"{name} {problem}"
     return Site(
         code=code,
         name=fields["name"],

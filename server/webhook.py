@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import Any
 
 import aiohttp
 
+from server import files
 from server.models import ClassSession
 from server.store.base import Store
 
@@ -261,22 +261,7 @@ class WebhookSender:
                 "delivered": list(self._delivered),
             }
             text = json.dumps(state, ensure_ascii=False)
-            await asyncio.to_thread(_write_atomically, self.path, text)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text`: a reader or a crash sees the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+            await asyncio.to_thread(files.write_private, self.path, text.encode())
 
 
 async def class_summary(

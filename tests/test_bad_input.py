@@ -304,3 +304,137 @@ async def test_garbage_flood_idle_and_oversize_close_only_their_socket(app) -> N
     assert reply.status == 201
     await bystander.close()
     await asyncio.sleep(0)
+
+
+# --- text fields: lone surrogates and control characters ------------------------------------
+BAD_TEXT = {"surrogate": "\udc00", "control": "\x07"}
+
+
+@pytest.fixture
+async def signalling(tmp_path: Path):
+    async with running_app(tmp_path, ws_idle_timeout_s=5.0) as (client, state):
+        await seed(client)
+        yield client, state
+
+
+async def next_of(ws, kind: str, where=lambda m: True) -> dict:
+    """The next message of `kind` that satisfies `where` (others skipped)."""
+    while True:
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.TEXT, (msg, ws.close_code)
+        data = json.loads(msg.data)
+        if data["type"] == kind and where(data):
+            return data
+
+
+# (sender role, message with BAD in one text field, the field, the error code)
+WS_TEXT_FIELDS = [
+    ("site", {"type": "question", "text": "hỏi BAD"}, "text", "bad_text"),
+    ("site", {"type": "help", "reason": "other", "text": "BAD"}, "text", "bad_text"),
+    ("site", {"type": "checkin", "name": "Ân BAD"}, "name", "checkin_name"),
+    ("site", {"type": "checkin", "name": "Ân", "ident": "09BAD"}, "ident", "checkin_ident"),
+    ("moderator", {"type": "message", "text": "BAD", "to": {"all": True}}, "text", "bad_text"),
+    (
+        "moderator",
+        {"type": "message", "text": "chào", "to": {"commune": "Xã BAD"}},
+        "to.commune",
+        "bad_text",
+    ),
+    ("moderator", {"type": "resolve_help", "site": "S1", "help_id": "BAD"}, "help_id", "bad_text"),
+    ("moderator", {"type": "forward_question", "question_id": "BAD"}, "question_id", "bad_text"),
+    ("site", {"type": "heartbeat", "id": "m-BAD"}, "id", "bad_text"),
+]
+
+
+def with_bad(value: object, bad: str) -> object:
+    if isinstance(value, dict):
+        return {k: with_bad(v, bad) for k, v in value.items()}
+    return value.replace("BAD", bad) if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_TEXT))
+@pytest.mark.parametrize(("role", "message", "field", "code"), WS_TEXT_FIELDS)
+async def test_bad_text_in_a_message_is_a_precise_error_and_no_page_breaks(
+    signalling, bad, role, message, field, code
+) -> None:
+    client, _ = signalling
+    site = await client.ws_connect("/ws/c1", params={"token": S1})
+    await next_of(site, "welcome")
+    moderator = await client.ws_connect("/ws/c1", params={"token": mint(Role.MODERATOR, "c1")})
+    sender = site if role == "site" else moderator
+    frame = with_bad({"id": "m1", **message}, BAD_TEXT[bad])
+    await sender.send_str(json.dumps(frame))  # "\udc00" travels as JSON's \u escape
+    error = await next_of(sender, "error")
+    assert error["code"] == code, error
+    assert error["message"].startswith(field + " "), error
+    assert ("surrogate" if bad == "surrogate" else "control character") in error["message"]
+    assert error["id"] == (None if field == "id" else "m1")
+    # both pages still work: the site hears the next message, the sender is answered
+    await moderator.send_json({"type": "message", "text": "dòng 1\ndòng 2", "to": {"all": True}})
+    heard = await next_of(site, "message")
+    assert heard["text"] == "dòng 1\ndòng 2"
+    await sender.send_json({"type": "heartbeat", "id": "after"})
+    assert (await next_of(sender, "ack", lambda m: m["id"] == "after"))["id"] == "after"
+    await site.close()
+    await moderator.close()
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_TEXT))
+async def test_bad_text_in_rest_bodies_and_queries_is_a_precise_400(signalling, bad) -> None:
+    client, _ = signalling
+    bad_char = BAD_TEXT[bad]
+    kind = "surrogate" if bad == "surrogate" else "control character"
+    body = {"id": "c9", "title": f"Lớp {bad_char}", "starts_at": "2026-11-26T02:00:00Z"}
+    reply = await client.post(
+        "/api/sessions",
+        data=json.dumps(body),
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    error = (await reply.json())["error"]
+    assert reply.status == 400 and error["code"] == "bad_text", error
+    assert error["message"].startswith("title holds") and kind in error["message"]
+    participant = {
+        "Authorization": f"Bearer {mint(Role.PARTICIPANT, 'c1', 'S1')}",
+        "Content-Type": "application/json",
+    }
+    path = "/api/sessions/c1/sites/S1/checkins"
+    for person, field in (
+        ({"name": f"Ân{bad_char}"}, "name"),
+        ({"name": "Ân", "ident": f"09{bad_char}"}, "ident"),
+    ):
+        reply = await client.post(path, data=json.dumps(person), headers=participant)
+        error = (await reply.json())["error"]
+        assert reply.status == 400 and error["code"] == f"checkin_{field}", error
+        assert error["message"].startswith(f"{field} holds") and kind in error["message"]
+    moderator = {"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"}
+    for query, field in (
+        (f"/api/sessions/c1/attendance?commune=X{bad_char}", "commune"),
+        (f"/api/sessions/c1/incidents?site=S{bad_char}", "site"),
+    ):
+        # a lone surrogate cannot travel in a URL (yarl makes it U+FFFD): percent-encode it
+        reply = await client.get(query.replace("\udc00", "%ED%B0%80"), headers=moderator)
+        if bad == "surrogate":
+            assert reply.status in (400, 404) and reply.status != 500, await reply.text()
+            continue
+        error = (await reply.json())["error"]
+        assert reply.status == 400 and error["code"] == "bad_text", error
+        assert error["message"].startswith(f"{field} holds a control character")
+    assert (await client.get("/healthz")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("csv_bytes", "words"),
+    [
+        ("code,name\nA1,Nhà\x07văn\n".encode(), "line 2: name holds a control character U+0007"),
+        (b"code,name\nA1,Nh\xed\xb0\x80\n", "line 2: not UTF-8 text"),  # an encoded surrogate
+    ],
+)
+async def test_bad_text_in_a_registry_csv_names_line_and_field(
+    signalling, csv_bytes, words
+) -> None:
+    client, _ = signalling
+    reply = await client.post(
+        "/api/sites/import", data=csv_bytes, headers={**ADMIN, "Content-Type": "text/csv"}
+    )
+    error = (await reply.json())["error"]
+    assert reply.status == 400 and error["code"] == "csv_invalid" and words in error["message"]

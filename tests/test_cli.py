@@ -196,3 +196,22 @@ async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     # the join survived too, and the connection the crash left open was closed at the
     # last moment the class was seen alive (the last headcount), not left open forever
     assert [i["open"] for i in record["intervals"]] == [False], record["intervals"]
+
+
+def test_demo_json_and_data_dir_are_this_users_only(tmp_path: Path) -> None:
+    with LopsoServer(tmp_path, demo_sites=1) as srv:
+        assert srv.demo["lecturer"]["token"]
+        assert srv.demo_path.stat().st_mode & 0o777 == 0o600  # it holds every link's token
+        assert srv.data.stat().st_mode & 0o777 == 0o700
+        for path in srv.data.iterdir():
+            assert path.stat().st_mode & 0o077 == 0, path
+
+
+def test_serve_refuses_an_empty_secret_file_instead_of_replacing_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / SECRET_FILE).write_bytes(b"")  # a power cut while an older version wrote it
+    done = lopso("serve", "--port", "0", data=data)
+    assert done.returncode == 2, done.stderr
+    assert "secret.key is empty or malformed" in done.stderr and "backup" in done.stderr
+    assert (data / SECRET_FILE).read_bytes() == b""

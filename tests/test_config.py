@@ -148,3 +148,66 @@ def test_default_announce_follows_the_host(tmp_path: Path) -> None:
     assert wildcard.announce == ((lan,) if lan else ())
     if lan:
         assert wildcard.base_url == f"http://{lan}:8080"  # links that LAN laptops can open
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_data_dir_and_secret_are_this_users_only(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    load_config({"data_dir": fresh}, env={})
+    assert mode(fresh) == 0o700 and mode(fresh / SECRET_FILE) == 0o600
+    assert sorted(p.name for p in fresh.iterdir()) == [SECRET_FILE]  # no temp file left
+    older = tmp_path / "older"  # what an older version left: readable by everyone
+    older.mkdir(mode=0o755)
+    older.chmod(0o755)
+    (older / SECRET_FILE).write_bytes(b"k" * 43)
+    (older / SECRET_FILE).chmod(0o644)
+    assert load_config({"data_dir": older}, env={}).secret == b"k" * 43
+    assert mode(older) == 0o700 and mode(older / SECRET_FILE) == 0o600
+
+
+def test_the_secret_is_written_durably_before_it_is_used(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        steps.append(f"rename to {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    load_config({"data_dir": tmp_path}, env={})
+    assert steps == ["fsync file", f"rename to {SECRET_FILE}", "fsync dir"]
+
+
+def test_a_power_cut_before_the_rename_leaves_no_secret_file(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    def cut(src: str | Path, dst: str | Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", cut)
+    with pytest.raises(ConfigError, match="cannot write"):
+        load_config({"data_dir": tmp_path}, env={})
+    assert not (tmp_path / SECRET_FILE).exists()  # never an empty one; the next start makes it
+    monkeypatch.undo()
+    assert len(load_config({"data_dir": tmp_path}, env={}).secret) >= 16
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\n", b"\x00" * 43, b"short-secret\n", b"\xff" * 20, b"with a space inside it"],
+)
+def test_a_damaged_secret_file_stops_the_start_and_is_kept(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / SECRET_FILE).write_bytes(content)
+    with pytest.raises(ConfigError, match="is empty or malformed.*will not replace it"):
+        load_config({"data_dir": tmp_path}, env={})
+    assert (tmp_path / SECRET_FILE).read_bytes() == content

@@ -11,6 +11,7 @@ import time
 import pytest
 from openpyxl import load_workbook
 
+from server import exports
 from server.attendance import AttendanceReport, derive
 from server.exports import (
     ExportError,
@@ -317,3 +318,23 @@ def test_one_commune_workbook(report):
     assert [r[0] for r in book["Điểm cầu"].iter_rows(min_row=2, values_only=True)] == ["HY-03"]
     summary = dict(book["Toàn tỉnh"].iter_rows(min_row=2, values_only=True))
     assert summary["Số điểm cầu dự kiến"] == 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+84912345678", "'+84912345678"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("Nhà văn hóa thôn Đông", "Nhà văn hóa thôn Đông"),
+        ("a=1", "a=1"),
+        ("", ""),
+        (12, 12),
+    ],
+)
+def test_csv_cells_a_spreadsheet_would_run_get_an_apostrophe(cell: object, written: object) -> None:
+    """The rule web/static/js/csv.js copies for the moderator's links CSV."""
+    assert exports._csv_text(cell) == written

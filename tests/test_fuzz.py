@@ -34,6 +34,7 @@ from test_bad_input import viewer_offer
 
 from server import auth
 from server.checkin import CheckinError, parse_checkin
+from server.fields import text_problem
 from server.models import EventKind, Role
 from server.routes.ws import HANDLERS
 from server.store import open_store
@@ -204,6 +205,20 @@ async def test_mutated_real_offers(hall: Hall, kind: str, data: st.DataObject) -
     await post_offer(hall, kind, body, data.draw(MEDIA_QUERY, label="media"))
 
 
+# --- text: every text field also gets lone surrogates and control characters ---------------
+BAD_CHARS = ("\udc00", "\ud800", "\x00", "\x07", "\x1b", "\x7f", "\x85", "\t", "\n", "\r")
+
+
+def hostile_text(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[str]:
+    """Any text, lone surrogates and control characters included (st.text() leaves out
+    surrogates), and text with one of BAD_CHARS somewhere in it."""
+    anything = st.text(st.characters(exclude_categories=()), min_size=min_size, max_size=max_size)
+    salted = st.tuples(
+        st.text(max_size=max_size // 2), st.sampled_from(BAD_CHARS), st.text(max_size=max_size // 2)
+    ).map("".join)
+    return st.one_of(anything, salted, st.text(min_size=min_size, max_size=max_size))
+
+
 # --- WebSocket frames -----------------------------------------------------------------------
 WS_TYPES = tuple(sorted(HANDLERS))  # every message type the server knows, new ones too
 FIELDS = (
@@ -230,12 +245,12 @@ SCALARS = st.one_of(
     st.booleans(),
     st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=40),
+    hostile_text(max_size=40),
 )
 JSON = st.recursive(
     SCALARS,
     lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        st.lists(inner, max_size=4) | st.dictionaries(hostile_text(max_size=8), inner, max_size=4)
     ),
     max_leaves=12,
 )
@@ -244,10 +259,15 @@ PLAUSIBLE = {  # values a real page sends, so that some fuzzed messages are acce
     "count": st.integers(-5, 20_000),
     "phase": st.sampled_from(["start", "mid", "end", "other", "later"]),
     "reason": st.sampled_from(["no_picture", "no_sound", "connection", "other", "x"]),
-    "text": st.text(min_size=1, max_size=600),
-    "name": st.text(min_size=1, max_size=120),
-    "ident": st.text(max_size=45),
-    "to": st.sampled_from([{"all": True}, {"site": "S1"}, {"commune": "Xã Tiên Lữ"}, {"site": 1}]),
+    "text": hostile_text(min_size=1, max_size=600),
+    "name": hostile_text(min_size=1, max_size=120),
+    "ident": hostile_text(max_size=45),
+    "help_id": hostile_text(max_size=70),
+    "question_id": hostile_text(max_size=70),
+    "to": st.one_of(
+        st.sampled_from([{"all": True}, {"site": "S1"}, {"commune": "Xã Tiên Lữ"}, {"site": 1}]),
+        hostile_text(max_size=30).map(lambda name: {"commune": name}),
+    ),
     "site": st.sampled_from(["S1", "S2", "S9", ""]),
     "action": st.sampled_from(["reconnect", "explode"]),
     "mode": st.sampled_from(["auto", "audio_only", "video_only"]),
@@ -255,14 +275,16 @@ PLAUSIBLE = {  # values a real page sends, so that some fuzzed messages are acce
 MESSAGE = st.fixed_dictionaries(
     {"type": st.one_of(st.sampled_from(WS_TYPES), JSON)},
     optional={
-        "id": st.one_of(st.uuids().map(str), JSON, st.text(min_size=65, max_size=70)),
+        "id": st.one_of(
+            st.uuids().map(str), JSON, hostile_text(max_size=64), st.text(min_size=65, max_size=70)
+        ),
         **{key: st.one_of(JSON, PLAUSIBLE.get(key, JSON)) for key in FIELDS},
     },
 )
 FRAME = st.one_of(
     MESSAGE.map(lambda m: ("text", json.dumps(m))),
     MESSAGE.map(lambda m: ("text", json.dumps(m))),
-    st.text(max_size=300).map(lambda t: ("text", t)),
+    st.text(max_size=300).map(lambda t: ("text", t)),  # a frame on the wire is UTF-8
     st.binary(max_size=300).map(lambda b: ("bytes", b)),
     st.integers(1, 16_000).map(lambda n: ("text", "[" * n + "]" * n)),
     st.integers(4_000, 15_000).map(
@@ -345,12 +367,37 @@ async def test_websocket_frames(hall: Hall, role: str, frames: list[tuple[str, A
         for reply in seen:
             assert reply.get("code") != "internal", reply
             if reply["type"] == "ack" and reply["id"] in sent:
+                assert not bad_text_in(sent[reply["id"]]), (sent[reply["id"]], reply)
                 record = expected_record(sent[reply["id"]], reply)
                 if record is not None:
                     hall.acked.append(record)
                     assert await in_ledger(hall.state.store, record), record
     finally:
         await ws.close()
+
+
+TEXT_FIELDS = {  # message type -> its text fields (multi-line or not)
+    "question": {"text": True},
+    "help": {"text": True},
+    "message": {"text": True},
+    "checkin": {"name": False, "ident": False},
+    "resolve_help": {"help_id": False},
+    "forward_question": {"question_id": False},
+}
+
+
+def bad_text_in(message: dict[str, Any]) -> bool:
+    """Does a text field of `message` hold what no text field may (then it is refused)?"""
+    fields = TEXT_FIELDS.get(message.get("type"), {})  # type: ignore[arg-type]
+    for key, multiline in fields.items():
+        value = message.get(key)
+        if isinstance(value, str) and value.strip() and text_problem(value, multiline=multiline):
+            return True
+    to = message.get("to")
+    if message.get("type") == "message" and isinstance(to, dict):
+        commune = to.get("commune")
+        return isinstance(commune, str) and text_problem(commune) is not None
+    return False
 
 
 def _json_or_none(payload: str) -> Any:
@@ -379,7 +426,7 @@ CLASS_BODY = st.fixed_dictionaries(
     {},
     optional={
         "id": st.one_of(JSON, st.from_regex(r"fz[a-z0-9_-]{1,20}", fullmatch=True)),
-        "title": st.one_of(JSON, st.text(min_size=1, max_size=250)),
+        "title": st.one_of(JSON, hostile_text(min_size=1, max_size=250)),
         "starts_at": TIMES,
         "ends_at": TIMES,
         "video_codec": st.one_of(JSON, st.sampled_from(["vp8", "H264", "AV1"])),
@@ -394,6 +441,7 @@ RAW_JSON = st.one_of(
     st.integers(4_400, 20_000).map(lambda n: b'{"title":"t","starts_at":' + b"1" * n + b"}"),
     st.just(b'{"title":"t","starts_at":NaN}'),
     st.just('{"title":"\ud800"}'.encode("utf-8", "surrogatepass")),
+    st.just(b'{"title":"\\udc00","starts_at":1800000000}'),  # JSON's escape: a lone surrogate
 )
 
 
@@ -405,6 +453,7 @@ async def test_class_bodies(hall: Hall, body: dict[str, Any]) -> None:
     if reply.status != 201:
         await assert_error(reply, 400)
         return
+    assert not (isinstance(body.get("title"), str) and text_problem(body["title"])), body
     created = await reply.json()
     again = await call(hall.client.get(f"/api/sessions/{created['id']}", headers=ADMIN))
     assert again.status == 200, await again.text()
@@ -434,12 +483,12 @@ CHECKIN_BODY = st.fixed_dictionaries(
     optional={
         "name": st.one_of(
             JSON,
-            st.text(max_size=120),
+            hostile_text(max_size=120),
             st.just("Nguyễn Văn Ân"),
             st.from_regex(r"[A-Za-zÀ-ỹ][A-Za-zÀ-ỹ ]{1,30}", fullmatch=True),
         ),
         "ident": st.one_of(
-            JSON, st.text(max_size=45), st.from_regex(r"\+?84[0-9 .-]{9,12}", fullmatch=True)
+            JSON, hostile_text(max_size=45), st.from_regex(r"\+?84[0-9 .-]{9,12}", fullmatch=True)
         ),
         "by": JSON,
     },
@@ -466,7 +515,7 @@ async def test_checkin_bodies(hall: Hall, body: dict[str, Any]) -> None:
 
 
 CELL = st.one_of(
-    st.text(max_size=30),
+    hostile_text(max_size=30),
     st.sampled_from(
         [
             '=HYPERLINK("http://x","y")',
@@ -586,7 +635,7 @@ SEGMENT = st.one_of(
 )
 QUERY = st.dictionaries(
     st.sampled_from(["lang", "level", "commune", "limit", "site", "token", "x"]),
-    st.one_of(st.text(max_size=30), st.integers(-(2**70), 2**70).map(str), st.just("")),
+    st.one_of(hostile_text(max_size=30), st.integers(-(2**70), 2**70).map(str), st.just("")),
     max_size=4,
 )
 GETS = (
@@ -677,7 +726,10 @@ async def test_mutated_tokens(hall: Hall, base: str, data: st.DataObject) -> Non
 
 
 def forge(secret: bytes, claims: dict[str, Any]) -> str:
-    payload = json.dumps(claims, ensure_ascii=False).encode()
+    try:
+        payload = json.dumps(claims, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate: it travels as JSON's \u escape
+        payload = json.dumps(claims).encode()
     sig = auth._sign(secret, payload)
     encode = base64.urlsafe_b64encode
     return f"{encode(payload).rstrip(b'=').decode()}.{encode(sig).rstrip(b'=').decode()}"
@@ -709,6 +761,8 @@ def forged_status(claims: dict[str, Any], token: str, key_ids: dict[str, str]) -
     if not isinstance(sid, str) or type(exp) is not int or exp <= time.time() + 5:
         return 401
     if not (site is None or isinstance(site, str)) or not (k is None or isinstance(k, str)):
+        return 401
+    if any(isinstance(v, str) and text_problem(v) for v in (sid, site, k)):
         return 401
     if role in ("site", "participant") and site in key_ids and k != key_ids[site]:
         return 401

@@ -123,3 +123,21 @@ async def test_small_read_is_not_queued_behind_a_whole_ledger_read(tmp_path: Pat
         assert await store.get_site("nope") is None
         assert not big.done()
         assert len(await big) == 40000
+
+
+async def test_database_files_are_this_users_only(tmp_path: Path) -> None:
+    """Check-ins hold names: the database and its -wal and -shm files are 0600, the folder 0700,
+    also where an older version left them readable."""
+    data = tmp_path / "data"
+    async with EmbeddedStore(data, "n1") as store:
+        await store.append(checkin(1))
+        files = sorted(data.iterdir())  # while open: the -wal and -shm files exist
+        assert {f.name for f in files} == {DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"}
+        assert {f.name: f.stat().st_mode & 0o777 for f in files} == {f.name: 0o600 for f in files}
+        assert data.stat().st_mode & 0o777 == 0o700
+    data.chmod(0o755)
+    (data / DB_NAME).chmod(0o644)
+    async with EmbeddedStore(data, "n1") as store:
+        assert len(await store.events("c1")) == 1
+        assert {f.stat().st_mode & 0o777 for f in data.iterdir()} == {0o600}
+    assert data.stat().st_mode & 0o777 == 0o700

@@ -26,6 +26,7 @@ from server.app import (
 from server.checkin import Checkin, CheckinError, parse_checkin
 from server.demo import class_links
 from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, ValidationError
+from server.fields import check_text
 from server.models import ClassSession, Role
 from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
@@ -243,6 +244,8 @@ async def _report(request: web.Request) -> tuple[Any, ClassSession]:
     sites = await state.store.list_sites()
     events = await state.store.events(sid)
     commune = request.query.get("commune")
+    if commune is not None:
+        check_text(commune, "commune", 200)
 
     def derive() -> Any:  # seconds for 5,000 sites: off the event loop
         report = attendance.derive(session, sites, events, time.time())

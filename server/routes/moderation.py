@@ -18,6 +18,7 @@ from aiohttp import web
 from server import attendance, exports, incidents
 from server.app import STATE, authorize_request, session_or_404
 from server.errors import UnknownError, ValidationError
+from server.fields import check_text
 from server.hub import ClassLive, site_wire
 from server.models import ClassSession, EventKind
 from server.roles import Action
@@ -72,6 +73,8 @@ async def class_incidents(request: web.Request) -> web.Response:
     """Open alerts and the incident log of the class (or of `?site=`), most recent first."""
     session, room = await _room(request)
     code = request.query.get("site") or None
+    if code is not None:
+        check_text(code, "site", 64)
     if code is not None and code not in room.sites:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     limit = _limit(request)

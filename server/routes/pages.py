@@ -37,7 +37,7 @@ def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Respons
     return web.Response(
         text=html,
         content_type="text/html",
-        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        headers={"Cache-Control": "no-store"},  # security headers: server/security.py
     )
 
 
@@ -176,13 +176,25 @@ async def checkin_page(request: web.Request) -> web.Response:
     return render(request, "checkin", page)
 
 
+def demo_links_shown(state: AppState, request: web.Request) -> bool:
+    """The demo's links carry tokens: `/` lists them only when the server listens on a
+    loopback address and no proxy forwarded the request (then only this machine sees them)."""
+    forwarded = "Forwarded" in request.headers or "X-Forwarded-For" in request.headers
+    return state.config.loopback_only and not forwarded
+
+
 async def landing(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    page = {"lang": pick_lang(request), "demo": state.demo}
+    shown = demo_links_shown(state, request)
+    demo = state.demo if shown else None
+    page = {
+        "lang": pick_lang(request),
+        "demo": demo,
+        "demo_elsewhere": bool(state.demo) and not shown,
+    }
     try:
         return render(request, "index", page)
     except Exception:  # noqa: BLE001 - the landing page must never fail; fall back to text
-        demo = state.demo
         lines = ["LopSo: lớp học trực tuyến cho nhà văn hóa thôn / tổ dân phố."]
         if demo:
             lines += [

@@ -33,6 +33,7 @@ from server.app import (
 )
 from server.checkin import CheckinError, parse_checkin
 from server.errors import UnknownError, ValidationError, describe
+from server.fields import check_text
 from server.metrics import Metrics
 from server.models import Role, Site
 from server.peer import Peer
@@ -67,22 +68,23 @@ Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 # --- field validation ---------------------------------------------------------------------
-def text(data: dict[str, Any], key: str, limit: int) -> str:
-    """A required, non-blank string field of at most `limit` characters (stripped)."""
+def text(data: dict[str, Any], key: str, limit: int, *, multiline: bool = False) -> str:
+    """A required, non-blank string field of at most `limit` characters (stripped), holding
+    no lone surrogate and no control character (tab, CR, LF allowed when `multiline`)."""
     value = data.get(key)
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{key} must be a non-empty string", code="bad_field")
-    if len(value) > limit:
-        raise ValidationError(f"{key} is longer than {limit} characters", code="bad_field")
-    return value.strip()
+    return check_text(value, key, limit, multiline=multiline).strip()
 
 
-def optional_text(data: dict[str, Any], key: str, limit: int) -> str | None:
+def optional_text(
+    data: dict[str, Any], key: str, limit: int, *, multiline: bool = False
+) -> str | None:
     """An optional string field: None when absent or blank."""
     value = data.get(key)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return text(data, key, limit)
+    return text(data, key, limit, multiline=multiline)
 
 
 def choice(data: dict[str, Any], key: str, options: tuple[str, ...]) -> str:
@@ -181,14 +183,14 @@ async def on_media_mode(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 async def on_help(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     reason = choice(data, "reason", HELP_REASONS)
-    body = optional_text(data, "text", 500) or ""
+    body = optional_text(data, "text", 500, multiline=True) or ""
     return {"help_id": await reports.help_request(ctx.room, own_site(ctx), reason, body, ctx.ref)}
 
 
 async def on_question(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "question_id": await reports.question(
-            ctx.room, own_site(ctx), text(data, "text", 500), ctx.ref
+            ctx.room, own_site(ctx), text(data, "text", 500, multiline=True), ctx.ref
         )
     }
 
@@ -206,7 +208,7 @@ async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def on_message(ctx: Context, data: dict[str, Any]) -> None:
-    body = text(data, "text", 500)
+    body = text(data, "text", 500, multiline=True)
     to = data.get("to")
     if not isinstance(to, dict) or len(to) != 1:
         raise ValidationError(
@@ -216,7 +218,7 @@ async def on_message(ctx: Context, data: dict[str, Any]) -> None:
     if "site" in to:
         target = {"site": site_of(ctx, to["site"])}
     elif "commune" in to and isinstance(to["commune"], str):
-        target = {"commune": to["commune"]}
+        target = {"commune": check_text(to["commune"], "to.commune", 200)}
     elif to.get("all") is True:
         target = {"all": True}
     else:
@@ -287,10 +289,13 @@ async def dispatch(ctx: Context, raw: str) -> dict[str, Any] | None:
     try:
         if not isinstance(data, dict):
             raise ValidationError("a message must be a JSON object", code="bad_message")
-        message_id = data.get("id")
-        if message_id is not None and (not isinstance(message_id, str) or len(message_id) > 64):
-            message_id = None
-            raise ValidationError("id must be a string of at most 64 characters", code="bad_field")
+        raw_id = data.get("id")
+        if raw_id is not None:
+            if not isinstance(raw_id, str) or len(raw_id) > 64:
+                raise ValidationError(
+                    "id must be a string of at most 64 characters", code="bad_field"
+                )
+            message_id = check_text(raw_id, "id", 64)  # echoed in the reply: must be sendable
         kind = data.get("type")
         if not isinstance(kind, str) or kind not in HANDLERS:
             raise ValidationError(f"unknown message type {kind!r}", code="unknown_type")
@@ -391,7 +396,12 @@ async def _write(ws: web.WebSocketResponse, peer: Peer) -> None:
             if not ws.closed:
                 await ws.close(code=1000, message=b"closed by server")
             return
-        await ws.send_str(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        try:
+            await ws.send_str(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        except (ValueError, TypeError):  # unsendable (UnicodeEncodeError): not this page's fault
+            log.exception(
+                "could not send a message", extra={"sid": peer.sid, "type": message.get("type")}
+            )
 
 
 async def _read(ws: web.WebSocketResponse, ctx: Context, idle_s: float) -> None:

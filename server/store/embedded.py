@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from server import files
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, sqlite_ledger
 from server.store.base import StoreError
@@ -199,7 +200,10 @@ class EmbeddedStore:
     async def open(self) -> None:
         """Create the data dir and database if needed; start the writer and reader threads."""
         loop = asyncio.get_running_loop()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        files.private_dir(self.data_dir)  # participants' names: this user only
+        files.private_file(self.path)  # SQLite gives its -wal and -shm files this mode
+        for suffix in ("-wal", "-shm", "-journal"):  # left by an older version
+            files.tighten(self.path.with_name(self.path.name + suffix))
         writer = _Writer(self.path, loop)
         await loop.run_in_executor(None, writer.start)
         self._writer = writer

@@ -94,14 +94,21 @@ class BrowserPages:
         name: str,
         lang: str | None = None,
         viewport: dict[str, int] | None = None,
+        init_script: str | None = None,
+        enforce_policy: bool = False,
     ) -> Any:
+        # Playwright's wait_for_function evaluates its predicate with eval, which the pages'
+        # Content-Security-Policy forbids: tests that enforce it (test_security) poll instead.
         context = self.browser.new_context(
+            bypass_csp=not enforce_policy,
             permissions=["camera", "microphone"],
             viewport=viewport or {"width": 1280, "height": 720},
             locale="vi-VN",
         )
         context.set_default_timeout(20_000)
         self.contexts.append(context)
+        if init_script:  # runs in the page before any of its own scripts
+            context.add_init_script(init_script)
         page = context.new_page()
         console: list[str] = []
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))

@@ -2,6 +2,7 @@
 // into a site (REST), alerts and the incident log, help requests, the question queue, messages
 // to a site / a commune / all, reconnect commands and exports. The time spent on each server
 // batch (script + style + layout, measured in the page) is kept in window.lopso.metrics.
+import { csvDocument } from "./csv.js";
 import { Channel, apiRequest } from "./protocol.js";
 import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
@@ -592,8 +593,7 @@ async function downloadLinks(state) {
   for (const s of links.sites || []) rows.push([s.code, s.name, s.commune || "", s.url]);
   rows.push(["lecturer", t("studio_title"), "", links.lecturer ? links.lecturer.url : ""]);
   rows.push(["moderator", t("mod_title"), "", links.moderator ? links.moderator.url : ""]);
-  const quote = function (v) { return '"' + String(v).replace(/"/g, '""') + '"'; };
-  const text = "\ufeff" + rows.map(function (r) { return r.map(quote).join(","); }).join("\r\n") + "\r\n";
+  const text = csvDocument(rows); // a hall named "=HYPERLINK(...)" stays text in Excel
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
   a.download = "lopso-" + state.page.sid + "-links.csv";

@@ -160,8 +160,7 @@ function sourceVideo(stream) {
 /** Timer in a worker: unlike page timers, not throttled when the lecturer looks at slides. */
 function workerTicker(ms, fn) {
   try {
-    const src = "var h=0;onmessage=function(e){clearInterval(h);if(e.data>0)h=setInterval(function(){postMessage(0)},e.data)}";
-    const w = new Worker(URL.createObjectURL(new Blob([src], { type: "text/javascript" })));
+    const w = new Worker("/static/js/ticker-worker.js"); // a file: the page policy allows no blob: worker
     w.onmessage = fn;
     w.postMessage(ms);
     return function () { w.terminate(); };
