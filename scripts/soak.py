@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import multiprocessing
 import os
@@ -271,8 +272,12 @@ class Sites:
 
 
 def half_open(entry: str, links: list[loadgen.SiteLink], count: int, codec: str) -> int:
-    """POST `count` WHEP offers that will never connect; returns how many were accepted."""
-    return asyncio.run(_half_open(entry, links, count, codec))
+    """POST `count` WHEP offers that will never connect; returns how many were accepted.
+
+    In a thread of its own: Playwright's sync API (the Chromium publisher) keeps an event loop
+    running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _half_open(entry, links, count, codec)).result()
 
 
 async def _half_open(entry: str, links: list[loadgen.SiteLink], count: int, codec: str) -> int:

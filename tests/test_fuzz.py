@@ -764,6 +764,8 @@ def forged_status(claims: dict[str, Any], token: str, key_ids: dict[str, str]) -
         return 401
     if any(isinstance(v, str) and text_problem(v) for v in (sid, site, k)):
         return 401
+    if sid == "*" and role != "admin":  # only an admin token may be for every class
+        return 401
     if role in ("site", "participant") and site in key_ids and k != key_ids[site]:
         return 401
     if sid not in ("c1", "*") or role not in ("admin", "site", "participant"):
