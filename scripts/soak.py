@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -176,7 +177,8 @@ class ChromiumPublisher:
         self.page: Any = None
 
     def start(self, links: dict[str, Any]) -> None:
-        context = self.browser.new_context(permissions=["camera", "microphone"])
+        # Playwright evaluates wait_for_function with eval, which the pages' CSP forbids
+        context = self.browser.new_context(permissions=["camera", "microphone"], bypass_csp=True)
         self.page = context.new_page()
         self.page.goto(links["lecturer"]["url"])
         self.page.wait_for_function("document.getElementById('preview').videoWidth > 0")
@@ -529,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", help="work folder (default: a new temp folder)")
     parser.add_argument("--quiet-server", action="store_true", help="server logs warnings only")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the server, the sites and the publisher are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = run(args)
     print(json.dumps(summary), flush=True)
     return 0 if summary["ok"] else 1
