@@ -319,7 +319,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = args.minutes * 60
     work = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="lopso-soak-"))
     out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115
-    env = {"LOPSO_LOG_LEVEL": "WARNING"} if args.quiet_server else {}
+    # every simulated site comes from this machine's one address: no per-address page cap
+    env = {"LOPSO_WS_PER_ADDR": "0"}
+    if args.quiet_server:
+        env["LOPSO_LOG_LEVEL"] = "WARNING"
     with LopsoServer(work, demo_sites=args.sites, env=env) as srv:
         if args.publisher == "ffmpeg":
             publisher: Any = FfmpegPublisher(args.kbps, seconds + 600, work / "ffmpeg.log")
