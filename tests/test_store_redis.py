@@ -212,3 +212,33 @@ async def test_scripts_reload_after_script_flush(two_nodes, redis_proc):
     stored = await asyncio.gather(*(a.append(checkin(i)) for i in range(2, 12)))
     assert sorted(e.seq for e in stored) == list(range(2, 12))
     assert await a.presence("c1") == {}
+
+
+# --- durability: does this Redis keep what it acknowledged? -----------------------------------
+@pytest.mark.parametrize(
+    ("redis_args", "problem"),
+    [
+        ({}, None),
+        ({"appendonly": "no"}, "appendonly is 'no' (need 'yes')"),
+        ({"appendfsync": "everysec"}, "appendfsync is 'everysec' (need 'always')"),
+        ({"args": ["--rename-command", "CONFIG", ""]}, "cannot read Redis persistence settings"),
+    ],
+    ids=["aof-always", "no-aof", "everysec", "config-renamed"],
+)
+async def test_persistence_names_what_would_lose_acknowledged_writes(
+    tmp_path: Path, redis_args: dict, problem: str | None
+):
+    from server.store.durability import DurabilityError, check
+
+    with RedisProcess(tmp_path / "redis", **redis_args) as server:
+        async with RedisStore(server.url, retry_for_s=2) as store:
+            found = (await store.persistence()).problem()
+            if problem is None:
+                assert found is None
+                assert await check(store, "strict") is None
+                return
+            assert found is not None and problem in found
+            assert "LOPSO_REDIS_DURABILITY=warn" in found
+            with pytest.raises(DurabilityError, match="LOPSO_REDIS_DURABILITY=strict"):
+                await check(store, "strict")
+            assert await check(store, "warn") == found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from redis.backoff import NoBackoff
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
+from server.store.durability import WANTED, Persistence
 from server.store.redis_batch import ScriptBatcher
 from server.store.subscription import Subscription, SubscriptionHub
 
@@ -121,6 +123,19 @@ class RedisStore:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose(close_connection_pool=True)
+
+    async def persistence(self) -> Persistence:
+        """Redis's AOF settings (CONFIG GET), or why they could not be read."""
+        settings: dict[str, str] = {}
+        for name in WANTED:
+            try:
+                reply = await self._call(functools.partial(self._redis.config_get, name))
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, rexc.ResponseError):
+                    raise  # Redis unreachable: not a persistence verdict
+                return Persistence(unreadable=str(exc.__cause__))
+            settings.update({_text(k): _text(v) for k, v in dict(reply).items()})
+        return Persistence(settings)
 
     # registry -----------------------------------------------------------------------------
 
@@ -411,6 +426,10 @@ class RedisStore:
         self._live.discard(self._channel_key(channel))
         if self._client is not None:
             self._spawn(self._sync_subscriptions())
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
