@@ -30,7 +30,7 @@ from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
 from server.store.durability import WANTED, Persistence
-from server.store.redis_batch import ScriptBatcher
+from server.store.redis_batch import UNENCODABLE, ScriptBatcher, invalid_value
 from server.store.subscription import Subscription, SubscriptionHub
 
 log = logging.getLogger(__name__)
@@ -342,6 +342,8 @@ class RedisStore:
                     log.warning("redis call failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+            except UNENCODABLE as exc:  # a bad value: retrying cannot help
+                raise invalid_value(exc) from None
             except rexc.RedisError as exc:
                 raise StoreError(f"redis error: {exc}") from exc
 
