@@ -63,6 +63,7 @@ class AppState:
     site_keys: KeyIdCache = None  # type: ignore[assignment]
     sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
     metrics: Metrics = None  # type: ignore[assignment]
+    redis_problem: str | None = None  # cluster, LOPSO_REDIS_DURABILITY=warn: why Redis may lose
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -243,6 +244,8 @@ def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
         store = await open_store(cfg.redis_url, cfg.data_dir, cfg.node_id)
+        if cfg.redis_url:
+            await _check_durability(state, store)
         state.store = metered(store, state.metrics)  # ledger appends timed, failures counted
         state.hub = Hub(
             state.store,
@@ -267,6 +270,20 @@ def _store_ctx(state: AppState) -> CleanupCtx:
             await state.store.close()
 
     return ctx
+
+
+async def _check_durability(state: AppState, store: Store) -> None:
+    """Refuse (strict) or flag (warn) a Redis that would lose acknowledged attendance."""
+    from server.store import durability
+    from server.store.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    try:
+        state.redis_problem = await durability.check(store, state.config.redis_durability)
+    except BaseException:
+        await store.close()
+        raise
+    state.metrics.redis_durable(state.redis_problem is None)
 
 
 async def _close_class_media(state: AppState, sid: str) -> None:
@@ -474,9 +491,16 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response(
-        {"ok": True, "node": state.config.node_id, "media": state.engine is not None}
-    )
+    body: dict[str, Any] = {
+        "ok": True,
+        "node": state.config.node_id,
+        "media": state.engine is not None,
+    }
+    if state.config.redis_url:  # cluster: does Redis keep what it acknowledged?
+        body["redis_durable"] = state.redis_problem is None
+        if state.redis_problem is not None:
+            body["warnings"] = [state.redis_problem]
+    return web.json_response(body)
 
 
 def pick_lang(request: web.Request) -> str:

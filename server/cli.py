@@ -26,6 +26,7 @@ from server import auth
 from server.config import Config, ConfigError, load_config
 from server.errors import LopsoError
 from server.models import Role
+from server.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--announce", help="addresses viewers send media to, comma-separated")
     serve.add_argument("--redis-url", dest="redis_url")
+    serve.add_argument(
+        "--redis-durability",
+        dest="redis_durability",
+        choices=("strict", "warn"),
+        help="on a Redis without AOF + fsync always: refuse to start (strict) or warn",
+    )
     serve.add_argument("--role", choices=("all", "origin", "edge"))
     serve.add_argument("--upstream-url", dest="upstream_url", help="edge: pull from this node")
     serve.add_argument("--node-url", dest="node_url", help="cluster: where nodes reach this one")
@@ -164,6 +171,7 @@ _SERVE_KEYS = (
     "media_port",
     "announce",
     "redis_url",
+    "redis_durability",
     "role",
     "public_url",
     "log_format",
@@ -197,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2)
             )
-    except (LopsoError, ValueError, OSError) as exc:
+    except (LopsoError, StoreError, ValueError, OSError) as exc:  # a DurabilityError too
         print(f"lopso: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -26,6 +26,7 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
     ipaddress.ip_network("::1/128"),
 )
 LOG_FORMATS = ("text", "json")
+DURABILITY = ("strict", "warn")
 SECRET_FILE = "secret.key"
 
 
@@ -46,6 +47,9 @@ class Config:
     media_port: int = 8189
     announce: tuple[str, ...] = ()
     redis_url: str | None = None
+    # A Redis without AOF + fsync always loses acknowledged attendance in a crash:
+    # "strict" refuses to start on one, "warn" starts with a warning (server/store/durability.py)
+    redis_durability: str = "strict"
     role: str = "all"
     secret: bytes = b""
     token_ttl_s: int = 30 * 86400  # links are handed out days before a class
@@ -227,6 +231,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "media_port": ("LOPSO_MEDIA_PORT", _int("media port", 0, 65535)),
     "announce": ("LOPSO_ANNOUNCE", _addresses),
     "redis_url": ("LOPSO_REDIS_URL", str),
+    "redis_durability": ("LOPSO_REDIS_DURABILITY", _choice("redis durability", DURABILITY)),
     "role": ("LOPSO_ROLE", _choice("role", ROLES)),
     "secret": ("LOPSO_SECRET", lambda raw: str(raw).encode()),
     "token_ttl_s": ("LOPSO_TOKEN_TTL", _int("token TTL (seconds)", 60, 366 * 86400)),

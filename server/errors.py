@@ -19,7 +19,7 @@ from server.checkin import CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
 from server.fields import FieldError
 from server.reports import TooManyOpenError
-from server.store.base import NotFoundError, StoreError
+from server.store.base import InvalidValueError, NotFoundError, StoreError
 
 
 class LopsoError(Exception):
@@ -96,6 +96,7 @@ _FOREIGN = (
     (PublisherBusyError, 409, "publisher_busy"),
     (MediaError, 500, "media_error"),
     (NotFoundError, 404, "not_found"),
+    (InvalidValueError, 400, "bad_text"),
     (StoreError, 503, "store_unavailable"),
 )
 

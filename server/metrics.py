@@ -78,11 +78,23 @@ class Metrics:
         self.store_errors = Counter(
             "lopso_store_errors", "Store calls that failed, by operation", ["operation"], registry=r
         )
+        self._redis_durable: Gauge | None = None  # cluster only: made on the first reading
         r.register(MediaCollector(lectures_of))
 
     def render(self) -> bytes:
         """The text exposition format, collected now."""
         return generate_latest(self.registry)
+
+    def redis_durable(self, durable: bool) -> None:
+        """Cluster: 1 when Redis keeps every acknowledged write (AOF, fsync always), else 0."""
+        if self._redis_durable is None:
+            self._redis_durable = Gauge(
+                "lopso_redis_durable",
+                "1 when the cluster's Redis runs with appendonly yes and appendfsync always;"
+                " 0 when a Redis crash may lose acknowledged attendance (or it cannot tell)",
+                registry=self.registry,
+            )
+        self._redis_durable.set(1 if durable else 0)
 
     def checkin(self, created: bool) -> None:
         """A check-in reached the ledger: a new person, or one already counted."""

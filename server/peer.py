@@ -102,7 +102,16 @@ class SiteState:
             if key in _PATCHABLE:
                 setattr(self, key, value)
 
+    def add(self, counts: dict[str, Any]) -> None:
+        """Take a node's counter increments (check-ins, joins): increments from several nodes
+        add up, where absolute counts would overwrite each other."""
+        for key, step in counts.items():
+            if key in COUNTERS:
+                setattr(self, key, getattr(self, key) + int(step))
+        self.rejoins = max(0, self.joins - 1)
 
+
+COUNTERS = frozenset({"checkins", "joins"})  # what nodes publish as increments (ClassLive.tally)
 _PATCHABLE = frozenset(f.name for f in dataclasses.fields(SiteState)) - {"code", "name", "commune"}
 
 

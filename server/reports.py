@@ -181,5 +181,5 @@ async def checkin(room: ClassLive, code: str, person: Checkin) -> tuple[Event, b
     key = dedupe_key(room.session.id, code, person.name, person.ident)
     stored, created = await room.hub.store.add_checkin(event, key)
     if created:
-        await room.patch(code, checkins=room.sites[code].checkins + 1)
+        await room.tally(code, stored, "checkins")
     return stored, created

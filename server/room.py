@@ -55,6 +55,8 @@ class ClassLive:
         self.dirty: set[str] = set()
         self.live = False
         self.quality_sampled_at: dict[str, float] = {}
+        self.origin = uuid.uuid4().hex  # this room instance: its own increments come back
+        self.counted_to = 0  # ledger seq folded at start: increments up to it are counted
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -63,10 +65,26 @@ class ClassLive:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Rebuild state from the ledger and presence, then follow the class channel."""
+        """Follow the class channel, rebuild state from the ledger and presence, then apply
+        what was published meanwhile (increments the ledger read already held are skipped)."""
+        subscription = self.hub.store.subscribe(self.channel)
+        try:
+            await self._rebuild(subscription)
+        except BaseException:
+            subscription.close()
+            raise
+        self._tasks.append(asyncio.create_task(self._follow(subscription)))
+        self._tasks.append(asyncio.create_task(self._flush_loop()))
+
+    async def _rebuild(self, subscription: Any) -> None:
+        try:  # Redis down: start anyway; the store subscribes when it reconnects
+            await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)
+        except TimeoutError:
+            log.warning("class channel not live yet, continuing", extra={"sid": self.session.id})
         events = await self.hub.store.events(self.session.id)
         for event in events:
             self._fold(event)
+        self.counted_to = max((e.seq for e in events), default=0)
         present = await self.hub.store.presence(self.session.id)
         for code, state in present.items():
             if code in self.sites and isinstance(state, dict):
@@ -83,15 +101,8 @@ class ClassLive:
         self.alerts.seed(
             past_alerts(self.session, self.registry.values(), events, self.hub.clock())
         )
-        subscription = self.hub.store.subscribe(self.channel)
-        try:  # Redis down: start anyway; the store subscribes when it reconnects
-            await asyncio.wait_for(subscription.ready(), self.hub.limits.subscribe_timeout_s)
-        except TimeoutError:
-            log.warning("class channel not live yet, continuing", extra={"sid": self.session.id})
         if self.hub.live_probe is not None and self.session.ended_at is None:
             self.live = self.live or await self.hub.live_probe(self.session.id)
-        self._tasks.append(asyncio.create_task(self._follow(subscription)))
-        self._tasks.append(asyncio.create_task(self._flush_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -154,6 +165,8 @@ class ClassLive:
             state = self.sites.get(message["code"])
             if state is not None:
                 state.apply(message["patch"])
+                if "add" in message and self._uncounted(message):
+                    state.add(message["add"])
                 self.dirty.add(state.code)
                 mode = message["patch"].get("media_mode")
                 if mode is not None and self.hub.on_media_mode is not None:  # every node's viewers
@@ -181,6 +194,11 @@ class ClassLive:
                 revoked = self.hub.on_site_revoked(self.session.id, str(message["site"]))
                 self._tasks.append(asyncio.ensure_future(revoked))
 
+    def _uncounted(self, message: dict[str, Any]) -> bool:
+        """An increment not yet in this room's counts: not its own (applied when made), not
+        one the ledger read at start already folded."""
+        return message.get("from") != self.origin and int(message.get("seq", 0)) > self.counted_to
+
     def _deliver(self, to: dict[str, Any], body: dict[str, Any]) -> None:
         for peer in list(self.peers):
             if peer.matches(to):
@@ -195,6 +213,19 @@ class ClassLive:
         self.sites[code].apply(fields)  # local view at once; the echo is idempotent
         self.dirty.add(code)
         await self.hub.store.publish(self.channel, {"t": "site", "code": code, "patch": fields})
+
+    async def tally(self, code: str, event: Event, counter: str, **fields: Any) -> None:
+        """`event` (just stored) adds one to a site's `counter` on every node's wall. Published
+        as an increment with the event's seq: nodes counting at once add up instead of
+        overwriting each other, and a room opened meanwhile does not count it twice."""
+        state = self.sites[code]
+        state.apply(fields)
+        state.add({counter: 1})
+        self.dirty.add(code)
+        message = {"t": "site", "code": code, "patch": fields, "add": {counter: 1}}
+        await self.hub.store.publish(
+            self.channel, {**message, "seq": event.seq, "from": self.origin}
+        )
 
     # --- batched updates ---------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -306,7 +337,9 @@ class ClassLive:
         """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
         code = peer.site_code or ""
         state = self.sites[code]
-        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn})
+        joined = await self.hub.append(
+            self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn}
+        )
         self.local_joins[code] = self.local_joins.get(code, 0) + 1
         status = (
             state.status
@@ -314,9 +347,7 @@ class ClassLive:
             else ("connecting" if self.live else "waiting")
         )
         await self._present(peer, status)
-        await self.patch(
-            code, status=status, since=self.hub.clock(), joins=state.joins + 1, rejoins=state.joins
-        )
+        await self.tally(code, joined, "joins", status=status, since=self.hub.clock())
 
     async def _present(self, peer: Peer, status: str) -> None:
         await self.hub.store.set_presence(

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -47,12 +47,24 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 
 
 class RedisProcess:
-    """One redis-server child process with AOF (appendfsync always) in `directory`."""
+    """One redis-server child process with AOF (appendfsync always) in `directory`.
 
-    def __init__(self, directory: Path, port: int | None = None, appendfsync: str = "always"):
+    `appendonly="no"` runs it as a default Redis does (durability tests); `args` go to
+    redis-server last (`["--rename-command", "CONFIG", ""]`)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int | None = None,
+        appendfsync: str = "always",
+        appendonly: str = "yes",
+        args: Sequence[str] = (),
+    ):
         self.directory = Path(directory)
         self.port = port or free_port()
         self.appendfsync = appendfsync
+        self.appendonly = appendonly
+        self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +84,7 @@ class RedisProcess:
                 "--dir",
                 str(self.directory),
                 "--appendonly",
-                "yes",
+                self.appendonly,
                 "--appendfsync",
                 self.appendfsync,
                 "--save",
@@ -81,6 +93,7 @@ class RedisProcess:
                 "no",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from mediaclip import ecdsa_identity
-from serverproc import LopsoServer
+from redisproc import RedisProcess
+from serverproc import LopsoServer, LopsoServerError
 
 from server import auth
 from server.config import SECRET_FILE
@@ -215,3 +216,40 @@ def test_serve_refuses_an_empty_secret_file_instead_of_replacing_it(tmp_path: Pa
     assert done.returncode == 2, done.stderr
     assert "secret.key is empty or malformed" in done.stderr and "backup" in done.stderr
     assert (data / SECRET_FILE).read_bytes() == b""
+
+
+# --- cluster mode checks that Redis keeps what it acknowledges --------------------------------
+WARNING = "redis is not durable"
+
+
+def cluster_node(tmp_path: Path, redis: RedisProcess, durability: str | None) -> LopsoServer:
+    env = {"LOPSO_REDIS_DURABILITY": durability} if durability else {}
+    return LopsoServer(
+        tmp_path / "node", demo_sites=0, extra_args=["--redis-url", redis.url], env=env
+    )
+
+
+def healthz(srv: LopsoServer) -> dict:
+    return json.loads(get(srv.url + "/healthz")[1])
+
+
+def test_strict_refuses_a_redis_without_aof_and_warn_starts_flagged(tmp_path: Path) -> None:
+    with RedisProcess(tmp_path / "redis", appendonly="no") as redis:
+        with pytest.raises(LopsoServerError) as refused:
+            cluster_node(tmp_path, redis, None).start()  # strict is the default
+        message = str(refused.value)
+        assert "lopso: Redis would lose acknowledged attendance in a crash" in message
+        assert "appendonly is 'no' (need 'yes')" in message
+        assert "LOPSO_REDIS_DURABILITY=warn" in message and "Traceback" not in message
+        with cluster_node(tmp_path, redis, "warn") as srv:
+            health = healthz(srv)
+            assert health["ok"] is True and health["redis_durable"] is False
+            assert "appendonly is 'no'" in health["warnings"][0]
+            assert srv.log().count(WARNING) == 1
+
+
+def test_a_redis_with_aof_always_starts_quietly(tmp_path: Path) -> None:
+    with RedisProcess(tmp_path / "redis") as redis, cluster_node(tmp_path, redis, None) as srv:
+        health = healthz(srv)
+        assert health["redis_durable"] is True and "warnings" not in health
+        assert WARNING not in srv.log()

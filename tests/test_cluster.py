@@ -434,3 +434,72 @@ async def test_relay_routes_take_node_tokens_only(
             assert reply.status == 409 and (await reply.json())["error"]["code"] == "class_ended"
         finally:
             await viewer.close()
+
+
+# --- the moderator wall's counters with two nodes taking check-ins at once ---------------------
+class Wall:
+    """A moderator page's WebSocket on one node: the check-ins it shows per site."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws, self.checkins, self.joins_seen = ws, {}, 0
+
+    async def read(self, until: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not until() and time.monotonic() < deadline:
+            try:
+                message = await self.ws.receive_json(timeout=max(0.05, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+            for site in (
+                message.get("sites", ()) if message["type"] in ("sites", "sites_update") else ()
+            ):
+                self.checkins[site["code"]] = site["checkins"]
+
+
+@pytest.mark.timeout(120)
+async def test_check_ins_taken_on_two_nodes_at_once_add_up_on_every_wall(tmp_path: Path) -> None:
+    """Each node publishes its check-ins as increments: walls on both nodes show the exact
+    total, where absolute counts from two nodes overwrote each other (an undercount)."""
+    env = {
+        "LOPSO_CHECKIN_RATE_SITE": "0",
+        "LOPSO_CHECKIN_RATE_ADDR": "0",
+        "LOPSO_WS_IDLE_TIMEOUT": "120",  # the walls only listen
+    }
+    per_node = 60
+    with LopsoCluster(tmp_path, edges=1, sites=2, env=env) as cluster:
+        sid, site = cluster.demo["session_id"], cluster.demo["sites"][0]
+        moderator = cluster.demo["moderator"]["token"]
+        async with aiohttp.ClientSession() as http:
+            walls = []
+            for url in cluster.urls:
+                ws = await http.ws_connect(f"{url}/ws/{sid}", params={"token": moderator})
+                walls.append(Wall(ws))
+            for wall in walls:  # the snapshot: the room is open on both nodes
+                await wall.read(lambda w=wall: site["code"] in w.checkins, 10)
+                assert wall.checkins[site["code"]] == 0
+
+            async def check_in(url: str, name: str) -> int:
+                async with http.post(
+                    f"{url}/api/sessions/{sid}/sites/{site['code']}/checkins",
+                    json={"name": name},
+                    headers={"Authorization": f"Bearer {site['token']}"},
+                ) as reply:
+                    return reply.status
+
+            statuses = await asyncio.gather(
+                *(
+                    check_in(url, f"Người {n} {i}")
+                    for i in range(per_node)
+                    for n, url in enumerate(cluster.urls)
+                )
+            )
+            assert statuses == [201] * (2 * per_node)
+            total = 2 * per_node
+            for wall in walls:
+                await wall.read(lambda w=wall: w.checkins[site["code"]] == total, 15)
+            await asyncio.gather(*(wall.read(lambda: False, 2.5) for wall in walls))  # settled
+            assert [w.checkins[site["code"]] for w in walls] == [total, total], cluster.logs()
+            report = await attendance(http, cluster.origin.url, sid)
+            assert report[site["code"]]["checkins"] == total  # the ledger was right all along
+            for wall in walls:
+                await wall.ws.close()

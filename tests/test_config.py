@@ -107,6 +107,7 @@ def test_trusted_proxies_default_to_loopback_behind_a_proxy(tmp_path: Path) -> N
         ({}, {"LOPSO_OPEN_QUESTIONS_PER_SITE": "0"}, "open questions per site must be between"),
         ({}, {"LOPSO_OPEN_HELP_PER_SITE": "x"}, "open help per site must be an integer"),
         ({}, {"LOPSO_WS_PER_SITE": "-1"}, "WebSockets per site must be between 0"),
+        ({}, {"LOPSO_REDIS_DURABILITY": "off"}, "redis durability must be one of strict, warn"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:
@@ -127,6 +128,14 @@ def test_websocket_caps(tmp_path: Path) -> None:
     env = {"LOPSO_WS_PER_SITE": "3", "LOPSO_WS_PER_TOKEN": "0", "LOPSO_WS_PER_ADDR": "500"}
     config = load_config({"data_dir": tmp_path}, env=env)
     assert (config.ws_per_site, config.ws_per_token, config.ws_per_addr) == (3, 0, 500)
+
+
+def test_redis_durability_is_strict_unless_told(tmp_path: Path) -> None:
+    assert load_config({"data_dir": tmp_path}, env={}).redis_durability == "strict"
+    env = {"LOPSO_REDIS_DURABILITY": "Warn"}
+    assert load_config({"data_dir": tmp_path}, env=env).redis_durability == "warn"
+    flag = {"data_dir": tmp_path, "redis_durability": "strict"}
+    assert load_config(flag, env=env).redis_durability == "strict"
 
 
 def test_unwritable_data_dir(tmp_path: Path) -> None:

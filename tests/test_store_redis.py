@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -212,3 +213,58 @@ async def test_scripts_reload_after_script_flush(two_nodes, redis_proc):
     stored = await asyncio.gather(*(a.append(checkin(i)) for i in range(2, 12)))
     assert sorted(e.seq for e in stored) == list(range(2, 12))
     assert await a.presence("c1") == {}
+
+
+# --- durability: does this Redis keep what it acknowledged? -----------------------------------
+@pytest.mark.parametrize(
+    ("redis_args", "problem"),
+    [
+        ({}, None),
+        ({"appendonly": "no"}, "appendonly is 'no' (need 'yes')"),
+        ({"appendfsync": "everysec"}, "appendfsync is 'everysec' (need 'always')"),
+        ({"args": ["--rename-command", "CONFIG", ""]}, "cannot read Redis persistence settings"),
+    ],
+    ids=["aof-always", "no-aof", "everysec", "config-renamed"],
+)
+async def test_persistence_names_what_would_lose_acknowledged_writes(
+    tmp_path: Path, redis_args: dict, problem: str | None
+):
+    from server.store.durability import DurabilityError, check
+
+    with RedisProcess(tmp_path / "redis", **redis_args) as server:
+        async with RedisStore(server.url, retry_for_s=2) as store:
+            found = (await store.persistence()).problem()
+            if problem is None:
+                assert found is None
+                assert await check(store, "strict") is None
+                return
+            assert found is not None and problem in found
+            assert "LOPSO_REDIS_DURABILITY=warn" in found
+            with pytest.raises(DurabilityError, match="LOPSO_REDIS_DURABILITY=strict"):
+                await check(store, "strict")
+            assert await check(store, "warn") == found
+
+
+# --- one bad write in a pipelined batch -------------------------------------------------------
+async def test_an_unencodable_write_fails_alone_and_the_rest_of_its_batch_is_stored(redis_proc):
+    """A lone surrogate redis-py cannot encode fails its own call (400 bad_text at the edge);
+    the other halls' check-ins and appends riding in the same pipeline are stored once each."""
+    from server.errors import describe
+    from server.store.base import InvalidValueError
+
+    async with RedisStore(redis_proc.url, retry_for_s=2) as store:
+        checkins = [checkin(i, sid="c9") for i in range(150)]
+        appends = [checkin(i, sid="c8") for i in range(100)]
+        bad = dataclasses.replace(checkin(999, sid="c9"), data={"name": "Lan\udc00"})
+        calls = [store.add_checkin(e, f"k{i}") for i, e in enumerate(checkins)]
+        calls += [store.append(e) for e in appends]
+        calls.insert(75, store.add_checkin(bad, "bad"))  # mid-batch: all made in one tick
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = results.pop(75)
+        assert isinstance(failed, InvalidValueError), failed
+        assert describe(failed)[:2] == (400, "bad_text")  # type: ignore[index]
+        assert not [r for r in results if isinstance(r, BaseException)], results[:3]
+        assert all(created for _, created in results[:150])  # type: ignore[misc]
+        stored = await store.events("c9")
+        assert sorted(e.id for e in stored) == sorted(e.id for e in checkins)  # each once
+        assert [e.id for e in await store.events("c8")] == [e.id for e in appends]

@@ -26,6 +26,11 @@ class NotFoundError(StoreError):
     """The record asked for does not exist."""
 
 
+class InvalidValueError(StoreError):
+    """A value cannot be stored as given (a string with a lone surrogate no encoder takes).
+    Text is checked at the edge (server/fields.py); this keeps one bad write to itself."""
+
+
 class Store(Protocol):
     """Shared state: registry, classes, the attendance ledger, presence, pub/sub, nodes."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -28,7 +29,8 @@ from redis.backoff import NoBackoff
 from server.models import ClassSession, Event, EventKind, NodeInfo, Site
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
-from server.store.redis_batch import ScriptBatcher
+from server.store.durability import WANTED, Persistence
+from server.store.redis_batch import UNENCODABLE, ScriptBatcher, invalid_value
 from server.store.subscription import Subscription, SubscriptionHub
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,19 @@ class RedisStore:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose(close_connection_pool=True)
+
+    async def persistence(self) -> Persistence:
+        """Redis's AOF settings (CONFIG GET), or why they could not be read."""
+        settings: dict[str, str] = {}
+        for name in WANTED:
+            try:
+                reply = await self._call(functools.partial(self._redis.config_get, name))
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, rexc.ResponseError):
+                    raise  # Redis unreachable: not a persistence verdict
+                return Persistence(unreadable=str(exc.__cause__))
+            settings.update({_text(k): _text(v) for k, v in dict(reply).items()})
+        return Persistence(settings)
 
     # registry -----------------------------------------------------------------------------
 
@@ -327,6 +342,8 @@ class RedisStore:
                     log.warning("redis call failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
+            except UNENCODABLE as exc:  # a bad value: retrying cannot help
+                raise invalid_value(exc) from None
             except rexc.RedisError as exc:
                 raise StoreError(f"redis error: {exc}") from exc
 
@@ -411,6 +428,10 @@ class RedisStore:
         self._live.discard(self._channel_key(channel))
         if self._client is not None:
             self._spawn(self._sync_subscriptions())
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:

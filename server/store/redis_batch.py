@@ -1,6 +1,10 @@
 """Auto-pipelining of ledger scripts: calls made in the same event-loop tick go to Redis as
 one pipeline. A flood of check-ins then costs one round trip (and, with `appendfsync always`,
 one fsync) per batch instead of per call, and far less client CPU per call.
+
+Each call's arguments are encoded when it is queued: redis-py encodes a pipeline's commands
+all at once, so a string it refuses (a lone surrogate) would fail the whole batch, other
+halls' check-ins too. Encoded early, the bad call fails alone (InvalidValueError).
 """
 
 from __future__ import annotations
@@ -11,6 +15,19 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+
+from server.store.base import InvalidValueError
+
+UNENCODABLE = (UnicodeEncodeError, rexc.DataError)
+
+
+def invalid_value(exc: Exception) -> InvalidValueError:
+    """A precise InvalidValueError for what redis-py refused to encode (never the value
+    itself: it may be a person's name)."""
+    if isinstance(exc, UnicodeEncodeError):
+        point = ord(exc.object[exc.start])
+        return InvalidValueError(f"text holds U+{point:04X}, which UTF-8 cannot encode")
+    return InvalidValueError(f"value cannot be written to redis: {exc}")
 
 
 class ScriptBatcher:
@@ -39,12 +56,21 @@ class ScriptBatcher:
 
     async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run script `name`; resolves with its reply or raises its error."""
+        encoded = self._encode([len(keys), *keys, *args])
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((name, [len(keys), *keys, *args], future))
+        self._queue.append((name, encoded, future))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         return await future
+
+    def _encode(self, args: Sequence[Any]) -> list[bytes]:
+        """The arguments as the bytes Redis gets; InvalidValueError for one it cannot take."""
+        encoder = self._client.get_encoder()  # type: ignore[no-untyped-call]
+        try:
+            return [encoder.encode(arg) for arg in args]
+        except UNENCODABLE as exc:
+            raise invalid_value(exc) from None
 
     def close(self) -> None:
         """Cancel batches in flight (their callers see CancelledError)."""

@@ -268,7 +268,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LopsoSer
     """A private Redis and `lopso serve` in cluster mode on it."""
     base = tmp_path_factory.mktemp("wall")
     with RedisProcess(base / "redis", appendfsync="everysec") as redis_proc:
-        env = {"LOPSO_REDIS_URL": redis_proc.url, "LOPSO_SIGNALLING_RATE": "0"}
+        env = {
+            "LOPSO_REDIS_URL": redis_proc.url,
+            "LOPSO_SIGNALLING_RATE": "0",
+            "LOPSO_REDIS_DURABILITY": "warn",  # everysec: this test measures the wall, not AOF
+        }
         with LopsoServer(base / "lopso", demo_sites=0, env=env) as srv:
             yield srv, redis_proc.url
 
