@@ -51,6 +51,7 @@ class ClassLive:
         self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
         self.open_questions: dict[str, set[str]] = {}  # by site: not forwarded or dismissed
+        self.media_conns: dict[str, set[str]] = {}  # by site: media flowing (server/mediaflow.py)
         self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
@@ -133,6 +134,17 @@ class ClassLive:
             )
         elif event.kind is EventKind.CHECKIN:
             state.checkins += 1
+        elif event.kind in (EventKind.MEDIA_UP, EventKind.MEDIA_DOWN):
+            self._media(state, str(event.data.get("conn", "")), event.kind is EventKind.MEDIA_UP)
+
+    def _media(self, state: SiteState, conn: str, up: bool) -> None:
+        """A site's viewer started or stopped flowing (any node): `media` while one flows."""
+        conns = self.media_conns.setdefault(state.code, set())
+        if up:
+            conns.add(conn)
+        else:
+            conns.discard(conn)
+        state.media = bool(conns)
 
     @staticmethod
     def _count(state: SiteState, count: int) -> None:
@@ -158,6 +170,11 @@ class ClassLive:
                 mode = message["patch"].get("media_mode")
                 if mode is not None and self.hub.on_media_mode is not None:  # every node's viewers
                     self.hub.on_media_mode(self.session.id, state.code, str(mode))
+        elif kind == "media":
+            state = self.sites.get(message["code"])
+            if state is not None:
+                self._media(state, str(message["conn"]), bool(message["up"]))
+                self.dirty.add(state.code)
         elif kind == "live":
             self.live = bool(message["live"])
         elif kind == "question":
@@ -286,6 +303,7 @@ class ClassLive:
             "expected": len(self.sites),
             "connected": sum(1 for s in states if s.status in CONNECTED),
             "playing": sum(1 for s in states if s.status == "playing"),
+            "media": sum(1 for s in states if s.media),
             "people": sum(s.headcount or 0 for s in states if s.headcount is not None),
             "help_open": sum(s.help_open for s in states),
         }
@@ -306,7 +324,9 @@ class ClassLive:
         """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
         code = peer.site_code or ""
         state = self.sites[code]
-        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn})
+        # "attendance": "media": this site's attendance comes from its media (server/attendance.py)
+        joined = {"conn": peer.conn, "attendance": "media"}
+        await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, joined)
         self.local_joins[code] = self.local_joins.get(code, 0) + 1
         status = (
             state.status
