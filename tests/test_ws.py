@@ -59,6 +59,7 @@ async def test_moderator_gets_welcome_and_snapshot(app) -> None:
         "expected": 3,
         "connected": 0,
         "playing": 0,
+        "media": 0,
         "people": 0,
         "help_open": 0,
     }
