@@ -433,7 +433,7 @@ async def test_an_edge_records_its_viewers_media_in_the_shared_ledger(tmp_path: 
             record = (await attendance(http, cluster.origin.url, sid))[links[0].code]
             assert record["basis"] == "media" and len(record["intervals"]) == 1, record
             assert not record["intervals"][0]["open"]
-            assert record["intervals"][0]["seconds"] >= 3, record
+            assert record["intervals"][0]["seconds"] > 2.5, record
 
 
 # --- the /relay routes, in-process --------------------------------------------------------------
