@@ -80,6 +80,7 @@ class ClassLive:
             if code in self.sites and code not in present
         ]
         await asyncio.gather(*lost)  # appended together: one group commit, not one fsync each
+        await self._close_lost_media(events, last_seen)
         # The incident log survives a restart: past drops, late joins, poor spells, help.
         self.alerts.seed(
             past_alerts(self.session, self.registry.values(), events, self.hub.clock())
@@ -259,6 +260,20 @@ class ClassLive:
             )
             await self.hub.store.append(left)
 
+    async def _close_lost_media(self, events: list[Event], at: float) -> None:
+        """Append MEDIA_DOWN for media spells no running process holds: this node's from
+        before it (re)started, and those of nodes with no heartbeat (none without a cluster).
+        The id is the one the holder's own MEDIA_DOWN would have: stored once either way."""
+        alive = {node.id for node in await self.hub.store.nodes()} - {self.hub.node_id}
+        for code, conn in lost_media(events, alive, self.hub.node_id, self.hub.started_at):
+            kind = EventKind.MEDIA_DOWN
+            down = self.hub.event(
+                self.session.id, kind, code, {"conn": conn, "why": "lost"}, f"{kind.value}:{conn}"
+            )
+            await self.hub.store.append(dataclasses.replace(down, at=at))
+            if code in self.sites:
+                self._media(self.sites[code], conn, False)
+
     def flush(self) -> None:
         """Send one `sites_update` with the changed sites (and alerts) to this node's watchers."""
         alerts = self.alerts.evaluate(self.hub.clock(), self.sites.values())
@@ -419,6 +434,28 @@ def open_connections_by_site(events: Iterable[Event]) -> dict[str, set[str]]:
             left[event.site_code].add(str(event.data["conn"]))
     found = {code: conns - left[code] for code, conns in joined.items()}
     return {code: conns for code, conns in found.items() if conns}
+
+
+def lost_media(
+    events: Iterable[Event], alive: set[str], node_id: str, started_at: float
+) -> list[tuple[str, str]]:
+    """(site, conn) of the media spells the ledger has open (MEDIA_UP, no MEDIA_DOWN) that no
+    running process holds: recorded by a node not `alive`, or by this node before
+    `started_at` (it restarted: its viewers went with it)."""
+    opened: dict[str, Event] = {}
+    closed: set[str] = set()
+    for event in events:
+        conn = str(event.data.get("conn", ""))
+        if event.kind is EventKind.MEDIA_UP and event.site_code:
+            opened[conn] = event
+        elif event.kind is EventKind.MEDIA_DOWN:
+            closed.add(conn)
+    return [
+        (str(up.site_code), conn)
+        for conn, up in opened.items()
+        if conn not in closed
+        and (up.node not in alive and (up.node != node_id or up.at < started_at))
+    ]
 
 
 def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:
