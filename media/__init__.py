@@ -19,6 +19,9 @@ media/ knows nothing of sites, roles, tokens or Redis; server/ drives it through
     lecture.stats()        # -> LectureStats (live, viewers, packets/bytes in, rate, keyframe
                            #    requests sent upstream, publishers so far)
     viewer.on_close = cb     # cb(viewer), once, when its transport dies or it is closed
+    viewer.on_flow = cb      # cb(FlowChange(flowing, ago_s, reason)): media flows (connected,
+                             #    heard from) or stopped (unheard for MediaConfig.media_silence_s,
+                             #    or closed); `viewer.flowing` is the current state
     publisher.on_close = cb  # cb(publisher), once, when it is closed, replaced or its link dies
     lecture.on_live = cb     # cb(True/False) when a publisher starts/stops sending
     await viewer.close(); await publisher.close(); await lecture.close(); await engine.close()
@@ -44,11 +47,12 @@ from .errors import (
 if TYPE_CHECKING:
     from .engine import MediaConfig, MediaEngine
     from .ingest import Publisher
-    from .lecture import Lecture, LectureStats, Viewer, ViewerStats
+    from .lecture import FlowChange, Lecture, LectureStats, Viewer, ViewerStats
 
 _LAZY = {
     "MediaConfig": "engine",
     "MediaEngine": "engine",
+    "FlowChange": "lecture",
     "Lecture": "lecture",
     "LectureStats": "lecture",
     "Viewer": "lecture",
@@ -58,6 +62,7 @@ _LAZY = {
 
 __all__ = [
     "CodecMismatchError",
+    "FlowChange",
     "Lecture",
     "LectureClosedError",
     "LectureStats",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .endpoint import MediaSocket
 from .errors import CodecMismatchError, MediaError
-from .lecture import Lecture
+from .lecture import MEDIA_SILENCE, Lecture
 from .sdp import video_codec as codec_spec
 
 logger = logging.getLogger(__name__)
@@ -15,11 +15,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MediaConfig:
-    """Where the one UDP socket binds and which addresses its candidates announce."""
+    """Where the one UDP socket binds, which addresses its candidates announce, and how long
+    a viewer may stay unheard before its media counts as stopped (`Viewer.on_flow`)."""
 
     host: str = "0.0.0.0"
     port: int = 0
     announce: tuple[str, ...] | list[str] = field(default_factory=tuple)
+    media_silence_s: float = MEDIA_SILENCE
 
 
 class MediaEngine:
@@ -53,7 +55,7 @@ class MediaEngine:
                     f"lecture {lecture_id} uses {lecture.specs['video'].name}, not {spec.name}"
                 )
             return lecture
-        lecture = Lecture(lecture_id, spec, self.socket)
+        lecture = Lecture(lecture_id, spec, self.socket, self.config.media_silence_s)
         lecture.on_closed = self._forget
         self.lectures[lecture_id] = lecture
         return lecture

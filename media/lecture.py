@@ -32,6 +32,19 @@ RTCP_SILENCE = 3.0
 """Seconds without RTCP from a viewer (while live) before its video pauses: its link is
 down, so sending video is wasted egress, and when the link returns the viewer must restart at
 a keyframe (a decoder fed inter frames after a gap shows corruption; aiortc's does)."""
+MEDIA_SILENCE = 10.0
+"""Default seconds with neither RTCP nor a consent check from a connected viewer before its
+media counts as stopped (`Viewer.on_flow`): browsers refresh consent every ~5 s (RFC 7675)
+and send RTCP every second or so, so two missed consent checks mean the link is gone."""
+
+
+@dataclass(frozen=True)
+class FlowChange:
+    """A viewer's media started or stopped flowing, as this server sees it."""
+
+    flowing: bool
+    ago_s: float  # how long before the call it happened (a stop: when the viewer was last heard)
+    reason: str  # "connected" | "resumed" | "silence" | "closed"
 
 
 @dataclass
@@ -92,6 +105,9 @@ class Viewer:
         self.gate: VideoGate | None = None if relay else VideoGate()
         self.silent = False
         self.last_rtcp: float | None = None
+        self.flowing = False
+        """Connected (ICE consent + DTLS) and heard from (RTCP or consent) lately."""
+        self.on_flow: Callable[[FlowChange], None] | None = None
         endpoint.on_rtcp = self._on_rtcp
         endpoint.on_state_change = self._on_state
         # No task per viewer (a join storm makes thousands): the endpoint says when it is
@@ -113,6 +129,7 @@ class Viewer:
         self.last_rtcp = time.monotonic()
         if self.gate is not None:
             self.gate.started(self.last_rtcp)
+        self._flow(True, 0.0, "connected")
 
     def _paused(self) -> bool:
         return self.gate is not None and self.gate.paused
@@ -176,6 +193,25 @@ class Viewer:
             if not self.gate.paused:
                 self._pause_video("no RTCP")
 
+    def check_flow(self, now: float, silence: float) -> None:
+        """Say (`on_flow`) when the viewer has not been heard for `silence` s, or is again."""
+        if self.closed or self.last_rtcp is None:
+            return
+        quiet = max(0.0, now - self.endpoint.last_seen)
+        if self.flowing and quiet > silence:
+            self._flow(False, quiet, "silence")
+        elif not self.flowing and quiet <= silence and self.endpoint.state == "connected":
+            self._flow(True, quiet, "resumed")
+
+    def _flow(self, flowing: bool, ago_s: float, reason: str) -> None:
+        self.flowing = flowing
+        if self.on_flow is None:
+            return
+        try:
+            self.on_flow(FlowChange(flowing, ago_s, reason))
+        except Exception:
+            logger.exception("viewer flow callback failed", extra={"lecture": self.lecture.id})
+
     def _pause_video(self, why: str) -> None:
         video = self.tracks.get("video")
         if video is not None:
@@ -228,6 +264,8 @@ class Viewer:
         if self.closed:
             return
         self.closed = True
+        if self.flowing:
+            self._flow(False, max(0.0, time.monotonic() - self.endpoint.last_seen), "closed")
         for kind, track in self.tracks.items():
             self.lecture.tracks[kind].leave(track)
         self.endpoint.close()
@@ -243,8 +281,11 @@ class Viewer:
 class Lecture:
     """One class's media: a fixed video codec, Opus audio, a publisher, viewers."""
 
-    def __init__(self, lecture_id: str, video: CodecSpec, socket: Any) -> None:
+    def __init__(
+        self, lecture_id: str, video: CodecSpec, socket: Any, media_silence: float = MEDIA_SILENCE
+    ) -> None:
         self.id = lecture_id
+        self.media_silence = media_silence
         self.specs = {"audio": OPUS, "video": video}
         self.socket = socket
         self.tracks = {
@@ -456,8 +497,9 @@ class Lecture:
             now = time.monotonic()
             if self.live and now - self._last_packet > SILENCE_TIMEOUT:
                 self._set_live(False)  # connected but silent (camera stopped, network gone)
-            if self.live:
-                for viewer in list(self.viewers):
+            for viewer in list(self.viewers):
+                viewer.check_flow(now, self.media_silence)
+                if self.live:
                     viewer.check_silence(now, self.live_since)
 
     def send_sender_reports(self) -> None:

@@ -238,8 +238,16 @@ class LoadViewer:
             "srtp_errors": c.srtp_errors,
         }
 
-    async def close(self) -> None:
-        """Stop timers, send a DTLS close_notify, close the socket."""
+    async def vanish(self) -> None:
+        """Go silent without a word, as a hall whose link dropped: no more checks or reports,
+        no DTLS close_notify, no DELETE; the socket is closed."""
+        await self._stop_tasks()
+        if self._dtls_timer is not None:
+            self._dtls_timer.cancel()
+        self._udp.close()
+        self.state = "closed"
+
+    async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -248,6 +256,10 @@ class LoadViewer:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+
+    async def close(self) -> None:
+        """Stop timers, send a DTLS close_notify, close the socket."""
+        await self._stop_tasks()
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
         if self._dtls is not None and self._dtls.done and self._remote is not None:

@@ -341,7 +341,12 @@ def _media_ctx(state: AppState) -> CleanupCtx:
 
         cfg = state.config
         state.engine = MediaEngine(
-            MediaConfig(host=cfg.media_host, port=cfg.media_port, announce=list(cfg.announce))
+            MediaConfig(
+                host=cfg.media_host,
+                port=cfg.media_port,
+                announce=list(cfg.announce),
+                media_silence_s=cfg.media_silence_s,
+            )
         )
         await state.engine.start()
         try:

@@ -11,7 +11,14 @@ Definitions (all times UTC epoch seconds):
   ``session.ended_at``; else, for a class that never went live, the planned ``session.ends_at``
   once it has passed; else ``now`` (the class is still going on). A class that went live again
   after its last CLASS_ENDED is going on again.
-- Connected intervals: SITE_JOINED opens, SITE_LEFT closes. When both carry the same
+- Basis: a site is connected while media flows to it as the server sees it (its WHEP
+  viewer connected and heard from): MEDIA_UP opens, MEDIA_DOWN closes. Its page's WebSocket
+  (SITE_JOINED / SITE_LEFT) is kept apart as ``page_intervals``. A site is counted from media
+  (``basis`` "media") when it has a media event or a SITE_JOINED with ``data["attendance"] ==
+  "media"`` (every page join since media attendance); otherwise (a ledger written before,
+  with neither) from its page, as it always was (``basis`` "page"), so an old report does not
+  change. Both kinds of intervals follow the pairing rules below.
+- Connected intervals: an opening event (SITE_JOINED, MEDIA_UP) opens, a closing one closes. When both carry the same
   ``data["conn"]`` (a connection id) they are paired by it, whatever their order, so clock skew
   between the nodes that saw them cannot matter. Otherwise a per-site count of open connections
   is kept (two tabs, or a reconnect on another node seen before the old node's leave, keep the
@@ -23,8 +30,10 @@ Definitions (all times UTC epoch seconds):
 - Rejoins: distinct SITE_JOINED connections (by ``conn``, else by event) minus one, as
   Blackboard Collaborate counts them; a reload is one rejoin.
 - Connected seconds and % of the lecture: the merged intervals clipped to the lecture window.
-- Status, first match wins: ``never_joined`` (no interval at all), ``absent`` (connected less
-  than ``Rules.absent_below_pct`` of the lecture), ``late`` (first connected in the lecture more
+- Status, first match wins: ``never_joined`` (no interval at all, neither media nor page),
+  ``page_only`` (no media interval but the page was open; or, below, ``absent`` while its page
+  was open for at least ``Rules.absent_below_pct`` of the lecture or is open now), ``absent``
+  (connected less than ``Rules.absent_below_pct`` of the lecture), ``late`` (first connected in the lecture more
   than ``Rules.late_after_s`` after it started), ``left_early`` (last connected in the lecture
   more than ``Rules.left_early_s`` before its end; while the class goes on, a site gone for that
   long), else ``present``. Before the lecture starts, every site that connected is ``present``;
@@ -51,6 +60,7 @@ import gc
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
+from typing import NamedTuple
 
 from server.intervals import Interval, connected_intervals, overlap
 from server.models import ClassSession, Event, EventKind, Site
@@ -67,6 +77,7 @@ class Status(str, enum.Enum):
     LATE = "late"
     LEFT_EARLY = "left_early"
     ABSENT = "absent"
+    PAGE_ONLY = "page_only"  # the page was open, media did not flow (or hardly)
     NEVER_JOINED = "never_joined"
 
 
@@ -76,6 +87,7 @@ STATUS_LABELS: Mapping[str, Mapping[Status, str]] = {
         Status.LATE: "Vào muộn",
         Status.LEFT_EARLY: "Rời sớm",
         Status.ABSENT: "Vắng mặt",
+        Status.PAGE_ONLY: "Mở trang, không có hình/tiếng",
         Status.NEVER_JOINED: "Chưa tham gia",
     },
     "en": {
@@ -83,6 +95,7 @@ STATUS_LABELS: Mapping[str, Mapping[Status, str]] = {
         Status.LATE: "Late",
         Status.LEFT_EARLY: "Left early",
         Status.ABSENT: "Absent",
+        Status.PAGE_ONLY: "Page open, no media",
         Status.NEVER_JOINED: "Never joined",
     },
 }
@@ -159,6 +172,11 @@ class SiteRecord:
     help_requests: int
     help_open: int
     questions: int
+    basis: str = "page"  # "media": intervals are media flowing; "page": an old ledger's pages
+    page_intervals: tuple[Interval, ...] = ()  # the page's WebSocket open
+    page_s: float = 0.0  # page open within the lecture window
+    page_pct: float = 0.0
+    page_open_now: bool = False
 
     @property
     def code(self) -> str:
@@ -383,13 +401,20 @@ def _record(
         if events and events[-1].at > latest:  # clamp after sorting: keeps their order
             for i in range(bisect.bisect_right(events, latest, key=_BY_AT), len(events)):
                 events[i] = _clamp(events[i], latest, now)
-    intervals, joins = connected_intervals(
-        parts[EventKind.SITE_JOINED.value],
-        parts[EventKind.SITE_LEFT.value],
-        window.end if window.ended else now,
-    )
-    connected_s = sum(overlap(i.start, i.end, window.start, window.end) for i in intervals)
-    pct = 100.0 * connected_s / window.seconds if window.seconds > 0 else 0.0
+    open_end = window.end if window.ended else now
+    page_joins = parts[EventKind.SITE_JOINED.value]
+    pages, page_conns = connected_intervals(page_joins, parts[EventKind.SITE_LEFT.value], open_end)
+    basis = _basis(parts)
+    if basis == "media":
+        intervals, joins = connected_intervals(
+            parts[EventKind.MEDIA_UP.value], parts[EventKind.MEDIA_DOWN.value], open_end
+        )
+    else:
+        intervals, joins = pages, page_conns
+    connected_s = _within(intervals, window)
+    pct = _pct(connected_s, window)
+    page_s = _within(pages, window)
+    page = _Page(pages, _pct(page_s, window), bool(pages) and pages[-1].open and not window.ended)
     late, left_early = _lateness(intervals, window, rules)
     heads = _headcounts(parts[EventKind.HEADCOUNT.value], window, rules)
     quality_s, last_quality = seconds_per_class(
@@ -403,7 +428,7 @@ def _record(
     return SiteRecord(
         site=site,
         expected=expected,
-        status=_status(intervals, pct, late, left_early, window, rules, connected_now),
+        status=_status(intervals, pct, late, left_early, window, rules, connected_now, page),
         late=late,
         left_early=left_early,
         connected_now=connected_now,
@@ -428,7 +453,39 @@ def _record(
         help_requests=help_total,
         help_open=help_open,
         questions=len(parts[EventKind.QUESTION.value]),
+        basis=basis,
+        page_intervals=tuple(pages),
+        page_s=page_s,
+        page_pct=min(100.0, page.pct),
+        page_open_now=page.open_now,
     )
+
+
+def _basis(parts: _Parts) -> str:
+    """ "media" when the site's ledger speaks of media (media events, or page joins written
+    since media attendance), else "page" (a ledger written before: derived as it was)."""
+    if parts[EventKind.MEDIA_UP.value] or parts[EventKind.MEDIA_DOWN.value]:
+        return "media"
+    joins = parts[EventKind.SITE_JOINED.value]
+    return "media" if any(e.data.get("attendance") == "media" for e in joins) else "page"
+
+
+def _within(intervals: list[Interval], window: LectureWindow) -> float:
+    """Seconds of the intervals within the lecture window."""
+    return sum(overlap(i.start, i.end, window.start, window.end) for i in intervals)
+
+
+def _pct(seconds: float, window: LectureWindow) -> float:
+    """`seconds` as a percentage of the lecture (0 before it starts)."""
+    return 100.0 * seconds / window.seconds if window.seconds > 0 else 0.0
+
+
+class _Page(NamedTuple):
+    """What a site's page (WebSocket) did: its intervals, % of the lecture, open now."""
+
+    intervals: list[Interval]
+    pct: float
+    open_now: bool
 
 
 def _lateness(intervals: list[Interval], window: LectureWindow, rules: Rules) -> tuple[bool, bool]:
@@ -449,13 +506,17 @@ def _status(
     window: LectureWindow,
     rules: Rules,
     connected_now: bool,
+    page: _Page,
 ) -> Status:
-    """The one status of a site (see the module docstring for the order)."""
+    """The one status of a site (see the module docstring for the order). With a page
+    basis the page is the intervals, so ``page_only`` never comes out of an old ledger."""
     if not intervals:
-        return Status.NEVER_JOINED
+        return Status.PAGE_ONLY if page.intervals else Status.NEVER_JOINED
     if window.seconds <= 0:
         return Status.PRESENT
     if pct < rules.absent_below_pct and not connected_now:
+        if page.open_now or (page.pct >= rules.absent_below_pct):
+            return Status.PAGE_ONLY
         return Status.ABSENT
     if late:
         return Status.LATE
@@ -518,7 +579,7 @@ def rollup(name: str, records: Iterable[SiteRecord]) -> Rollup:
     return Rollup(
         name=name,
         sites_expected=sum(1 for r in records if r.expected),
-        sites_joined=sum(1 for r in records if r.intervals),
+        sites_joined=sum(1 for r in records if r.intervals or r.page_intervals),
         sites_never_joined=statuses.get(Status.NEVER_JOINED.value, 0),
         sites_connected_now=sum(1 for r in records if r.connected_now),
         status_counts={s.value: statuses.get(s.value, 0) for s in Status},

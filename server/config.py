@@ -46,6 +46,8 @@ class Config:
     media_host: str = "0.0.0.0"
     media_port: int = 8189
     announce: tuple[str, ...] = ()
+    # a connected viewer unheard (no RTCP, no consent check) this long: its media stopped
+    media_silence_s: float = 10.0
     redis_url: str | None = None
     # A Redis without AOF + fsync always loses acknowledged attendance in a crash:
     # "strict" refuses to start on one, "warn" starts with a warning (server/store/durability.py)
@@ -230,6 +232,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "media_host": ("LOPSO_MEDIA_HOST", str),
     "media_port": ("LOPSO_MEDIA_PORT", _int("media port", 0, 65535)),
     "announce": ("LOPSO_ANNOUNCE", _addresses),
+    "media_silence_s": ("LOPSO_MEDIA_SILENCE", _positive_float("media silence (seconds)")),
     "redis_url": ("LOPSO_REDIS_URL", str),
     "redis_durability": ("LOPSO_REDIS_DURABILITY", _choice("redis durability", DURABILITY)),
     "role": ("LOPSO_ROLE", _choice("role", ROLES)),

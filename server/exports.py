@@ -143,6 +143,14 @@ SITE_COLUMNS: tuple[Column, ...] = (
     _c("help_open", "Hỗ trợ chưa xử lý", "Help still open", lambda r, _: r.help_open, "int"),
     _c("questions", "Câu hỏi", "Questions", lambda r, _: r.questions, "int"),
     _c(
+        "page_minutes",
+        "Số phút mở trang",
+        "Minutes page open",
+        lambda r, _: r.page_s / 60,
+        "float",
+    ),
+    _c("basis", "Tính theo", "Counted from", lambda r, lang: basis_label(r.basis, lang), width=16),
+    _c(
         "intervals",
         "Các khoảng kết nối",
         "Connected intervals",
@@ -151,6 +159,17 @@ SITE_COLUMNS: tuple[Column, ...] = (
         40,
     ),
 )
+
+
+BASIS_LABELS = {
+    "vi": {"media": "Hình/tiếng", "page": "Trang (dữ liệu cũ)"},
+    "en": {"media": "Media", "page": "Page (old ledger)"},
+}
+
+
+def basis_label(basis: str, lang: str) -> str:
+    """What a site's connected time is counted from: its media, or (old ledgers) its page."""
+    return BASIS_LABELS.get(lang, BASIS_LABELS["en"]).get(basis, basis)
 
 
 def _status_count(status: str) -> Callable[[Rollup, str], int]:
@@ -489,6 +508,15 @@ def site_dict(r: SiteRecord) -> dict[str, Any]:
         "connected_minutes": round(r.connected_minutes, 2),
         "connected_pct": round(r.connected_pct, 2),
         "online_seconds": round(r.online_s, 3),
+        "basis": r.basis,
+        "page_open_now": r.page_open_now,
+        "page_intervals": [
+            {"start": iso_utc(i.start), "end": iso_utc(i.end), "open": i.open}
+            for i in r.page_intervals
+        ],
+        "page_seconds": round(r.page_s, 3),
+        "page_minutes": round(r.page_s / 60, 2),
+        "page_pct": round(r.page_pct, 2),
         "headcount": {
             "start": r.headcount_start,
             "mid": r.headcount_mid,

@@ -60,6 +60,7 @@ class Hub:
         self.store, self.node_id = store, node_id
         self.limits = limits or HubLimits()
         self.clock = clock
+        self.started_at = clock()  # media spells this node recorded before it are gone
         self.live_probe = live_probe  # is this class's lecture live right now (any node)?
         self.on_class_ended: Callable[[str], Awaitable[None]] | None = None
         # a site's join key was rotated: close its media in that class (sid, site)

@@ -25,8 +25,15 @@ class EventKind(str, enum.Enum):
 
     CLASS_STARTED = "class_started"  # lecturer went live (first time or again)
     CLASS_ENDED = "class_ended"
-    SITE_JOINED = "site_joined"  # a site's player connected (WebSocket or media)
+    # a site's page opened / closed its WebSocket: data {"conn": str, "attendance": "media"};
+    # "attendance": "media" (written since media attendance) says the site's media events,
+    # not its page, make its attendance (server/attendance.py)
+    SITE_JOINED = "site_joined"
     SITE_LEFT = "site_left"
+    # media started / stopped flowing to a site's WHEP viewer (ICE consent + DTLS done, RTCP or
+    # consent heard lately): data {"conn": str} (one id per flowing spell of one viewer)
+    MEDIA_UP = "media_up"
+    MEDIA_DOWN = "media_down"
     HEADCOUNT = "headcount"  # data: {"count": int, "phase": "start"|"mid"|"end"|"other"}
     CHECKIN = "checkin"  # data: {"name": str, "ident": str|None, "by": "qr"|"operator"}
     HELP_REQUESTED = "help_requested"  # data: {"help_id": str, "reason": str, "text": str}

@@ -75,6 +75,7 @@ class SiteState:
     checkins: int = 0
     joins: int = 0
     media_mode: str = "auto"  # the site's own choice: "auto" | "audio_only" (media_mode)
+    media: bool = False  # media flows to one of its viewers, as the server sees it
 
     def wire(self) -> dict[str, Any]:
         """The protocol's site state object."""
@@ -94,6 +95,7 @@ class SiteState:
             "help_open": self.help_open,
             "checkins": self.checkins,
             "media_mode": self.media_mode,
+            "media": self.media,
         }
 
     def apply(self, patch: dict[str, Any]) -> None:

@@ -51,6 +51,7 @@ class ClassLive:
         self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
         self.open_questions: dict[str, set[str]] = {}  # by site: not forwarded or dismissed
+        self.media_conns: dict[str, set[str]] = {}  # by site: media flowing (server/mediaflow.py)
         self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
@@ -97,6 +98,7 @@ class ClassLive:
             if code in self.sites and code not in present
         ]
         await asyncio.gather(*lost)  # appended together: one group commit, not one fsync each
+        await self._close_lost_media(events, last_seen)
         # The incident log survives a restart: past drops, late joins, poor spells, help.
         self.alerts.seed(
             past_alerts(self.session, self.registry.values(), events, self.hub.clock())
@@ -144,6 +146,17 @@ class ClassLive:
             )
         elif event.kind is EventKind.CHECKIN:
             state.checkins += 1
+        elif event.kind in (EventKind.MEDIA_UP, EventKind.MEDIA_DOWN):
+            self._media(state, str(event.data.get("conn", "")), event.kind is EventKind.MEDIA_UP)
+
+    def _media(self, state: SiteState, conn: str, up: bool) -> None:
+        """A site's viewer started or stopped flowing (any node): `media` while one flows."""
+        conns = self.media_conns.setdefault(state.code, set())
+        if up:
+            conns.add(conn)
+        else:
+            conns.discard(conn)
+        state.media = bool(conns)
 
     @staticmethod
     def _count(state: SiteState, count: int) -> None:
@@ -171,6 +184,11 @@ class ClassLive:
                 mode = message["patch"].get("media_mode")
                 if mode is not None and self.hub.on_media_mode is not None:  # every node's viewers
                     self.hub.on_media_mode(self.session.id, state.code, str(mode))
+        elif kind == "media":
+            state = self.sites.get(message["code"])
+            if state is not None:
+                self._media(state, str(message["conn"]), bool(message["up"]))
+                self.dirty.add(state.code)
         elif kind == "live":
             self.live = bool(message["live"])
         elif kind == "question":
@@ -273,6 +291,20 @@ class ClassLive:
             )
             await self.hub.store.append(left)
 
+    async def _close_lost_media(self, events: list[Event], at: float) -> None:
+        """Append MEDIA_DOWN for media spells no running process holds: this node's from
+        before it (re)started, and those of nodes with no heartbeat (none without a cluster).
+        The id is the one the holder's own MEDIA_DOWN would have: stored once either way."""
+        alive = {node.id for node in await self.hub.store.nodes()} - {self.hub.node_id}
+        for code, conn in lost_media(events, alive, self.hub.node_id, self.hub.started_at):
+            kind = EventKind.MEDIA_DOWN
+            down = self.hub.event(
+                self.session.id, kind, code, {"conn": conn, "why": "lost"}, f"{kind.value}:{conn}"
+            )
+            await self.hub.store.append(dataclasses.replace(down, at=at))
+            if code in self.sites:
+                self._media(self.sites[code], conn, False)
+
     def flush(self) -> None:
         """Send one `sites_update` with the changed sites (and alerts) to this node's watchers."""
         alerts = self.alerts.evaluate(self.hub.clock(), self.sites.values())
@@ -317,6 +349,7 @@ class ClassLive:
             "expected": len(self.sites),
             "connected": sum(1 for s in states if s.status in CONNECTED),
             "playing": sum(1 for s in states if s.status == "playing"),
+            "media": sum(1 for s in states if s.media),
             "people": sum(s.headcount or 0 for s in states if s.headcount is not None),
             "help_open": sum(s.help_open for s in states),
         }
@@ -337,9 +370,9 @@ class ClassLive:
         """Every connection is one SITE_JOINED (with its `conn` id), so a reload is a rejoin."""
         code = peer.site_code or ""
         state = self.sites[code]
-        joined = await self.hub.append(
-            self.session.id, EventKind.SITE_JOINED, code, {"conn": peer.conn}
-        )
+        # "attendance": "media": this site's attendance comes from its media (server/attendance.py)
+        details = {"conn": peer.conn, "attendance": "media"}
+        joined = await self.hub.append(self.session.id, EventKind.SITE_JOINED, code, details)
         self.local_joins[code] = self.local_joins.get(code, 0) + 1
         status = (
             state.status
@@ -430,6 +463,28 @@ def open_connections_by_site(events: Iterable[Event]) -> dict[str, set[str]]:
             left[event.site_code].add(str(event.data["conn"]))
     found = {code: conns - left[code] for code, conns in joined.items()}
     return {code: conns for code, conns in found.items() if conns}
+
+
+def lost_media(
+    events: Iterable[Event], alive: set[str], node_id: str, started_at: float
+) -> list[tuple[str, str]]:
+    """(site, conn) of the media spells the ledger has open (MEDIA_UP, no MEDIA_DOWN) that no
+    running process holds: recorded by a node not `alive`, or by this node before
+    `started_at` (it restarted: its viewers went with it)."""
+    opened: dict[str, Event] = {}
+    closed: set[str] = set()
+    for event in events:
+        conn = str(event.data.get("conn", ""))
+        if event.kind is EventKind.MEDIA_UP and event.site_code:
+            opened[conn] = event
+        elif event.kind is EventKind.MEDIA_DOWN:
+            closed.add(conn)
+    return [
+        (str(up.site_code), conn)
+        for conn, up in opened.items()
+        if conn not in closed
+        and (up.node not in alive and (up.node != node_id or up.at < started_at))
+    ]
 
 
 def event_id(sid: str, site: str | None, kind: EventKind, ref: str | None) -> str:

@@ -263,11 +263,207 @@ def test_statuses_while_the_class_goes_on(site_events, now_min, status):
         (Status.LEFT_EARLY, "vi", "Rời sớm"),
         (Status.ABSENT, "vi", "Vắng mặt"),
         (Status.NEVER_JOINED, "vi", "Chưa tham gia"),
+        (Status.PAGE_ONLY, "vi", "Mở trang, không có hình/tiếng"),
+        ("page_only", "en", "Page open, no media"),
         ("never_joined", "en", "Never joined"),
     ],
 )
 def test_status_labels(status, lang, label):
     assert status_label(status, lang) == label
+
+
+# --- attendance from media ---------------------------------------------------------------------
+
+MEDIA = {"attendance": "media"}  # what a page join carries since attendance is from media
+
+
+def page(joined: float, left: float | None = None, conn: str = "p1") -> list[Event]:
+    """A page (WebSocket) of site A open from `joined` to `left` (minutes), as written now."""
+    events = [ev(K.SITE_JOINED, joined, conn=conn, **MEDIA)]
+    return events + ([ev(K.SITE_LEFT, left, conn=conn)] if left is not None else [])
+
+
+def media(up: float, down: float | None = None, conn: str = "m1") -> list[Event]:
+    """Media flowing to site A's viewer from `up` to `down` (minutes)."""
+    events = [ev(K.MEDIA_UP, up, conn=conn)]
+    return events + ([ev(K.MEDIA_DOWN, down, conn=conn)] if down is not None else [])
+
+
+@pytest.mark.parametrize(
+    ("site_events", "now_min", "status", "media_spans", "connected_min", "page_min", "basis"),
+    [
+        pytest.param(
+            page(-5, 95) + media(-4, 95),
+            120,
+            Status.PRESENT,
+            [(-4, 95)],
+            90,
+            90,
+            "media",
+            id="page-and-media",
+        ),
+        pytest.param(
+            page(-5, 95), 120, Status.PAGE_ONLY, [], 0, 90, "media", id="page-only-whole-class"
+        ),
+        pytest.param(
+            page(-5, 95) + media(0, 20),
+            120,
+            Status.PAGE_ONLY,
+            [(0, 20)],
+            20,
+            90,
+            "media",
+            id="media-stopped-page-stayed",
+        ),
+        pytest.param(
+            page(-5, 30) + media(0, 20),
+            120,
+            Status.ABSENT,
+            [(0, 20)],
+            20,
+            30,
+            "media",
+            id="both-gone-early",
+        ),
+        pytest.param(
+            page(-5, 95) + media(0, 30, "m1") + media(32, 95, "m2"),
+            120,
+            Status.PRESENT,
+            [(0, 30), (32, 95)],
+            88,
+            90,
+            "media",
+            id="media-reconnect-counts-the-gap",
+        ),
+        pytest.param(
+            page(20, 95) + media(22, 95),
+            120,
+            Status.LATE,
+            [(22, 95)],
+            68,
+            70,
+            "media",
+            id="late-by-media",
+        ),
+        pytest.param(
+            page(-5, 95) + media(0, 60),
+            120,
+            Status.LEFT_EARLY,
+            [(0, 60)],
+            60,
+            90,
+            "media",
+            id="media-left-early",
+        ),
+        pytest.param(
+            media(0, 90),
+            120,
+            Status.PRESENT,
+            [(0, 90)],
+            90,
+            0,
+            "media",
+            id="media-without-page",  # a player that is not the page (loadgen, kiosk)
+        ),
+        pytest.param(
+            page(-5),
+            30,
+            Status.PAGE_ONLY,
+            [],
+            0,
+            30,
+            "media",
+            id="page-only-live",
+        ),
+        pytest.param(
+            page(-5) + media(0),
+            30,
+            Status.PRESENT,
+            [(0, 30)],
+            30,
+            30,
+            "media",
+            id="flowing-live",
+        ),
+        pytest.param(
+            page(-30) + media(-25, -20),
+            -10,
+            Status.PRESENT,
+            [(-25, -20)],
+            0,
+            0,
+            "media",
+            id="before-the-lecture-media-counts",
+        ),
+        pytest.param(
+            page(-30),
+            -10,
+            Status.PAGE_ONLY,
+            [],
+            0,
+            0,
+            "media",
+            id="before-the-lecture-page-only",
+        ),
+        pytest.param(
+            [ev(K.SITE_JOINED, -5, conn="p1"), ev(K.SITE_LEFT, 95, conn="p1")],
+            120,
+            Status.PRESENT,
+            [(-5, 95)],
+            90,
+            90,
+            "page",
+            id="old-ledger-page-presence",
+        ),
+        pytest.param(
+            [ev(K.SITE_JOINED, 0), ev(K.SITE_LEFT, 30)],
+            120,
+            Status.ABSENT,
+            [(0, 30)],
+            30,
+            30,
+            "page",
+            id="old-ledger-absent-stays-absent",
+        ),
+    ],
+)
+def test_attendance_from_media(
+    site_events, now_min, status, media_spans, connected_min, page_min, basis
+):
+    rec = record(lecture(end=None if now_min < 90 else 90) + site_events, now_min)
+    assert (rec.status, rec.basis) == (status, basis)
+    assert spans(rec) == media_spans
+    assert rec.connected_minutes == pytest.approx(connected_min)
+    assert rec.page_s / MIN == pytest.approx(page_min)
+    assert rec.first_join == (at(media_spans[0][0]) if media_spans else None)
+
+
+def test_media_connected_now_is_the_viewer_not_the_page():
+    rec = record(lecture(end=None) + page(-5) + media(0, 20), 60)
+    assert rec.status is Status.PAGE_ONLY
+    assert rec.page_open_now and not rec.connected_now
+
+
+def test_media_down_lost_by_a_dead_edge_ends_at_the_next_media_up():
+    rec = record(lecture() + page(-5, 95) + media(0, None, "m1") + media(40, 95, "m2"))
+    assert spans(rec) == [(0, 95)] and rec.rejoins == 1
+
+
+def test_page_only_in_rollups_and_exports_counts():
+    events = (
+        lecture()
+        + page(-5, 95)
+        + [
+            ev(K.SITE_JOINED, -5, "B", conn="b", **MEDIA),
+            ev(K.MEDIA_UP, -4, "B", conn="bm"),
+            ev(K.MEDIA_DOWN, 95, "B", conn="bm"),
+        ]
+    )
+    report = derive(session(), [], events, at(120))
+    counts = report.province.status_counts
+    assert (counts["page_only"], counts["present"], counts["never_joined"]) == (1, 1, 1)
+    assert report.province.sites_joined == 2
+    assert report.province.connected_minutes == pytest.approx(90)
 
 
 # --- lecture window ---------------------------------------------------------------------------

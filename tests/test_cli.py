@@ -196,7 +196,7 @@ async def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert record["headcount"]["reports"] == 20 and record["headcount"]["latest"] == 19, record
     # the join survived too, and the connection the crash left open was closed at the
     # last moment the class was seen alive (the last headcount), not left open forever
-    assert [i["open"] for i in record["intervals"]] == [False], record["intervals"]
+    assert [i["open"] for i in record["page_intervals"]] == [False], record["page_intervals"]
 
 
 def test_demo_json_and_data_dir_are_this_users_only(tmp_path: Path) -> None:

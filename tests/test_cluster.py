@@ -393,6 +393,49 @@ async def test_whip_through_an_edge_reaches_the_origin_and_the_cluster_outlives_
                 await publisher.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_an_edge_records_its_viewers_media_in_the_shared_ledger(tmp_path: Path) -> None:
+    """The page's WebSocket is on the origin, its viewer on the edge: the edge appends the
+    site's media_up / media_down to the shared store, the origin's report counts them, and the
+    relay link between the nodes writes nothing. Before: no media events at all."""
+    from server.models import EventKind
+    from server.store import open_store
+
+    loadgen = load_script("loadgen")
+    with LopsoCluster(tmp_path, edges=1, sites=2) as cluster:
+        demo, sid = cluster.demo, cluster.demo["session_id"]
+        links = loadgen.links_from_json(demo)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
+            publisher = WhipPublisher(http)
+            await publisher.publish(f"{cluster.origin.url}/whip/{sid}", demo["lecturer"]["token"])
+            site = loadgen.SimSite(links[0], [cluster.origin.url], http)
+            try:
+                site.start()
+                await wait_until(site.playing, 20, "a site playing", cluster)
+                assert site.node_id == "edge1"
+                await asyncio.sleep(3)
+            finally:
+                await site.stop()  # its DELETE through the origin reaches the edge
+                await publisher.close()
+            store = await open_store(cluster.redis.url, tmp_path / "reader", "reader")
+            try:
+                kinds = [EventKind.MEDIA_UP, EventKind.MEDIA_DOWN]
+                deadline = time.monotonic() + 10
+                while len(events := await store.events(sid, kinds=kinds)) < 2:
+                    assert time.monotonic() < deadline, events
+                    await asyncio.sleep(0.2)
+            finally:
+                await store.close()
+            assert [e.kind for e in events] == kinds, events
+            assert {(e.site_code, e.node) for e in events} == {(links[0].code, "edge1")}
+            assert events[0].data["conn"] == events[1].data["conn"]
+            record = (await attendance(http, cluster.origin.url, sid))[links[0].code]
+            assert record["basis"] == "media" and len(record["intervals"]) == 1, record
+            assert not record["intervals"][0]["open"]
+            assert record["intervals"][0]["seconds"] > 2.5, record
+
+
 # --- the /relay routes, in-process --------------------------------------------------------------
 redis_module = redisproc.redis_module  # one private redis-server for this module's app tests
 

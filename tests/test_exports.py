@@ -338,3 +338,45 @@ def test_one_commune_workbook(report):
 def test_csv_cells_a_spreadsheet_would_run_get_an_apostrophe(cell: object, written: object) -> None:
     """The rule web/static/js/csv.js copies for the moderator's links CSV."""
     assert exports._csv_text(cell) == written
+
+
+@pytest.fixture(name="media_report")
+def fixture_media_report() -> AttendanceReport:
+    """HY-01's page sat on "connecting" all class with no media; HY-02 played."""
+    attendance = {"attendance": "media"}
+    events = [
+        ev(K.CLASS_STARTED, 0),
+        ev(K.CLASS_ENDED, 40),
+        ev(K.SITE_JOINED, -1, "HY-01", conn="p1", **attendance),
+        ev(K.SITE_LEFT, 41, "HY-01", conn="p1"),
+        ev(K.SITE_JOINED, -1, "HY-02", conn="p2", **attendance),
+        ev(K.MEDIA_UP, -0.5, "HY-02", conn="m2"),
+        ev(K.MEDIA_DOWN, 40, "HY-02", conn="m2"),
+        ev(K.SITE_LEFT, 41, "HY-02", conn="p2"),
+    ]
+    session = ClassSession(
+        id="c1", title="Thử", starts_at=T0, ends_at=T0 + 2400, site_codes=("HY-01", "HY-02")
+    )
+    return derive(session, [Site("HY-01", "Đông"), Site("HY-02", "Tây")], events, T0 + 3600)
+
+
+def test_page_open_without_media_in_every_export(media_report):
+    vi = {row[0]: row for row in read_csv(to_csv(media_report))[1:]}
+    en = read_csv(to_csv(media_report, lang="en"))
+    header = en[0]
+    by_code = {row[0]: dict(zip(header, row, strict=True)) for row in en[1:]}
+    assert vi["HY-01"][5] == "Mở trang, không có hình/tiếng"
+    assert by_code["HY-01"]["Status"] == "Page open, no media"
+    assert by_code["HY-01"]["Connected minutes"] == "0.0"
+    assert float(by_code["HY-01"]["Minutes page open"]) == pytest.approx(40)
+    assert by_code["HY-01"]["Counted from"] == "Media"
+    assert by_code["HY-02"]["Status"] == "Present online"
+    assert float(by_code["HY-02"]["Connected minutes"]) == pytest.approx(40)
+    data = to_json(media_report)
+    sites = {s["code"]: s for s in data["sites"]}
+    assert sites["HY-01"]["status"] == "page_only" and sites["HY-01"]["basis"] == "media"
+    assert sites["HY-01"]["page_minutes"] == pytest.approx(40) and sites["HY-01"]["intervals"] == []
+    assert data["province"]["status_counts"]["page_only"] == 1
+    book = load_workbook(io.BytesIO(to_xlsx(media_report, lang="en")))
+    cells = [row for row in book.worksheets[0].iter_rows(min_row=2, values_only=True)]
+    assert "Page open, no media" in {row[5] for row in cells}

@@ -501,6 +501,49 @@ async def test_closed_lecture_refuses_and_viewer_close_fires_once(engine):
         await viewer.close()
 
 
+async def test_viewer_flow_follows_what_the_server_hears_from_it():
+    """`Viewer.on_flow`: flowing once connected, stopped when unheard for the media silence
+    (stamped when last heard), stopped when closed; an offer that never connects never flows.
+    Before: media/ said nothing of a viewer's media, so attendance could only see the page."""
+    from media.loadviewer import LoadViewer
+
+    engine = MediaEngine(MediaConfig("127.0.0.1", 0, media_silence_s=1.0))
+    await engine.start()
+    lecture = engine.lecture("flow")
+    peers = [LoadViewer() for _ in range(3)]
+    try:
+        changes: dict[int, list] = {0: [], 1: [], 2: []}
+        sessions = []
+        for i, peer in enumerate(peers):
+            await peer.start()
+            answer, session = await lecture.subscribe(peer.offer())
+            session.on_flow = changes[i].append
+            sessions.append(session)
+            if i < 2:
+                await peer.connect(answer)
+        await wait_for(lambda: changes[0] and changes[1])
+        assert [(c.flowing, c.reason) for c in changes[0]] == [(True, "connected")]
+        assert sessions[0].flowing and not sessions[2].flowing
+        await peers[0].vanish()  # its link dropped: no more RTCP, no consent, no goodbye
+        gone = time.monotonic()
+        await wait_for(lambda: len(changes[0]) == 2, timeout=5.0)
+        assert time.monotonic() - gone < 1.0 + 1.5  # the silence, then the 1 s check
+        stop = changes[0][1]
+        assert (stop.flowing, stop.reason) == (False, "silence") and stop.ago_s >= 1.0
+        await sessions[1].close()  # a DELETE
+        assert [(c.flowing, c.reason) for c in changes[1]] == [
+            (True, "connected"),
+            (False, "closed"),
+        ]
+        assert changes[1][1].ago_s < 1.5
+        await asyncio.sleep(1.5)
+        assert changes[2] == [] and len(changes[0]) == 2  # never connected: never flowed
+    finally:
+        for peer in peers:
+            await peer.close()
+        await engine.close()
+
+
 # -- Chromium interop (Debian's headless Chromium through Playwright) -------------------------
 
 CHROMIUM = "/usr/lib/chromium/chromium"

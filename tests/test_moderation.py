@@ -75,8 +75,10 @@ async def test_drill_down_shows_intervals_stats_headcounts_checkins_help(app) ->
     assert body["live"]["status"] == "playing" and body["live"]["headcount"] == 40
     assert body["live"]["quality"] == "poor"
     record = body["record"]
-    assert len(record["intervals"]) == 1  # the class ended as planned: it is clipped there
-    assert record["intervals"][0]["open"] is True
+    # a page with no media (no WHEP here): its page's interval, no connected one
+    assert record["intervals"] == [] and record["status"] == "page_only"
+    assert len(record["page_intervals"]) == 1  # the class ended as planned: it is clipped there
+    assert record["page_intervals"][0]["open"] is True
     assert record["headcount"]["start"] == 40 and record["checkins"] == 1
     assert [(h["count"], h["phase"]) for h in body["headcounts"]] == [(40, "start")]
     assert body["checkins"]["count"] == 1
@@ -223,7 +225,7 @@ async def test_ledger_is_what_the_drill_down_reads(app) -> None:
     assert kinds.count(EventKind.SITE_JOINED) == 1 and kinds.count(EventKind.SITE_LEFT) == 1
     body = await get_json(client, "/api/sessions/c1/sites/S1")
     assert body["live"]["status"] == "offline"
-    assert body["record"]["intervals"][0]["open"] is False
+    assert body["record"]["page_intervals"][0]["open"] is False
 
 
 def _event(kind: EventKind, at: float, **data: Any) -> Any:

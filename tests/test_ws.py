@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from serverproc import mint, running_app
 from test_api import seed
 
-from server.models import EventKind, Role
+from server.models import Event, EventKind, Role
 
 BATCH = 0.25
 
@@ -59,6 +60,7 @@ async def test_moderator_gets_welcome_and_snapshot(app) -> None:
         "expected": 3,
         "connected": 0,
         "playing": 0,
+        "media": 0,
         "people": 0,
         "help_open": 0,
     }
@@ -551,4 +553,65 @@ async def test_a_class_opens_while_its_channel_is_not_live_yet(tmp_path: Path) -
         assert room.sites["A"].status == "playing"  # followed once messages flow
     finally:
         await hub.close()
+        await store.close()
+
+
+def _media(kind: EventKind, site: str, conn: str, node: str, at: float = 100.0) -> Event:
+    return Event("k", kind, at, site, {"conn": conn}, node=node)
+
+
+UP, DOWN = EventKind.MEDIA_UP, EventKind.MEDIA_DOWN
+
+
+@pytest.mark.parametrize(
+    ("events", "alive", "lost"),
+    [
+        pytest.param([_media(UP, "A", "m1", "n1")], set(), [("A", "m1")], id="this-node-before"),
+        pytest.param([_media(UP, "A", "m1", "n1", 300.0)], set(), [], id="this-node-since"),
+        pytest.param([_media(UP, "A", "m1", "edge")], {"edge"}, [], id="edge-alive"),
+        pytest.param([_media(UP, "A", "m1", "edge")], set(), [("A", "m1")], id="edge-gone"),
+        pytest.param(
+            [_media(UP, "A", "m1", "edge"), _media(DOWN, "A", "m1", "edge")], set(), [], id="closed"
+        ),
+    ],
+)
+def test_lost_media_spells(events, alive, lost) -> None:
+    from server.room import lost_media
+
+    assert lost_media(events, alive, "n1", started_at=200.0) == lost
+
+
+async def test_a_restarted_node_closes_the_media_spells_it_held(tmp_path: Path) -> None:
+    """Its viewers went with the old process (kill -9 writes no media_down): the spell ends
+    at the last moment the class was seen alive, not at the class end."""
+    from server.hub import Hub
+    from server.models import ClassSession, Site
+    from server.store import open_store
+
+    store = await open_store(None, tmp_path, "n1")
+    try:
+        await store.upsert_sites([Site("A", "Nhà văn hóa thôn A")])
+        now = time.time()
+        session = ClassSession(id="k", title="t", starts_at=now - 60)
+        await store.put_session(session)
+        old = Hub(store, "n1")
+        await store.append(
+            dataclasses.replace(old.event("k", UP, "A", {"conn": "r.1"}), at=now - 50)
+        )
+        await store.append(
+            dataclasses.replace(old.event("k", EventKind.HEADCOUNT, "A", {"count": 3}), at=now - 20)
+        )
+        hub = Hub(store, "n1")  # the process after the restart
+        try:
+            room = await hub.room(session)
+            down = await store.events("k", kinds=[DOWN])
+            assert [(e.data["conn"], e.data["why"], e.at) for e in down] == [
+                ("r.1", "lost", now - 20)
+            ]
+            assert room.sites["A"].media is False
+            await hub.room(session)
+            assert len(await store.events("k", kinds=[DOWN])) == 1
+        finally:
+            await hub.close()
+    finally:
         await store.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -15,7 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import STATE, AppState, authorize_request, client_address, session_or_404
+from server.app import (
+    STATE,
+    AppState,
+    authorize_request,
+    client_address,
+    in_background,
+    session_or_404,
+)
 from server.errors import (
     BodyTooLargeError,
     ClassEndedError,
@@ -23,6 +31,7 @@ from server.errors import (
     UnknownError,
     ValidationError,
 )
+from server.mediaflow import FlowRecorder
 from server.models import ClassSession
 from server.roles import Action
 from server.routes import relay
@@ -159,6 +168,10 @@ async def post_whep(request: web.Request) -> web.Response:
         viewer.set_audio_only(True)
     state.metrics.watch_join(viewer, started)
     rid = _remember(state, Resource("whep", session.id, code, viewer))
+    # attendance: media flowing to this site's viewer (a relay link, relay.py, is no site)
+    viewer.on_flow = FlowRecorder(
+        state.hub, session.id, code, rid, functools.partial(in_background, state)
+    )
     return _created(f"/whep/{session.id}/{code}/{rid}", answer)
 
 

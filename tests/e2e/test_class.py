@@ -285,13 +285,15 @@ def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
             "lost",
             "waiting",
             "connecting",
+            "no_media",
             "offline",
             "never_joined",
         )
     }
     dynamic |= {f"alert_{k}" for k in ("not_joined", "offline", "poor", "help")}
     dynamic |= {
-        f"attendance_{k}" for k in ("present", "late", "left_early", "absent", "never_joined")
+        f"attendance_{k}"
+        for k in ("present", "late", "left_early", "absent", "page_only", "never_joined")
     }
     missing = sorted((used_keys() | dynamic) - set(vi))
     assert not missing, missing
@@ -477,6 +479,63 @@ def test_pages_recover_by_themselves_when_the_server_restarts(
         wait_state(site, "ended")
         assert "kết thúc" in site.inner_text("#card-title")
         site.wait_for_selector("#prompt[data-phase=end]:not([hidden])")
+
+
+# A hall whose WHEP request never comes back (a proxy that swallows it, a media bug): its page
+# sits on "connecting" with no media at all.
+NO_WHEP = """(() => { const real = window.fetch;
+  window.fetch = function (url) {
+    if (String(url).indexOf("/whep/") >= 0) return new Promise(function () {});
+    return real.apply(this, arguments);
+  }; })();"""
+
+
+def test_a_page_without_media_is_its_own_tile_and_not_present(
+    tmp_path: pathlib.Path, browser_pages: Any
+) -> None:
+    """Before: the hall stuck on "Đang kết nối…" was a "connecting" tile and, at the end,
+    `present` (its page was open). Now: a "page open, no media" tile, and `page_only`."""
+    from tests.serverproc import LopsoServer
+
+    with LopsoServer(tmp_path, demo_sites=2) as srv:
+        demo = srv.demo
+        stuck, playing = demo["sites"][:2]
+        moderator = browser_pages.open(demo["moderator"]["url"], name="moderator")
+        moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
+        hall = browser_pages.open(stuck["url"], name="stuck", init_script=NO_WHEP)
+        other = browser_pages.open(playing["url"], name="playing")
+        wait_state(other, "waiting")
+        studio = browser_pages.open(demo["lecturer"]["url"], name="studio")
+        studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
+        studio.click("#golive")
+        wait_state(studio, "live")
+        wait_state(other, "playing")
+        wait_state(hall, "connecting")
+        tile = moderator.locator(f'.tile[data-code="{stuck["code"]}"]')
+        moderator.wait_for_function(
+            '(c) => document.querySelector(`.tile[data-code="${c}"]`)'
+            ".getAttribute('data-wall') === 'no_media'",
+            arg=stuck["code"],
+        )
+        colour = tile.evaluate("(el) => getComputedStyle(el).backgroundColor")
+        assert colour == "rgb(123, 31, 162)", colour
+        legend = moderator.locator('.class-count[data-wall="no_media"]').inner_text()
+        assert "Mở trang, không có hình/tiếng" in legend and legend.strip().startswith("1")
+        other_tile = moderator.locator(f'.tile[data-code="{playing["code"]}"]')
+        assert other_tile.get_attribute("data-wall") != "no_media"
+        time.sleep(6)
+        studio.click("#end")
+        studio.click("#end-confirm")
+        wait_state(studio, "ended")
+        token, sid = demo["moderator"]["token"], demo["session_id"]
+        _, _, body = http_get(f"{srv.url}/api/sessions/{sid}/attendance", token)
+        attendance = json.loads(body)
+        record = find_record(attendance, stuck["code"])
+        assert record["status"] == "page_only" and record["connected_seconds"] == 0, record
+        assert record["page_seconds"] > 0
+        other_record = find_record(attendance, playing["code"])
+        assert other_record["status"] == "present", other_record
+        assert other_record["connected_pct"] > 80, other_record
 
 
 # ---- the class codec -----------------------------------------------------------------------

@@ -49,6 +49,7 @@ COLOURS = {
     "lost": "rgb(38, 50, 56)",
     "waiting": "rgb(11, 92, 173)",
     "connecting": "rgb(95, 168, 230)",
+    "no_media": "rgb(123, 31, 162)",
     "offline": "rgb(198, 40, 40)",
     "never_joined": "rgb(183, 192, 200)",
 }
@@ -105,10 +106,12 @@ def post(url: str, token: str, body: bytes, content_type: str) -> dict[str, Any]
         return json.loads(reply.read())
 
 
-def wall_class(status: str, quality: str | None) -> str:
+def wall_class(status: str, quality: str | None, media: bool = True) -> str:
     """What the page must colour a site (web/static/js/wall.js wallClass)."""
     if status in ("never_joined", "offline", "waiting"):
         return status
+    if status in ("connecting", "error") and not media:
+        return "no_media"
     if status in ("playing", "reconnecting", "stalled") and quality:
         return quality
     return "connecting" if status != "playing" else "good"

@@ -368,6 +368,7 @@ function showRecord(state, body) {
     [t("field_first_join"), r.first_join ? clock(r.first_join, lang) : "–"],
     [t("field_last_leave"), r.last_leave ? clock(r.last_leave, lang) : (r.connected_now ? t("mod_still_here") : "–")],
     [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + fmtNum(r.connected_pct, " %")],
+    [t("field_page_open"), t("mod_minutes", { n: fmtNum(r.page_minutes) }) + " · " + fmtNum(r.page_pct, " %")],
     [t("field_poor_time"), t("mod_minutes", { n: fmtNum(r.poor_seconds / 60) })],
     [t("field_headcounts"), [r.headcount.start, r.headcount.mid, r.headcount.end].map(function (v) { return fmtNum(v); }).join(" / ")],
   ]);

@@ -6,18 +6,22 @@ import { clock, setText, t } from "./i18n.js";
 
 /** Tile classes, best first: the colour of a tile and the keys of the counters. */
 export const WALL_CLASSES = ["good", "non_optimal", "poor", "lost", "waiting", "connecting",
-  "offline", "never_joined"];
+  "no_media", "offline", "never_joined"];
 const CONNECTING = { connecting: 1, reconnecting: 1, stalled: 1, error: 1 };
+/** Page statuses that mean "no picture yet": with no media seen by the server, "no_media". */
+const STARTING = { connecting: 1, error: 1 };
 const MEDIA = { playing: 1, reconnecting: 1, stalled: 1 };
 
 /**
  * One colour per tile, from status and quality: never joined, offline, waiting (connected,
- * class not live), connecting (no media yet / recovering), else the quality class.
+ * class not live), page open with no media (the page is connecting or in error and the
+ * server sends its player nothing: `media` false), connecting (recovering), else the quality.
  * @param {any} site @returns {string}
  */
 export function wallClass(site) {
   const status = site.status || "never_joined";
   if (status === "never_joined" || status === "offline" || status === "waiting") return status;
+  if (STARTING[status] && site.media === false) return "no_media";
   if (MEDIA[status] && site.quality) return site.quality;
   if (CONNECTING[status]) return "connecting";
   return "good"; // playing, no quality report yet
@@ -211,7 +215,7 @@ export class Wall {
     if (!g.chips) g.chips = this.makeChips(g.bar);
     for (const k of WALL_CLASSES) this.setChip(g.chips[k], c[k], String(c[k]));
     this.setChip(g.chips.help, c.help, "⚑ " + c.help);
-    const trouble = String(c.offline + c.poor + c.lost + c.help > 0);
+    const trouble = String(c.offline + c.poor + c.lost + c.no_media + c.help > 0);
     if (g.el.getAttribute("data-trouble") !== trouble) g.el.setAttribute("data-trouble", trouble);
   }
 
@@ -262,7 +266,7 @@ export class Wall {
     if (!f.status) return true;
     if (f.status === "problem") {
       return tile.klass === "poor" || tile.klass === "lost" || tile.klass === "offline" ||
-        tile.klass === "connecting" || site.help_open > 0;
+        tile.klass === "connecting" || tile.klass === "no_media" || site.help_open > 0;
     }
     if (f.status === "connected") return tile.klass !== "offline" && tile.klass !== "never_joined";
     return site.status === f.status;
@@ -310,6 +314,9 @@ export class Wall {
 function tileTitle(site, lang) {
   const parts = [site.name + " (" + site.code + ")", site.commune || "", t("state_" + site.status)];
   if (site.quality) parts.push(t("quality_" + site.quality));
+  if (site.media === false && site.status !== "never_joined" && site.status !== "offline") {
+    parts.push(t("wall_no_media"));
+  }
   if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: site.headcount }));
   if (site.media_mode === "audio_only") parts.push(t("site_media_audio_only"));
   if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
