@@ -15,6 +15,9 @@ or, with --stall, when media stops for that long while the class is live.
 A progress line is rewritten on stderr every second; the last line on stdout is one JSON object:
 join latency percentiles (POST → first RTP packet), packets and loss per site, how many sites
 are playing (a packet in the last 2 s) at the end.
+
+Every simulated site comes from this machine's address: a server under test must allow that
+many pages from one address (`LOPSO_WS_PER_ADDR=0`, or at least --sites).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ class LopsoCluster:
         return {
             "LOPSO_NODE_CAPACITY": str(self.capacity),
             "LOPSO_SIGNALLING_RATE": "0",
+            "LOPSO_WS_PER_ADDR": "0",  # simulated sites all come from 127.0.0.1
             "LOPSO_LOG_LEVEL": "INFO",
             **self.env,
         }

@@ -275,6 +275,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LopsoSer
             "LOPSO_REDIS_URL": redis_proc.url,
             "LOPSO_SIGNALLING_RATE": "0",
             "LOPSO_REDIS_DURABILITY": "warn",  # everysec: this test measures the wall, not AOF
+            "LOPSO_WS_PER_ADDR": "0",  # 5,000 halls' pages, all from this machine's address
         }
         with LopsoServer(base / "lopso", demo_sites=0, env=env) as srv:
             yield srv, redis_proc.url
