@@ -18,7 +18,7 @@ from server.admission import TooManySocketsError
 from server.checkin import CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
 from server.fields import FieldError
-from server.reports import TooManyOpenError
+from server.reports import AfterEndError, TooManyOpenError
 from server.store.base import NotFoundError, StoreError
 
 
@@ -108,6 +108,8 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
         return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
     if isinstance(exc, TooManySocketsError):  # server/admission.py, before an upgrade
         return 429, exc.code, str(exc)
+    if isinstance(exc, AfterEndError):  # server/reports.py: a site's report after the end
+        return 409, exc.code, str(exc)
     if isinstance(exc, TooManyOpenError):  # server/reports.py: a site's open questions / help
         return 429, exc.code, str(exc)
     if isinstance(exc, FieldError):  # server/fields.py: bad_text, or bad_field for a length

@@ -44,6 +44,7 @@ class HubLimits:
     subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
     open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
+    end_headcount_s: float = 900.0  # the end prompt's headcount is taken this long after the end
 
 
 class Hub:
@@ -182,8 +183,10 @@ class Hub:
             return current
         now = self.clock()
         ended = dataclasses.replace(current, ended_at=now)
+        room.session = ended  # this node refuses site reports at once, before the echo
         await self.store.put_session(ended)
-        await self.append(session.id, EventKind.CLASS_ENDED)
+        # one CLASS_ENDED however many nodes (or an operator and the clock) end it together
+        await self.append(session.id, EventKind.CLASS_ENDED, ref="end")
         timer = self._timers.pop(session.id, None)
         if timer:
             timer.cancel()

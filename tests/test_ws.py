@@ -250,6 +250,60 @@ async def test_live_and_class_end_reach_every_page_with_prompts(app) -> None:
     await mod.close()
 
 
+async def test_site_reports_after_the_end_are_refused_and_leave_the_report_alone(app) -> None:
+    """Once a class has ended its attendance is final: every kind of site input is refused
+    (quality ignored); only the end prompt's headcount is still taken."""
+    client, state = app
+    site = await connect(client, Role.SITE, "S1")
+    await receive(site, "welcome")
+    await site.send_json({"type": "headcount", "count": 30, "phase": "start", "id": "h0"})
+    await receive(site, "ack")
+    reply = await client.post(
+        "/api/sessions/c1/end", headers={"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"}
+    )
+    assert reply.status == 200
+    await receive(site, "class_ended")
+
+    async def report() -> dict:
+        got = await client.get(
+            "/api/sessions/c1/attendance", headers={"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+        )
+        body = await got.json()
+        return {key: body[key] for key in ("province", "sites")}
+
+    def reports() -> list:
+        return [e for e in events if e.kind not in (EventKind.SITE_JOINED, EventKind.SITE_LEFT)]
+
+    events = await state.store.events("c1")
+    before, ledger = await report(), reports()
+    refused = [
+        {"type": "headcount", "count": 99, "phase": "other"},
+        {"type": "question", "text": "Còn ai không?"},
+        {"type": "help", "reason": "no_sound", "text": ""},
+        {"type": "checkin", "name": "Trần Văn Muộn", "ident": "0987654321"},
+    ]
+    for n, message in enumerate(refused):
+        await site.send_json({**message, "id": f"late-{n}"})
+        error = await receive(site, "error")
+        assert (error["id"], error["code"]) == (f"late-{n}", "class_ended"), error
+    await site.send_json({"type": "quality", "rtt_ms": 900, "loss_pct": 40, "id": "late-q"})
+    await receive(site, "ack")  # ignored, not an error: the player may still be running
+    qr = await client.post(
+        "/api/sessions/c1/sites/S1/checkins",
+        json={"name": "Người Lạ", "ident": "0911111111"},
+        headers={"Authorization": f"Bearer {mint(Role.PARTICIPANT, 'c1', 'S1')}"},
+    )
+    assert qr.status == 409 and (await qr.json())["error"]["code"] == "class_ended"
+    events = await state.store.events("c1")
+    assert reports() == ledger
+    assert await report() == before
+    await site.send_json({"type": "headcount", "count": 28, "phase": "end", "id": "h-end"})
+    await receive(site, "ack")  # what the end prompt asked for is still taken
+    events = await state.store.events("c1", kinds=[EventKind.HEADCOUNT])
+    assert [e.data["count"] for e in events] == [30, 28]
+    await site.close()
+
+
 async def test_quality_report_updates_state_and_samples_the_ledger(app) -> None:
     client, state = app
     mod = await connect(client, Role.MODERATOR)
