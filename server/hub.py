@@ -1,5 +1,6 @@
 """Every class this node serves: a registry of rooms (server/room.py), the ledger's event
-ids, going live, the mid-class prompt and the end of a class.
+ids, going live, the mid-class prompt and the end of a class (by a person, or by itself at its
+planned end plus a grace: server/timetable.py).
 
 The hub never sees a socket. A page is a `Peer` (server/peer.py) with an outbox;
 routes/ws.py moves frames between the socket and the outbox.
@@ -27,6 +28,7 @@ from server.peer import (  # re-exported: routes and tests import them from here
 )
 from server.room import ClassLive, channel_of, event_id, open_connections
 from server.store.base import Store
+from server.timetable import due_to_end
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class HubLimits:
     open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
     end_headcount_s: float = 900.0  # the end prompt's headcount is taken this long after the end
+    auto_end_grace_s: float = 1800.0  # a class ends by itself this long after ends_at; 0: never
 
 
 class Hub:
@@ -67,6 +70,9 @@ class Hub:
         self.on_site_revoked: Callable[[str, str], Awaitable[None]] | None = None
         # a site chose "auto" or "audio_only": apply it to this node's viewers (sid, site, mode)
         self.on_media_mode: Callable[[str, str, str], None] | None = None
+        # this node ended a class (a person or its planned end): the summary goes out once
+        self.on_ended_here: Callable[[ClassSession], None] | None = None
+        self._ending: set[str] = set()
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
         self._timers: dict[str, asyncio.Task[None]] = {}
 
@@ -197,7 +203,32 @@ class Hub:
             t="ended",
             at=now,
         )
+        if self.on_ended_here is not None:
+            self.on_ended_here(ended)
         return ended
+
+    async def end_if_due(self, session: ClassSession) -> None:
+        """End the class if its planned end plus the grace has passed (once, however often
+        the rooms' loops and the sweep ask)."""
+        if not due_to_end(session, self.clock(), self.limits.auto_end_grace_s):
+            return
+        if session.id in self._ending:
+            return
+        self._ending.add(session.id)
+        try:
+            await self.end_class(session)
+            log.info("class ended by itself at its planned end", extra={"sid": session.id})
+        finally:
+            self._ending.discard(session.id)
+
+    async def end_overdue(self) -> None:
+        """End every class whose planned end plus the grace has passed: at start (it passed
+        while the server was down) and now and then for classes no page has opened here."""
+        for session in await self.store.list_sessions():
+            try:
+                await self.end_if_due(session)
+            except Exception:
+                log.exception("could not end a class at its planned end", extra={"sid": session.id})
 
     async def revoke_site(self, code: str) -> int:
         """A site's join key changed: close its open pages in every class not ended, on every

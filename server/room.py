@@ -208,6 +208,10 @@ class ClassLive:
                 except Exception:
                     log.exception("presence sweep failed", extra={"sid": self.session.id})
             self.flush()
+            try:
+                await self.hub.end_if_due(self.session)
+            except Exception:
+                log.exception("could not end the class at its end", extra={"sid": self.session.id})
 
     async def sweep(self) -> None:
         """Mark offline the sites whose presence expired (their node died without a word),

@@ -508,6 +508,93 @@ async def test_ending_a_class_posts_its_signed_summary_to_the_webhook(tmp_path: 
         assert (tmp_path / "data" / "webhook.json").exists()
 
 
+class Hook:
+    """A webhook receiver on loopback: the bodies it was sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        self.bodies.append(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    async def wait(self, count: int = 1, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if len(self.bodies) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the webhook got {len(self.bodies)} of {count} posts")
+
+
+async def short_class(client, sid: str, minutes_from_now: float) -> None:
+    """A class that started two minutes ago and ends `minutes_from_now` from now (S1 only)."""
+    import time
+
+    now = time.time()
+    body = {
+        "id": sid,
+        "title": "Lớp ngắn",
+        "starts_at": now - 120,
+        "ends_at": now + 60 * minutes_from_now,
+        "site_codes": ["S1"],
+    }
+    reply = await client.post("/api/sessions", json=body, headers=ADMIN)
+    assert reply.status == 201, await reply.text()
+
+
+async def test_a_class_ends_by_itself_at_its_planned_end_plus_the_grace(tmp_path: Path) -> None:
+    """Compressed time: a class planned to end in 0.6 s, a grace of 0.6 s: the hall's page is
+    told, the ledger records the end, the webhook gets the summary; no person ended it."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    hook = Hook()
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook.handle)
+    async with TestServer(receiver, host="127.0.0.1") as target:
+        settings = {
+            "webhook_url": str(target.make_url("/hook")),
+            "webhook_secret": "webhook-secret-0123456789",
+            "auto_end_grace_s": 0.6,
+            "batch_interval_s": 0.1,
+        }
+        async with running_app(tmp_path, **settings) as (client, state):
+            await seed(client)
+            await short_class(client, "k", 0.01)
+            page = await client.ws_connect("/ws/k", params={"token": mint(Role.SITE, "k", "S1")})
+            assert json.loads((await page.receive(timeout=3)).data)["ended"] is False
+            while json.loads((await page.receive(timeout=5)).data)["type"] != "class_ended":
+                pass
+            session = await state.store.get_session("k")
+            assert session.ended_at is not None and session.ended_at >= session.ends_at + 0.6
+            assert len(await state.store.events("k", kinds=[EventKind.CLASS_ENDED])) == 1
+            await hook.wait()
+            assert hook.bodies[0]["type"] == "class_ended"
+            await page.close()
+        assert [body["session"]["id"] for body in hook.bodies] == ["k"]  # once
+
+
+async def test_a_class_whose_end_passed_while_the_server_was_down_ends_at_start(
+    tmp_path: Path,
+) -> None:
+    async with running_app(tmp_path, auto_end_grace_s=0.5) as (client, state):
+        await seed(client)
+        await client.post("/api/sessions/c1/end", headers=ADMIN)
+        await short_class(client, "k", 0.01)  # planned end in 0.6 s: the server stops first
+        assert (await state.store.get_session("k")).ended_at is None
+    await asyncio.sleep(1.5)
+    async with running_app(tmp_path, auto_end_grace_s=0.5) as (client, state):
+        session = await state.store.get_session("k")  # no request, no page: ended at start
+        assert session.ended_at is not None and session.ended_at >= session.ends_at + 0.5
+        assert len(await state.store.events("k", kinds=[EventKind.CLASS_ENDED])) == 1
+    async with running_app(tmp_path, auto_end_grace_s=0) as (client, state):
+        await short_class(client, "never", -1.0)  # 0: only a person ends a class
+        await asyncio.sleep(0.3)
+        assert (await state.store.get_session("never")).ended_at is None
+
+
 def test_webhook_settings_fail_early() -> None:
     from server.config import ConfigError, load_config
 

@@ -16,11 +16,9 @@ from aiohttp import web
 from server import auth, reports
 from server.app import (
     STATE,
-    announce_class_end,
     authorize_request,
     claims_of,
     client_address,
-    in_background,
     session_or_404,
 )
 from server.checkin import Checkin, CheckinError, parse_checkin
@@ -172,10 +170,8 @@ async def end_session(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     authorize_request(request, Action.END_CLASS, sid)
     before = await session_or_404(state.store, sid)
-    session = await state.hub.end_class(before)
+    session = await state.hub.end_class(before)  # the summary goes out once (hub.on_ended_here)
     await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast
-    if before.ended_at is None:  # ended by this request: the summary goes out once
-        in_background(state, announce_class_end(state, session))
     return web.json_response(session_wire(session))
 
 
