@@ -11,6 +11,8 @@ person in with a name and an optional short identifier (a phone number, a citize
   site, names compared without case, spacing, punctuation or Vietnamese diacritics
   ("Nguyễn Văn Ân" = "nguyen van an"), since cheap phones often type without them. The key is
   a SHA-256 digest: the dedupe index holds no names or identifiers in clear.
+- ``refuse_closed``: a participant's (QR) link stops working with its class (its end plus a
+  grace the organiser sets), so a photo of the hall's screen is no good the next week.
 - ``mask_ident`` keeps only the last 3 characters of an identifier for the ledger and reports
   (personal data kept to what the report needs).
 - ``TokenBucket``, ``KeyedLimiter`` and ``CheckinLimiter``: token buckets with an injectable
@@ -67,6 +69,19 @@ class RateLimitedError(CheckinError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class CheckinClosedError(CheckinError):
+    """A participant's check-in link has expired with its class (end plus the grace)."""
+
+    code = "checkin_closed"
+
+
+def refuse_closed(closes_at: float | None, now: float) -> None:
+    """Raise CheckinClosedError once a participant link's class has closed check-in
+    (server/timetable.py `checkin_closes_at`; None: not known yet, the link's own expiry holds)."""
+    if closes_at is not None and now >= closes_at:
+        raise CheckinClosedError("check-in for this class has closed: the class is over")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -290,6 +305,7 @@ class CheckinLimiter:
 
 __all__ = [
     "Checkin",
+    "CheckinClosedError",
     "CheckinError",
     "CheckinLimiter",
     "CheckinLimits",
@@ -304,4 +320,5 @@ __all__ = [
     "name_key",
     "normalize_ident",
     "parse_checkin",
+    "refuse_closed",
 ]

@@ -227,8 +227,8 @@ def _seconds(name: str) -> Callable[[Any], float]:
             value = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-        if not 0 <= value <= 366 * 86400:  # also NaN
-            raise ConfigError(f"{name} must be from 0 to 31622400 seconds, got {raw!r}")
+        if not 0 <= value <= 10 * 366 * 86400:  # also NaN
+            raise ConfigError(f"{name} must be from 0 to 316224000 seconds, got {raw!r}")
         return value
 
     return parse

@@ -15,7 +15,7 @@ from media.errors import (
     SdpError,
 )
 from server.admission import TooManySocketsError
-from server.checkin import CheckinError
+from server.checkin import CheckinClosedError, CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
 from server.fields import FieldError
 from server.reports import AfterEndError, TooManyOpenError
@@ -105,6 +105,8 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
     if isinstance(exc, LopsoError):
         return exc.status, exc.code, str(exc)
     if isinstance(exc, CheckinError):  # server/checkin.py: its own precise codes
+        if isinstance(exc, CheckinClosedError):
+            return 410, exc.code, str(exc)
         return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
     if isinstance(exc, TooManySocketsError):  # server/admission.py, before an upgrade
         return 429, exc.code, str(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from server.models import ClassSession
 
 DEFAULT_MID_PROMPT_S = 45 * 60.0  # after going live, for a class without a planned end
+UNPLANNED_LINK_S = 12 * 3600.0  # a QR link of a class without a planned end: one day's class
 
 
 def auto_end_at(session: ClassSession, grace_s: float) -> float | None:
@@ -34,6 +35,13 @@ def checkin_closes_at(session: ClassSession, grace_s: float) -> float | None:
     return None if end is None else end + grace_s
 
 
+def checkin_link_expiry(session: ClassSession, now: float, grace_s: float) -> float:
+    """The expiry to give a participant's check-in link minted now: when check-in closes
+    (`checkin_closes_at`), else (no planned end) `UNPLANNED_LINK_S` from now."""
+    closes = checkin_closes_at(session, grace_s)
+    return closes if closes is not None else now + UNPLANNED_LINK_S
+
+
 def mid_prompt_at(session: ClassSession, delay_s: float | None = None) -> float | None:
     """When the mid-class headcount prompt is due: the middle of the planned class after the
     lecturer first went live (`delay_s` after it, when given; 45 min without a planned end).
@@ -49,7 +57,9 @@ def mid_prompt_at(session: ClassSession, delay_s: float | None = None) -> float 
 __all__ = [
     "DEFAULT_MID_PROMPT_S",
     "auto_end_at",
+    "UNPLANNED_LINK_S",
     "checkin_closes_at",
+    "checkin_link_expiry",
     "due_to_end",
     "mid_prompt_at",
 ]

@@ -198,6 +198,37 @@ async def test_participant_checkin_dedupes(app) -> None:
     assert events[0].data["by"] == "qr" and events[1].data["ident"] == "•••2"  # masked
 
 
+async def test_a_qr_link_dies_with_its_class_plus_the_grace(tmp_path: Path) -> None:
+    """A photo of the hall's screen is no good the next week: the participant link (old ones
+    too) stops working at the class's end (planned, else actual) plus LOPSO_CHECKIN_GRACE_S
+    (1 s here); the operator's own link still checks people in; a new QR expires then too."""
+    async with running_app(tmp_path, checkin_grace_s=1) as (client, state):
+        await seed(client)  # c1 was planned to end on 2026-11-26: long over
+        old_link = mint(Role.PARTICIPANT, "c1", "S1", ttl_s=30 * 86400)  # as QR links were
+        url = "/api/sessions/c1/sites/S1/checkins"
+        late = await client.post(url, json={"name": "Người Lạ"}, headers=bearer(old_link))
+        assert late.status == 410 and (await late.json())["error"]["code"] == "checkin_closed"
+        hall = auth(Role.SITE, site="S1")
+        assert (await client.post(url, json={"name": "Bà Tư"}, headers=hall)).status == 201
+        await short_class(client, "k", 60)  # planned to end in an hour
+        page = await client.get("/site/k/S1", params={"token": mint(Role.SITE, "k", "S1")})
+        qr = page_config(await page.text())["checkin_url"].split("?token=")[1]
+        session = await state.store.get_session("k")
+        assert verify(SECRET.encode(), qr).exp <= session.ends_at + 1 + 1
+        kurl = "/api/sessions/k/sites/S1/checkins"
+        assert (await client.post(kurl, json={"name": "An"}, headers=bearer(qr))).status == 201
+        await client.post("/api/sessions/k/end", headers=ADMIN)  # ended early: the actual end
+        reply = await client.post(kurl, json={"name": "Bình"}, headers=bearer(qr))
+        assert reply.status == 409 and (await reply.json())["error"]["code"] == "class_ended"
+        await asyncio.sleep(1.1)
+        reply = await client.post(kurl, json={"name": "Bình"}, headers=bearer(qr))
+        assert reply.status == 410 and (await reply.json())["error"]["code"] == "checkin_closed"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(app) -> None:
     client, state = app
     await client.post(

@@ -21,7 +21,7 @@ from server.app import (
     client_address,
     session_or_404,
 )
-from server.checkin import Checkin, CheckinError, parse_checkin
+from server.checkin import Checkin, CheckinError, parse_checkin, refuse_closed
 from server.demo import class_links
 from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, ValidationError
 from server.fields import check_text
@@ -30,6 +30,7 @@ from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action, may
 from server.routes.ws import text
+from server.timetable import checkin_closes_at
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,18 @@ async def checkin(request: web.Request) -> web.Response:
     """`POST /api/sessions/{sid}/sites/{site}/checkins` {name, ident?} → 201 new, 200 duplicate."""
     state = request.app[STATE]
     sid, code = request.match_info["sid"], request.match_info["site"]
-    authorize_request(request, Action.CHECKIN, sid, code)
-    person = await admitted_checkin(request, sid, code)
+    claims = authorize_request(request, Action.CHECKIN, sid, code)
     room = state.hub.open_room(sid)  # the class is not read and decoded on every check-in
     if room is None:
         room = await state.hub.room(await session_or_404(state.store, sid))
+    if claims.role is Role.PARTICIPANT:  # a QR link (or a photo of it) dies with its class
+        closes_at = checkin_closes_at(room.session, state.config.checkin_grace_s)
+        try:
+            refuse_closed(closes_at, time.time())
+        except CheckinError as exc:
+            state.metrics.checkin_refused(exc)
+            raise
+    person = await admitted_checkin(request, sid, code)
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
     event, created = await reports.checkin(room, code, person)
