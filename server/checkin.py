@@ -277,7 +277,9 @@ class CheckinLimits:
 
 
 class CheckinLimiter:
-    """Check-in rate limits per (class, site) and per client address."""
+    """Check-in rate limits per (class, site) and per client address, one budget for
+    participants' QR check-ins and another for the hall operator's: a stranger with the QR
+    link who spends the participants' budget cannot get the operator refused."""
 
     def __init__(
         self,
@@ -289,10 +291,11 @@ class CheckinLimiter:
         self.sites = KeyedLimiter(limits.site_rate, limits.site_burst, clock, max_keys)
         self.addresses = KeyedLimiter(limits.address_rate, limits.address_burst, clock, max_keys)
 
-    def check(self, session_id: str, site_code: str, address: str | None) -> None:
-        """Admit one check-in or raise RateLimitedError; a refused one takes no token."""
-        site = self.sites.bucket(f"{session_id}\x1f{site_code}")
-        addr = self.addresses.bucket(address) if address else None
+    def check(self, session_id: str, site_code: str, address: str | None, by: str = "qr") -> None:
+        """Admit one check-in (`by` "qr" or "operator": separate budgets) or raise
+        RateLimitedError; a refused one takes no token."""
+        site = self.sites.bucket(f"{by}\x1f{session_id}\x1f{site_code}")
+        addr = self.addresses.bucket(f"{by}\x1f{address}") if address else None
         for bucket, what in ((site, f"for site {site_code}"), (addr, "from this address")):
             if bucket is not None and bucket.available() < 1.0:
                 raise RateLimitedError(

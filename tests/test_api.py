@@ -407,6 +407,31 @@ async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
         assert 1 <= int(reply.headers["Retry-After"]) <= 2
 
 
+async def test_a_stranger_spending_the_qr_budget_does_not_refuse_the_operator(
+    tmp_path: Path,
+) -> None:
+    settings = {"checkin_rate_site": 0.01, "checkin_burst_site": 3}
+    async with running_app(tmp_path, **settings) as (client, state):
+        await seed(client)
+        url = "/api/sessions/c1/sites/S1/checkins"
+        stranger = auth(Role.PARTICIPANT, site="S1")
+        statuses = [
+            (await client.post(url, json={"name": f"Giả {chr(65 + i)}"}, headers=stranger)).status
+            for i in range(5)
+        ]
+        assert statuses == [201, 201, 201, 429, 429]
+        hall = auth(Role.SITE, site="S1")  # the operator's own link, same address
+        reply = await client.post(url, json={"name": "Bà Tư"}, headers=hall)
+        assert reply.status == 201, await reply.text()
+        site = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S1")})
+        await site.send_json({"type": "checkin", "name": "Ông Năm", "id": "op-1"})
+        while (message := json.loads((await site.receive(timeout=3)).data))["type"] != "ack":
+            assert message["type"] != "error", message
+        await site.close()
+        events = await state.store.events("c1", kinds=[EventKind.CHECKIN])
+        assert [e.data["by"] for e in events] == ["qr", "qr", "qr", "operator", "operator"]
+
+
 def test_checkin_limits_default_to_a_hall_behind_one_address() -> None:
     from server.app import checkin_limits
     from server.config import load_config

@@ -214,7 +214,8 @@ async def checkin(request: web.Request) -> web.Response:
         except CheckinError as exc:
             state.metrics.checkin_refused(exc)
             raise
-    person = await admitted_checkin(request, sid, code)
+    by = "operator" if claims.role is Role.SITE else "qr"  # separate budgets (server/checkin.py)
+    person = await admitted_checkin(request, sid, code, by)
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
     event, created = await reports.checkin(room, code, person)
@@ -224,12 +225,13 @@ async def checkin(request: web.Request) -> web.Response:
     )
 
 
-async def admitted_checkin(request: web.Request, sid: str, code: str) -> Checkin:
-    """The request's check-in, within the limits; a refusal is counted, then raised."""
+async def admitted_checkin(request: web.Request, sid: str, code: str, by: str) -> Checkin:
+    """The request's check-in, within the limits of its kind (`by`: a participant's "qr" or
+    the hall's "operator"); a refusal is counted, then raised."""
     state = request.app[STATE]
     try:
-        state.checkin_limiter.check(sid, code, client_address(request))
-        return parse_checkin(await read_json(request), by="qr")
+        state.checkin_limiter.check(sid, code, client_address(request), by)
+        return parse_checkin(await read_json(request), by=by)
     except CheckinError as exc:
         state.metrics.checkin_refused(exc)
         raise
