@@ -13,6 +13,7 @@ person in with a name and an optional short identifier (a phone number, a citize
   a SHA-256 digest: the dedupe index holds no names or identifiers in clear.
 - ``refuse_closed``: a participant's (QR) link stops working with its class (its end plus a
   grace the organiser sets), so a photo of the hall's screen is no good the next week.
+- ``reply_as_duplicate``: a duplicate is revealed only to the site it was counted at.
 - ``mask_ident`` keeps only the last 3 characters of an identifier for the ledger and reports
   (personal data kept to what the report needs).
 - ``TokenBucket``, ``KeyedLimiter`` and ``CheckinLimiter``: token buckets with an injectable
@@ -166,6 +167,14 @@ def dedupe_key(session_id: str, site_code: str, name: str, ident: str | None) ->
         scope, value = f"name:{site_code}", name_key(name)
     digest = hashlib.sha256(f"{session_id}\x1f{scope}\x1f{value}".encode()).hexdigest()[:32]
     return f"{scope}:{digest}"
+
+
+def reply_as_duplicate(counted: bool, counted_at: str | None, site_code: str) -> bool:
+    """Whether the caller is told "already checked in": only for its own site. A person
+    whose identifier was counted at ANOTHER site is still counted once, but the reply is the
+    one a fresh check-in gets: the QR link of one hall must not tell whether a given ID
+    number checked in anywhere in the class."""
+    return not counted and counted_at == site_code
 
 
 def parse_checkin(body: Mapping[str, Any], by: str = "qr") -> Checkin:
@@ -324,4 +333,5 @@ __all__ = [
     "normalize_ident",
     "parse_checkin",
     "refuse_closed",
+    "reply_as_duplicate",
 ]

@@ -14,10 +14,11 @@ end-of-class headcount the end prompt asks for (phase ``end``) is taken for
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from server.checkin import Checkin, dedupe_key
-from server.models import Event, EventKind
+from server.checkin import Checkin, dedupe_key, reply_as_duplicate
+from server.models import EventKind
 from server.peer import iso, question_wire
 from server.quality import QualityClass, classify_sample
 from server.room import ClassLive, event_id
@@ -199,13 +200,25 @@ async def close_question(room: ClassLive, question_id: str, by: str, how: str) -
     return True
 
 
-async def checkin(room: ClassLive, code: str, person: Checkin) -> tuple[Event, bool]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckinReply:
+    """What a check-in did (`counted`: a new person) and what its sender is told."""
+
+    event_id: str
+    counted: bool
+    duplicate: bool  # already counted at this same site (never says so for another site)
+
+
+async def checkin(room: ClassLive, code: str, person: Checkin) -> CheckinReply:
     """Count a person once (server/checkin.py: an identifier counts once per class, a name
-    once per site, without diacritics); the ledger keeps the identifier masked."""
+    once per site, without diacritics); the ledger keeps the identifier masked. A person
+    counted at another site gets the reply of a fresh check-in, with an id never stored."""
     refuse_after_end(room, "check-in")
     event = room.hub.event(room.session.id, EventKind.CHECKIN, code, person.event_data())
     key = dedupe_key(room.session.id, code, person.name, person.ident)
     stored, created = await room.hub.store.add_checkin(event, key)
     if created:
         await room.patch(code, checkins=room.sites[code].checkins + 1)
-    return stored, created
+    duplicate = reply_as_duplicate(created, stored.site_code, code)
+    shown = stored.id if created or duplicate else event.id
+    return CheckinReply(event_id=shown, counted=created, duplicate=duplicate)

@@ -229,7 +229,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(app) -> None:
+async def test_an_identifier_counts_once_per_class_only_its_site_is_told_bad_bodies_precise(
+    app,
+) -> None:
     client, state = app
     await client.post(
         "/api/sessions",
@@ -249,14 +251,35 @@ async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(ap
         headers=s1,
     )
     assert first.status == 201
+    fresh = await client.post(
+        "/api/sessions/c2/sites/S2/checkins",
+        json={"name": "Người Mới", "ident": "0977"},
+        headers=s2,
+    )
+    # At another site the QR link learns nothing: the reply of a fresh check-in (an id never
+    # stored), yet the person is counted once in the class.
     elsewhere = await client.post(
         "/api/sessions/c2/sites/S2/checkins",
         json={"name": "Hoa", "ident": "0912345678"},
         headers=s2,
     )
-    assert elsewhere.status == 200 and (await elsewhere.json())["duplicate"] is True
+    assert elsewhere.status == fresh.status == 201
+    shown, new = await elsewhere.json(), await fresh.json()
+    assert shown.keys() == new.keys() and shown["duplicate"] is new["duplicate"] is False
+    assert shown["event_id"] != (await first.json())["event_id"]
+    at_home = await client.post(  # the site it was counted at is told: its own hall's record
+        "/api/sessions/c2/sites/S1/checkins",
+        json={"name": "Lê Thị Hoa", "ident": "0912345678"},
+        headers=s1,
+    )
+    assert at_home.status == 200 and (await at_home.json())["duplicate"] is True
     stored = await state.store.events("c2", kinds=[EventKind.CHECKIN])
-    assert [(e.site_code, e.data["ident"]) for e in stored] == [("S1", "•••••••678")]
+    assert [(e.site_code, e.data["ident"]) for e in stored] == [
+        ("S1", "•••••••678"),
+        ("S2", "•••7"),
+    ]
+    report = await (await client.get("/api/sessions/c2/attendance", headers=ADMIN)).json()
+    assert report["province"]["checkins"] == 2  # Hoa once, the newcomer once
     for body, code in (
         ({"name": "An", "phone": "1"}, "checkin_invalid"),
         ({"name": "1234"}, "checkin_name"),

@@ -22,6 +22,7 @@ from server.checkin import (
     name_key,
     normalize_ident,
     parse_checkin,
+    reply_as_duplicate,
 )
 
 
@@ -243,3 +244,15 @@ def test_the_operator_has_a_budget_of_its_own():
     limiter.check("c1", "A", "10.0.0.1", by="operator")
     with pytest.raises(RateLimitedError):
         limiter.check("c1", "A", "10.0.0.1", by="operator")  # the operator has a budget too
+
+
+@pytest.mark.parametrize(
+    ("counted", "counted_at", "site", "told"),
+    [
+        (True, "A", "A", False),  # a new person
+        (False, "A", "A", True),  # already counted here: the hall may know
+        (False, "A", "B", False),  # counted at another site: the reply of a fresh one
+    ],
+)
+def test_a_duplicate_is_told_only_to_its_own_site(counted, counted_at, site, told):
+    assert reply_as_duplicate(counted, counted_at, site) is told

@@ -218,10 +218,11 @@ async def checkin(request: web.Request) -> web.Response:
     person = await admitted_checkin(request, sid, code, by)
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
-    event, created = await reports.checkin(room, code, person)
-    state.metrics.checkin(created)
+    reply = await reports.checkin(room, code, person)
+    state.metrics.checkin(reply.counted)
     return web.json_response(
-        {"duplicate": not created, "event_id": event.id}, status=201 if created else 200
+        {"duplicate": reply.duplicate, "event_id": reply.event_id},
+        status=200 if reply.duplicate else 201,
     )
 
 
