@@ -28,11 +28,9 @@ from server.peer import (  # re-exported: routes and tests import them from here
 )
 from server.room import ClassLive, channel_of, event_id, open_connections
 from server.store.base import Store
-from server.timetable import due_to_end
+from server.timetable import due_to_end, mid_prompt_at
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MID_PROMPT_S = 45 * 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +40,9 @@ class HubLimits:
     batch_interval_s: float = 1.0
     presence_ttl_s: float = 45.0
     quality_event_every_s: float = 15.0
-    mid_prompt_s: float | None = None  # default: half the planned duration, else 45 min
+    mid_prompt_s: float | None = (
+        None  # after going live; default: half the planned class, else 45 min
+    )
     subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
     open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
@@ -74,7 +74,6 @@ class Hub:
         self.on_ended_here: Callable[[ClassSession], None] | None = None
         self._ending: set[str] = set()
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
-        self._timers: dict[str, asyncio.Task[None]] = {}
 
     async def room(self, session: ClassSession) -> ClassLive:
         """The live state of `session` on this node (created once, concurrently safe)."""
@@ -152,34 +151,43 @@ class Hub:
         if live == room.live:
             return
         room.live = live
+        started_at = session.started_at
         if live:
             await self.append(session.id, EventKind.CLASS_STARTED)
-            if session.started_at is None:
-                await self.store.put_session(dataclasses.replace(session, started_at=self.clock()))
-                await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "start"})
-                self._schedule_mid(room)
+            if started_at is None:
+                started_at = self.clock()
+                room.session = dataclasses.replace(session, started_at=started_at)
+                await self.store.put_session(room.session)
+            await self.prompt(room, "start")
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "live", "live": live},
             t="live",
             live=live,
+            started_at=started_at,
         )
 
-    def _schedule_mid(self, room: ClassLive) -> None:
-        session = room.session
-        delay = self.limits.mid_prompt_s
-        if delay is None:
-            delay = (
-                (session.ends_at - session.starts_at) / 2
-                if session.ends_at
-                else DEFAULT_MID_PROMPT_S
-            )
-        self._timers[session.id] = asyncio.create_task(self._mid_prompt(room, max(delay, 0.0)))
+    async def prompt(self, room: ClassLive, phase: str) -> None:
+        """Ask every page for a headcount, once per class and phase whatever the nodes and the
+        restarts: the ledger remembers it (one PROMPT event per phase, by its ref)."""
+        if phase in room.prompted:
+            return
+        event = self.event(room.session.id, EventKind.PROMPT, None, {"phase": phase}, f"p:{phase}")
+        stored = await self.store.append(event)
+        room.prompted.add(phase)
+        if (stored.node, stored.at) != (event.node, event.at):
+            return  # another node, or this one before a restart, sent it already
+        await room.broadcast(
+            {"all": True}, {"type": "headcount_prompt", "phase": phase}, t="prompted", phase=phase
+        )
 
-    async def _mid_prompt(self, room: ClassLive, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if room.session.ended_at is None:
-            await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "mid"})
+    async def prompt_if_due(self, room: ClassLive) -> None:
+        """The mid-class prompt, due at the middle of the planned class after it went live
+        (server/timetable.py): derived from the class's times, not a timer a restart loses."""
+        session = room.session
+        due = mid_prompt_at(session, self.limits.mid_prompt_s)
+        if session.ended_at is None and due is not None and self.clock() >= due:
+            await self.prompt(room, "mid")
 
     async def end_class(self, session: ClassSession) -> ClassSession:
         """End the class once: ledger, stored class, end-of-class prompt, `class_ended`."""
@@ -193,10 +201,7 @@ class Hub:
         await self.store.put_session(ended)
         # one CLASS_ENDED however many nodes (or an operator and the clock) end it together
         await self.append(session.id, EventKind.CLASS_ENDED, ref="end")
-        timer = self._timers.pop(session.id, None)
-        if timer:
-            timer.cancel()
-        await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "end"})
+        await self.prompt(room, "end")
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "class_ended"},
@@ -249,8 +254,6 @@ class Hub:
         return classes
 
     async def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
         for task in self._rooms.values():
             if task.done() and task.exception() is None:
                 await task.result().stop()

@@ -55,6 +55,7 @@ class ClassLive:
         self.dirty: set[str] = set()
         self.live = False
         self.quality_sampled_at: dict[str, float] = {}
+        self.prompted: set[str] = set()  # headcount prompts sent (phases), from the ledger
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -107,6 +108,10 @@ class ClassLive:
         state = self.sites.get(event.site_code or "")
         if event.kind is EventKind.CLASS_ENDED:
             self.session = dataclasses.replace(self.session, ended_at=event.at)
+        elif event.kind is EventKind.CLASS_STARTED and self.session.started_at is None:
+            self.session = dataclasses.replace(self.session, started_at=event.at)
+        elif event.kind is EventKind.PROMPT:
+            self.prompted.add(str(event.data.get("phase")))
         if state is None:
             return
         if event.kind is EventKind.SITE_JOINED:
@@ -160,6 +165,11 @@ class ClassLive:
                     self.hub.on_media_mode(self.session.id, state.code, str(mode))
         elif kind == "live":
             self.live = bool(message["live"])
+            started_at = message.get("started_at")
+            if started_at is not None and self.session.started_at is None:
+                self.session = dataclasses.replace(self.session, started_at=float(started_at))
+        elif kind == "prompted":
+            self.prompted.add(str(message["phase"]))
         elif kind == "question":
             self.questions[message["question_id"]] = message["question"]
             site = str(message["question"].get("site"))
@@ -208,10 +218,11 @@ class ClassLive:
                 except Exception:
                     log.exception("presence sweep failed", extra={"sid": self.session.id})
             self.flush()
-            try:
+            try:  # what the class's times make due: the mid prompt, the end by itself
+                await self.hub.prompt_if_due(self)
                 await self.hub.end_if_due(self.session)
             except Exception:
-                log.exception("could not end the class at its end", extra={"sid": self.session.id})
+                log.exception("could not act on the class's times", extra={"sid": self.session.id})
 
     async def sweep(self) -> None:
         """Mark offline the sites whose presence expired (their node died without a word),

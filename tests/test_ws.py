@@ -244,8 +244,15 @@ async def test_live_and_class_end_reach_every_page_with_prompts(app) -> None:
     assert (await receive(site, "headcount_prompt"))["phase"] == "end"
     await receive(site, "class_ended")
     await receive(mod, "class_ended")
-    kinds = [e.kind for e in await state.store.events("c1") if e.site_code is None]
-    assert kinds == [EventKind.CLASS_STARTED, EventKind.CLASS_ENDED]
+    kinds = [
+        (e.kind, e.data.get("phase")) for e in await state.store.events("c1") if e.site_code is None
+    ]
+    assert kinds == [
+        (EventKind.CLASS_STARTED, None),
+        (EventKind.PROMPT, "start"),  # prompts are remembered: a restart neither loses nor repeats
+        (EventKind.CLASS_ENDED, None),
+        (EventKind.PROMPT, "end"),
+    ]
     await site.close()
     await mod.close()
 
@@ -507,6 +514,58 @@ async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path)
     finally:
         await hub.close()
         await store.close()
+
+
+async def test_the_mid_prompt_survives_a_restart_and_is_sent_once(tmp_path: Path) -> None:
+    """Compressed time: a class planned for 4 s goes live; the server restarts before its
+    middle (2 s after going live): the restarted server still prompts mid, once; after another
+    restart nothing is prompted again."""
+    import time as clock
+
+    async def page(client) -> aiohttp.ClientWebSocketResponse:
+        ws = await connect(client, Role.SITE, "S1", sid="k")
+        await receive(ws, "welcome")
+        return ws
+
+    async def prompts(ws, seconds: float) -> list[str]:
+        phases: list[str] = []
+        deadline = clock.monotonic() + seconds
+        while (left := deadline - clock.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            data = json.loads(msg.data)
+            if data["type"] == "headcount_prompt":
+                phases.append(data["phase"])
+        return phases
+
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):
+        await seed(client, sites=("S1",))
+        now = clock.time()
+        body = {
+            "id": "k",
+            "title": "Ngắn",
+            "starts_at": now,
+            "ends_at": now + 4,
+            "site_codes": ["S1"],
+        }
+        admin = {"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+        assert (await client.post("/api/sessions", json=body, headers=admin)).status == 201
+        ws = await page(client)
+        await state.hub.set_live(await state.store.get_session("k"), True)
+        assert await prompts(ws, 0.5) == ["start"]
+        await ws.close()
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):  # restarted
+        ws = await page(client)
+        assert await prompts(ws, 3.0) == ["mid"]  # not lost, not "start" again
+        await ws.close()
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):  # and again
+        ws = await page(client)
+        assert await prompts(ws, 1.0) == []
+        await ws.close()
+        events = await state.store.events("k", kinds=[EventKind.PROMPT])
+        assert [e.data["phase"] for e in events] == ["start", "mid"]
 
 
 def test_a_page_too_slow_to_read_is_shut() -> None:
