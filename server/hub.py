@@ -48,6 +48,7 @@ class HubLimits:
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
     end_headcount_s: float = 900.0  # the end prompt's headcount is taken this long after the end
     auto_end_grace_s: float = 1800.0  # a class ends by itself this long after ends_at; 0: never
+    room_linger_s: float = 60.0  # an ended class's room is closed this long after its last page
 
 
 class Hub:
@@ -90,6 +91,14 @@ class Hub:
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
             return None
         return task.result()
+
+    def forget(self, room: ClassLive) -> None:
+        """Drop an ended class's room (it stops itself): the next `room()` opens it again
+        from the ledger, e.g. for a report."""
+        task = self._rooms.get(room.session.id)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            if task.result() is room:
+                del self._rooms[room.session.id]
 
     async def _open_room(self, session: ClassSession) -> ClassLive:
         sites = await self.expected_sites(session)

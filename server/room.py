@@ -95,9 +95,11 @@ class ClassLive:
         self._tasks.append(asyncio.create_task(self._flush_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop the room's loops (all but the one calling) and shut its pages."""
+        others = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        for task in self._tasks:
+        for task in others:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for peer in list(self.peers):
@@ -211,6 +213,11 @@ class ClassLive:
         last_sweep = self.hub.clock()
         while True:
             await asyncio.sleep(self.hub.limits.batch_interval_s)
+            if self.done():  # an ended class nobody looks at: no loop left behind
+                self.hub.forget(self)
+                await self.stop()
+                log.info("room of an ended class closed", extra={"sid": self.session.id})
+                return
             if self.hub.clock() - last_sweep >= self.hub.limits.presence_ttl_s / 3:
                 last_sweep = self.hub.clock()
                 try:
@@ -223,6 +230,16 @@ class ClassLive:
                 await self.hub.end_if_due(self.session)
             except Exception:
                 log.exception("could not act on the class's times", extra={"sid": self.session.id})
+
+    def done(self) -> bool:
+        """The class has ended, no page of it is open here, and the linger has passed."""
+        ended_at = self.session.ended_at
+        return (
+            ended_at is not None
+            and not self.peers
+            and not self.local_joins
+            and self.hub.clock() - ended_at >= self.hub.limits.room_linger_s
+        )
 
     async def sweep(self) -> None:
         """Mark offline the sites whose presence expired (their node died without a word),

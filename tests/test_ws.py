@@ -568,6 +568,40 @@ async def test_the_mid_prompt_survives_a_restart_and_is_sent_once(tmp_path: Path
         assert [e.data["phase"] for e in events] == ["start", "mid"]
 
 
+async def test_an_ended_classs_room_closes_after_its_last_page_and_reopens(tmp_path: Path) -> None:
+    """Every class ever opened used to keep a loop forever: once a class has ended and its last
+    page has gone (after a short linger) its room and loops are gone; a report opens it again."""
+    from server.hub import Hub, HubLimits, Peer
+    from server.models import ClassSession, Site
+    from server.store import open_store
+
+    store = await open_store(None, tmp_path, "n1")
+    hub = Hub(store, "n1", HubLimits(batch_interval_s=0.05, room_linger_s=0.2))
+    try:
+        await store.upsert_sites([Site("A", "Nhà văn hóa thôn A")])
+        session = ClassSession(id="k", title="t", starts_at=time.time())
+        await store.put_session(session)
+        room = await hub.room(session)
+        peer = Peer("k", Role.SITE, await store.get_site("A"))
+        await room.join(peer)
+        await hub.end_class(session)
+        await asyncio.sleep(0.5)
+        assert hub.open_room("k") is room  # a page of it is still open
+        await room.leave(peer)
+        deadline = time.monotonic() + 3
+        while hub.open_room("k") is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert hub.open_room("k") is None
+        assert room._tasks and all(task.done() for task in room._tasks)
+        again = await hub.room(await store.get_session("k"))  # someone opens the report
+        assert again is not room and again.session.ended_at is not None
+        assert again.sites["A"].joins == 1  # rebuilt from the ledger, nothing written twice
+        assert len(await store.events("k", kinds=[EventKind.CLASS_ENDED])) == 1
+    finally:
+        await hub.close()
+        await store.close()
+
+
 def test_a_page_too_slow_to_read_is_shut() -> None:
     from server.hub import OUTBOX_SIZE, Peer
 
