@@ -40,9 +40,8 @@ class HubLimits:
     batch_interval_s: float = 1.0
     presence_ttl_s: float = 45.0
     quality_event_every_s: float = 15.0
-    mid_prompt_s: float | None = (
-        None  # after going live; default: half the planned class, else 45 min
-    )
+    # the mid prompt this long after going live; default: half the planned class, else 45 min
+    mid_prompt_s: float | None = None
     subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
     open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
@@ -167,7 +166,7 @@ class Hub:
                 started_at = self.clock()
                 room.session = dataclasses.replace(session, started_at=started_at)
                 await self.store.put_session(room.session)
-            await self.prompt(room, "start")
+                await self.prompt(room, "start")  # the first time only, as before the ledger knew
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "live", "live": live},
