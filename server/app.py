@@ -426,8 +426,9 @@ SCHEDULE_SWEEP_S = 60.0
 
 
 def _schedule_ctx(state: AppState) -> CleanupCtx:
-    """Classes past their planned end plus the grace end by themselves: at once at start (the
-    end passed while the server was down), then every minute for classes no page opened here
+    """Classes past their planned end plus the grace end by themselves (recorded as ended at
+    their planned end): at once at start (the end passed while the server was down), then
+    every minute for classes no page opened here
     (an open class checks itself every batch, server/room.py). After the webhook sender has
     started, so the summary of a class ended at start goes out."""
 
@@ -438,12 +439,11 @@ def _schedule_ctx(state: AppState) -> CleanupCtx:
             log.exception("could not look for classes past their end")
 
     async def sweep_forever() -> None:
-        while True:
-            await asyncio.sleep(SCHEDULE_SWEEP_S)
+        while True:  # the first at once, without holding up the start
             await sweep()
+            await asyncio.sleep(SCHEDULE_SWEEP_S)
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await sweep()
         task = asyncio.create_task(sweep_forever())
         try:
             yield

@@ -197,24 +197,29 @@ class Hub:
         if session.ended_at is None and due is not None and self.clock() >= due:
             await self.prompt(room, "mid")
 
-    async def end_class(self, session: ClassSession) -> ClassSession:
-        """End the class once: ledger, stored class, end-of-class prompt, `class_ended`."""
+    async def end_class(self, session: ClassSession, at: float | None = None) -> ClassSession:
+        """End the class once: ledger, stored class, end-of-class prompt, `class_ended`.
+        `at`: the end to record when it is not now (a class ending by itself ended at its
+        planned end; the grace after it was only a wait for a person to end it)."""
         room = await self.room(session)
         current = await self.store.get_session(session.id) or session
         if current.ended_at is not None:
             return current
         now = self.clock()
-        ended = dataclasses.replace(current, ended_at=now)
-        room.session = ended  # this node refuses site reports at once, before the echo
+        ended_at = now if at is None else min(at, now)
+        ended = dataclasses.replace(current, ended_at=ended_at)
+        room.session, room.end_announced_at = ended, now  # refuses site reports at once
         await self.store.put_session(ended)
         # one CLASS_ENDED however many nodes (or an operator and the clock) end it together
-        await self.append(session.id, EventKind.CLASS_ENDED, ref="end")
+        event = self.event(session.id, EventKind.CLASS_ENDED, data={"announced_at": now}, ref="end")
+        await self.store.append(dataclasses.replace(event, at=ended_at))
         await self.prompt(room, "end")
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "class_ended"},
             t="ended",
-            at=now,
+            at=ended_at,
+            announced_at=now,
         )
         if self.on_ended_here is not None:
             self.on_ended_here(ended)
@@ -229,7 +234,7 @@ class Hub:
             return
         self._ending.add(session.id)
         try:
-            await self.end_class(session)
+            await self.end_class(session, at=session.ends_at)
             log.info("class ended by itself at its planned end", extra={"sid": session.id})
         finally:
             self._ending.discard(session.id)

@@ -9,7 +9,8 @@ must not be able to bury the moderators.
 Once the class has ended its attendance is final: headcounts, questions, help requests and
 check-ins are refused (`AfterEndError`), quality reports are ignored. One exception: the
 end-of-class headcount the end prompt asks for (phase ``end``) is taken for
-`HubLimits.end_headcount_s` after the end.
+`HubLimits.end_headcount_s` after the end was announced (a class that ended by itself is
+recorded as ended at its planned end, announced later).
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ class AfterEndError(Exception):
 
 
 def refuse_after_end(room: ClassLive, what: str, *, grace_s: float = 0.0) -> None:
-    """Raise AfterEndError when the class ended more than `grace_s` ago."""
+    """Raise AfterEndError when the class's end was announced more than `grace_s` ago."""
     ended_at = room.session.ended_at
-    if ended_at is not None and room.hub.clock() - ended_at >= grace_s:
+    if ended_at is None:
+        return
+    announced = room.end_announced_at if room.end_announced_at is not None else ended_at
+    if room.hub.clock() - announced >= grace_s:
         raise AfterEndError(f"the class has ended: no {what} is taken any more")
 
 

@@ -56,6 +56,7 @@ class ClassLive:
         self.live = False
         self.quality_sampled_at: dict[str, float] = {}
         self.prompted: set[str] = set()  # headcount prompts sent (phases), from the ledger
+        self.end_announced_at: float | None = None  # when the end was announced (not its time)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -110,6 +111,7 @@ class ClassLive:
         state = self.sites.get(event.site_code or "")
         if event.kind is EventKind.CLASS_ENDED:
             self.session = dataclasses.replace(self.session, ended_at=event.at)
+            self.end_announced_at = float(event.data.get("announced_at", event.at))
         elif event.kind is EventKind.CLASS_STARTED and self.session.started_at is None:
             self.session = dataclasses.replace(self.session, started_at=event.at)
         elif event.kind is EventKind.PROMPT:
@@ -180,6 +182,7 @@ class ClassLive:
             self.open_questions.setdefault(message["site"], set()).discard(message["question_id"])
         elif kind == "ended":
             self.session = dataclasses.replace(self.session, ended_at=message["at"])
+            self.end_announced_at = float(message.get("announced_at", message["at"]))
             if self.hub.on_class_ended is not None:  # every node closes its media of the class
                 task = asyncio.ensure_future(self.hub.on_class_ended(self.session.id))
                 self._tasks.append(task)
