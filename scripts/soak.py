@@ -320,7 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="lopso-soak-"))
     out = open(args.out, "a", encoding="utf-8") if args.out else None  # noqa: SIM115
     # every simulated site comes from this machine's one address: no per-address page cap
-    env = {"LOPSO_WS_PER_ADDR": "0"}
+    # and the demo class (planned for an hour) must not end by itself mid-soak
+    env = {"LOPSO_WS_PER_ADDR": "0", "LOPSO_AUTO_END_GRACE_S": "0"}
     if args.quiet_server:
         env["LOPSO_LOG_LEVEL"] = "WARNING"
     with LopsoServer(work, demo_sites=args.sites, env=env) as srv:

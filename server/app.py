@@ -254,12 +254,17 @@ def _store_ctx(state: AppState) -> CleanupCtx:
                 batch_interval_s=cfg.batch_interval_s,
                 open_questions_per_site=cfg.open_questions_per_site,
                 open_help_per_site=cfg.open_help_per_site,
+                # an edge follows the origin's end; it never ends a class itself
+                auto_end_grace_s=0.0 if cfg.role == "edge" else cfg.auto_end_grace_s,
             ),
             live_probe=lambda sid: lecture_live(state, sid),
         )
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
         state.hub.on_site_revoked = lambda sid, code: _close_site_media(state, sid, code)
         state.hub.on_media_mode = lambda sid, code, mode: apply_media_mode(state, sid, code, mode)
+        state.hub.on_ended_here = lambda session: in_background(
+            state, announce_class_end(state, session)
+        )
         await state.hub.resume(time.time())
         try:
             yield
@@ -439,6 +444,39 @@ def in_background(state: AppState, coro: Any) -> None:
     task.add_done_callback(state.background.discard)
 
 
+SCHEDULE_SWEEP_S = 60.0
+
+
+def _schedule_ctx(state: AppState) -> CleanupCtx:
+    """Classes past their planned end plus the grace end by themselves (recorded as ended at
+    their planned end): at once at start (the end passed while the server was down), then
+    every minute for classes no page opened here
+    (an open class checks itself every batch, server/room.py). After the webhook sender has
+    started, so the summary of a class ended at start goes out."""
+
+    async def sweep() -> None:
+        try:
+            await state.hub.end_overdue()
+        except Exception:  # the store is down: the next sweep tries again
+            log.exception("could not look for classes past their end")
+
+    async def sweep_forever() -> None:
+        while True:  # the first at once, without holding up the start
+            await sweep()
+            await asyncio.sleep(SCHEDULE_SWEEP_S)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(sweep_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
 def _demo_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from server.demo import create_demo, print_links, write_demo_json
@@ -482,6 +520,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
         app.cleanup_ctx.append(_node_ctx(state))
     if config.webhook_url:
         app.cleanup_ctx.append(_webhook_ctx(state))
+    app.cleanup_ctx.append(_schedule_ctx(state))
     app.cleanup_ctx.append(_demo_ctx(state))
     app.router.add_get("/healthz", healthz)
     api.add_routes(app)

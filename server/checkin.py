@@ -11,6 +11,9 @@ person in with a name and an optional short identifier (a phone number, a citize
   site, names compared without case, spacing, punctuation or Vietnamese diacritics
   ("Nguyễn Văn Ân" = "nguyen van an"), since cheap phones often type without them. The key is
   a SHA-256 digest: the dedupe index holds no names or identifiers in clear.
+- ``refuse_closed``: a participant's (QR) link stops working with its class (its end plus a
+  grace the organiser sets), so a photo of the hall's screen is no good the next week.
+- ``reply_as_duplicate``: a duplicate is revealed only to the site it was counted at.
 - ``mask_ident`` keeps only the last 3 characters of an identifier for the ledger and reports
   (personal data kept to what the report needs).
 - ``TokenBucket``, ``KeyedLimiter`` and ``CheckinLimiter``: token buckets with an injectable
@@ -67,6 +70,19 @@ class RateLimitedError(CheckinError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class CheckinClosedError(CheckinError):
+    """A participant's check-in link has expired with its class (end plus the grace)."""
+
+    code = "checkin_closed"
+
+
+def refuse_closed(closes_at: float | None, now: float) -> None:
+    """Raise CheckinClosedError once a participant link's class has closed check-in
+    (server/timetable.py `checkin_closes_at`; None: not known yet, the link's own expiry holds)."""
+    if closes_at is not None and now >= closes_at:
+        raise CheckinClosedError("check-in for this class has closed: the class is over")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,6 +167,14 @@ def dedupe_key(session_id: str, site_code: str, name: str, ident: str | None) ->
         scope, value = f"name:{site_code}", name_key(name)
     digest = hashlib.sha256(f"{session_id}\x1f{scope}\x1f{value}".encode()).hexdigest()[:32]
     return f"{scope}:{digest}"
+
+
+def reply_as_duplicate(counted: bool, counted_at: str | None, site_code: str) -> bool:
+    """Whether the caller is told "already checked in": only for its own site. A person
+    whose identifier was counted at ANOTHER site is still counted once, but the reply is the
+    one a fresh check-in gets: the QR link of one hall must not tell whether a given ID
+    number checked in anywhere in the class."""
+    return not counted and counted_at == site_code
 
 
 def parse_checkin(body: Mapping[str, Any], by: str = "qr") -> Checkin:
@@ -262,7 +286,9 @@ class CheckinLimits:
 
 
 class CheckinLimiter:
-    """Check-in rate limits per (class, site) and per client address."""
+    """Check-in rate limits per (class, site) and per client address, one budget for
+    participants' QR check-ins and another for the hall operator's: a stranger with the QR
+    link who spends the participants' budget cannot get the operator refused."""
 
     def __init__(
         self,
@@ -274,10 +300,11 @@ class CheckinLimiter:
         self.sites = KeyedLimiter(limits.site_rate, limits.site_burst, clock, max_keys)
         self.addresses = KeyedLimiter(limits.address_rate, limits.address_burst, clock, max_keys)
 
-    def check(self, session_id: str, site_code: str, address: str | None) -> None:
-        """Admit one check-in or raise RateLimitedError; a refused one takes no token."""
-        site = self.sites.bucket(f"{session_id}\x1f{site_code}")
-        addr = self.addresses.bucket(address) if address else None
+    def check(self, session_id: str, site_code: str, address: str | None, by: str = "qr") -> None:
+        """Admit one check-in (`by` "qr" or "operator": separate budgets) or raise
+        RateLimitedError; a refused one takes no token."""
+        site = self.sites.bucket(f"{by}\x1f{session_id}\x1f{site_code}")
+        addr = self.addresses.bucket(f"{by}\x1f{address}") if address else None
         for bucket, what in ((site, f"for site {site_code}"), (addr, "from this address")):
             if bucket is not None and bucket.available() < 1.0:
                 raise RateLimitedError(
@@ -290,6 +317,7 @@ class CheckinLimiter:
 
 __all__ = [
     "Checkin",
+    "CheckinClosedError",
     "CheckinError",
     "CheckinLimiter",
     "CheckinLimits",
@@ -304,4 +332,6 @@ __all__ = [
     "name_key",
     "normalize_ident",
     "parse_checkin",
+    "refuse_closed",
+    "reply_as_duplicate",
 ]

@@ -89,6 +89,10 @@ class Config:
     ws_per_site: int = 8  # a hall: one player and a few pages
     ws_per_token: int = 32  # one lecturer, moderator or admin link: a few tabs per person
     ws_per_addr: int = 64  # one client address (several halls may share a carrier's NAT)
+    # A class ends by itself this long after its planned end (ends_at); 0: only by a person.
+    auto_end_grace_s: float = 1800.0
+    # A participant's QR check-in link stops working this long after the class's end.
+    checkin_grace_s: float = 1800.0
 
     @property
     def tls(self) -> bool:
@@ -223,6 +227,19 @@ def _positive_float(name: str) -> Callable[[Any], float]:
     return parse
 
 
+def _seconds(name: str) -> Callable[[Any], float]:
+    def parse(raw: Any) -> float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+        if not 0 <= value <= 10 * 366 * 86400:  # also NaN
+            raise ConfigError(f"{name} must be from 0 to 316224000 seconds, got {raw!r}")
+        return value
+
+    return parse
+
+
 _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "host": ("LOPSO_HOST", str),
     "port": ("LOPSO_PORT", _int("port", 0, 65535)),
@@ -276,6 +293,8 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "ws_per_site": ("LOPSO_WS_PER_SITE", _int("WebSockets per site", 0, 1_000_000)),
     "ws_per_token": ("LOPSO_WS_PER_TOKEN", _int("WebSockets per token", 0, 1_000_000)),
     "ws_per_addr": ("LOPSO_WS_PER_ADDR", _int("WebSockets per address", 0, 1_000_000)),
+    "auto_end_grace_s": ("LOPSO_AUTO_END_GRACE_S", _seconds("auto-end grace")),
+    "checkin_grace_s": ("LOPSO_CHECKIN_GRACE_S", _seconds("check-in grace")),
 }
 
 

@@ -15,10 +15,10 @@ from media.errors import (
     SdpError,
 )
 from server.admission import TooManySocketsError
-from server.checkin import CheckinError
+from server.checkin import CheckinClosedError, CheckinError
 from server.checkin import RateLimitedError as CheckinRateLimitedError
 from server.fields import FieldError
-from server.reports import TooManyOpenError
+from server.reports import AfterEndError, TooManyOpenError
 from server.store.base import InvalidValueError, NotFoundError, StoreError
 
 
@@ -106,9 +106,13 @@ def describe(exc: BaseException) -> tuple[int, str, str] | None:
     if isinstance(exc, LopsoError):
         return exc.status, exc.code, str(exc)
     if isinstance(exc, CheckinError):  # server/checkin.py: its own precise codes
+        if isinstance(exc, CheckinClosedError):
+            return 410, exc.code, str(exc)
         return (429 if isinstance(exc, CheckinRateLimitedError) else 400), exc.code, str(exc)
     if isinstance(exc, TooManySocketsError):  # server/admission.py, before an upgrade
         return 429, exc.code, str(exc)
+    if isinstance(exc, AfterEndError):  # server/reports.py: a site's report after the end
+        return 409, exc.code, str(exc)
     if isinstance(exc, TooManyOpenError):  # server/reports.py: a site's open questions / help
         return 429, exc.code, str(exc)
     if isinstance(exc, FieldError):  # server/fields.py: bad_text, or bad_field for a length

@@ -1,5 +1,6 @@
 """Every class this node serves: a registry of rooms (server/room.py), the ledger's event
-ids, going live, the mid-class prompt and the end of a class.
+ids, going live, the mid-class prompt and the end of a class (by a person, or by itself at its
+planned end plus a grace: server/timetable.py).
 
 The hub never sees a socket. A page is a `Peer` (server/peer.py) with an outbox;
 routes/ws.py moves frames between the socket and the outbox.
@@ -27,10 +28,9 @@ from server.peer import (  # re-exported: routes and tests import them from here
 )
 from server.room import ClassLive, channel_of, event_id, open_connections
 from server.store.base import Store
+from server.timetable import due_to_end, mid_prompt_at
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MID_PROMPT_S = 45 * 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +40,14 @@ class HubLimits:
     batch_interval_s: float = 1.0
     presence_ttl_s: float = 45.0
     quality_event_every_s: float = 15.0
-    mid_prompt_s: float | None = None  # default: half the planned duration, else 45 min
+    # the mid prompt this long after going live; default: half the planned class, else 45 min
+    mid_prompt_s: float | None = None
     subscribe_timeout_s: float = 5.0  # a class opens without waiting longer for pub/sub
     open_questions_per_site: int = 5  # a site's unanswered questions (reports.question)
     open_help_per_site: int = 3  # a site's unresolved help requests (reports.help_request)
+    end_headcount_s: float = 900.0  # the end prompt's headcount is taken this long after the end
+    auto_end_grace_s: float = 1800.0  # a class ends by itself this long after ends_at; 0: never
+    room_linger_s: float = 60.0  # an ended class's room is closed this long after its last page
 
 
 class Hub:
@@ -67,8 +71,10 @@ class Hub:
         self.on_site_revoked: Callable[[str, str], Awaitable[None]] | None = None
         # a site chose "auto" or "audio_only": apply it to this node's viewers (sid, site, mode)
         self.on_media_mode: Callable[[str, str, str], None] | None = None
+        # this node ended a class (a person or its planned end): the summary goes out once
+        self.on_ended_here: Callable[[ClassSession], None] | None = None
+        self._ending: set[str] = set()
         self._rooms: dict[str, asyncio.Task[ClassLive]] = {}
-        self._timers: dict[str, asyncio.Task[None]] = {}
 
     async def room(self, session: ClassSession) -> ClassLive:
         """The live state of `session` on this node (created once, concurrently safe)."""
@@ -85,6 +91,14 @@ class Hub:
         if task is None or not task.done() or task.cancelled() or task.exception() is not None:
             return None
         return task.result()
+
+    def forget(self, room: ClassLive) -> None:
+        """Drop an ended class's room (it stops itself): the next `room()` opens it again
+        from the ledger, e.g. for a report."""
+        task = self._rooms.get(room.session.id)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            if task.result() is room:
+                del self._rooms[room.session.id]
 
     async def _open_room(self, session: ClassSession) -> ClassLive:
         sites = await self.expected_sites(session)
@@ -146,56 +160,94 @@ class Hub:
         if live == room.live:
             return
         room.live = live
+        started_at = session.started_at
         if live:
             await self.append(session.id, EventKind.CLASS_STARTED)
-            if session.started_at is None:
-                await self.store.put_session(dataclasses.replace(session, started_at=self.clock()))
-                await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "start"})
-                self._schedule_mid(room)
+            if started_at is None:
+                started_at = self.clock()
+                room.session = dataclasses.replace(session, started_at=started_at)
+                await self.store.put_session(room.session)
+                await self.prompt(room, "start")  # the first time only, as before the ledger knew
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "live", "live": live},
             t="live",
             live=live,
+            started_at=started_at,
         )
 
-    def _schedule_mid(self, room: ClassLive) -> None:
+    async def prompt(self, room: ClassLive, phase: str) -> None:
+        """Ask every page for a headcount, once per class and phase whatever the nodes and the
+        restarts: the ledger remembers it (one PROMPT event per phase, by its ref)."""
+        if phase in room.prompted:
+            return
+        event = self.event(room.session.id, EventKind.PROMPT, None, {"phase": phase}, f"p:{phase}")
+        stored = await self.store.append(event)
+        room.prompted.add(phase)
+        if (stored.node, stored.at) != (event.node, event.at):
+            return  # another node, or this one before a restart, sent it already
+        await room.broadcast(
+            {"all": True}, {"type": "headcount_prompt", "phase": phase}, t="prompted", phase=phase
+        )
+
+    async def prompt_if_due(self, room: ClassLive) -> None:
+        """The mid-class prompt, due at the middle of the planned class after it went live
+        (server/timetable.py): derived from the class's times, not a timer a restart loses."""
         session = room.session
-        delay = self.limits.mid_prompt_s
-        if delay is None:
-            delay = (
-                (session.ends_at - session.starts_at) / 2
-                if session.ends_at
-                else DEFAULT_MID_PROMPT_S
-            )
-        self._timers[session.id] = asyncio.create_task(self._mid_prompt(room, max(delay, 0.0)))
+        due = mid_prompt_at(session, self.limits.mid_prompt_s)
+        if session.ended_at is None and due is not None and self.clock() >= due:
+            await self.prompt(room, "mid")
 
-    async def _mid_prompt(self, room: ClassLive, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if room.session.ended_at is None:
-            await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "mid"})
-
-    async def end_class(self, session: ClassSession) -> ClassSession:
-        """End the class once: ledger, stored class, end-of-class prompt, `class_ended`."""
+    async def end_class(self, session: ClassSession, at: float | None = None) -> ClassSession:
+        """End the class once: ledger, stored class, end-of-class prompt, `class_ended`.
+        `at`: the end to record when it is not now (a class ending by itself ended at its
+        planned end; the grace after it was only a wait for a person to end it)."""
         room = await self.room(session)
         current = await self.store.get_session(session.id) or session
         if current.ended_at is not None:
             return current
         now = self.clock()
-        ended = dataclasses.replace(current, ended_at=now)
+        ended_at = now if at is None else min(at, now)
+        ended = dataclasses.replace(current, ended_at=ended_at)
+        room.session, room.end_announced_at = ended, now  # refuses site reports at once
         await self.store.put_session(ended)
-        await self.append(session.id, EventKind.CLASS_ENDED)
-        timer = self._timers.pop(session.id, None)
-        if timer:
-            timer.cancel()
-        await room.broadcast({"all": True}, {"type": "headcount_prompt", "phase": "end"})
+        # one CLASS_ENDED however many nodes (or an operator and the clock) end it together
+        event = self.event(session.id, EventKind.CLASS_ENDED, data={"announced_at": now}, ref="end")
+        await self.store.append(dataclasses.replace(event, at=ended_at))
+        await self.prompt(room, "end")
         await room.broadcast(
             {"roles": ["site", "moderator", "lecturer", "admin"]},
             {"type": "class_ended"},
             t="ended",
-            at=now,
+            at=ended_at,
+            announced_at=now,
         )
+        if self.on_ended_here is not None:
+            self.on_ended_here(ended)
         return ended
+
+    async def end_if_due(self, session: ClassSession) -> None:
+        """End the class if its planned end plus the grace has passed (once, however often
+        the rooms' loops and the sweep ask)."""
+        if not due_to_end(session, self.clock(), self.limits.auto_end_grace_s):
+            return
+        if session.id in self._ending:
+            return
+        self._ending.add(session.id)
+        try:
+            await self.end_class(session, at=session.ends_at)
+            log.info("class ended by itself at its planned end", extra={"sid": session.id})
+        finally:
+            self._ending.discard(session.id)
+
+    async def end_overdue(self) -> None:
+        """End every class whose planned end plus the grace has passed: at start (it passed
+        while the server was down) and now and then for classes no page has opened here."""
+        for session in await self.store.list_sessions():
+            try:
+                await self.end_if_due(session)
+            except Exception:
+                log.exception("could not end a class at its planned end", extra={"sid": session.id})
 
     async def revoke_site(self, code: str) -> int:
         """A site's join key changed: close its open pages in every class not ended, on every
@@ -216,8 +268,6 @@ class Hub:
         return classes
 
     async def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
         for task in self._rooms.values():
             if task.done() and task.exception() is None:
                 await task.result().stop()

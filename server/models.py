@@ -42,6 +42,8 @@ class EventKind(str, enum.Enum):
     # a moderator forwarded or dismissed a question: data {"question_id", "by", "how"}
     QUESTION_CLOSED = "question_closed"
     QUALITY = "quality"  # data: {"rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "class"}
+    # a headcount prompt went out to every page (once per phase): data {"phase": "start"|"mid"|"end"}
+    PROMPT = "prompt"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,17 +5,40 @@ patched into the room's live state on every node (server/room.py).
 A site may have only so many questions unanswered and help requests unresolved at once
 (`HubLimits`): every moderator page is sent all of them when it connects, so one site link
 must not be able to bury the moderators.
+
+Once the class has ended its attendance is final: headcounts, questions, help requests and
+check-ins are refused (`AfterEndError`), quality reports are ignored. One exception: the
+end-of-class headcount the end prompt asks for (phase ``end``) is taken for
+`HubLimits.end_headcount_s` after the end was announced (a class that ended by itself is
+recorded as ended at its planned end, announced later).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from server.checkin import Checkin, dedupe_key
-from server.models import Event, EventKind
+from server.checkin import Checkin, dedupe_key, reply_as_duplicate
+from server.models import EventKind
 from server.peer import iso, question_wire
 from server.quality import QualityClass, classify_sample
 from server.room import ClassLive, event_id
+
+
+class AfterEndError(Exception):
+    """The class has ended: a site's report would change its final attendance."""
+
+    code = "class_ended"
+
+
+def refuse_after_end(room: ClassLive, what: str, *, grace_s: float = 0.0) -> None:
+    """Raise AfterEndError when the class's end was announced more than `grace_s` ago."""
+    ended_at = room.session.ended_at
+    if ended_at is None:
+        return
+    announced = room.end_announced_at if room.end_announced_at is not None else ended_at
+    if room.hub.clock() - announced >= grace_s:
+        raise AfterEndError(f"the class has ended: no {what} is taken any more")
 
 
 class TooManyOpenError(Exception):
@@ -30,6 +53,8 @@ class TooManyOpenError(Exception):
 async def headcount(
     room: ClassLive, code: str, count: int, phase: str, ref: str | None = None
 ) -> None:
+    grace_s = room.hub.limits.end_headcount_s if phase == "end" else 0.0
+    refuse_after_end(room, "headcount", grace_s=grace_s)
     await room.hub.append(
         room.session.id, EventKind.HEADCOUNT, code, {"count": count, "phase": phase}, ref
     )
@@ -38,7 +63,10 @@ async def headcount(
 
 
 async def quality(room: ClassLive, code: str, sample: dict[str, Any]) -> None:
-    """Record a quality report: live figures now, a ledger sample every ~15 s."""
+    """Record a quality report: live figures now, a ledger sample every ~15 s; nothing once
+    the class has ended (the player may still run, the lecture no longer does)."""
+    if room.session.ended_at is not None:
+        return
     klass = classify_sample(sample)
     if klass is QualityClass.LOST and not room.live:
         klass = None  # no lecture, no media: nothing is lost before (or between) lectures
@@ -62,6 +90,7 @@ async def help_request(
     help_id = event_id(room.session.id, code, EventKind.HELP_REQUESTED, ref)[:12]
     if help_id in room.known_help:
         return help_id  # a resend
+    refuse_after_end(room, "help request")
     open_ids = room.open_help.setdefault(code, set())
     limit = room.hub.limits.open_help_per_site
     if max(len(open_ids), room.sites[code].help_open) >= limit:  # help_open: every node's
@@ -113,6 +142,7 @@ async def question(room: ClassLive, code: str, text: str, ref: str | None = None
     question_id = event_id(room.session.id, code, EventKind.QUESTION, ref)[:12]
     if question_id in room.questions:
         return question_id  # a resend
+    refuse_after_end(room, "question")
     open_ids = room.open_questions.setdefault(code, set())
     limit = room.hub.limits.open_questions_per_site
     if len(open_ids) >= limit:
@@ -174,12 +204,25 @@ async def close_question(room: ClassLive, question_id: str, by: str, how: str) -
     return True
 
 
-async def checkin(room: ClassLive, code: str, person: Checkin) -> tuple[Event, bool]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckinReply:
+    """What a check-in did (`counted`: a new person) and what its sender is told."""
+
+    event_id: str
+    counted: bool
+    duplicate: bool  # already counted at this same site (never says so for another site)
+
+
+async def checkin(room: ClassLive, code: str, person: Checkin) -> CheckinReply:
     """Count a person once (server/checkin.py: an identifier counts once per class, a name
-    once per site, without diacritics); the ledger keeps the identifier masked."""
+    once per site, without diacritics); the ledger keeps the identifier masked. A person
+    counted at another site gets the reply of a fresh check-in, with an id never stored."""
+    refuse_after_end(room, "check-in")
     event = room.hub.event(room.session.id, EventKind.CHECKIN, code, person.event_data())
     key = dedupe_key(room.session.id, code, person.name, person.ident)
     stored, created = await room.hub.store.add_checkin(event, key)
     if created:
         await room.tally(code, stored, "checkins")
-    return stored, created
+    duplicate = reply_as_duplicate(created, stored.site_code, code)
+    shown = stored.id if created or duplicate else event.id
+    return CheckinReply(event_id=shown, counted=created, duplicate=duplicate)

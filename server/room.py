@@ -58,6 +58,8 @@ class ClassLive:
         self.quality_sampled_at: dict[str, float] = {}
         self.origin = uuid.uuid4().hex  # this room instance: its own increments come back
         self.counted_to = 0  # ledger seq folded at start: increments up to it are counted
+        self.prompted: set[str] = set()  # headcount prompts sent (phases), from the ledger
+        self.end_announced_at: float | None = None  # when the end was announced (not its time)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -107,9 +109,11 @@ class ClassLive:
             self.live = self.live or await self.hub.live_probe(self.session.id)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        """Stop the room's loops (all but the one calling) and shut its pages."""
+        others = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        for task in self._tasks:
+        for task in others:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for peer in list(self.peers):
@@ -120,6 +124,11 @@ class ClassLive:
         state = self.sites.get(event.site_code or "")
         if event.kind is EventKind.CLASS_ENDED:
             self.session = dataclasses.replace(self.session, ended_at=event.at)
+            self.end_announced_at = float(event.data.get("announced_at", event.at))
+        elif event.kind is EventKind.CLASS_STARTED and self.session.started_at is None:
+            self.session = dataclasses.replace(self.session, started_at=event.at)
+        elif event.kind is EventKind.PROMPT:
+            self.prompted.add(str(event.data.get("phase")))
         if state is None:
             return
         if event.kind is EventKind.SITE_JOINED:
@@ -191,6 +200,11 @@ class ClassLive:
                 self.dirty.add(state.code)
         elif kind == "live":
             self.live = bool(message["live"])
+            started_at = message.get("started_at")
+            if started_at is not None and self.session.started_at is None:
+                self.session = dataclasses.replace(self.session, started_at=float(started_at))
+        elif kind == "prompted":
+            self.prompted.add(str(message["phase"]))
         elif kind == "question":
             self.questions[message["question_id"]] = message["question"]
             site = str(message["question"].get("site"))
@@ -199,6 +213,7 @@ class ClassLive:
             self.open_questions.setdefault(message["site"], set()).discard(message["question_id"])
         elif kind == "ended":
             self.session = dataclasses.replace(self.session, ended_at=message["at"])
+            self.end_announced_at = float(message.get("announced_at", message["at"]))
             if self.hub.on_class_ended is not None:  # every node closes its media of the class
                 task = asyncio.ensure_future(self.hub.on_class_ended(self.session.id))
                 self._tasks.append(task)
@@ -250,6 +265,11 @@ class ClassLive:
         last_sweep = self.hub.clock()
         while True:
             await asyncio.sleep(self.hub.limits.batch_interval_s)
+            if self.done():  # an ended class nobody looks at: no loop left behind
+                self.hub.forget(self)
+                await self.stop()
+                log.info("room of an ended class closed", extra={"sid": self.session.id})
+                return
             if self.hub.clock() - last_sweep >= self.hub.limits.presence_ttl_s / 3:
                 last_sweep = self.hub.clock()
                 try:
@@ -257,6 +277,21 @@ class ClassLive:
                 except Exception:
                     log.exception("presence sweep failed", extra={"sid": self.session.id})
             self.flush()
+            try:  # what the class's times make due: the mid prompt, the end by itself
+                await self.hub.prompt_if_due(self)
+                await self.hub.end_if_due(self.session)
+            except Exception:
+                log.exception("could not act on the class's times", extra={"sid": self.session.id})
+
+    def done(self) -> bool:
+        """The class has ended, no page of it is open here, and the linger has passed."""
+        ended_at = self.session.ended_at
+        return (
+            ended_at is not None
+            and not self.peers
+            and not self.local_joins
+            and self.hub.clock() - ended_at >= self.hub.limits.room_linger_s
+        )
 
     async def sweep(self) -> None:
         """Mark offline the sites whose presence expired (their node died without a word),

@@ -198,7 +198,40 @@ async def test_participant_checkin_dedupes(app) -> None:
     assert events[0].data["by"] == "qr" and events[1].data["ident"] == "•••2"  # masked
 
 
-async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(app) -> None:
+async def test_a_qr_link_dies_with_its_class_plus_the_grace(tmp_path: Path) -> None:
+    """A photo of the hall's screen is no good the next week: the participant link (old ones
+    too) stops working at the class's end (planned, else actual) plus LOPSO_CHECKIN_GRACE_S
+    (1 s here); the operator's own link still checks people in; a new QR expires then too."""
+    async with running_app(tmp_path, checkin_grace_s=1) as (client, state):
+        await seed(client)  # c1 was planned to end on 2026-11-26: long over
+        old_link = mint(Role.PARTICIPANT, "c1", "S1", ttl_s=30 * 86400)  # as QR links were
+        url = "/api/sessions/c1/sites/S1/checkins"
+        late = await client.post(url, json={"name": "Người Lạ"}, headers=bearer(old_link))
+        assert late.status == 410 and (await late.json())["error"]["code"] == "checkin_closed"
+        hall = auth(Role.SITE, site="S1")
+        assert (await client.post(url, json={"name": "Bà Tư"}, headers=hall)).status == 201
+        await short_class(client, "k", 60)  # planned to end in an hour
+        page = await client.get("/site/k/S1", params={"token": mint(Role.SITE, "k", "S1")})
+        qr = page_config(await page.text())["checkin_url"].split("?token=")[1]
+        session = await state.store.get_session("k")
+        assert verify(SECRET.encode(), qr).exp <= session.ends_at + 1 + 1
+        kurl = "/api/sessions/k/sites/S1/checkins"
+        assert (await client.post(kurl, json={"name": "An"}, headers=bearer(qr))).status == 201
+        await client.post("/api/sessions/k/end", headers=ADMIN)  # ended early: the actual end
+        reply = await client.post(kurl, json={"name": "Bình"}, headers=bearer(qr))
+        assert reply.status == 409 and (await reply.json())["error"]["code"] == "class_ended"
+        await asyncio.sleep(1.1)
+        reply = await client.post(kurl, json={"name": "Bình"}, headers=bearer(qr))
+        assert reply.status == 410 and (await reply.json())["error"]["code"] == "checkin_closed"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_an_identifier_counts_once_per_class_only_its_site_is_told_bad_bodies_precise(
+    app,
+) -> None:
     client, state = app
     await client.post(
         "/api/sessions",
@@ -218,14 +251,35 @@ async def test_an_identifier_counts_once_per_class_and_bad_bodies_are_precise(ap
         headers=s1,
     )
     assert first.status == 201
+    fresh = await client.post(
+        "/api/sessions/c2/sites/S2/checkins",
+        json={"name": "Người Mới", "ident": "0977"},
+        headers=s2,
+    )
+    # At another site the QR link learns nothing: the reply of a fresh check-in (an id never
+    # stored), yet the person is counted once in the class.
     elsewhere = await client.post(
         "/api/sessions/c2/sites/S2/checkins",
         json={"name": "Hoa", "ident": "0912345678"},
         headers=s2,
     )
-    assert elsewhere.status == 200 and (await elsewhere.json())["duplicate"] is True
+    assert elsewhere.status == fresh.status == 201
+    shown, new = await elsewhere.json(), await fresh.json()
+    assert shown.keys() == new.keys() and shown["duplicate"] is new["duplicate"] is False
+    assert shown["event_id"] != (await first.json())["event_id"]
+    at_home = await client.post(  # the site it was counted at is told: its own hall's record
+        "/api/sessions/c2/sites/S1/checkins",
+        json={"name": "Lê Thị Hoa", "ident": "0912345678"},
+        headers=s1,
+    )
+    assert at_home.status == 200 and (await at_home.json())["duplicate"] is True
     stored = await state.store.events("c2", kinds=[EventKind.CHECKIN])
-    assert [(e.site_code, e.data["ident"]) for e in stored] == [("S1", "•••••••678")]
+    assert [(e.site_code, e.data["ident"]) for e in stored] == [
+        ("S1", "•••••••678"),
+        ("S2", "•••7"),
+    ]
+    report = await (await client.get("/api/sessions/c2/attendance", headers=ADMIN)).json()
+    assert report["province"]["checkins"] == 2  # Hoa once, the newcomer once
     for body, code in (
         ({"name": "An", "phone": "1"}, "checkin_invalid"),
         ({"name": "1234"}, "checkin_name"),
@@ -376,6 +430,31 @@ async def test_checkins_are_rate_limited_per_address(tmp_path: Path) -> None:
         assert 1 <= int(reply.headers["Retry-After"]) <= 2
 
 
+async def test_a_stranger_spending_the_qr_budget_does_not_refuse_the_operator(
+    tmp_path: Path,
+) -> None:
+    settings = {"checkin_rate_site": 0.01, "checkin_burst_site": 3}
+    async with running_app(tmp_path, **settings) as (client, state):
+        await seed(client)
+        url = "/api/sessions/c1/sites/S1/checkins"
+        stranger = auth(Role.PARTICIPANT, site="S1")
+        statuses = [
+            (await client.post(url, json={"name": f"Giả {chr(65 + i)}"}, headers=stranger)).status
+            for i in range(5)
+        ]
+        assert statuses == [201, 201, 201, 429, 429]
+        hall = auth(Role.SITE, site="S1")  # the operator's own link, same address
+        reply = await client.post(url, json={"name": "Bà Tư"}, headers=hall)
+        assert reply.status == 201, await reply.text()
+        site = await client.ws_connect("/ws/c1", params={"token": mint(Role.SITE, "c1", "S1")})
+        await site.send_json({"type": "checkin", "name": "Ông Năm", "id": "op-1"})
+        while (message := json.loads((await site.receive(timeout=3)).data))["type"] != "ack":
+            assert message["type"] != "error", message
+        await site.close()
+        events = await state.store.events("c1", kinds=[EventKind.CHECKIN])
+        assert [e.data["by"] for e in events] == ["qr", "qr", "qr", "operator", "operator"]
+
+
 def test_checkin_limits_default_to_a_hall_behind_one_address() -> None:
     from server.app import checkin_limits
     from server.config import load_config
@@ -506,6 +585,112 @@ async def test_ending_a_class_posts_its_signed_summary_to_the_webhook(tmp_path: 
         assert summary["type"] == "class_ended" and "sites" not in summary
         assert {s["code"] for s in summary["never_joined"]} == {"S1", "S2"}
         assert (tmp_path / "data" / "webhook.json").exists()
+
+
+class Hook:
+    """A webhook receiver on loopback: the bodies it was sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        self.bodies.append(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    async def wait(self, count: int = 1, timeout: float = 5.0) -> None:
+        for _ in range(int(timeout / 0.05)):
+            if len(self.bodies) >= count:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the webhook got {len(self.bodies)} of {count} posts")
+
+
+async def short_class(client, sid: str, minutes_from_now: float) -> None:
+    """A class that started two minutes ago and ends `minutes_from_now` from now (S1 only)."""
+    import time
+
+    now = time.time()
+    body = {
+        "id": sid,
+        "title": "Lớp ngắn",
+        "starts_at": now - 120,
+        "ends_at": now + 60 * minutes_from_now,
+        "site_codes": ["S1"],
+    }
+    reply = await client.post("/api/sessions", json=body, headers=ADMIN)
+    assert reply.status == 201, await reply.text()
+
+
+async def page_send_end_headcount(client) -> None:
+    """The end prompt of a class that ended by itself still takes the hall's end headcount."""
+    page = await client.ws_connect("/ws/k", params={"token": mint(Role.SITE, "k", "S1")})
+    await page.send_json({"type": "headcount", "count": 17, "phase": "end", "id": "end"})
+    while (reply := json.loads((await page.receive(timeout=3)).data))["type"] not in (
+        "ack",
+        "error",
+    ):
+        pass
+    assert reply["type"] == "ack", reply
+    await page.close()
+
+
+async def test_a_class_ends_by_itself_at_its_planned_end_plus_the_grace(tmp_path: Path) -> None:
+    """Compressed time: a class planned to end in 0.6 s, a grace of 0.6 s: the hall's page is
+    told, the ledger records the end, the webhook gets the summary; no person ended it."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    hook = Hook()
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook.handle)
+    async with TestServer(receiver, host="127.0.0.1") as target:
+        settings = {
+            "webhook_url": str(target.make_url("/hook")),
+            "webhook_secret": "webhook-secret-0123456789",
+            "auto_end_grace_s": 0.6,
+            "batch_interval_s": 0.1,
+        }
+        async with running_app(tmp_path, **settings) as (client, state):
+            await seed(client)
+            await short_class(client, "k", 0.01)
+            page = await client.ws_connect("/ws/k", params={"token": mint(Role.SITE, "k", "S1")})
+            assert json.loads((await page.receive(timeout=3)).data)["ended"] is False
+            while json.loads((await page.receive(timeout=5)).data)["type"] != "class_ended":
+                pass
+            session = await state.store.get_session("k")
+            assert session.ended_at == session.ends_at  # recorded at its planned end, not later
+            (end,) = await state.store.events("k", kinds=[EventKind.CLASS_ENDED])
+            assert end.at == session.ends_at and end.data["announced_at"] >= session.ends_at + 0.6
+            await page_send_end_headcount(client)
+            await hook.wait()
+            assert hook.bodies[0]["type"] == "class_ended"
+            await page.close()
+        assert [body["session"]["id"] for body in hook.bodies] == ["k"]  # once
+
+
+async def test_a_class_whose_end_passed_while_the_server_was_down_ends_at_start(
+    tmp_path: Path,
+) -> None:
+    async with running_app(tmp_path, auto_end_grace_s=0.5) as (client, state):
+        await seed(client)
+        await client.post("/api/sessions/c1/end", headers=ADMIN)
+        await short_class(client, "k", 0.01)  # planned end in 0.6 s: the server stops first
+        assert (await state.store.get_session("k")).ended_at is None
+    await asyncio.sleep(1.5)
+    async with running_app(tmp_path, auto_end_grace_s=0.5) as (client, state):
+        for _ in range(60):  # no request, no page: ended at start
+            session = await state.store.get_session("k")
+            if session.ended_at is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert session.ended_at == session.ends_at
+        assert len(await state.store.events("k", kinds=[EventKind.CLASS_ENDED])) == 1
+    async with running_app(tmp_path, auto_end_grace_s=0) as (client, state):
+        await short_class(client, "never", -1.0)  # 0: only a person ends a class
+        await asyncio.sleep(0.3)
+        assert (await state.store.get_session("never")).ended_at is None
 
 
 def test_webhook_settings_fail_early() -> None:

@@ -22,6 +22,7 @@ from server.checkin import (
     name_key,
     normalize_ident,
     parse_checkin,
+    reply_as_duplicate,
 )
 
 
@@ -219,8 +220,39 @@ def test_checkin_limiter_site_and_address():
     with pytest.raises(RateLimitedError, match="for site A") as info:
         limiter.check("c1", "A", "10.0.0.3")
     assert info.value.retry_after_s == pytest.approx(1.0)
-    assert limiter.addresses.bucket("10.0.0.3").available() == 2  # refused: no token taken
+    assert limiter.addresses.bucket("qr\x1f10.0.0.3").available() == 2  # refused: none taken
     limiter.check("c1", "B", "10.0.0.3")  # other sites are not affected
     limiter.check("c2", "A", "10.0.0.3")  # nor the same site in another class
     clock.now += 1
     limiter.check("c1", "A", None)  # the operator's own page: no address limit
+
+
+def test_the_operator_has_a_budget_of_its_own():
+    """A stranger with the QR link who spends the participants' budget (site and address)
+    cannot get the hall operator's check-ins refused, nor the other way round."""
+    limiter = CheckinLimiter(
+        CheckinLimits(site_rate=1, site_burst=2, address_rate=1, address_burst=2),
+        clock=FakeClock(),
+    )
+    for _ in range(2):
+        limiter.check("c1", "A", "10.0.0.1")
+    with pytest.raises(RateLimitedError):
+        limiter.check("c1", "A", "10.0.0.1")
+    with pytest.raises(RateLimitedError):
+        limiter.check("c1", "A", "10.0.0.9")  # the hall's real phones: the site's QR budget
+    limiter.check("c1", "A", "10.0.0.1", by="operator")  # same hall, same address: admitted
+    limiter.check("c1", "A", "10.0.0.1", by="operator")
+    with pytest.raises(RateLimitedError):
+        limiter.check("c1", "A", "10.0.0.1", by="operator")  # the operator has a budget too
+
+
+@pytest.mark.parametrize(
+    ("counted", "counted_at", "site", "told"),
+    [
+        (True, "A", "A", False),  # a new person
+        (False, "A", "A", True),  # already counted here: the hall may know
+        (False, "A", "B", False),  # counted at another site: the reply of a fresh one
+    ],
+)
+def test_a_duplicate_is_told_only_to_its_own_site(counted, counted_at, site, told):
+    assert reply_as_duplicate(counted, counted_at, site) is told

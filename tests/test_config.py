@@ -108,6 +108,9 @@ def test_trusted_proxies_default_to_loopback_behind_a_proxy(tmp_path: Path) -> N
         ({}, {"LOPSO_OPEN_HELP_PER_SITE": "x"}, "open help per site must be an integer"),
         ({}, {"LOPSO_WS_PER_SITE": "-1"}, "WebSockets per site must be between 0"),
         ({}, {"LOPSO_REDIS_DURABILITY": "off"}, "redis durability must be one of strict, warn"),
+        ({}, {"LOPSO_AUTO_END_GRACE_S": "-1"}, "auto-end grace must be from 0"),
+        ({}, {"LOPSO_CHECKIN_GRACE_S": "half an hour"}, "check-in grace must be a number"),
+        ({}, {"LOPSO_CHECKIN_GRACE_S": "nan"}, "check-in grace must be from 0"),
     ],
 )
 def test_bad_settings_fail_early_and_precisely(tmp_path: Path, overrides, env, message) -> None:
@@ -220,3 +223,11 @@ def test_a_damaged_secret_file_stops_the_start_and_is_kept(tmp_path: Path, conte
     with pytest.raises(ConfigError, match="is empty or malformed.*will not replace it"):
         load_config({"data_dir": tmp_path}, env={})
     assert (tmp_path / SECRET_FILE).read_bytes() == content
+
+
+def test_grace_after_the_planned_end(tmp_path: Path) -> None:
+    config = load_config({"data_dir": tmp_path}, env={})
+    assert (config.auto_end_grace_s, config.checkin_grace_s) == (1800.0, 1800.0)
+    env = {"LOPSO_AUTO_END_GRACE_S": "0", "LOPSO_CHECKIN_GRACE_S": "600"}
+    config = load_config({"data_dir": tmp_path}, env=env)
+    assert (config.auto_end_grace_s, config.checkin_grace_s) == (0.0, 600.0)

@@ -246,10 +246,71 @@ async def test_live_and_class_end_reach_every_page_with_prompts(app) -> None:
     assert (await receive(site, "headcount_prompt"))["phase"] == "end"
     await receive(site, "class_ended")
     await receive(mod, "class_ended")
-    kinds = [e.kind for e in await state.store.events("c1") if e.site_code is None]
-    assert kinds == [EventKind.CLASS_STARTED, EventKind.CLASS_ENDED]
+    kinds = [
+        (e.kind, e.data.get("phase")) for e in await state.store.events("c1") if e.site_code is None
+    ]
+    assert kinds == [
+        (EventKind.CLASS_STARTED, None),
+        (EventKind.PROMPT, "start"),  # prompts are remembered: a restart neither loses nor repeats
+        (EventKind.CLASS_ENDED, None),
+        (EventKind.PROMPT, "end"),
+    ]
     await site.close()
     await mod.close()
+
+
+async def test_site_reports_after_the_end_are_refused_and_leave_the_report_alone(app) -> None:
+    """Once a class has ended its attendance is final: every kind of site input is refused
+    (quality ignored); only the end prompt's headcount is still taken."""
+    client, state = app
+    site = await connect(client, Role.SITE, "S1")
+    await receive(site, "welcome")
+    await site.send_json({"type": "headcount", "count": 30, "phase": "start", "id": "h0"})
+    await receive(site, "ack")
+    reply = await client.post(
+        "/api/sessions/c1/end", headers={"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"}
+    )
+    assert reply.status == 200
+    await receive(site, "class_ended")
+
+    async def report() -> dict:
+        got = await client.get(
+            "/api/sessions/c1/attendance", headers={"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+        )
+        body = await got.json()
+        return {key: body[key] for key in ("province", "sites")}
+
+    def reports() -> list:
+        return [e for e in events if e.kind not in (EventKind.SITE_JOINED, EventKind.SITE_LEFT)]
+
+    events = await state.store.events("c1")
+    before, ledger = await report(), reports()
+    refused = [
+        {"type": "headcount", "count": 99, "phase": "other"},
+        {"type": "question", "text": "Còn ai không?"},
+        {"type": "help", "reason": "no_sound", "text": ""},
+        {"type": "checkin", "name": "Trần Văn Muộn", "ident": "0987654321"},
+    ]
+    for n, message in enumerate(refused):
+        await site.send_json({**message, "id": f"late-{n}"})
+        error = await receive(site, "error")
+        assert (error["id"], error["code"]) == (f"late-{n}", "class_ended"), error
+    await site.send_json({"type": "quality", "rtt_ms": 900, "loss_pct": 40, "id": "late-q"})
+    await receive(site, "ack")  # ignored, not an error: the player may still be running
+    qr = await client.post(
+        "/api/sessions/c1/sites/S1/checkins",
+        json={"name": "Người Lạ", "ident": "0911111111"},
+        headers={"Authorization": f"Bearer {mint(Role.PARTICIPANT, 'c1', 'S1')}"},
+    )
+    assert qr.status == 409 and (await qr.json())["error"]["code"] == "class_ended"
+    events = await state.store.events("c1")
+    assert reports() == ledger
+    assert await report() == before
+    await site.send_json({"type": "headcount", "count": 28, "phase": "end", "id": "h-end"})
+    await receive(site, "ack")  # what the end prompt asked for is still taken
+    events = await state.store.events("c1", kinds=[EventKind.HEADCOUNT])
+    assert [e.data["count"] for e in events] == [30, 28]
+    await site.close()
 
 
 async def test_quality_report_updates_state_and_samples_the_ledger(app) -> None:
@@ -452,6 +513,92 @@ async def test_hub_prompts_mid_class_and_sweeps_expired_presence(tmp_path: Path)
         await room.close_lost("B", time.time())  # again (as another node would): nothing new
         assert len(await store.events("k", kinds=[EventKind.SITE_LEFT])) == 1
         assert room.sites["A"].status == "waiting"  # still here: its page is on this node
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_the_mid_prompt_survives_a_restart_and_is_sent_once(tmp_path: Path) -> None:
+    """Compressed time: a class planned for 4 s goes live; the server restarts before its
+    middle (2 s after going live): the restarted server still prompts mid, once; after another
+    restart nothing is prompted again."""
+    import time as clock
+
+    async def page(client) -> aiohttp.ClientWebSocketResponse:
+        ws = await connect(client, Role.SITE, "S1", sid="k")
+        await receive(ws, "welcome")
+        return ws
+
+    async def prompts(ws, seconds: float) -> list[str]:
+        phases: list[str] = []
+        deadline = clock.monotonic() + seconds
+        while (left := deadline - clock.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            data = json.loads(msg.data)
+            if data["type"] == "headcount_prompt":
+                phases.append(data["phase"])
+        return phases
+
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):
+        await seed(client, sites=("S1",))
+        now = clock.time()
+        body = {
+            "id": "k",
+            "title": "Ngắn",
+            "starts_at": now,
+            "ends_at": now + 4,
+            "site_codes": ["S1"],
+        }
+        admin = {"Authorization": f"Bearer {mint(Role.ADMIN)}"}
+        assert (await client.post("/api/sessions", json=body, headers=admin)).status == 201
+        ws = await page(client)
+        await state.hub.set_live(await state.store.get_session("k"), True)
+        assert await prompts(ws, 0.5) == ["start"]
+        await ws.close()
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):  # restarted
+        ws = await page(client)
+        assert await prompts(ws, 3.0) == ["mid"]  # not lost, not "start" again
+        await ws.close()
+    async with running_app(tmp_path, batch_interval_s=0.1) as (client, state):  # and again
+        ws = await page(client)
+        assert await prompts(ws, 1.0) == []
+        await ws.close()
+        events = await state.store.events("k", kinds=[EventKind.PROMPT])
+        assert [e.data["phase"] for e in events] == ["start", "mid"]
+
+
+async def test_an_ended_classs_room_closes_after_its_last_page_and_reopens(tmp_path: Path) -> None:
+    """Every class ever opened used to keep a loop forever: once a class has ended and its last
+    page has gone (after a short linger) its room and loops are gone; a report opens it again."""
+    from server.hub import Hub, HubLimits, Peer
+    from server.models import ClassSession, Site
+    from server.store import open_store
+
+    store = await open_store(None, tmp_path, "n1")
+    hub = Hub(store, "n1", HubLimits(batch_interval_s=0.05, room_linger_s=0.2))
+    try:
+        await store.upsert_sites([Site("A", "Nhà văn hóa thôn A")])
+        session = ClassSession(id="k", title="t", starts_at=time.time())
+        await store.put_session(session)
+        room = await hub.room(session)
+        peer = Peer("k", Role.SITE, await store.get_site("A"))
+        await room.join(peer)
+        await hub.end_class(session)
+        await asyncio.sleep(0.5)
+        assert hub.open_room("k") is room  # a page of it is still open
+        await room.leave(peer)
+        deadline = time.monotonic() + 3
+        while hub.open_room("k") is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert hub.open_room("k") is None
+        assert room._tasks and all(task.done() for task in room._tasks)
+        again = await hub.room(await store.get_session("k"))  # someone opens the report
+        assert again is not room and again.session.ended_at is not None
+        assert again.sites["A"].joins == 1  # rebuilt from the ledger, nothing written twice
+        assert len(await store.events("k", kinds=[EventKind.CLASS_ENDED])) == 1
     finally:
         await hub.close()
         await store.close()

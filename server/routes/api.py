@@ -16,14 +16,12 @@ from aiohttp import web
 from server import auth, reports
 from server.app import (
     STATE,
-    announce_class_end,
     authorize_request,
     claims_of,
     client_address,
-    in_background,
     session_or_404,
 )
-from server.checkin import Checkin, CheckinError, parse_checkin
+from server.checkin import Checkin, CheckinError, parse_checkin, refuse_closed
 from server.demo import class_links
 from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, ValidationError
 from server.fields import check_text
@@ -32,6 +30,7 @@ from server.peer import session_wire, site_wire
 from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action, may
 from server.routes.ws import text
+from server.timetable import checkin_closes_at
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +171,8 @@ async def end_session(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     authorize_request(request, Action.END_CLASS, sid)
     before = await session_or_404(state.store, sid)
-    session = await state.hub.end_class(before)
+    session = await state.hub.end_class(before)  # the summary goes out once (hub.on_ended_here)
     await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast
-    if before.ended_at is None:  # ended by this request: the summary goes out once
-        in_background(state, announce_class_end(state, session))
     return web.json_response(session_wire(session))
 
 
@@ -206,26 +203,36 @@ async def checkin(request: web.Request) -> web.Response:
     """`POST /api/sessions/{sid}/sites/{site}/checkins` {name, ident?} → 201 new, 200 duplicate."""
     state = request.app[STATE]
     sid, code = request.match_info["sid"], request.match_info["site"]
-    authorize_request(request, Action.CHECKIN, sid, code)
-    person = await admitted_checkin(request, sid, code)
+    claims = authorize_request(request, Action.CHECKIN, sid, code)
     room = state.hub.open_room(sid)  # the class is not read and decoded on every check-in
     if room is None:
         room = await state.hub.room(await session_or_404(state.store, sid))
+    if claims.role is Role.PARTICIPANT:  # a QR link (or a photo of it) dies with its class
+        closes_at = checkin_closes_at(room.session, state.config.checkin_grace_s)
+        try:
+            refuse_closed(closes_at, time.time())
+        except CheckinError as exc:
+            state.metrics.checkin_refused(exc)
+            raise
+    by = "operator" if claims.role is Role.SITE else "qr"  # separate budgets (server/checkin.py)
+    person = await admitted_checkin(request, sid, code, by)
     if code not in room.sites:
         raise ValidationError(f"site {code} is not in this class", code="unknown_site")
-    event, created = await reports.checkin(room, code, person)
-    state.metrics.checkin(created)
+    reply = await reports.checkin(room, code, person)
+    state.metrics.checkin(reply.counted)
     return web.json_response(
-        {"duplicate": not created, "event_id": event.id}, status=201 if created else 200
+        {"duplicate": reply.duplicate, "event_id": reply.event_id},
+        status=200 if reply.duplicate else 201,
     )
 
 
-async def admitted_checkin(request: web.Request, sid: str, code: str) -> Checkin:
-    """The request's check-in, within the limits; a refusal is counted, then raised."""
+async def admitted_checkin(request: web.Request, sid: str, code: str, by: str) -> Checkin:
+    """The request's check-in, within the limits of its kind (`by`: a participant's "qr" or
+    the hall's "operator"); a refusal is counted, then raised."""
     state = request.app[STATE]
     try:
-        state.checkin_limiter.check(sid, code, client_address(request))
-        return parse_checkin(await read_json(request), by="qr")
+        state.checkin_limiter.check(sid, code, client_address(request), by)
+        return parse_checkin(await read_json(request), by=by)
     except CheckinError as exc:
         state.metrics.checkin_refused(exc)
         raise

@@ -10,6 +10,7 @@ import base64
 import functools
 import io
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,7 @@ from server.errors import UnknownError, describe
 from server.models import ClassSession, Role, Site
 from server.peer import session_wire
 from server.roles import Action
+from server.timetable import checkin_link_expiry
 
 log = logging.getLogger(__name__)
 PageHandler = Callable[[web.Request], Awaitable[web.Response]]
@@ -128,13 +130,16 @@ async def site_player(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "site", Action.VIEW, code)
     site = await _site(state, session, code)
+    now = time.time()  # the QR link on the hall's screen dies with the class (plus the grace)
+    expiry = checkin_link_expiry(session, now, state.config.checkin_grace_s)
     participant = auth.mint(
         state.config.secret,
         session.id,
         Role.PARTICIPANT,
         site=code,
         join_key=site.join_key,
-        ttl_s=max(state.config.token_ttl_s, 6 * 3600),
+        ttl_s=max(expiry - now, 1.0),
+        now=now,
     )
     checkin_url = (
         f"{state.config.base_url}/checkin/{quote(session.id)}/{quote(code)}?token={participant}"

@@ -202,9 +202,9 @@ async def on_checkin(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     except CheckinError as exc:
         ctx.metrics.checkin_refused(exc)
         raise
-    _, created = await reports.checkin(ctx.room, own_site(ctx), person)
-    ctx.metrics.checkin(created)
-    return {"duplicate": not created}
+    reply = await reports.checkin(ctx.room, own_site(ctx), person)
+    ctx.metrics.checkin(reply.counted)
+    return {"duplicate": reply.duplicate}
 
 
 async def on_message(ctx: Context, data: dict[str, Any]) -> None:
