@@ -671,3 +671,49 @@ async def test_chromium_publisher_reaches_aiortc_viewer(chromium_page):
         assert lecture.live and lecture.stats().packets_in > 60
     finally:
         await viewer.close()
+
+
+async def test_viewers_that_leave_or_never_connect_are_freed(engine):
+    """A rejoin storm in compressed time, four times over: viewers that connect and leave, and
+    offers that never connect (freed by the consent timeout, shortened to 1 s). Nothing stays
+    behind: no viewer, no endpoint, and the Python memory they used comes back every round."""
+    import gc
+    import tracemalloc
+
+    from media.dtls import DtlsIdentity
+    from media.loadviewer import LoadViewer
+
+    engine.socket.consent_timeout = 1.0
+    lecture = engine.lecture("churn", video_codec="VP8")
+    identity = DtlsIdentity()
+
+    async def storm() -> None:
+        for connect in (True, False):
+            peers = []
+            for _ in range(40):
+                peer = LoadViewer(identity)
+                await peer.start()
+                answer, viewer = await lecture.subscribe(peer.offer("VP8"))
+                if connect:
+                    await peer.connect(answer)
+                peers.append((peer, viewer))
+            for peer, viewer in peers:
+                if connect:
+                    await viewer.close()  # a WHEP DELETE
+                await peer.close()  # the others just go quiet
+        await wait_for(lambda: not lecture.viewers and not engine.socket._by_ufrag, timeout=15)
+
+    await storm()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        await storm()
+        gc.collect()
+        after_two = tracemalloc.get_traced_memory()[0]
+        await storm()
+        await storm()
+        gc.collect()
+        after_four = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after_four - after_two < 64 * 1024, (after_two, after_four)  # 160 more joins: ~0
