@@ -41,21 +41,10 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from scripts import loadgen  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the e2e tests' browser)
 from tests.serverproc import LopsoServer  # noqa: E402  (the same server runner the tests use)
 
 CACHE = pathlib.Path.home() / ".cache" / "lopso"
-CHROMIUM = os.environ.get("LOPSO_CHROMIUM", "/usr/lib/chromium/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 STORM_SETTLE_S = 90.0  # consent lapses after 30 s; leave room for the rejoin and a sample
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,21 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 # --- lifecycle ----------------------------------------------------------------------------
+def _task_ctx(run: Callable[[], Coroutine[Any, Any, None]]) -> CleanupCtx:
+    """A cleanup context running `run()` as a background task for the app's life."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return ctx
+
+
 def _store_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         cfg = state.config
@@ -376,16 +391,7 @@ def _node_ctx(state: AppState) -> CleanupCtx:
                 log.exception("node heartbeat failed", extra={"node": state.config.node_id})
             await asyncio.sleep(NODE_HEARTBEAT_S)
 
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(beat_forever())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return ctx
+    return _task_ctx(beat_forever)
 
 
 def node_info(state: AppState) -> NodeInfo:
@@ -465,16 +471,7 @@ def _schedule_ctx(state: AppState) -> CleanupCtx:
             await sweep()
             await asyncio.sleep(SCHEDULE_SWEEP_S)
 
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(sweep_forever())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return ctx
+    return _task_ctx(sweep_forever)
 
 
 def _demo_ctx(state: AppState) -> CleanupCtx:
