@@ -24,13 +24,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiortc import RTCPeerConnection
 from chromeoffer import chrome_offer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from serverproc import SECRET, mint, running_app
 from test_api import ADMIN, seed
-from test_bad_input import viewer_offer
+from test_bad_input import publisher_offer, viewer_offer
 
 from server import auth
 from server.checkin import CheckinError, parse_checkin
@@ -71,16 +70,6 @@ class Hall:
     offers: dict[str, str]
     acked: list[Acked] = dataclasses.field(default_factory=list)
     ids: set[str] = dataclasses.field(default_factory=set)  # message ids used so far
-
-
-async def publisher_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("audio", direction="sendonly")
-    pc.addTransceiver("video", direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
