@@ -163,3 +163,28 @@ async def test_publisher_kept_while_media_arrives_and_let_go_when_silent(engine,
         assert lecture.publisher is None
     finally:
         await publisher.close()
+
+
+async def test_ingest_sockets_get_large_receive_buffers(engine):
+    """A lecturer's keyframe burst must not overflow the ingest socket: every ICE socket of a
+    publisher gets INGEST_RCVBUF (Linux grants up to net.core.rmem_max, and doubles it)."""
+    import pathlib
+    import socket
+
+    from tests.test_lecture import PublisherPeer
+
+    cap = int(pathlib.Path("/proc/sys/net/core/rmem_max").read_text())
+    want = 2 * min(hooks.INGEST_RCVBUF, cap)
+    lecture = engine.lecture("rcvbuf", video_codec="VP8")
+    publisher = PublisherPeer()
+    try:
+        ingest = await publisher.publish(lecture)
+        sockets = [
+            p.transport.get_extra_info("socket")
+            for c in hooks._ice_connections(ingest.pc)
+            for p in c._protocols
+        ]
+        assert sockets
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= want for s in sockets)
+    finally:
+        await publisher.close()
