@@ -223,3 +223,37 @@ def mint(
     if join_key is None and site is not None and role in (Role.SITE, Role.PARTICIPANT):
         join_key = join_key_of(site)
     return auth.mint(SECRET.encode(), sid, role, site=site, join_key=join_key, ttl_s=ttl_s)
+
+
+async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:
+    """A bare WHIP endpoint for one media lecture on a loopback port, as server/ reduces to its
+    media call: POST (with `Bearer <token>`) publishes, DELETE ends. Returns (runner, URL)."""
+    from aiohttp import web
+
+    publishers: dict[str, Any] = {}
+
+    async def post(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.Response(status=401)
+        answer, publisher = await lecture.publish(await request.text())
+        publishers["1"] = publisher
+        headers = {"Location": f"{request.path}/1"}
+        return web.Response(
+            status=201, text=answer, content_type="application/sdp", headers=headers
+        )
+
+    async def delete(request: web.Request) -> web.Response:
+        publisher = publishers.pop(request.match_info["resource"], None)
+        if publisher is not None:
+            await publisher.close()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/whip/{lecture}", post)
+    app.router.add_delete("/whip/{lecture}/{resource}", delete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/whip/{lecture.id}"

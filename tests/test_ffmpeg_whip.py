@@ -11,10 +11,10 @@ import pathlib
 import sys
 
 import pytest
-from aiohttp import web
 
 from media.engine import MediaConfig, MediaEngine
 from tests.mediaclip import ecdsa_identity, write_h264_clip
+from tests.serverproc import whip_route
 from tests.test_lecture import ViewerPeer, assert_clean_increasing, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -26,35 +26,8 @@ async def whip_server():
     engine = MediaEngine(MediaConfig("127.0.0.1", 0))
     await engine.start()
     lecture = engine.lecture("ffmpeg", video_codec="H264")
-    publishers = {}
-
-    async def post(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != "Bearer secret-token":
-            return web.Response(status=401)
-        answer, publisher = await lecture.publish(await request.text())
-        publishers["1"] = publisher
-        return web.Response(
-            status=201,
-            text=answer,
-            content_type="application/sdp",
-            headers={"Location": "/whip/ffmpeg/1"},
-        )
-
-    async def delete(request: web.Request) -> web.Response:
-        publisher = publishers.pop(request.match_info["resource"], None)
-        if publisher is not None:
-            await publisher.close()
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/whip/ffmpeg", post)
-    app.router.add_delete("/whip/ffmpeg/{resource}", delete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield lecture, f"http://127.0.0.1:{port}/whip/ffmpeg"
+    runner, url = await whip_route(lecture, token="secret-token")
+    yield lecture, url
     await runner.cleanup()
     await engine.close()
 

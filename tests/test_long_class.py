@@ -22,11 +22,11 @@ import time
 
 import aiortc.rtcrtpsender
 import pytest
-from aiohttp import web
 
 from media import rtp
 from media.engine import MediaConfig, MediaEngine
 from tests.mediaclip import write_noisy_h264_clip
+from tests.serverproc import whip_route
 from tests.test_lecture import PublisherPeer, ViewerPeer, assert_clean_increasing, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -55,30 +55,6 @@ async def origin_and_edge():
     finally:
         await edge_engine.close()
         await origin_engine.close()
-
-
-async def whip_route(lecture) -> tuple[web.AppRunner, str]:
-    """The WHIP POST of server/, reduced to its media call (the token is checked there)."""
-
-    async def post(request: web.Request) -> web.Response:
-        answer, _publisher = await lecture.publish(await request.text())
-        headers = {"Location": "/whip/long/1"}
-        return web.Response(
-            status=201, text=answer, content_type="application/sdp", headers=headers
-        )
-
-    async def delete(_request: web.Request) -> web.Response:
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/whip/long", post)
-    app.router.add_delete("/whip/long/{resource}", delete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"http://127.0.0.1:{port}/whip/long"
 
 
 async def relay(edge, origin) -> None:
