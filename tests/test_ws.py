@@ -594,6 +594,8 @@ async def test_an_ended_classs_room_closes_after_its_last_page_and_reopens(tmp_p
         while hub.open_room("k") is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert hub.open_room("k") is None
+        while not all(task.done() for task in room._tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the loops finish stopping just after the room is dropped
         assert room._tasks and all(task.done() for task in room._tasks)
         again = await hub.room(await store.get_session("k"))  # someone opens the report
         assert again is not room and again.session.ended_at is not None

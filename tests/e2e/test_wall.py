@@ -437,7 +437,9 @@ def drill_down_filter_and_resolve(
     # a simulated hall opens its page only: its time is page time, not media time
     assert detail["site"]["code"] == helped and detail["record"]["page_intervals"]
     assert [h["reason"] for h in detail["help"]] == ["no_sound"]
-    assert "1" in moderator.text_content("#detail-more")  # the intervals section is drawn
+    drawn = moderator.text_content("#detail-more")  # the record's sections are drawn
+    assert f"Các lần kết nối ({len(detail['record']['intervals'])})" in drawn
+    assert "Thời gian mở trang" in drawn and "Yêu cầu hỗ trợ" in drawn
     moderator.click("#detail-more button[data-help-id]")
     moderator.wait_for_function("window.lopso.totals.help_open === 0")
     moderator.wait_for_function("!window.lopso.openAlerts().some((a) => a.kind === 'help')")
