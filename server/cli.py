@@ -234,7 +234,8 @@ def serve(config: Config) -> None:
     )
     web.run_app(
         create_app(config),
-        host=config.host,
+        # "::" means every address, IPv4 too (asyncio would make it IPv6-only): None binds both
+        host=None if config.host == "::" else config.host,
         port=config.port,
         ssl_context=context,
         access_log=None,

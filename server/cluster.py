@@ -130,7 +130,7 @@ def pick_source(nodes: Iterable[NodeInfo], sid: str, own_id: str) -> NodeInfo | 
 def first_free_port(low: int, high: int, kind: int, host: str = "0.0.0.0") -> int:
     """The first port of [low, high] that `host` can bind now (TCP or UDP)."""
     for port in range(low, high + 1):
-        with socket.socket(socket.AF_INET, kind) as sock:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
             if kind == socket.SOCK_STREAM:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:

@@ -43,7 +43,7 @@ class Config:
     data_dir: Path = Path("data")
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    media_host: str = "0.0.0.0"
+    media_host: str = "::"  # dual-stack (IPv4 too); 0.0.0.0 where the kernel has no IPv6
     media_port: int = 8189
     announce: tuple[str, ...] = ()
     # a connected viewer unheard (no RTCP, no consent check) this long: its media stopped
@@ -326,7 +326,8 @@ def load_config(
     if not config.node_id:
         config = dataclasses.replace(config, node_id=uuid.uuid4().hex[:12])
     if not config.announce:
-        config = dataclasses.replace(config, announce=default_announce(config.host))
+        announce = default_announce(config.host, config.media_host)
+        config = dataclasses.replace(config, announce=announce)
     return config
 
 
@@ -334,16 +335,25 @@ WILDCARDS = ("0.0.0.0", "::", "")
 LOOPBACKS = ("127.0.0.1", "::1", "localhost")
 
 
-def default_announce(host: str) -> tuple[str, ...]:
-    """Addresses to give viewers when none are configured: the HTTP host when it is a real
-    address; this machine's LAN address when listening on all interfaces; none on loopback
-    (media then announces 127.0.0.1)."""
+def default_announce(host: str, media_host: str = "::") -> tuple[str, ...]:
+    """Addresses to give viewers when none are configured: what a browser will use.
+
+    On a real HTTP address, that address. On a wildcard, every non-loopback local address
+    (IPv6 too when the media socket is dual-stack), so a machine with several addresses plays
+    on each. On loopback, loopback and the LAN address: a browser on this machine checks from
+    its LAN address and may never try loopback (media/udp.py answers from the address each
+    check reached).
+    """
+    from media.udp import local_addresses
+
+    ipv6 = media_host == "::"
     if host in LOOPBACKS:
-        return ()
+        lan = lan_address()
+        loopback = "::1" if host == "::1" and ipv6 else "127.0.0.1"
+        return (loopback, lan) if lan else (loopback,)
     if host not in WILDCARDS:
         return (host,)
-    lan = lan_address()
-    return (lan,) if lan else ()
+    return tuple(local_addresses(ipv6))
 
 
 def lan_address() -> str | None:
