@@ -168,6 +168,9 @@ async def moderator(request: web.Request) -> web.Response:
         xlsx_url=f"{base}.xlsx{suffix}",
         json_url=f"{base}{suffix}",
         links_url=f"/api/sessions/{quote(session.id)}/links",
+        hall_links_url=f"/api/classes/{quote(session.id)}/hall-links{suffix}&format=csv",
+        cards_url=f"/classes/{quote(session.id)}/cards{suffix}&lang={page['lang']}",
+        end_url=f"/api/sessions/{quote(session.id)}/end",
     )
     return render(request, "moderator", page)
 

@@ -19,13 +19,14 @@ function main() {
   const page = readPageConfig();
   const wall = new Wall($("wall"), page.lang);
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
-  const state = { page: page, wall: wall, selected: "", totals: {}, live: false, metrics: metrics,
+  const state = { page: page, wall: wall, selected: "", totals: {}, live: false, ended: false, metrics: metrics,
     channel: new Channel(page.ws_url), help: new Map(), questions: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
     detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
   window.lopso = {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
+    get ended() { return state.ended; },
     get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
@@ -66,13 +67,14 @@ function wireChannel(state) {
   });
   ch.on("welcome", function (msg) {
     state.live = !!msg.live;
-    setLiveBadge(state, msg.ended ? "ended" : undefined);
+    if (msg.ended) showEnded(state);
+    else setLiveBadge(state);
   });
   ch.on("live", function (msg) {
     state.live = !!msg.live;
     setLiveBadge(state);
   });
-  ch.on("class_ended", function () { setLiveBadge(state, "ended"); });
+  ch.on("class_ended", function () { showEnded(state); });
   ch.on("sites", function (msg) {
     const sites = msg.sites || [];
     measured(state, function () {
@@ -110,9 +112,22 @@ function wireChannel(state) {
   });
 }
 
+/** The class has ended (here or elsewhere): badge, tiles and alerts say so, no reload needed. */
+function showEnded(state) {
+  state.ended = true;
+  state.live = false;
+  setLiveBadge(state);
+  state.wall.setEnded();
+  state.alerts.clear(); // nothing is still to be done about a hall of an ended class
+  drawAlerts(state);
+  showTotals(state);
+  $("end-class").disabled = true;
+  $("panel-end").hidden = true;
+}
+
 function setLiveBadge(state, override) {
   const el = $("live-state");
-  const s = override || (state.live ? "playing" : "waiting");
+  const s = state.ended ? "ended" : override || (state.live ? "playing" : "waiting");
   el.setAttribute("data-state", s);
   const key = { playing: "mod_live", waiting: "mod_not_live", reconnecting: "state_reconnecting",
     ended: "site_ended" }[s];
@@ -151,7 +166,7 @@ function takeAlerts(state, alerts, logOnly) {
   const log = state.incidentMap;
   for (const a of alerts) {
     if (!logOnly) {
-      if (a.open) state.alerts.set(a.id, a);
+      if (a.open && !state.ended) state.alerts.set(a.id, a);
       else state.alerts.delete(a.id);
     }
     log.set(a.id, a);
@@ -239,7 +254,9 @@ function fillCommunes(state) {
   const keep = filter.value;
   while (filter.options.length > 1) filter.remove(1);
   const target = $("msg-target");
-  while (target.options.length > 1) target.remove(1);
+  const keepTarget = target.value;
+  const groups = target.querySelectorAll("optgroup");
+  for (let i = 0; i < groups.length; i++) groups[i].remove();
   const group = document.createElement("optgroup");
   group.label = t("field_commune");
   for (const name of names) {
@@ -253,6 +270,8 @@ function fillCommunes(state) {
     group.appendChild(to);
   }
   target.appendChild(group);
+  target.value = keepTarget; // a hall chosen for a message stays chosen across snapshots
+  if (target.selectedIndex < 0) target.value = "all";
   if (keep && state.wall.communes.has(keep)) filter.value = keep;
 }
 
@@ -545,7 +564,9 @@ function targetSite(state, code) {
   if (!opt) {
     opt = document.createElement("option");
     opt.setAttribute("data-site", "1");
-    select.insertBefore(opt, select.options[1] || null);
+    // After "all", before the communes' <optgroup>: options[1] may sit inside that group,
+    // and inserting before a grandchild throws (the message then went to every hall).
+    select.insertBefore(opt, select.children[1] || null);
   }
   opt.value = "site:" + code;
   opt.textContent = siteLabel(state, code);
@@ -571,6 +592,20 @@ async function sendMessage(state) {
   }
 }
 
+async function endClass(state) {
+  const button = $("end-confirm");
+  button.disabled = true;
+  setText($("end-result"), t("sending"));
+  try {
+    await apiRequest(state.page.end_url, state.page.token, { method: "POST" });
+    showEnded(state); // the class_ended broadcast follows; either one is enough
+  } catch (err) {
+    setText($("end-result"), t("error_generic", { message: err.message || err }));
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function reconnectSite(state) {
   if (!state.selected) return;
   try {
@@ -581,8 +616,9 @@ async function reconnectSite(state) {
   }
 }
 
-/** The class's links (one per site) as a CSV the organisers can send to each hall. */
-async function downloadLinks(state) {
+/** The staff's links (moderator; lecturer for an admin) as a CSV: never to send to halls,
+ * whose links are the "hall links" export. */
+async function downloadStaffLinks(state) {
   let links;
   try {
     links = await apiRequest(state.page.links_url, state.page.token);
@@ -590,14 +626,13 @@ async function downloadLinks(state) {
     toast(t("error_generic", { message: err.message || err }));
     return;
   }
-  const rows = [["code", "name", "commune", "url"]];
-  for (const s of links.sites || []) rows.push([s.code, s.name, s.commune || "", s.url]);
-  rows.push(["lecturer", t("studio_title"), "", links.lecturer ? links.lecturer.url : ""]);
-  rows.push(["moderator", t("mod_title"), "", links.moderator ? links.moderator.url : ""]);
+  const rows = [["role", "name", "url"]];
+  if (links.lecturer) rows.push(["lecturer", t("studio_title"), links.lecturer.url]);
+  if (links.moderator) rows.push(["moderator", t("mod_title"), links.moderator.url]);
   const text = csvDocument(rows); // a hall named "=HYPERLINK(...)" stays text in Excel
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
-  a.download = "lopso-" + state.page.sid + "-links.csv";
+  a.download = "lopso-" + state.page.sid + "-staff-links.csv";
   document.body.appendChild(a);
   a.click();
   setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
@@ -654,7 +689,16 @@ function wireControls(state) {
   });
   $("detail-message").addEventListener("click", function () { targetSite(state, state.selected); });
   $("detail-reconnect").addEventListener("click", function () { reconnectSite(state); });
-  if ($("export-links")) $("export-links").addEventListener("click", function () { downloadLinks(state); });
+  if ($("export-staff-links")) {
+    $("export-staff-links").addEventListener("click", function () { downloadStaffLinks(state); });
+  }
+  $("end-class").addEventListener("click", function () {
+    setText($("end-result"), "");
+    $("panel-end").hidden = false;
+    $("end-cancel").focus();
+  });
+  $("end-cancel").addEventListener("click", function () { $("panel-end").hidden = true; });
+  $("end-confirm").addEventListener("click", function () { endClass(state); });
 }
 
 main();
