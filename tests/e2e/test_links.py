@@ -59,7 +59,7 @@ def cards_url(lopso: LopsoServer, sid: str, commune: str | None = None) -> str:
 
 def test_copied_short_link_opens_the_hall_and_plays(lopso: Any, browser_pages: Any) -> None:
     sid = lopso.demo["session_id"]
-    cards = browser_pages.open(cards_url(lopso, sid), name="cards")
+    cards = browser_pages.open(cards_url(lopso, sid), name="cards", enforce_policy=True)
     cards.context.grant_permissions(["clipboard-read", "clipboard-write"])
     sheet = cards.locator('.commune-sheet[data-commune="Xã Tiên Lữ"]')
     sheet.locator(".copy-links").click()

@@ -1,6 +1,6 @@
 // Hall cards: print them (the browser's own print, A4, one commune per sheet), and copy a
 // commune's text block of short links to paste into its Zalo group.
-import { $, loadStrings, t, wireLangSwitch } from "./i18n.js";
+import { $, errorText, loadStrings, t, wireLangSwitch } from "./i18n.js";
 
 /** Copy `text`; the clipboard API needs a secure context, else the selected textarea is copied. */
 async function copyText(area) {
@@ -25,7 +25,7 @@ function main() {
         await copyText($(button.getAttribute("data-target")));
         result.textContent = t("cards_copied");
       } catch (err) {
-        result.textContent = t("error_generic", { message: err.message || err });
+        result.textContent = errorText(err);
       }
     });
   }

@@ -4,7 +4,10 @@
 // batch (script + style + layout, measured in the page) is kept in window.lopso.metrics.
 import { csvDocument } from "./csv.js";
 import { Channel, apiRequest } from "./protocol.js";
-import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import {
+  $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast,
+  wireLangSwitch,
+} from "./i18n.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
@@ -38,6 +41,7 @@ function main() {
     // Tests and drills may feed server messages straight in (e.g. a 5,000-site snapshot).
     feed: function (msg) { state.channel.emit(msg.type, msg); },
   };
+  if ($("starts-at")) setText($("starts-at"), dateTime($("starts-at").getAttribute("data-iso"), page.lang));
   wall.onSelect = function (code) { select(state, code); };
   wireChannel(state);
   wireControls(state);
@@ -135,7 +139,7 @@ function setLiveBadge(state, override) {
 }
 
 function fmt(state, n) {
-  return Number(n || 0).toLocaleString(state.page.lang === "en" ? "en" : "vi");
+  return formatNumber(Number(n || 0), 0);
 }
 
 function showTotals(state, totals) {
@@ -310,7 +314,7 @@ function refreshDetail(state, force) {
     state.detail = body;
     showRecord(state, body);
   }).catch(function (err) {
-    setText($("detail-more"), t("error_generic", { message: err.message || err }));
+    setText($("detail-more"), errorText(err));
   });
 }
 
@@ -337,7 +341,7 @@ function showLive(state, s) {
     [t("field_headcount"), fmtNum(s.headcount) + " / " + t("field_peak") + " " + fmtNum(s.peak_headcount)],
     [t("field_quality"), s.quality ? t("quality_" + s.quality) : "–"],
     ["RTT", fmtNum(s.rtt_ms, " ms")],
-    [t("loss"), fmtNum(s.loss_pct, " %")],
+    [t("loss"), formatPercent(s.loss_pct)],
     [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
     [t("field_rejoins"), fmtNum(s.rejoins)],
     [t("site_media_label"), t("site_media_" + (s.media_mode === "audio_only" ? "audio_only" : "auto"))],
@@ -386,8 +390,8 @@ function showRecord(state, body) {
     [t("field_attendance"), t("attendance_" + r.status)],
     [t("field_first_join"), r.first_join ? clock(r.first_join, lang) : "–"],
     [t("field_last_leave"), r.last_leave ? clock(r.last_leave, lang) : (r.connected_now ? t("mod_still_here") : "–")],
-    [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + fmtNum(r.connected_pct, " %")],
-    [t("field_page_open"), t("mod_minutes", { n: fmtNum(r.page_minutes) }) + " · " + fmtNum(r.page_pct, " %")],
+    [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + formatPercent(r.connected_pct)],
+    [t("field_page_open"), t("mod_minutes", { n: fmtNum(r.page_minutes) }) + " · " + formatPercent(r.page_pct)],
     [t("field_poor_time"), t("mod_minutes", { n: fmtNum(r.poor_seconds / 60) })],
     [t("field_headcounts"), [r.headcount.start, r.headcount.mid, r.headcount.end].map(function (v) { return fmtNum(v); }).join(" / ")],
   ]);
@@ -438,7 +442,7 @@ function showRecord(state, body) {
 }
 
 function fmtNum(v, unit) {
-  return typeof v === "number" ? String(Math.round(v * 10) / 10) + (unit || "") : "–";
+  return typeof v === "number" ? formatNumber(v) + (unit || "") : "–";
 }
 
 // ---- help and questions ------------------------------------------------------------------
@@ -493,7 +497,7 @@ async function resolveHelp(state, msg, btn) {
     if (state.selected === msg.site) refreshDetail(state, true);
   } catch (err) {
     btn.disabled = false;
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
   }
 }
 
@@ -525,7 +529,7 @@ function addQuestion(state, msg) {
       btn.textContent = t("mod_forwarded");
     } catch (err) {
       btn.disabled = false;
-      toast(t("error_generic", { message: err.message || err }));
+      toast(errorText(err));
     }
   });
   const dismiss = document.createElement("button");
@@ -539,7 +543,7 @@ function addQuestion(state, msg) {
       closeQuestion(state, msg.question_id);
     } catch (err) {
       dismiss.disabled = false;
-      toast(t("error_generic", { message: err.message || err }));
+      toast(errorText(err));
     }
   });
   li.appendChild(btn);
@@ -588,7 +592,7 @@ async function sendMessage(state) {
     setText(result, t("mod_message_sent"));
     $("msg-text").value = "";
   } catch (err) {
-    setText(result, t("error_generic", { message: err.message || err }));
+    setText(result, errorText(err));
   }
 }
 
@@ -600,7 +604,7 @@ async function endClass(state) {
     await apiRequest(state.page.end_url, state.page.token, { method: "POST" });
     showEnded(state); // the class_ended broadcast follows; either one is enough
   } catch (err) {
-    setText($("end-result"), t("error_generic", { message: err.message || err }));
+    setText($("end-result"), errorText(err));
   } finally {
     button.disabled = false;
   }
@@ -612,7 +616,7 @@ async function reconnectSite(state) {
     await state.channel.call({ type: "command", site: state.selected, action: "reconnect" });
     toast(t("mod_reconnect_sent"));
   } catch (err) {
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
   }
 }
 
@@ -623,7 +627,7 @@ async function downloadStaffLinks(state) {
   try {
     links = await apiRequest(state.page.links_url, state.page.token);
   } catch (err) {
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
     return;
   }
   const rows = [["role", "name", "url"]];

@@ -2,7 +2,7 @@
 // groups) → site (one small tile). Built for 5,000 tiles: a `sites` snapshot builds the DOM
 // once; each `sites_update` touches only the changed tiles, their communes' counters and the
 // province counters (kept incrementally, never recounted over 5,000 sites).
-import { clock, setText, t } from "./i18n.js";
+import { clock, formatNumber, setText, t } from "./i18n.js";
 
 /** Tile classes, best first: the colour of a tile and the keys of the counters. */
 export const WALL_CLASSES = ["good", "non_optimal", "poor", "lost", "waiting", "connecting",
@@ -218,14 +218,14 @@ export class Wall {
         (audio ? " · " + t("site_media_audio_only") : ""));
     }
     if (old.headcount !== site.headcount) {
-      setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: site.headcount }) : "");
+      setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: formatNumber(site.headcount, 0) }) : "");
     }
   }
 
   drawCommune(g) {
     const c = g.counts;
-    setText(g.stats, t("mod_commune_stats", { playing: c.good + c.non_optimal + c.poor + c.lost,
-      connected: c.connected, expected: c.total, people: c.people }));
+    setText(g.stats, t("mod_commune_stats", { playing: formatNumber(c.good + c.non_optimal + c.poor + c.lost, 0),
+      connected: formatNumber(c.connected, 0), expected: formatNumber(c.total, 0), people: formatNumber(c.people, 0) }));
     // A bar of the tile classes present: readable even when the group is collapsed.
     if (!g.chips) g.chips = this.makeChips(g.bar);
     for (const k of WALL_CLASSES) this.setChip(g.chips[k], c[k], String(c[k]));
@@ -332,7 +332,7 @@ function tileTitle(site, lang) {
   if (site.media === false && site.status !== "never_joined" && site.status !== "offline") {
     parts.push(t("wall_no_media"));
   }
-  if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: site.headcount }));
+  if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: formatNumber(site.headcount, 0) }));
   if (site.media_mode === "audio_only") parts.push(t("site_media_audio_only"));
   if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
   return parts.filter(Boolean).join(" · ");
