@@ -22,6 +22,9 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+import qrcode
+import qrcode.constants
+
 from server import auth
 from server.config import Config
 from server.errors import UnknownError
@@ -111,6 +114,37 @@ async def resolve(store: Store, config: Config, code: str) -> str:
     if not hmac.compare_digest(code, short_code(config.secret, link.sid, site.code, site.join_key)):
         raise UnknownError("this link was replaced by a new one", code="unknown_short_link")
     return join_path(config, session, site, time.time())
+
+
+def qr_svg(text: str) -> str:
+    """A QR code of `text` as a small inline SVG (one path, dark modules as runs per row).
+
+    The `qrcode` library builds the matrix; its mask is fixed (any mask decodes; trying all
+    eight triples the time) and its own SVG writer, a few times slower, is not used: a cards
+    page for a commune draws dozens of codes, a province's a thousand."""
+    code = qrcode.QRCode(
+        error_correction=qrcode.constants.ERROR_CORRECT_M, border=4, mask_pattern=0
+    )
+    code.add_data(text)
+    code.make(fit=True)
+    matrix = code.get_matrix()
+    runs = []
+    for y, row in enumerate(matrix):
+        x = 0
+        while x < len(row):
+            if not row[x]:
+                x += 1
+                continue
+            start = x
+            while x < len(row) and row[x]:
+                x += 1
+            runs.append(f"M{start} {y}h{x - start}v1h-{x - start}z")
+    size = len(matrix)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size} {size}" '
+        f'shape-rendering="crispEdges"><rect width="{size}" height="{size}" fill="#fff"/>'
+        f'<path d="{"".join(runs)}" fill="#000"/></svg>'
+    )
 
 
 def by_commune(links: Iterable[HallLink], commune: str | None) -> list[HallLink]:

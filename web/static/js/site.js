@@ -537,7 +537,6 @@ async function sendAcked(player, msg, resultEl) {
   }
 }
 
-
 async function submitHeadcount(player) {
   const count = parseInt($("hc-count").value, 10);
   const phase = $("hc-phase").value;
