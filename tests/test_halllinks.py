@@ -159,3 +159,18 @@ async def test_cards_page_has_a_card_per_hall_and_a_block_per_commune(app) -> No
     assert (await one.text()).count('class="hall-card"') == 1
     refused = await client.get(f"/classes/c1/cards?token={mint(Role.SITE, 'c1', 'S1')}")
     assert refused.status == 403 and "text/html" in refused.content_type
+
+
+async def test_a_provinces_cards_are_drawn_per_commune(app, monkeypatch) -> None:
+    from server.routes import links
+
+    monkeypatch.setattr(links, "CARDS_MAX", 2)  # three halls: over the limit
+    client, _ = app
+    token = mint(Role.MODERATOR, "c1")
+    html = await (await client.get(f"/classes/c1/cards?token={token}")).text()
+    assert html.count('class="hall-card"') == 0 and 'id="cards-per-commune"' in html
+    assert html.count('commune-text"') == 2  # the text blocks are still all there
+    links_to = re.findall(r'class="btn btn-small commune-cards" href="([^"]+)"', html)
+    assert len(links_to) == 2
+    one = await client.get(links_to[0].replace("&amp;", "&"))
+    assert (await one.text()).count('class="hall-card"') in (1, 2)

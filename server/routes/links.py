@@ -28,6 +28,7 @@ from server.routes.pages import page_errors, render
 
 log = logging.getLogger(__name__)
 FORMATS = ("csv", "text", "json")
+CARDS_MAX = 120  # cards drawn on one page (20 A4 sheets); a province's are drawn per commune
 
 
 @page_errors
@@ -88,31 +89,39 @@ async def hall_links_export(request: web.Request) -> web.Response:
 @page_errors
 async def hall_cards(request: web.Request) -> web.Response:
     """`GET /classes/{sid}/cards?commune=`: printable cards, each commune from a new A4 page,
-    with the commune's text block of short links to copy (on screen only)."""
+    with the commune's text block of short links to copy (on screen only). Over CARDS_MAX
+    halls (a province), the cards are drawn per commune: the page links to each commune's."""
     session, links, commune = await _class_links(request)
     lang = pick_lang(request)
+    drawn = commune is not None or len(links) <= CARDS_MAX
     # ~10-30 ms a code: off the event loop, which carries the classes' signalling
-    codes = await asyncio.to_thread(lambda: [Markup(halllinks.qr_svg(x.url)) for x in links])
+    codes = await asyncio.to_thread(
+        lambda: [Markup(halllinks.qr_svg(x.url)) if drawn else None for x in links]
+    )
     communes: dict[str, list[dict[str, Any]]] = {}
     for link, qr in zip(links, codes, strict=True):
-        card = {"name": link.name, "village": link.village, "short_url": link.short_url}
-        card.update(url=link.url, qr=qr, code=link.code)
+        card: dict[str, Any] = {"name": link.name, "village": link.village, "qr": qr}
+        card.update(short_url=link.short_url, url=link.url, code=link.code)
         communes.setdefault(link.commune, []).append(card)
     token = request.query.get("token", "")
-    export = f"/api/classes/{quote(session.id)}/hall-links?token={quote(token)}"
+    mine = f"/classes/{quote(session.id)}/cards?token={quote(token)}&lang={lang}&commune="
+    export = f"/api/classes/{quote(session.id)}/hall-links?token={quote(token)}&format=csv"
     page = {
         "lang": lang,
         "sid": session.id,
         "title": session.title,
         "starts": halllinks.start_text(session, lang),
         "commune": commune,
-        "csv_url": export + "&format=csv" + (f"&commune={quote(commune)}" if commune else ""),
+        "cards_drawn": drawn,
+        "csv_url": export + (f"&commune={quote(commune)}" if commune else ""),
     }
     view = {
         "communes": [
             {
                 "name": name,
-                "cards": cards,
+                "cards": cards if drawn else [],
+                "count": len(cards),
+                "cards_url": mine + quote(name),
                 "text": halllinks.to_text(
                     session, [link for link in links if link.commune == name], lang
                 ),

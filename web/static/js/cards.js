@@ -15,7 +15,7 @@ async function copyText(area) {
 function main() {
   loadStrings();
   wireLangSwitch();
-  $("print-cards").addEventListener("click", function () { window.print(); });
+  if ($("print-cards")) $("print-cards").addEventListener("click", function () { window.print(); });
   const buttons = document.querySelectorAll(".copy-links");
   for (let i = 0; i < buttons.length; i++) {
     const button = buttons[i];
