@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(web_assets.__file__).parent
 LANGS = ("vi", "en")
+SHORT_LINK_BURST = 10.0  # wrong short-link codes an address may try before the rate applies
 VIEWERS_PER_NODE = 500  # load 1.0: a rough per-process capacity until measured (issue 2)
 
 
@@ -59,6 +60,7 @@ class AppState:
     webhook: Any = None  # server.webhook.WebhookSender when LOPSO_WEBHOOK_URL is set
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    short_link_limiter: auth.RateLimiter = None  # type: ignore[assignment]  # wrong /j/ codes
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
     sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
@@ -70,6 +72,7 @@ class AppState:
         self.metrics = Metrics(lambda: getattr(self.engine, "lectures", None) or {})
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
+        self.short_link_limiter = auth.RateLimiter(cfg.short_link_rate, SHORT_LINK_BURST)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
         self.sockets = SocketCounts(
             SocketLimits(cfg.ws_per_site, cfg.ws_per_token, cfg.ws_per_addr)
@@ -492,7 +495,7 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import api, metrics, moderation, pages, whip, ws
+    from server.routes import api, links, metrics, moderation, pages, whip, ws
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -526,6 +529,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     moderation.add_routes(app)
     metrics.add_routes(app)
     pages.add_routes(app)
+    links.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app
 

@@ -204,12 +204,21 @@ class RateLimiter:
         """Take one token for `key` or raise RateLimitedError."""
         if self._rate <= 0:
             return
-        now = self._clock()
-        level, last = self._buckets.get(key, (self._burst, now))
-        level = min(self._burst, level + (now - last) * self._rate)
+        now, level = self._level(key)
         if level < 1.0:
             self._buckets[key] = (level, now)
             raise RateLimitedError(f"too many requests for {key}; slow down")
         self._buckets[key] = (level - 1.0, now)
         if len(self._buckets) > 100_000:  # keep memory bounded under address floods
             self._buckets.clear()
+
+    def refuse_if_empty(self, key: str) -> None:
+        """Raise RateLimitedError when `key` has no token left, taking none (count only the
+        failures with `check`, refuse everything once they ran out)."""
+        if self._rate > 0 and self._level(key)[1] < 1.0:
+            raise RateLimitedError(f"too many requests for {key}; slow down")
+
+    def _level(self, key: str) -> tuple[float, float]:
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        return now, min(self._burst, level + (now - last) * self._rate)

@@ -7,7 +7,8 @@ lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links 
 lopso token --role ROLE [--class SID] [--site CODE] [--ttl SECONDS]
                                          (--class required but for admin)
 lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
-                   [--sites CODE,...] [--id SID]
+                   [--sites CODE,...] [--id SID] [--public-url URL]
+                                         (links and each hall's short link /j/CODE)
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--codec", default="VP8", choices=("VP8", "H264"))
     create.add_argument("--sites", default="", help="site codes, comma-separated (default: all)")
     create.add_argument("--id", dest="sid")
+    create.add_argument(
+        "--public-url", dest="public_url", help="base of the links printed (LOPSO_PUBLIC_URL)"
+    )
     _data(create)
     return parser
 
@@ -185,7 +189,7 @@ _SERVE_KEYS = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lopso` console command; returns the exit status."""
     args = _parser().parse_args(argv)
-    keys = _SERVE_KEYS if args.command == "serve" else ("data_dir",)
+    keys = _SERVE_KEYS if args.command == "serve" else ("data_dir", "public_url")
     try:
         config = load_config({key: getattr(args, key, None) for key in keys})
     except ConfigError as exc:
@@ -223,6 +227,12 @@ def serve(config: Config) -> None:
     if config.tls_cert is not None and config.tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.links_unreachable:
+        log.warning(
+            "links point at this machine's loopback address: halls elsewhere cannot open them; "
+            "set LOPSO_PUBLIC_URL or --public-url to the address halls reach",
+            extra={"url": config.base_url, "host": config.host},
+        )
     log.info(
         "starting",
         extra={
@@ -298,6 +308,7 @@ async def _token(config: Config, args: argparse.Namespace) -> str:
 
 async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from server.demo import class_links
+    from server.halllinks import hall_links
     from server.hub import Hub, session_wire
     from server.routes.api import session_from_body
     from server.store import open_store
@@ -317,6 +328,10 @@ async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, A
             raise ValueError(f"class {session.id} already exists")
         await store.put_session(session)
         sites = await Hub(store, config.node_id).expected_sites(session)
-        return {"class": session_wire(session), "links": class_links(config, session, sites)}
+        links = class_links(config, session, sites)
+        shorts = await hall_links(store, config, session, sites)
+        for entry, hall in zip(links["sites"], shorts, strict=True):
+            entry["short_url"] = hall.short_url
+        return {"class": session_wire(session), "links": links}
     finally:
         await store.close()

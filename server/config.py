@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from server import files
 
@@ -65,6 +66,8 @@ class Config:
     ws_idle_timeout_s: float = 30.0
     batch_interval_s: float = 1.0
     signalling_rate: float = 50.0  # WHIP/WHEP requests per second per client address; 0 = off
+    # Wrong short-link codes (/j/<code>) per second per client address, in bursts of 10; 0 = off.
+    short_link_rate: float = 0.2
     checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
     checkin_burst_site: int = 200  # check-ins a site may send at once
     # A hall's Wi-Fi (or a carrier's NAT) puts hundreds of phones behind one address.
@@ -110,6 +113,14 @@ class Config:
     def loopback_only(self) -> bool:
         """True when the HTTP server listens on a loopback address only (this machine)."""
         return self.host in LOOPBACKS or self.host.startswith("127.")
+
+    @property
+    def links_unreachable(self) -> bool:
+        """True when the links handed out would point at this machine's loopback address while
+        the server listens on other addresses too: halls elsewhere could not open them."""
+        host = urlsplit(self.base_url).hostname or ""
+        loopback = host in LOOPBACKS or host.startswith("127.")
+        return loopback and not self.loopback_only
 
     @property
     def base_url(self) -> str:
@@ -265,6 +276,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "ws_idle_timeout_s": ("LOPSO_WS_IDLE_TIMEOUT", _positive_float("WebSocket idle timeout")),
     "batch_interval_s": ("LOPSO_BATCH_INTERVAL", _positive_float("batch interval")),
     "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
+    "short_link_rate": ("LOPSO_SHORT_LINK_RATE", _rate("short link guess rate")),
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
     "checkin_burst_site": (

@@ -304,7 +304,7 @@ def spans_text(intervals: Sequence[Any], tz: dt.tzinfo) -> str:
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_text(value: Any) -> Any:
+def csv_text(value: Any) -> Any:
     """Text that Excel would run as a formula gets a leading apostrophe (CSV injection)."""
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
@@ -315,7 +315,7 @@ def _csv_value(value: Any, kind: str, tz: dt.tzinfo) -> Any:
     if value is None:
         return ""
     if kind == "text":
-        return _csv_text(value)
+        return csv_text(value)
     if kind == "spans":
         return spans_text(value, tz)
     if kind == "time":

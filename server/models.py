@@ -74,6 +74,15 @@ class ClassSession:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ShortLink:
+    """A short join link `/j/<code>`: which hall of which class it opens (server/halllinks.py)."""
+
+    code: str
+    sid: str
+    site: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """One attendance-ledger event. `seq` is assigned by the store on append (1, 2, ...)."""
 

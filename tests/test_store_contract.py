@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
 from server.store.embedded import EmbeddedStore
 from tests import redisproc
 from tests.redisproc import RedisProcess
@@ -90,6 +90,24 @@ async def test_sites_upsert_get_list(store):
     await store.upsert_sites(many)
     codes = [s.code for s in reversed(many)]
     assert await store.get_sites(codes) == many[::-1]
+
+
+async def test_short_links_put_get(store, make_store):
+    links = [ShortLink(f"c{i:07d}", "class-1", f"HY-{i:03d}") for i in range(600)]
+    await store.put_short_links(links)
+    await store.put_short_links([])  # nothing to write: no error
+    assert await store.get_short_link("c0000007") == links[7]
+    assert await store.get_short_link("zzzzzzzz") is None
+    await store.put_short_links(links[:2])  # written again (the codes are derived): unchanged
+    assert await store.get_short_link("c0000001") == links[1]
+    await store.close()
+    reopened = make_store()  # kept across a restart
+    await reopened.open()
+    try:
+        assert await reopened.get_short_link("c0000599") == links[599]
+    finally:
+        await reopened.close()
+    await store.open()
 
 
 async def test_sessions_put_get_list(store):

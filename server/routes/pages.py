@@ -31,11 +31,15 @@ log = logging.getLogger(__name__)
 PageHandler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Response:
+def render(
+    request: web.Request, name: str, page: dict[str, Any], view: dict[str, Any] | None = None
+) -> web.Response:
+    """The page's template with its config `page` (also handed to its script) and `view`
+    (what only the template reads: large, or of no use to the script)."""
     state = request.app[STATE]
     lang = page.get("lang") or pick_lang(request)
     template = state.templates.get_template(f"{name}.html")
-    html = template.render(lang=lang, t=state.catalogue(lang), page=page)
+    html = template.render(lang=lang, t=state.catalogue(lang), page=page, view=view or {})
     return web.Response(
         text=html,
         content_type="text/html",
@@ -164,6 +168,9 @@ async def moderator(request: web.Request) -> web.Response:
         xlsx_url=f"{base}.xlsx{suffix}",
         json_url=f"{base}{suffix}",
         links_url=f"/api/sessions/{quote(session.id)}/links",
+        hall_links_url=f"/api/classes/{quote(session.id)}/hall-links{suffix}&format=csv",
+        cards_url=f"/classes/{quote(session.id)}/cards{suffix}&lang={page['lang']}",
+        end_url=f"/api/sessions/{quote(session.id)}/end",
     )
     return render(request, "moderator", page)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
 
 if TYPE_CHECKING:
     from server.store.subscription import Subscription
@@ -49,6 +49,10 @@ class Store(Protocol):
     async def put_session(self, session: ClassSession) -> None: ...
     async def get_session(self, session_id: str) -> ClassSession | None: ...
     async def list_sessions(self) -> list[ClassSession]: ...
+
+    # short join links (/j/<code>): codes are derived, so writing one again changes nothing
+    async def put_short_links(self, links: Iterable[ShortLink]) -> None: ...
+    async def get_short_link(self, code: str) -> ShortLink | None: ...
 
     # attendance ledger (append-only, durable, ordered per class by seq)
     async def append(self, event: Event) -> Event:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
 
 _KINDS = {kind.value: kind for kind in EventKind}
 
@@ -81,6 +81,16 @@ def site_to_json(site: Site) -> str:
 def site_from_json(text: str | bytes) -> Site:
     """Inverse of `site_to_json`."""
     return Site(**json.loads(text))
+
+
+def short_link_to_json(link: ShortLink) -> str:
+    """A short join link as JSON text."""
+    return dumps(dataclasses.asdict(link))
+
+
+def short_link_from_json(text: str | bytes) -> ShortLink:
+    """Inverse of `short_link_to_json`."""
+    return ShortLink(**json.loads(text))
 
 
 def session_to_json(session: ClassSession) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from server import files
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
 from server.store import codec, sqlite_ledger
 from server.store.base import StoreError
 from server.store.subscription import Subscription, SubscriptionHub
@@ -255,6 +255,17 @@ class EmbeddedStore:
     async def list_sessions(self) -> list[ClassSession]:
         bodies = await self._read(sqlite_ledger.select_bodies, "sessions")
         return [codec.session_from_json(b) for b in bodies]
+
+    # short join links ---------------------------------------------------------------------
+
+    async def put_short_links(self, links: Iterable[ShortLink]) -> None:
+        rows = [(link.code, codec.short_link_to_json(link)) for link in links]
+        if rows:
+            await self._write(lambda ledger: ledger.upsert("short_links", rows))
+
+    async def get_short_link(self, code: str) -> ShortLink | None:
+        bodies = await self._read(sqlite_ledger.select_bodies, "short_links", code)
+        return codec.short_link_from_json(bodies[0]) if bodies else None
 
     # ledger -------------------------------------------------------------------------------
 

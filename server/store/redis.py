@@ -26,7 +26,7 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
 from server.store.durability import WANTED, Persistence
@@ -163,6 +163,16 @@ class RedisStore:
         return [codec.site_from_json(bodies[k]) for k in sorted(bodies)]
 
     # classes ------------------------------------------------------------------------------
+
+    async def put_short_links(self, links: Iterable[ShortLink]) -> None:
+        mapping = {link.code: codec.short_link_to_json(link) for link in links}
+        if mapping:
+            key = self._key("short_links")
+            await self._call(lambda: self._redis.hset(key, mapping=mapping))  # type: ignore[arg-type]
+
+    async def get_short_link(self, code: str) -> ShortLink | None:
+        body = await self._call(lambda: self._redis.hget(self._key("short_links"), code))
+        return None if body is None else codec.short_link_from_json(body)
 
     async def put_session(self, session: ClassSession) -> None:
         body = codec.session_to_json(session)
