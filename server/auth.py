@@ -36,6 +36,10 @@ class Claims:
     site: str | None
     exp: int
     k: str | None = None  # key id of the site's join key (site and participant tokens)
+    # a signed-in account's (never in a token): a commune moderator's communes (None: every
+    # commune) and the account name
+    communes: tuple[str, ...] | None = None
+    user: str | None = None
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, Site, User
 
 if TYPE_CHECKING:
     from server.store.subscription import Subscription
@@ -49,6 +49,14 @@ class Store(Protocol):
     async def put_session(self, session: ClassSession) -> None: ...
     async def get_session(self, session_id: str) -> ClassSession | None: ...
     async def list_sessions(self) -> list[ClassSession]: ...
+
+    # accounts of organisers and moderators (the pages' sign-in)
+    async def put_user(self, user: User) -> None: ...
+    async def get_user(self, name: str) -> User | None: ...
+    async def list_users(self) -> list[User]: ...
+    async def remove_user(self, name: str) -> bool:
+        """Delete the account; False when there was none."""
+        ...
 
     # attendance ledger (append-only, durable, ordered per class by seq)
     async def append(self, event: Event) -> Event:
