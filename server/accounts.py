@@ -32,6 +32,8 @@ ACCOUNT_ROLES = (Role.ADMIN, Role.MODERATOR)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 SESSION_TTL_S = 12 * 3600.0  # one working day; sign in again the next
+LOGIN_BURST = 5.0  # sign-in attempts at once, per address and per account name
+LOGIN_RATE = 1 / 20  # then one every 20 s
 _HASHER = argon2.PasswordHasher()  # stateless: safe to share
 
 

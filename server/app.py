@@ -23,14 +23,14 @@ import jinja2
 from aiohttp import web
 
 import web as web_assets
-from server import auth, security
+from server import accounts, auth, security
 from server.admission import SocketCounts, SocketLimits
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config, Network
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
 from server.metrics import Metrics, metered
-from server.models import ClassSession, NodeInfo
+from server.models import ClassSession, NodeInfo, Site
 from server.registry import KeyIdCache
 from server.roles import SITE_ROLES, Action
 from server.store import open_store
@@ -59,6 +59,7 @@ class AppState:
     webhook: Any = None  # server.webhook.WebhookSender when LOPSO_WEBHOOK_URL is set
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    login_limiter: auth.RateLimiter = None  # type: ignore[assignment]  # /login attempts
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
     sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
@@ -71,6 +72,7 @@ class AppState:
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
+        self.login_limiter = auth.RateLimiter(accounts.LOGIN_RATE, accounts.LOGIN_BURST)
         self.sockets = SocketCounts(
             SocketLimits(cfg.ws_per_site, cfg.ws_per_token, cfg.ws_per_addr)
         )
@@ -146,6 +148,17 @@ def authorize_request(
     claims = claims_of(request)
     auth.authorize(claims, action, sid, site)
     return claims
+
+
+def commune_scope(claims: auth.Claims) -> frozenset[str] | None:
+    """The communes whose halls a signed-in commune moderator may see (None: every hall)."""
+    return None if claims.communes is None else frozenset(claims.communes)
+
+
+def visible_sites(claims: auth.Claims, sites: list[Site]) -> list[Site]:
+    """The halls `claims` may see: a commune moderator's communes, else all."""
+    scope = commune_scope(claims)
+    return sites if scope is None else [s for s in sites if s.commune in scope]
 
 
 async def session_or_404(store: Store, sid: str) -> ClassSession:
@@ -492,7 +505,7 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import api, metrics, moderation, pages, whip, ws
+    from server.routes import admin, api, metrics, moderation, pages, signin, whip, ws
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -502,7 +515,12 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     state = AppState(config=config, templates=templates)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[metrics.signalling_middleware, error_middleware, site_key_middleware],
+        middlewares=[
+            metrics.signalling_middleware,
+            error_middleware,
+            signin.session_middleware,
+            site_key_middleware,
+        ],
     )
     app[STATE] = state
     security.install(app)
@@ -526,6 +544,8 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     moderation.add_routes(app)
     metrics.add_routes(app)
     pages.add_routes(app)
+    signin.add_routes(app)
+    admin.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app
 
@@ -554,7 +574,9 @@ __all__ = [
     "AppState",
     "authorize_request",
     "claims_of",
+    "commune_scope",
     "create_app",
     "pick_lang",
     "session_or_404",
+    "visible_sites",
 ]

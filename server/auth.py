@@ -204,6 +204,14 @@ class RateLimiter:
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def blocked(self, key: str) -> bool:
+        """True when `key` has no whole token left now (none is taken)."""
+        if self._rate <= 0:
+            return False
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, level + (now - last) * self._rate) < 1.0
+
     def check(self, key: str) -> None:
         """Take one token for `key` or raise RateLimitedError."""
         if self._rate <= 0:

@@ -25,6 +25,7 @@ from server.errors import UnknownError, describe
 from server.models import ClassSession, Role, Site
 from server.peer import session_wire
 from server.roles import Action
+from server.routes.signin import signed_in
 from server.timetable import checkin_link_expiry
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ async def moderator(request: web.Request) -> web.Response:
         json_url=f"{base}{suffix}",
         links_url=f"/api/sessions/{quote(session.id)}/links",
     )
+    found = signed_in(request)
+    if found is not None:  # opened from /admin: its fetches carry the session's CSRF token
+        page["csrf"] = found[1]
     return render(request, "moderator", page)
 
 
