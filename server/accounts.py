@@ -33,7 +33,7 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 SESSION_TTL_S = 12 * 3600.0  # one working day; sign in again the next
 LOGIN_BURST = 5.0  # sign-in attempts at once, per address and per account name
-LOGIN_RATE = 1 / 20  # then one every 20 s
+LOGIN_RATE = 1 / 60  # then one a minute
 _HASHER = argon2.PasswordHasher()  # stateless: safe to share
 
 

@@ -31,13 +31,19 @@ function el(tag, attrs, kids) {
 
 function locale() { return page.lang === "en" ? "en-GB" : "vi-VN"; }
 
-/** @param {string|null} iso @returns {string} date and time in Viet Nam */
-function when(iso) {
+/** @param {string|null} iso @returns {string} the weekday and date in Viet Nam */
+function day(iso) {
   if (!iso) return "";
   return new Intl.DateTimeFormat(locale(), {
-    timeZone: ZONE, weekday: "short", day: "2-digit", month: "2-digit", year: "numeric",
-    hour: "2-digit", minute: "2-digit",
+    timeZone: ZONE, weekday: "long", day: "2-digit", month: "2-digit", year: "numeric",
   }).format(new Date(iso));
+}
+
+/** @param {string|null} iso @returns {string} the time of day in Viet Nam */
+function hour(iso) {
+  if (!iso) return "";
+  return new Intl.DateTimeFormat(locale(), { timeZone: ZONE, hour: "2-digit", minute: "2-digit" })
+    .format(new Date(iso));
 }
 
 /** @param {string} iso @returns {{date: string, time: string}} in Viet Nam, for the form */
@@ -253,7 +259,9 @@ function classCommunes(c) {
 
 /** @param {any} c */
 function classItem(c) {
-  const state = c.ended_at ? t("state_ended") : (c.started_at ? t("admin_class_started") : t("state_waiting"));
+  const over = !c.started_at && c.ends_at && new Date(c.ends_at).getTime() < Date.now();
+  const state = c.ended_at ? t("state_ended") :
+    (c.started_at ? t("admin_class_started") : (over ? t("admin_class_missed") : t("state_waiting")));
   const communes = classCommunes(c);
   const halls_n = Array.from(communes.values()).reduce(function (a, b) { return a + b; }, 0);
   const actions = el("div", { class: "class-actions" }, [
@@ -284,7 +292,7 @@ function classItem(c) {
   return el("li", { class: "class-item", "data-class": c.id }, [
     el("div", { class: "class-head" }, [
       el("span", { class: "class-title", text: c.title }),
-      el("span", { text: when(c.starts_at) + (c.ends_at ? " – " + when(c.ends_at).split(" ").pop() : "") }),
+      el("span", { class: "class-when", text: day(c.starts_at) + " · " + hour(c.starts_at) + (c.ends_at ? "–" + hour(c.ends_at) : "") }),
       el("span", { class: "status-pill", text: state }),
       el("span", { class: "muted", text: c.video_codec + " · " + t("admin_class_halls", { n: count(halls_n), communes: count(communes.size) }) }),
     ]),
