@@ -179,7 +179,7 @@ def organiser(out: pathlib.Path, scale: float) -> None:
             page.fill("#username", "tinh")
             page.fill("#password", "mật khẩu ảnh chụp")
             page.click("#login-submit")
-            page.wait_for_function("window.lopso && window.lopso.ready")
+            page.wait_for_selector("#classes-upcoming .class-item")  # (the page policy: no eval)
             page.click("#classes-upcoming .class-communes summary")
             shoot(page, out, "admin", full_page=True)
             browser.close()
