@@ -171,7 +171,9 @@ async def get_session(request: web.Request) -> web.Response:
 async def end_session(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.END_CLASS, sid)
+    claims = authorize_request(request, Action.END_CLASS, sid)
+    if commune_scope(claims) is not None:  # it would end the class for every commune
+        raise ForbiddenError("a commune moderator may not end the class", code="wrong_commune")
     before = await session_or_404(state.store, sid)
     session = await state.hub.end_class(before)  # the summary goes out once (hub.on_ended_here)
     await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast

@@ -159,6 +159,7 @@ def test_commune_moderator_sees_only_its_commune(lopso: LopsoServer, browser_pag
     groups = page.locator("#hall-registry details")
     assert groups.count() == 1 and groups.get_attribute("data-commune") == "Xã Số 03"
     assert page.locator("#csv-file").count() == 0  # the registry is the organisers'
+    assert page.locator("[data-end-class]").count() == 0  # and the class everyone's
     assert {s["commune"] for s in api(page, "/api/sites")["sites"]} == {"Xã Số 03"}
     (klass,) = api(page, "/api/sessions")["classes"]
     assert len(klass["site_codes"]) == 100
@@ -179,6 +180,10 @@ def test_commune_moderator_sees_only_its_commune(lopso: LopsoServer, browser_pag
         headers={"Content-Type": "text/csv", "X-CSRF-Token": csrf},
     )
     assert refused.status == 403
+    end = page.request.post(
+        f"{lopso.url}/api/sessions/{sid}/end", headers={"X-CSRF-Token": csrf}
+    )
+    assert end.status == 403 and end.json()["error"]["code"] == "wrong_commune"
     for path in (f"/api/sessions/{sid}/incidents", f"/api/sessions/{sid}/sites/HY-0700"):
         assert page.request.get(lopso.url + path).status == 403  # another commune's, or all
     assert page.request.get(f"{lopso.url}/api/sessions/{sid}/sites/HY-0250").status == 200

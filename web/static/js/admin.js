@@ -275,7 +275,7 @@ function classItem(c) {
     edit.addEventListener("click", function () { editClass(c); });
     actions.append(edit);
   }
-  if (!c.ended_at) {
+  if (!c.ended_at && !page.communes.length) { // a commune's moderator ends no one's class
     const end = el("button", { type: "button", class: "btn btn-small btn-danger", "data-end-class": c.id, text: t("admin_end") });
     end.addEventListener("click", function () { endClass(c); });
     actions.append(end);
