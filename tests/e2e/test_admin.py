@@ -180,9 +180,7 @@ def test_commune_moderator_sees_only_its_commune(lopso: LopsoServer, browser_pag
         headers={"Content-Type": "text/csv", "X-CSRF-Token": csrf},
     )
     assert refused.status == 403
-    end = page.request.post(
-        f"{lopso.url}/api/sessions/{sid}/end", headers={"X-CSRF-Token": csrf}
-    )
+    end = page.request.post(f"{lopso.url}/api/sessions/{sid}/end", headers={"X-CSRF-Token": csrf})
     assert end.status == 403 and end.json()["error"]["code"] == "wrong_commune"
     for path in (f"/api/sessions/{sid}/incidents", f"/api/sessions/{sid}/sites/HY-0700"):
         assert page.request.get(lopso.url + path).status == 403  # another commune's, or all
