@@ -223,6 +223,58 @@ def test_a_form_post_without_its_csrf_token_is_refused(
     assert bare.status == 403 and "lopso_session" not in str(fresh.context.cookies())
 
 
+def test_organiser_edits_halls_rotates_a_key_edits_and_ends_the_class(
+    lopso: LopsoServer, browser_pages: Any
+) -> None:
+    page = sign_in(browser_pages, lopso.url, ADMIN, "edit")
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+    sid = api(page, "/api/sessions")["classes"][0]["id"]
+    links = {s["code"]: s["url"] for s in api(page, f"/api/sessions/{sid}/links")["sites"]}
+    hall_link = links["HY-0201"]
+
+    # one new hall
+    page.click("#hall-new")
+    page.fill("#hall-code", "HY-9999")
+    page.fill("#hall-name", "Nhà văn hóa tổ dân phố mới")
+    page.fill("#hall-commune", "Xã Số 03")
+    page.click("#hall-submit")
+    page.wait_for_function("document.getElementById('hall-count').textContent === '(1.001)'")
+    # one hall edited: its link keeps working
+    page.fill("#hall-search", "HY-0201")
+    page.click("[data-edit='HY-0201']")
+    assert (
+        page.input_value("#hall-code") == "HY-0201"
+        and page.locator("#hall-code").is_editable() is False
+    )
+    page.fill("#hall-name", "Nhà văn hóa thôn Đông (mới)")
+    page.click("#hall-submit")
+    page.wait_for_selector("#hall-result:has-text('Đã lưu')")
+    by_code = {s["code"]: s for s in api(page, "/api/sites")["sites"]}
+    assert by_code["HY-0201"]["name"] == "Nhà văn hóa thôn Đông (mới)"
+    assert by_code["HY-9999"]["commune"] == "Xã Số 03"
+    assert page.request.get(hall_link).status == 200
+    # its key rotated: the link handed out before stops working
+    page.fill("#hall-search", "HY-0201")
+    page.click("[data-rotate='HY-0201']")
+    page.wait_for_selector("#toast:has-text('Đã đổi khóa')")
+    assert page.request.get(hall_link).status == 401
+
+    # the class edited, then ended
+    page.click(f"[data-edit-class='{sid}']")
+    page.fill("#class-title", "Chuyên đề chuyển đổi số (buổi 1)")
+    page.fill("#class-time", "09:00")
+    page.click("#class-submit")
+    page.wait_for_selector("#classes-upcoming .class-title:has-text('(buổi 1)')")
+    klass = api(page, "/api/sessions")["classes"][0]
+    assert klass["title"] == "Chuyên đề chuyển đổi số (buổi 1)"
+    assert klass["starts_at"].endswith("T02:00:00Z")
+    assert len(klass["site_codes"]) == 201 and "HY-9999" in klass["site_codes"]  # by commune
+    page.click(f"[data-end-class='{sid}']")
+    page.wait_for_selector(f"#classes-past [data-class='{sid}']")
+    assert "Đã kết thúc" in page.inner_text(f"#classes-past [data-class='{sid}']")
+    assert api(page, "/api/sessions")["classes"][0]["ended_at"] is not None
+
+
 def test_wrong_passwords_are_rate_limited(lopso: LopsoServer, browser_pages: Any) -> None:
     page = browser_pages.open(f"{lopso.url}/login", name="guess")
     seen: list[int] = []
