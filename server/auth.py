@@ -36,6 +36,10 @@ class Claims:
     site: str | None
     exp: int
     k: str | None = None  # key id of the site's join key (site and participant tokens)
+    # a signed-in account's (never in a token): a commune moderator's communes (None: every
+    # commune) and the account name
+    communes: tuple[str, ...] | None = None
+    user: str | None = None
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
@@ -199,6 +203,14 @@ class RateLimiter:
     ) -> None:
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
+
+    def blocked(self, key: str) -> bool:
+        """True when `key` has no whole token left now (none is taken)."""
+        if self._rate <= 0:
+            return False
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, level + (now - last) * self._rate) < 1.0
 
     def check(self, key: str) -> None:
         """Take one token for `key` or raise RateLimitedError."""

@@ -6,6 +6,9 @@ lopso sites import FILE.csv [--data DIR]
 lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
 lopso token --role ROLE [--class SID] [--site CODE] [--ttl SECONDS]
                                          (--class required but for admin)
+lopso users add NAME --role admin|moderator [--commune NAME ...]
+                                         (password prompted twice, or read from stdin)
+lopso users list | lopso users remove NAME
 lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
                    [--sites CODE,...] [--id SID] [--public-url URL]
                                          (links and each hall's short link /j/CODE)
@@ -131,6 +134,25 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("code")
     _data(rotate)
 
+    users = commands.add_parser("users", help="accounts for the organiser page").add_subparsers(
+        dest="users_cmd", required=True
+    )
+    add = users.add_parser("add", help="add or replace an account (password on the terminal)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("admin", "moderator"))
+    add.add_argument(
+        "--commune",
+        dest="communes",
+        action="append",
+        default=[],
+        help="a moderator sees only the halls of this commune (repeatable)",
+    )
+    _data(add)
+    _data(users.add_parser("list", help="list the accounts"))
+    remove = users.add_parser("remove", help="remove an account (its sign-ins end)")
+    remove.add_argument("name")
+    _data(remove)
+
     token = commands.add_parser("token", help="mint a token")
     token.add_argument(
         "--class",
@@ -203,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(asyncio.run(_rotate(config, args.code))))
         elif args.command == "sites":
             print(json.dumps(asyncio.run(_import_sites(config, args.file))))
+        elif args.command == "users":
+            print(json.dumps(asyncio.run(_users(config, args)), ensure_ascii=False))
         elif args.command == "token":
             print(asyncio.run(_token(config, args)))
         elif args.command == "class":
@@ -278,6 +302,44 @@ async def _rotate(config: Config, code: str) -> dict[str, Any]:
     finally:
         await store.close()
     return {"code": site.code, "rotated": True}
+
+
+def read_password(stdin: Any = None) -> str:
+    """The new password: typed twice on a terminal, else the first line of standard input."""
+    import getpass
+
+    stream = stdin or sys.stdin
+    if not stream.isatty():
+        return str(stream.readline()).rstrip("\r\n")
+    first = getpass.getpass("Mật khẩu / password: ")
+    if getpass.getpass("Nhập lại / again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+async def _users(config: Config, args: argparse.Namespace) -> Any:
+    from server import accounts
+    from server.store import open_store
+
+    user = None
+    if args.users_cmd == "add":  # validated and hashed before the store is opened
+        password = read_password()
+        user = accounts.new_user(args.name, Role(args.role), password, args.communes)
+    store = await open_store(config.redis_url, config.data_dir, config.node_id)
+    try:
+        if user is not None:
+            await store.put_user(user)
+            return {"name": user.name, "role": user.role.value, "communes": list(user.communes)}
+        if args.users_cmd == "remove":
+            if not await store.remove_user(args.name):
+                raise ValueError(f"no account named {args.name}")
+            return {"name": args.name, "removed": True}
+        return [
+            {"name": u.name, "role": u.role.value, "communes": list(u.communes)}
+            for u in await store.list_users()
+        ]
+    finally:
+        await store.close()
 
 
 async def _token(config: Config, args: argparse.Namespace) -> str:

@@ -97,6 +97,17 @@ class Event:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class User:
+    """An organiser's or moderator's account for the pages (`lopso users add`)."""
+
+    name: str  # [A-Za-z0-9_.@-]{1,64}
+    role: Role  # Role.ADMIN or Role.MODERATOR
+    password_hash: str  # argon2id, PHC string (server/accounts.py)
+    communes: tuple[str, ...] = ()  # a moderator's communes; empty: every commune
+    created_at: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A cluster node's heartbeat (cluster mode only)."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, Role, ShortLink, Site, User
 from server.store.embedded import EmbeddedStore
 from tests import redisproc
 from tests.redisproc import RedisProcess
@@ -131,6 +131,21 @@ async def test_sessions_put_get_list(store):
     await store.put_session(ended)
     assert await store.get_session("c1") == ended
     assert len(await store.list_sessions()) == 2
+
+
+async def test_users_put_get_list_remove(store):
+    ana = User("ana", Role.MODERATOR, "$argon2id$x", communes=("Xã Tân Lập", "B"), created_at=1.5)
+    root = User("root", Role.ADMIN, "$argon2id$y")
+    await store.put_user(root)
+    await store.put_user(ana)
+    assert await store.get_user("ana") == ana
+    assert await store.get_user("nobody") is None
+    assert [u.name for u in await store.list_users()] == ["ana", "root"]
+    await store.put_user(User("ana", Role.MODERATOR, "$argon2id$z"))  # replaced, not added
+    assert (await store.get_user("ana")).password_hash == "$argon2id$z"
+    assert await store.remove_user("ana") is True
+    assert await store.remove_user("ana") is False
+    assert [u.name for u in await store.list_users()] == ["root"]
 
 
 # ledger -----------------------------------------------------------------------------------

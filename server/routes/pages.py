@@ -25,6 +25,7 @@ from server.errors import UnknownError, describe
 from server.models import ClassSession, Role, Site
 from server.peer import session_wire
 from server.roles import Action
+from server.routes.signin import signed_in
 from server.timetable import checkin_link_expiry
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ async def moderator(request: web.Request) -> web.Response:
         cards_url=f"/classes/{quote(session.id)}/cards{suffix}&lang={page['lang']}",
         end_url=f"/api/sessions/{quote(session.id)}/end",
     )
+    found = signed_in(request)
+    if found is not None:  # opened from /admin: its fetches carry the session's CSRF token
+        page["csrf"] = found[1]
     return render(request, "moderator", page)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site, User
 
 if TYPE_CHECKING:
     from server.store.subscription import Subscription
@@ -53,6 +53,13 @@ class Store(Protocol):
     # short join links (/j/<code>): codes are derived, so writing one again changes nothing
     async def put_short_links(self, links: Iterable[ShortLink]) -> None: ...
     async def get_short_link(self, code: str) -> ShortLink | None: ...
+    # accounts of organisers and moderators (the pages' sign-in)
+    async def put_user(self, user: User) -> None: ...
+    async def get_user(self, name: str) -> User | None: ...
+    async def list_users(self) -> list[User]: ...
+    async def remove_user(self, name: str) -> bool:
+        """Delete the account; False when there was none."""
+        ...
 
     # attendance ledger (append-only, durable, ordered per class by seq)
     async def append(self, event: Event) -> Event:

@@ -33,9 +33,10 @@ CREATE TABLE IF NOT EXISTS checkins (
 CREATE TABLE IF NOT EXISTS sites (code TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS short_links (code TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 """
 
-KEYS = {"sites": "code", "sessions": "id", "short_links": "code"}  # table -> key column
+KEYS = {"sites": "code", "sessions": "id", "short_links": "code", "users": "name"}  # table -> key column
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -127,7 +128,7 @@ class Ledger:
         return stored
 
     def upsert(self, table: str, rows: Sequence[tuple[str, str]]) -> int:
-        """Insert or replace (key, body) rows in `sites`, `sessions` or `short_links`."""
+        """Insert or replace (key, body) rows in `sites`, `sessions`, `short_links` or `users`."""
         key = KEYS[table]
         self.conn.executemany(
             f"INSERT INTO {table} ({key}, body) VALUES (?, ?) "
@@ -135,6 +136,11 @@ class Ledger:
             rows,
         )
         return len(rows)
+
+    def delete(self, table: str, key: str) -> bool:
+        """Delete the row with `key` from `users` (True when there was one)."""
+        column = KEYS[table]
+        return self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,)).rowcount > 0
 
     def _next_seq(self, session_id: str) -> int:
         last = self._last_seq.get(session_id)
@@ -177,7 +183,7 @@ def select_sites(conn: sqlite3.Connection, codes: list[str]) -> dict[str, str]:
 
 
 def select_bodies(conn: sqlite3.Connection, table: str, key: str | None = None) -> list[str]:
-    """Bodies of `sites`, `sessions` or `short_links`, all of them or the one with `key`."""
+    """Bodies of `sites`, `sessions`, `short_links` or `users`, all of them or the one with `key`."""
     column = KEYS[table]
     if key is None:
         return [r[0] for r in conn.execute(f"SELECT body FROM {table} ORDER BY {column}")]

@@ -3,7 +3,7 @@
 // to a site / a commune / all, reconnect commands and exports. The time spent on each server
 // batch (script + style + layout, measured in the page) is kept in window.lopso.metrics.
 import { csvDocument } from "./csv.js";
-import { Channel, apiRequest } from "./protocol.js";
+import { Channel, apiRequest, setCsrfToken } from "./protocol.js";
 import {
   $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast,
   wireLangSwitch,
@@ -20,6 +20,7 @@ function main() {
   loadStrings();
   wireLangSwitch();
   const page = readPageConfig();
+  setCsrfToken(page.csrf); // opened from /admin: signed in, no token
   const wall = new Wall($("wall"), page.lang);
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
   const state = { page: page, wall: wall, selected: "", totals: {}, live: false, ended: false, metrics: metrics,
