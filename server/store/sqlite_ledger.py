@@ -36,7 +36,12 @@ CREATE TABLE IF NOT EXISTS short_links (code TEXT PRIMARY KEY, body TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 """
 
-KEYS = {"sites": "code", "sessions": "id", "short_links": "code", "users": "name"}  # table -> key column
+KEYS = {
+    "sites": "code",
+    "sessions": "id",
+    "short_links": "code",
+    "users": "name",
+}  # table -> key column
 
 
 def connect(path: Path) -> sqlite3.Connection:
