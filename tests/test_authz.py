@@ -154,6 +154,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/site/{sid}/{site}", only(200, "admin", "site_a"), kind="page"),
     Route("GET", "/moderator/{sid}", only(200, *MODERATORS), kind="page"),
     Route("GET", "/checkin/{sid}/{site}", only(200, "admin", "site_a", "participant"), kind="page"),
+    # hall links (short links, cards, the halls' links: never a lecturer's or moderator's)
+    Route("GET", "/api/classes/{sid}/hall-links", only(200, *MODERATORS)),
+    Route("GET", "/classes/{sid}/cards", only(200, *MODERATORS), kind="page"),
+    Route("GET", "/j/{code}", everyone(404), kind="page"),  # no such code, whoever asks
     # sign-in: a token signs nobody in (/admin without a session: the sign-in form)
     Route("GET", "/login", everyone(200), kind="page"),
     Route("POST", "/login", everyone(415), kind="page"),  # not a form
@@ -265,7 +269,12 @@ async def run_matrix(client: Any, cluster: bool) -> list[str]:
     return wrong
 
 
-UNLIMITED = {"signalling_rate": 0, "checkin_rate_site": 0, "checkin_rate_addr": 0}
+UNLIMITED = {
+    "signalling_rate": 0,
+    "checkin_rate_site": 0,
+    "checkin_rate_addr": 0,
+    "short_link_rate": 0,  # the matrix guesses a code once per caller
+}
 
 
 async def test_matrix_all_in_one(tmp_path: Path) -> None:
