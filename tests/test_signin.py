@@ -59,6 +59,17 @@ async def test_removing_the_account_or_changing_its_password_ends_its_sessions(
         assert page.status == 303 and page.headers["Location"] == "/login"
 
 
+async def test_signing_out_ends_the_session_even_for_a_copied_cookie(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as (client, state):
+        csrf = await signed_in_client(client, state)
+        copied = client.session.cookie_jar.filter_cookies(client.make_url("/"))["lopso_session"]
+        out = await client.post("/logout", data={"csrf_token": csrf}, allow_redirects=False)
+        assert out.status == 303 and out.headers["Location"] == "/login"
+        assert (await client.get("/api/sessions")).status == 401
+        replay = await client.get("/api/sessions", cookies={"lopso_session": copied.value})
+        assert replay.status == 401
+
+
 async def test_changes_need_the_csrf_token_of_their_session(tmp_path: Path) -> None:
     async with running_app(tmp_path) as (client, state):
         csrf = await signed_in_client(client, state)
