@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from serverproc import mint, running_app
 
 from server import accounts
@@ -106,3 +107,26 @@ async def test_no_secure_cookie_on_plain_http(tmp_path: Path) -> None:
         assert "HttpOnly" in reply.headers["Set-Cookie"]
         behind = await client.get("/login", headers={"X-Forwarded-Proto": "https"})
         assert "Secure" not in behind.headers["Set-Cookie"]  # an untrusted proxy's word
+
+
+async def test_a_signed_in_accounts_pages_count_as_its_own(tmp_path: Path) -> None:
+    """The per-link WebSocket limit counts per account: one account's tabs do not take
+    another's places (none of them has a token)."""
+    import aiohttp
+
+    async with running_app(tmp_path, ws_per_token=1) as (client, state):
+        csrf = await signed_in_client(client, state, "ana")
+        body = {"id": "c1", "title": "Lớp thử", "starts_at": "2026-12-24T01:30:00Z"}
+        made = await client.post("/api/sessions", json=body, headers={"X-CSRF-Token": csrf})
+        assert made.status == 201
+        first = await client.ws_connect("/ws/c1")
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect("/ws/c1")
+            assert refused.value.status == 429
+            client.session.cookie_jar.clear()
+            await signed_in_client(client, state, "bao")
+            second = await client.ws_connect("/ws/c1")  # another account: its own place
+            await second.close()
+        finally:
+            await first.close()
