@@ -152,13 +152,11 @@ def check_site(fields: dict[str, str], join_key: str) -> Site:
 async def import_sites(store: Store, data: bytes) -> int:
     """Parse CSV bytes and upsert the sites, keeping a known site's join key when none is given."""
     sites = parse_sites(decode_csv(data), new_key=lambda: "")
-    merged = []
-    for site in sites:
-        key = site.join_key
-        if not key:
-            known = await store.get_site(site.code)
-            key = known.join_key if known and known.join_key else new_join_key()
-        merged.append(dataclasses.replace(site, join_key=key))
+    known = {s.code: s.join_key for s in await store.get_sites(s.code for s in sites)}
+    merged = [
+        dataclasses.replace(site, join_key=site.join_key or known.get(site.code) or new_join_key())
+        for site in sites
+    ]
     return int(await store.upsert_sites(merged))
 
 
