@@ -3,7 +3,8 @@
 Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile).
 The session cookie is `base64url(json) "." base64url(hmac)` like a token (server/auth.py),
 holding the account name, an expiry, a random session id and `pw`: a fingerprint of the
-password hash, so changing the password or removing the account ends every session of it.
+password hash and the last sign-out, so changing the password, signing out or removing the
+account ends every session of it (on every device: a stolen cookie dies with the sign-out).
 The CSRF token of a session is an HMAC of its session id: forms and fetches send it back.
 Pure: no web code; the clock is passed in.
 """
@@ -108,8 +109,10 @@ def _mac(secret: bytes, label: bytes, payload: bytes) -> bytes:
 
 
 def fingerprint(secret: bytes, user: User) -> str:
-    """8 bytes of HMAC of the account's password hash: changes with the password."""
-    return _b64(_mac(secret, b"pw", user.password_hash.encode())[:8])
+    """8 bytes of HMAC of the account's password hash and last sign-out: changes with the
+    password and at every sign-out."""
+    material = f"{user.password_hash}\x1f{user.signed_out_at!r}".encode()
+    return _b64(_mac(secret, b"pw", material)[:8])
 
 
 def session_cookie(

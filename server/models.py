@@ -105,6 +105,7 @@ class User:
     password_hash: str  # argon2id, PHC string (server/accounts.py)
     communes: tuple[str, ...] = ()  # a moderator's communes; empty: every commune
     created_at: float = 0.0
+    signed_out_at: float = 0.0  # its last sign-out: sessions signed before are over
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -31,6 +31,18 @@ MAX_FIELD = 200
 MAX_ERRORS_SHOWN = 20
 
 
+class Problem(str):
+    """What is wrong with a row, in English, with a code and arguments a page translates."""
+
+    code: str
+    args: dict[str, str]
+
+    def __new__(cls, text: str, kind: str, /, **args: object) -> Problem:
+        problem = super().__new__(cls, text)
+        problem.code, problem.args = kind, {k: str(v) for k, v in args.items()}
+        return problem
+
+
 class SiteImportError(ValidationError):
     """The CSV has bad rows; `problems` lists (line number, message) for each."""
 
@@ -48,7 +60,9 @@ def decode_csv(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise SiteImportError([(data[: exc.start].count(b"\n") + 1, "not UTF-8 text")]) from None
+        raise SiteImportError(
+            [(data[: exc.start].count(b"\n") + 1, Problem("not UTF-8 text", "not_utf8"))]
+        ) from None
 
 
 def parse_sites(
@@ -68,7 +82,9 @@ def parse_sites(
             continue
         site = _site(header, row, new_key)
         if isinstance(site, Site) and site.code in seen:
-            site = f"duplicate code {site.code!r} (first on line {seen[site.code]})"
+            first = seen[site.code]
+            text = f"duplicate code {site.code!r} (first on line {first})"
+            site = Problem(text, "duplicate", code=site.code, first=first)
         if isinstance(site, str):
             problems.append((line, site))
             continue
@@ -77,7 +93,7 @@ def parse_sites(
     if problems:
         raise SiteImportError(problems)
     if not sites:
-        raise SiteImportError([(1, "no site rows after the header")])
+        raise SiteImportError([(1, Problem("no site rows after the header", "no_rows"))])
     return sites
 
 
@@ -96,39 +112,46 @@ def _rows(reader: Any) -> Iterator[list[str]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise SiteImportError([(reader.line_num, f"unreadable CSV ({exc})")]) from None
+            problem = Problem(f"unreadable CSV ({exc})", "unreadable")
+            raise SiteImportError([(reader.line_num, problem)]) from None
 
 
 def _header(row: list[str] | None) -> dict[str, int]:
     if row is None:
-        raise SiteImportError([(1, "the file is empty; expected a header row")])
+        raise SiteImportError(
+            [(1, Problem("the file is empty; expected a header row", "empty_file"))]
+        )
     names = [cell.strip().lower() for cell in row]
     missing = [name for name in REQUIRED if name not in names]
     if missing:
-        raise SiteImportError([(1, f"header lacks column(s): {', '.join(missing)}")])
+        text = f"header lacks column(s): {', '.join(missing)}"
+        raise SiteImportError([(1, Problem(text, "missing_columns", columns=", ".join(missing)))])
     unknown = [name for name in names if name and name not in REQUIRED + OPTIONAL]
     if unknown:
-        raise SiteImportError([(1, f"unknown column(s): {', '.join(unknown)}")])
+        text = f"unknown column(s): {', '.join(unknown)}"
+        raise SiteImportError([(1, Problem(text, "unknown_columns", columns=", ".join(unknown)))])
     return {name: index for index, name in enumerate(names) if name}
 
 
 def _site(header: dict[str, int], row: list[str], new_key: Callable[[], str]) -> Site | str:
     """The row's Site, or the problem with it."""
     if len(row) > len(header):
-        return f"{len(row)} fields, header has {len(header)}"
+        text = f"{len(row)} fields, header has {len(header)}"
+        return Problem(text, "field_count", fields=len(row), header=len(header))
     fields = {name: (row[i].strip() if i < len(row) else "") for name, i in header.items()}
     code = fields["code"]
     if not CODE_RE.fullmatch(code):
-        return f"code {code!r} must be 1-64 of A-Z a-z 0-9 _ . -"
+        return Problem(f"code {code!r} must be 1-64 of A-Z a-z 0-9 _ . -", "bad_code", code=code)
     if not fields["name"]:
-        return "name is empty"
+        return Problem("name is empty", "name_empty")
     long = [name for name, value in fields.items() if len(value) > MAX_FIELD]
     if long:
-        return f"{long[0]} longer than {MAX_FIELD} characters"
+        text = f"{long[0]} longer than {MAX_FIELD} characters"
+        return Problem(text, "too_long", field=long[0], limit=MAX_FIELD)
     for name, value in fields.items():
         problem = text_problem(value)
         if problem is not None:
-            return f"{name} {problem}"
+            return Problem(f"{name} {problem}", "bad_text", field=name)
     return Site(
         code=code,
         name=fields["name"],
@@ -152,13 +175,11 @@ def check_site(fields: dict[str, str], join_key: str) -> Site:
 async def import_sites(store: Store, data: bytes) -> int:
     """Parse CSV bytes and upsert the sites, keeping a known site's join key when none is given."""
     sites = parse_sites(decode_csv(data), new_key=lambda: "")
-    merged = []
-    for site in sites:
-        key = site.join_key
-        if not key:
-            known = await store.get_site(site.code)
-            key = known.join_key if known and known.join_key else new_join_key()
-        merged.append(dataclasses.replace(site, join_key=key))
+    known = {s.code: s.join_key for s in await store.get_sites(s.code for s in sites)}
+    merged = [
+        dataclasses.replace(site, join_key=site.join_key or known.get(site.code) or new_join_key())
+        for site in sites
+    ]
     return int(await store.upsert_sites(merged))
 
 

@@ -52,6 +52,8 @@ def test_semicolon_file_names_its_bad_lines() -> None:
     with pytest.raises(SiteImportError) as caught:
         parse_sites(text)
     assert [line for line, _ in caught.value.problems] == [3, 4]
+    (_, bad), (_, empty) = caught.value.problems  # a page shows them in its language
+    assert (bad.code, bad.args, empty.code) == ("bad_code", {"code": "bad code"}, "name_empty")
 
 
 def test_columns_in_any_order_with_join_key_and_blank_lines() -> None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from serverproc import mint, running_app
 
 from server import accounts
@@ -59,6 +60,17 @@ async def test_removing_the_account_or_changing_its_password_ends_its_sessions(
         assert page.status == 303 and page.headers["Location"] == "/login"
 
 
+async def test_signing_out_ends_the_session_even_for_a_copied_cookie(tmp_path: Path) -> None:
+    async with running_app(tmp_path) as (client, state):
+        csrf = await signed_in_client(client, state)
+        copied = client.session.cookie_jar.filter_cookies(client.make_url("/"))["lopso_session"]
+        out = await client.post("/logout", data={"csrf_token": csrf}, allow_redirects=False)
+        assert out.status == 303 and out.headers["Location"] == "/login"
+        assert (await client.get("/api/sessions")).status == 401
+        replay = await client.get("/api/sessions", cookies={"lopso_session": copied.value})
+        assert replay.status == 401
+
+
 async def test_changes_need_the_csrf_token_of_their_session(tmp_path: Path) -> None:
     async with running_app(tmp_path) as (client, state):
         csrf = await signed_in_client(client, state)
@@ -95,3 +107,26 @@ async def test_no_secure_cookie_on_plain_http(tmp_path: Path) -> None:
         assert "HttpOnly" in reply.headers["Set-Cookie"]
         behind = await client.get("/login", headers={"X-Forwarded-Proto": "https"})
         assert "Secure" not in behind.headers["Set-Cookie"]  # an untrusted proxy's word
+
+
+async def test_a_signed_in_accounts_pages_count_as_its_own(tmp_path: Path) -> None:
+    """The per-link WebSocket limit counts per account: one account's tabs do not take
+    another's places (none of them has a token)."""
+    import aiohttp
+
+    async with running_app(tmp_path, ws_per_token=1) as (client, state):
+        csrf = await signed_in_client(client, state, "ana")
+        body = {"id": "c1", "title": "Lớp thử", "starts_at": "2026-12-24T01:30:00Z"}
+        made = await client.post("/api/sessions", json=body, headers={"X-CSRF-Token": csrf})
+        assert made.status == 201
+        first = await client.ws_connect("/ws/c1")
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await client.ws_connect("/ws/c1")
+            assert refused.value.status == 429
+            client.session.cookie_jar.clear()
+            await signed_in_client(client, state, "bao")
+            second = await client.ws_connect("/ws/c1")  # another account: its own place
+            await second.close()
+        finally:
+            await first.close()

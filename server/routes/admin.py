@@ -94,7 +94,15 @@ async def preview_sites(request: web.Request) -> web.Response:
     try:
         sites = parse_sites(decode_csv(data), new_key=lambda: "")
     except SiteImportError as exc:
-        problems = [{"line": line, "message": message} for line, message in exc.problems]
+        problems = [
+            {
+                "line": line,
+                "message": message,
+                "code": getattr(message, "code", None),
+                "args": getattr(message, "args", {}),
+            }
+            for line, message in exc.problems
+        ]
         body = {"error": {"code": exc.code, "message": str(exc)}, "problems": problems}
         return web.json_response(body, status=400)
     known = {s.code for s in await request.app[STATE].store.get_sites(s.code for s in sites)}

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -42,11 +45,13 @@ def _has_token(request: web.Request) -> bool:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """A browser names the page that sent a request in Origin: it must be this host."""
+    """A browser names the page that sent a request in Origin: it must be this host (as the
+    request names it, or as the public URL does: a proxy may pass its own Host)."""
     origin = request.headers.get("Origin")
     if origin is None or origin == "null" and request.method in SAFE_METHODS:
         return True
-    return origin.split("://", 1)[-1] == request.host
+    public = urlsplit(request.app[STATE].config.base_url).netloc
+    return origin.split("://", 1)[-1] in (request.host, public)
 
 
 async def _csrf_given(request: web.Request) -> str | None:
@@ -165,7 +170,15 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    """`POST /logout` (csrf_token): forget the session cookie; back to the sign-in form."""
+    """`POST /logout` (csrf_token): end the account's sessions (on every device: a copied
+    cookie is worthless after) and forget the cookie; back to the sign-in form."""
+    signed = request.get(SIGNED_IN)
+    if signed is not None:
+        store = request.app[STATE].store
+        user = await store.get_user(signed.name)
+        if user is not None:
+            await store.put_user(dataclasses.replace(user, signed_out_at=time.time()))
+            log.info("signed out", extra={"user": user.name})
     response = see_other("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

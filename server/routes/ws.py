@@ -359,6 +359,8 @@ def _holder(request: web.Request, claims: auth.Claims) -> Holder:
     """Whose place a page takes: its site (every token of it), else its token."""
     if claims.role is Role.SITE and claims.site is not None:
         return ("site", f"{claims.sid}/{claims.site}")
+    if claims.user is not None:  # signed in (no token): the account's pages
+        return ("token", f"account:{claims.user}")
     token = auth.bearer(request.headers.get("Authorization"), request.query.get("token"))
     return ("token", hashlib.sha256(token.encode()).hexdigest()[:32])
 

@@ -181,7 +181,9 @@ async function previewCsv() {
     const list = body.problems || [{ line: 0, message: (body.error || {}).message || resp.statusText }];
     setText($("csv-summary"), t("admin_import_bad", { n: count(list.length) }));
     for (const p of list) {
-      problems.append(el("li", { "data-line": p.line, text: t("admin_import_line", { line: p.line, message: p.message }) }));
+      const key = "admin_csv_" + p.code; // the page's language; the server's English else
+      const message = p.code && t(key) !== key ? t(key, p.args) : p.message;
+      problems.append(el("li", { "data-line": p.line, "data-problem": p.code, text: t("admin_import_line", { line: p.line, message: message }) }));
     }
     return;
   }
