@@ -18,7 +18,14 @@ from aiohttp import web
 from markupsafe import Markup
 
 from server import halllinks
-from server.app import STATE, authorize_request, client_address, pick_lang, session_or_404
+from server.app import (
+    STATE,
+    authorize_request,
+    client_address,
+    pick_lang,
+    session_or_404,
+    visible_sites,
+)
 from server.errors import UnknownError, ValidationError
 from server.fields import check_text
 from server.halllinks import HallLink
@@ -50,14 +57,14 @@ async def _class_links(request: web.Request) -> tuple[ClassSession, list[HallLin
     """The class's hall links (one commune's with `?commune=`), after authorization."""
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.LINKS, sid)
+    claims = authorize_request(request, Action.LINKS, sid)
     session = await session_or_404(state.store, sid)
     commune = request.query.get("commune")
     if commune is not None:
         check_text(commune, "commune", 200)
-    sites = [
+    sites = [  # a commune moderator gets the links of their own communes' halls only
         site
-        for site in await state.hub.expected_sites(session)
+        for site in visible_sites(claims, await state.hub.expected_sites(session))
         if commune is None or site.commune == commune
     ]
     if commune is not None and not sites:

@@ -169,6 +169,12 @@ def test_commune_moderator_sees_only_its_commune(lopso: LopsoServer, browser_pag
     links = api(page, f"/api/sessions/{sid}/links")
     assert len(links["sites"]) == 100
     assert "lecturer" not in links and "moderator" not in links  # those see every hall
+    halls = api(page, f"/api/classes/{sid}/hall-links?format=json")["halls"]  # and the cards'
+    assert len(halls) == 100 and {h["commune"] for h in halls} == {"Xã Số 03"}
+    elsewhere = page.request.get(
+        f"{lopso.url}/api/classes/{sid}/hall-links?commune=X%C3%A3%20S%E1%BB%91%2007"
+    )
+    assert elsewhere.status == 404  # another commune's halls are not this moderator's
     other = page.request.get(
         f"{lopso.url}/api/sessions/{sid}/attendance?commune=X%C3%A3%20S%E1%BB%91%2007"
     )
