@@ -150,6 +150,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/site/{sid}/{site}", only(200, "admin", "site_a"), kind="page"),
     Route("GET", "/moderator/{sid}", only(200, *MODERATORS), kind="page"),
     Route("GET", "/checkin/{sid}/{site}", only(200, "admin", "site_a", "participant"), kind="page"),
+    Route("GET", "/classes/{sid}/cards", only(200, *MODERATORS), kind="page"),
+    # hall links: halls' links only, for those who hand out links
+    Route("GET", "/api/classes/{sid}/hall-links", only(200, *MODERATORS)),
+    # a short link needs no token: it is the code (404: no such code; guesses are limited)
+    Route("GET", "/j/{code}", everyone(404), url="/j/zzzzzzzz", kind="page"),
     # cluster: node tokens only (400: a node's offer that is not SDP; 404: no such link)
     Route("POST", "/relay/{sid}", only(400, denied=401, node=400), body="sdp", cluster_only=True),
     Route("GET", "/relay/{sid}/{rid}", only(404, denied=401, node=404), cluster_only=True),
@@ -248,7 +253,12 @@ async def run_matrix(client: Any, cluster: bool) -> list[str]:
     return wrong
 
 
-UNLIMITED = {"signalling_rate": 0, "checkin_rate_site": 0, "checkin_rate_addr": 0}
+UNLIMITED = {
+    "signalling_rate": 0,
+    "checkin_rate_site": 0,
+    "checkin_rate_addr": 0,
+    "short_link_rate": 0,
+}
 
 
 async def test_matrix_all_in_one(tmp_path: Path) -> None:
