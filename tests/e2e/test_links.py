@@ -77,7 +77,8 @@ def test_copied_short_link_opens_the_hall_and_plays(lopso: Any, browser_pages: A
 
     # The hall opens its short link as typed from the message, before the lecture (as halls
     # do, 20-30 minutes early), and plays when the lecturer goes live.
-    hall = browser_pages.open(links[0], name="hall")
+    hall = browser_pages.open(lopso.url + "/healthz", name="hall")
+    hall.goto(links[0], timeout=60_000)  # generous: the machine may be busy (load 40 seen)
     assert "/site/" + sid + "/" in hall.url and "token=" in hall.url
     wait_state(hall, "waiting")
     studio = browser_pages.open(lopso.demo["lecturer"]["url"], name="studio")
