@@ -154,10 +154,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/site/{sid}/{site}", only(200, "admin", "site_a"), kind="page"),
     Route("GET", "/moderator/{sid}", only(200, *MODERATORS), kind="page"),
     Route("GET", "/checkin/{sid}/{site}", only(200, "admin", "site_a", "participant"), kind="page"),
-    # hall links (short links, cards, the halls' links: never a lecturer's or moderator's)
-    Route("GET", "/api/classes/{sid}/hall-links", only(200, *MODERATORS)),
     Route("GET", "/classes/{sid}/cards", only(200, *MODERATORS), kind="page"),
-    Route("GET", "/j/{code}", everyone(404), kind="page"),  # no such code, whoever asks
+    # hall links: halls' links only, for those who hand out links
+    Route("GET", "/api/classes/{sid}/hall-links", only(200, *MODERATORS)),
+    # a short link needs no token: it is the code (404: no such code; guesses are limited)
+    Route("GET", "/j/{code}", everyone(404), url="/j/zzzzzzzz", kind="page"),
     # sign-in: a token signs nobody in (/admin without a session: the sign-in form)
     Route("GET", "/login", everyone(200), kind="page"),
     Route("POST", "/login", everyone(415), kind="page"),  # not a form

@@ -623,7 +623,7 @@ SEGMENT = st.one_of(
     st.text(alphabet="abc", min_size=300, max_size=3000),
 )
 QUERY = st.dictionaries(
-    st.sampled_from(["lang", "level", "commune", "limit", "site", "token", "x"]),
+    st.sampled_from(["lang", "level", "commune", "limit", "site", "token", "format", "x"]),
     st.one_of(hostile_text(max_size=30), st.integers(-(2**70), 2**70).map(str), st.just("")),
     max_size=4,
 )
@@ -639,6 +639,9 @@ GETS = (
     "/site/{sid}/{site}",
     "/moderator/{sid}",
     "/checkin/{sid}/{site}",
+    "/classes/{sid}/cards",
+    "/api/classes/{sid}/hall-links",
+    "/j/{site}",
 )
 
 
