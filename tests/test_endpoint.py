@@ -113,7 +113,10 @@ async def test_candidates_and_fingerprint():
     bare = MediaSocket(host="0.0.0.0")
     await bare.start()
     try:
-        assert bare.candidates() == [f"1 1 udp 2130706431 127.0.0.1 {bare.port} typ host"]
+        assert bare.candidates() == [
+            f"1 1 udp 2130706431 127.0.0.1 {bare.port} typ host",
+            f"101 1 tcp 2124414975 127.0.0.1 {bare.port} typ host tcptype passive",
+        ]
     finally:
         await bare.close()
 
