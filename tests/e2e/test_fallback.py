@@ -20,6 +20,8 @@ from tests.serverproc import LopsoServer
 from tests.turnproc import TurnProcess
 
 SECRET = "turn-secret-for-e2e-0123"
+LOADED = 60_000
+"""Page loads (not joins) may take tens of seconds while a soak test shares the machine."""
 SELECTED_PAIR = """async () => {
     const stats = await window.lopso.peerConnection().getStats();
     let pair = null;
@@ -59,10 +61,14 @@ def lopso_tcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield srv
 
 
-def go_live(server: Any, browser_pages: Any, name: str) -> tuple[Any, Any]:
-    moderator = browser_pages.open(server.demo["moderator"]["url"], name=f"{name}-moderator")
+def go_live(server: Any, browser_pages: Any, name: str, query: str = "") -> tuple[Any, Any]:
+    moderator = browser_pages.open(
+        server.demo["moderator"]["url"], name=f"{name}-moderator", timeout_ms=LOADED
+    )
     moderator.wait_for_function("window.lopso && window.lopso.tileCount() >= 2")
-    studio = browser_pages.open(server.demo["lecturer"]["url"], name=f"{name}-studio")
+    studio = browser_pages.open(
+        server.demo["lecturer"]["url"] + query, name=f"{name}-studio", timeout_ms=LOADED
+    )
     studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
     studio.click("#golive")
     studio.wait_for_function("window.lopso && window.lopso.state === 'live'", timeout=30_000)
@@ -72,7 +78,7 @@ def go_live(server: Any, browser_pages: Any, name: str) -> tuple[Any, Any]:
 def join(browser_pages: Any, site: dict[str, Any], name: str, query: str = "") -> tuple[Any, float]:
     """Open a site page on a live class; seconds from its peer connection's creation (the
     join; loading the page itself takes seconds on a busy test machine) to its first frames."""
-    page = browser_pages.open(site["url"] + query, name=name)
+    page = browser_pages.open(site["url"] + query, name=name, timeout_ms=LOADED)
     page.wait_for_function("window.lopso && window.lopso.peerConnection()", polling=20)
     started = time.monotonic()
     page.wait_for_function(
@@ -117,7 +123,10 @@ def record_join(artifacts_dir: Path, path: str, seconds: float) -> None:
 def test_a_hall_plays_through_turn_only(
     lopso_turn: Any, browser_pages: Any, artifacts_dir: Path
 ) -> None:
-    moderator, studio = go_live(lopso_turn, browser_pages, "turn")
+    # The lecturer's studio gets the same fallback: it publishes through coturn too.
+    moderator, studio = go_live(lopso_turn, browser_pages, "turn", "&ice=relay")
+    studio_pair = studio.evaluate(SELECTED_PAIR)
+    assert studio_pair["local"] == "relay", studio_pair
     sites = lopso_turn.demo["sites"]
 
     normal, udp_s = join(browser_pages, sites[0], "udp-hall")

@@ -47,6 +47,7 @@ async function main() {
     get totals() { return studio.totals; },
     get mode() { return studio.mode; },
     framesSent: function () { return studio.framesSent; },
+    peerConnection: function () { return studio.pc; },
   };
   wireChannel(studio);
   wireControls(studio);
