@@ -12,7 +12,7 @@ from media import ice
 from media.endpoint import MediaSocket
 from media.engine import MediaConfig, MediaEngine
 from media.loadviewer import LoadViewer, RemoteParams
-from media.tcp import FRAME, is_tcp, tcp_address
+from media.tcp import FRAME, MAX_QUEUED, is_tcp, tcp_address
 from media.udp import UdpError
 
 
@@ -159,3 +159,26 @@ async def test_engine_passes_tcp_settings():
         assert all(" tcp " in c for c in engine.socket.candidates())
     finally:
         await engine.close()
+
+
+async def test_a_tcp_peer_that_stops_reading_gets_packets_dropped_not_queued(sock):
+    """A congested hall: its bytes queue up to MAX_QUEUED, then its packets are dropped (as
+    UDP would lose them) instead of growing the server's memory."""
+    peer = socket.create_connection(("127.0.0.1", sock.port))
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        await wait_for(lambda: len(sock.tcp.connections) == 1)
+        (addr,) = sock.tcp.connections
+        packet = b"\x80" * 1200
+        sent = 0
+        for _ in range(5000):
+            if not sock.send(packet, addr):
+                break
+            sent += 1
+        connection = sock.tcp.connections[addr]
+        assert 0 < sent < 5000
+        assert connection.transport.get_write_buffer_size() <= MAX_QUEUED + 1202
+        assert not sock.send(packet, addr)
+        assert not sock.send(packet, ("tcp:127.0.0.1", 1))  # no such connection
+    finally:
+        peer.close()
