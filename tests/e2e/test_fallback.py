@@ -178,3 +178,32 @@ def lopso_turn_metrics(server: Any) -> str:
     )
     with urllib.request.urlopen(request, timeout=10) as reply:
         return reply.read().decode()
+
+
+def test_pages_read_ice_servers_from_link_headers(lopso_turn: Any, browser_pages: Any) -> None:
+    """What a page does with an answer's `Link` headers (fresh TURN credentials for its next
+    connect): fetch joins the headers into one value, protocol.js's parseIceLinks splits it."""
+    page = browser_pages.open(f"{lopso_turn.url}/healthz", name="links", timeout_ms=LOADED)
+    site = lopso_turn.demo["sites"][2]
+    servers = page.evaluate(
+        """async ([url, token]) => {
+            const { parseIceLinks } = await import('/static/js/protocol.js');
+            const reply = await fetch(url, {method: 'OPTIONS',
+                                            headers: {Authorization: 'Bearer ' + token}});
+            return parseIceLinks(reply.headers.get('Link'));
+        }""",
+        [f"/whep/{lopso_turn.demo['session_id']}/{site['code']}", site["token"]],
+    )
+    assert [s["urls"] for s in servers] == lopso_turn.env["LOPSO_TURN_URLS"].split(",")
+    for server in servers:
+        assert server["username"].endswith(f".{site['code']}") and len(server["credential"]) == 28
+    quoted = page.evaluate(
+        """async (h) => (await import('/static/js/protocol.js')).parseIceLinks(h)""",
+        '<stun:a.example:3478>; rel="ice-server", <turns:b.example:443?transport=tcp>; '
+        'rel="ice-server"; username="1:x,\\"y\\""; credential="p;q"; credential-type="password"'
+        ', <https://c.example/>; rel="next"',
+    )
+    assert quoted == [
+        {"urls": "stun:a.example:3478"},
+        {"urls": "turns:b.example:443?transport=tcp", "username": '1:x,"y"', "credential": "p;q"},
+    ]
