@@ -12,14 +12,22 @@
 
 Datagrams are demultiplexed per RFC 7983: STUN goes to the endpoint named by the USERNAME
 (after MESSAGE-INTEGRITY verifies), everything else to the endpoint owning the source address.
+Every reply leaves from the local address the peer's datagrams reached (media.udp).
 The same port number also listens on TCP (ICE-TCP, media.tcp): its frames go through the same
 demultiplexer, so an endpoint may be reached over UDP, TCP or a TURN relay (`Endpoint.path`).
+
+Consent before redirecting (RFC 7675's intent): a peer's first verified check gives its
+address; media moves to another address only once that address has shown consent: it answered
+our own binding request (sent with the peer's ICE password, which only the peer can answer),
+or it sent SRTCP that authenticates with the session's keys. A replayed or spoofed check from
+a third address gets its STUN answer and one probe, never the media.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +38,7 @@ from media.errors import MediaError, SdpError
 from media.fanout import BATCH, MAX_RTP, Fanout
 from media.srtp import FastProtector, SrtpContext, SrtpError
 from media.tcp import TcpListener, is_tcp
-from media.udp import Libc, UdpError, UdpSocket
+from media.udp import WILDCARDS, Libc, UdpError, UdpSocket, local_addresses
 
 __all__ = ["BATCH", "MAX_RTP", "Endpoint", "Fanout", "MediaSocket"]
 
@@ -41,7 +49,8 @@ PORT_TRIES = 8
 """Ephemeral UDP ports tried until the same TCP port number is free too."""
 TCP_PRIORITY = (126 << 24) + ((4 << 13) + 8191 << 8) + 255
 """RFC 6544 host candidate, `tcptype passive` (direction preference 4): below every UDP one."""
-PATHS = ("udp", "tcp", "turn")
+PROBES_PER_ENDPOINT = 8
+"""Addresses awaiting consent kept per endpoint (the oldest is forgotten past this)."""
 COUNTERS = (
     "packets_sent",
     "bytes_sent",
@@ -78,9 +87,7 @@ class MediaSocket:
         self.protector = FastProtector()
         self.protector.available = self.protector.available and fast_srtp
         self.udp = UdpSocket(self._on_datagram, host, port)
-        self.tcp: TcpListener | None = (
-            TcpListener(self._on_datagram, self._on_tcp_lost) if tcp else None
-        )
+        self.tcp = TcpListener(self._on_datagram, self._on_tcp_lost) if tcp else None
         self.udp_candidates = udp_candidates
         """False only in tests that stand for a hall whose firewall drops UDP."""
         self.relay_hosts = frozenset(relay_hosts)
@@ -88,27 +95,31 @@ class MediaSocket:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_ufrag: dict[str, Endpoint] = {}
         self._by_addr: dict[tuple[str, int], Endpoint] = {}
+        self._probes: dict[bytes, tuple[Endpoint, tuple[str, int]]] = {}
+        """Our consent probes in flight: transaction id -> (endpoint, address probed)."""
+        self._pending: dict[tuple[str, int], Endpoint] = {}
+        """Addresses awaiting consent -> the endpoint whose checks they sent (SRTCP proves)."""
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0
         """Datagrams dropped: garbage, unknown source, failed STUN authentication."""
 
     async def start(self) -> None:
-        """Bind the UDP socket (port 0 = ephemeral) and the TCP listener on the same port
-        number, and start the liveness timer."""
+        """Bind the UDP socket (port 0 = ephemeral) and the TCP listener on the same address
+        and port number, and start the liveness timer."""
         self.loop = asyncio.get_running_loop()
         for attempt in range(PORT_TRIES):
             self.udp.open()
             if self.tcp is None:
                 break
+            host, port = self.udp.address
             try:
-                await self.tcp.open(self._host, self.udp.address[1])
+                await self.tcp.open(host, port)
                 break
             except OSError as exc:
                 self.udp.close()
                 if self._requested_port or attempt == PORT_TRIES - 1:
                     raise UdpError(
-                        f"cannot listen on TCP {self._host}:{self._requested_port} for ICE-TCP: "
-                        f"{exc.strerror or exc}"
+                        f"cannot listen on TCP {host}:{port} for ICE-TCP: {exc.strerror or exc}"
                     ) from exc
         self.udp.warn_if_buffer_capped()
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
@@ -130,10 +141,13 @@ class MediaSocket:
         return self.udp.address[1]
 
     def candidates(self) -> list[str]:
-        """Values for "a=candidate:" lines: per announced address a UDP host candidate and,
-        with ICE-TCP, a passive TCP one (RFC 6544: port as listened on, browsers connect)."""
+        """Values for "a=candidate:" lines: per announced address (bound to a wildcard and
+        announcing nothing: every local address, loopback last) a UDP host candidate and, with
+        ICE-TCP, a passive TCP one (RFC 6544: the port listened on; browsers connect to it)."""
         hosts = self._announce or [self._host]
-        hosts = ["127.0.0.1" if h == "0.0.0.0" else "::1" if h == "::" else h for h in hosts]
+        if not self._announce and self._host in WILDCARDS:
+            ipv6 = self.udp.family == socket.AF_INET6
+            hosts = [*local_addresses(ipv6), "127.0.0.1", *(["::1"] if ipv6 else [])]
         port = self.port
         lines = []
         if self.udp_candidates:
@@ -171,11 +185,12 @@ class MediaSocket:
         """A new, empty fan-out group on this socket."""
         return Fanout(self)
 
-    def send(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """Send one datagram from the shared socket, or one frame to a TCP peer."""
+    def send(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> bool:
+        """Send one datagram from the shared socket (from local address `local` if given), or
+        one frame to a TCP peer."""
         if addr[0][0] == "t" and self.tcp is not None:  # "tcp:...": no IP address starts so
             return self.tcp.send(data, addr)
-        return self.udp.sendto(data, addr)
+        return self.udp.sendto(data, addr, local)
 
     def path_of(self, addr: tuple[str, int] | None) -> str | None:
         """How a peer at `addr` reaches us: "udp", "tcp" (ICE-TCP) or "turn" (a relay)."""
@@ -186,12 +201,28 @@ class MediaSocket:
         return "turn" if addr[0] in self.relay_hosts else "udp"
 
     def claim(self, endpoint: Endpoint, addr: tuple[str, int]) -> None:
-        """Route datagrams from `addr` to `endpoint` (after a verified binding request)."""
+        """Route datagrams from `addr` to `endpoint` (its first check, or consent given)."""
         previous = self._by_addr.get(addr)
         if previous is not None and previous is not endpoint:
             previous.addresses.discard(addr)
         self._by_addr[addr] = endpoint
         endpoint.addresses.add(addr)
+        if self._pending.get(addr) is endpoint:
+            del self._pending[addr]
+
+    def probe(self, endpoint: Endpoint, addr: tuple[str, int], local: str | None) -> None:
+        """Ask `addr` for consent: a binding request only the endpoint's peer can answer."""
+        stale = [t for t, (e, a) in self._probes.items() if e is endpoint and a == addr]
+        mine = [t for t, (e, _) in self._probes.items() if e is endpoint]
+        for txid in stale or mine[: max(0, len(mine) - PROBES_PER_ENDPOINT + 1)]:
+            del self._probes[txid]
+        txid, request = ice.consent_request(
+            endpoint.local_ufrag, endpoint.remote_ufrag, endpoint.remote_pwd
+        )
+        self._probes[txid] = (endpoint, addr)
+        if self._by_addr.get(addr) is None:
+            self._pending[addr] = endpoint
+        self.send(request, addr, local)
 
     def forget(self, endpoint: Endpoint) -> None:
         """Drop every route to `endpoint`."""
@@ -203,23 +234,35 @@ class MediaSocket:
                 if self.tcp is not None and is_tcp(addr):
                     self.tcp.drop(addr)
         endpoint.addresses.clear()
+        for txid in [t for t, (e, _) in self._probes.items() if e is endpoint]:
+            del self._probes[txid]
+        for addr in [a for a, e in self._pending.items() if e is endpoint]:
+            del self._pending[addr]
 
     def _on_tcp_lost(self, addr: tuple[str, int]) -> None:
         endpoint = self._by_addr.pop(addr, None)
         if endpoint is not None:
             endpoint.addresses.discard(addr)
+        self._pending.pop(addr, None)
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> None:
         if data[0] < 4:
-            self._on_stun(data, addr)
+            self._on_stun(data, addr, local)
             return
         endpoint = self._by_addr.get(addr)
         if endpoint is None:
+            pending = self._pending.get(addr)
+            if pending is not None:  # only SRTCP that authenticates gives consent
+                pending.on_unproven(data, addr, local)
+                return
             self.dropped += 1
             return
         endpoint.on_datagram(data, addr)
 
-    def _on_stun(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _on_stun(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
+        if data[:2] == b"\x01\x01":  # a binding success: the answer to a consent probe
+            self._on_probe_answer(data, addr, local)
+            return
         try:
             request = ice.parse_binding_request(data)
         except ice.StunError:
@@ -234,8 +277,26 @@ class MediaSocket:
             self.dropped += 1
             return
         mapped = (addr[0][4:], addr[1]) if is_tcp(addr) else addr  # the peer's real address
-        self.send(ice.binding_success(request, mapped, endpoint.local_pwd), addr)
-        endpoint.on_binding(addr, request.use_candidate)
+        self.send(ice.binding_success(request, mapped, endpoint.local_pwd), addr, local)
+        endpoint.on_binding(addr, request.use_candidate, local)
+
+    def _on_probe_answer(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
+        probe = self._probes.get(data[8:20])
+        if probe is None or probe[1] != addr:  # an answer must come from where we asked
+            self.dropped += 1
+            return
+        endpoint = probe[0]
+        try:
+            message = ice.parse(data)
+        except ice.StunError:
+            message = None
+        if message is None or not ice.is_binding_success(
+            message, message.transaction_id, endpoint.remote_pwd
+        ):
+            self.dropped += 1
+            return
+        del self._probes[message.transaction_id]
+        endpoint.on_consent(addr, local)
 
     def _check_liveness(self) -> None:
         now = time.monotonic()
@@ -245,7 +306,7 @@ class MediaSocket:
             elif endpoint.state != "connected" and now - endpoint.created > self.consent_timeout:
                 endpoint.fail("ICE or DTLS did not complete")  # checks alone keep last_seen fresh
         if self.tcp is not None:
-            self.tcp.sweep(self._by_addr)
+            self.tcp.sweep(lambda a: a in self._by_addr or a in self._pending)
         assert self.loop is not None
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
 
@@ -275,9 +336,13 @@ class Endpoint:
             raise SdpError(str(exc)) from exc
         self.state = "new"
         self.remote_address: tuple[str, int] | None = None
+        self.local_address: str | None = None
+        """The local address `remote_address`'s datagrams reach: replies leave from it."""
         self.addresses: set[tuple[str, int]] = set()
-        """Every source address that passed a check for this endpoint."""
-        self.sockaddr: tuple[Any, int] | None = None
+        """Every source address that has consented to this endpoint's traffic."""
+        self.nominated: set[tuple[str, int]] = set()
+        """Addresses the peer nominated (USE-CANDIDATE) that still await consent."""
+        self.sockaddr: tuple[Any, int, Any, int] | None = None
         self.srtp: SrtpContext | None = None
         self.on_rtcp: Callable[[bytes], None] | None = None
         self.on_rtp: Callable[[bytes], None] | None = None
@@ -344,7 +409,7 @@ class Endpoint:
             return
         if self.remote_address is not None and self._dtls.done:
             for datagram in self._dtls.shutdown():
-                self._sock.send(datagram, self.remote_address)
+                self._sock.send(datagram, self.remote_address, self.local_address)
         self._teardown()
         self._set_state("closed")
 
@@ -359,20 +424,64 @@ class Endpoint:
         self._counters["packets_sent"] += packets
         self._counters["bytes_sent"] += octets
 
-    def on_binding(self, addr: tuple[str, int], use_candidate: bool) -> None:
-        """A verified binding request (a check or a consent refresh) came from `addr`."""
+    def on_binding(
+        self, addr: tuple[str, int], use_candidate: bool, local: str | None = None
+    ) -> None:
+        """A verified binding request (a check or a consent refresh) came from `addr`, reaching
+        local address `local`. A new address gets media only after consent (`on_consent`)."""
         if self.state in ("closed", "failed"):
             return
-        self.last_seen = time.monotonic()
-        self._sock.claim(self, addr)
-        if self.remote_address is None or (use_candidate and addr != self.remote_address):
-            self.remote_address = addr
-            self.sockaddr = None
-            self._notify_fanouts()
+        if self.remote_address is None:  # the first check: DTLS proves this peer next
+            self._sock.claim(self, addr)
+            self._move(addr, local)
+        elif addr == self.remote_address:
+            self.last_seen = time.monotonic()  # consent freshness is the media path's
+            if local is not None and local != self.local_address:
+                self._move(addr, local)
+        elif addr in self.addresses:
+            if use_candidate:
+                self._move(addr, local)
+        else:
+            if use_candidate:
+                self.nominated.add(addr)
+            self._sock.probe(self, addr, local)
         if self.state == "new":
             self._set_state("checking")
             if self._dtls.role == "client":
                 self._dtls_flush(self._dtls_step(self._dtls.start))
+
+    def on_consent(self, addr: tuple[str, int], local: str | None) -> None:
+        """`addr` proved it is this peer (answered our probe, or sent valid SRTCP)."""
+        if self.state in ("closed", "failed"):
+            return
+        self._sock.claim(self, addr)
+        self.last_seen = time.monotonic()
+        if addr in self.nominated:
+            self.nominated.discard(addr)
+            self._move(addr, local)
+
+    def on_unproven(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
+        """A non-STUN datagram from an address awaiting consent: SRTCP that authenticates
+        counts as consent; anything else is dropped."""
+        srtp = self.srtp
+        if srtp is None or len(data) < 2 or not 192 <= data[1] <= 223 or not 128 <= data[0] <= 191:
+            return
+        try:
+            plain = srtp.unprotect_rtcp(data)
+        except SrtpError:
+            self._counters["srtp_errors"] += 1
+            return
+        self.nominated.add(addr)  # the peer sends from here: it has moved (NAT rebinding)
+        self.on_consent(addr, local)
+        self._counters["rtcp_received"] += 1
+        self._callback(self.on_rtcp, plain)
+
+    def _move(self, addr: tuple[str, int], local: str | None) -> None:
+        self.remote_address = addr
+        self.local_address = local
+        self.sockaddr = None
+        self.last_seen = time.monotonic()
+        self._notify_fanouts()
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         """A non-STUN datagram from one of this endpoint's verified addresses."""
@@ -409,7 +518,7 @@ class Endpoint:
     def _dtls_flush(self, datagrams: list[bytes]) -> None:
         if self.remote_address is not None:
             for datagram in datagrams:
-                self._sock.send(datagram, self.remote_address)
+                self._sock.send(datagram, self.remote_address, self.local_address)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
             self._dtls_timer = None
@@ -459,7 +568,7 @@ class Endpoint:
 
     def _transmit(self, data: bytes, counter: str) -> None:
         assert self.remote_address is not None
-        if self._sock.send(data, self.remote_address):
+        if self._sock.send(data, self.remote_address, self.local_address):
             self._counters[counter] += 1
             self._counters["bytes_sent"] += len(data)
         else:

@@ -184,7 +184,8 @@ class Fanout:
             protected = endpoint.srtp.protect(bytes(data))  # type: ignore[union-attr]
         except SrtpError:
             return 0
-        return int(self._sock.send(protected, endpoint.remote_address))  # type: ignore[arg-type]
+        addr = endpoint.remote_address
+        return int(self._sock.send(protected, addr, endpoint.local_address))  # type: ignore[arg-type]
 
     def _activate(self, endpoint: Endpoint, pt: int) -> None:
         self._marks[endpoint] = (self.packets, self.payload_bytes)
@@ -214,7 +215,9 @@ class Fanout:
     def _place(self, endpoint: Endpoint, pt: int, b: int, i: int) -> Entry:
         batch = self._batches[b]
         if endpoint.sockaddr is None:
-            endpoint.sockaddr = batch.address(endpoint.remote_address)  # type: ignore[arg-type]
+            udp = self._sock.udp
+            local = endpoint.local_address if udp.pktinfo else None
+            endpoint.sockaddr = batch.address(endpoint.remote_address, local, udp.family)  # type: ignore[arg-type]
         batch.set_address(i, endpoint.sockaddr)
         self._where[endpoint] = (b, i)
         self._last_length = -1  # this slot's iovec length must be written

@@ -189,6 +189,18 @@ def binding_request(
     return request.transaction_id, bytes(request)
 
 
+def consent_request(local_ufrag: str, remote_ufrag: str, remote_pwd: str) -> tuple[bytes, bytes]:
+    """Our (lite, controlled) binding request that asks a new address for consent: only the
+    peer, who holds `remote_pwd`, can answer it. Returns (transaction_id, datagram)."""
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request.attributes["USERNAME"] = f"{remote_ufrag}:{local_ufrag}"
+    request.attributes["PRIORITY"] = 0x7E0001FF
+    request.attributes["ICE-CONTROLLED"] = secrets.randbits(64)
+    request.add_message_integrity(remote_pwd.encode("utf8"))
+    request.add_fingerprint()
+    return request.transaction_id, bytes(request)
+
+
 def is_binding_success(message: stun.Message, transaction_id: bytes, remote_pwd: str) -> bool:
     """True if `message` answers our check `transaction_id` and authenticates with remote_pwd."""
     return (

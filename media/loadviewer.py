@@ -370,7 +370,7 @@ class LoadViewer:
 
     # -- media --------------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> None:
         if self._remote is None or addr != self._remote.address:
             return
         first = data[0]

@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ class FramedConnection(asyncio.Protocol):
             transport.abort()
             return
         self.transport = transport
-        self.address = tcp_address((str(peer[0]), int(peer[1])))
+        host = str(peer[0])
+        if host.startswith("::ffff:") and "." in host:  # IPv4 on the dual-stack listener
+            host = host[7:]
+        self.address = tcp_address((host, int(peer[1])))
         sock = transport.get_extra_info("socket")
         if sock is not None:  # media is latency-bound: never wait to coalesce small packets
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -78,7 +81,10 @@ class FramedConnection(asyncio.Protocol):
             if end > len(buffer):
                 break
             if size:
-                self._listener.deliver(bytes(buffer[start + 2 : end]), self.address)
+                try:
+                    self._listener.deliver(bytes(buffer[start + 2 : end]), self.address)
+                except Exception:  # one bad frame must not cost the hall its connection
+                    logger.exception("frame handler failed", extra={"addr": self.address})
             start = end
             if self.transport is None or self.transport.is_closing():
                 return
@@ -121,22 +127,33 @@ class TcpListener:
         self._server: asyncio.Server | None = None
 
     async def open(self, host: str, port: int) -> None:
-        """Listen on (host, port); raises OSError when the port is taken."""
+        """Listen on (host, port) ("::" takes IPv4 too, as the UDP socket does); raises
+        OSError when the port is taken."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and host == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FramedConnection(self), host, port, reuse_address=True, backlog=1024
-        )
+        self._server = await loop.create_server(lambda: FramedConnection(self), sock=sock)
 
     def send(self, data: bytes, addr: Address) -> bool:
         """Send one packet to a TCP peer; False if it has no open connection."""
         connection = self.connections.get(addr)
         return connection is not None and connection.send(data)
 
-    def sweep(self, claimed: Collection[Address]) -> None:
+    def sweep(self, claimed: Callable[[Address], bool]) -> None:
         """Close connections older than UNCLAIMED_S that no endpoint has claimed."""
         now = time.monotonic()
         for addr, connection in list(self.connections.items()):
-            if addr not in claimed and now - connection.opened > UNCLAIMED_S:
+            if now - connection.opened > UNCLAIMED_S and not claimed(addr):
                 connection.close()
 
     def drop(self, addr: Address) -> None:

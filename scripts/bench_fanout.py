@@ -217,7 +217,9 @@ class LopsoRelay:
                 self.fanout_cpu += time.thread_time() - t0
 
         Fanout.send = timed_send  # type: ignore[method-assign]
-        self.engine = MediaEngine(MediaConfig(host="127.0.0.1"))
+        # "::" is the server's default: replies carry their source address (IP_PKTINFO)
+        host = self.options.get("media_host", "127.0.0.1")
+        self.engine = MediaEngine(MediaConfig(host=host, announce=("127.0.0.1",)))
         await self.engine.start()
         self.lecture = self.engine.lecture("bench", video_codec="VP8")
         return "ok"
@@ -489,6 +491,7 @@ async def run(args: argparse.Namespace) -> dict:
         "uvloop": args.uvloop,
         "profile": args.profile,
         "decrypt": args.decrypt,
+        "media_host": args.media_host,
     }
     relay = Remote("mediarelay" if mode == "mediarelay" else "relay", options)
     publisher = Remote("publisher", options)
@@ -552,6 +555,7 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "srtp_errors": seen["srtp_errors"],
         "receiving_viewers": seen["receiving"],
         "uvloop": args.uvloop,
+        "media_host": args.media_host,
         "fanout_drops": window.get("fanout_drops"),
         "video_pauses": window.get("video_pauses"),
         "relay_user_s": round(window.get("user_s", 0.0), 3),
@@ -572,6 +576,11 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run the relay on uvloop")
     parser.add_argument("--profile", action="store_true", help="cProfile the relay's window")
     parser.add_argument("--decrypt", action="store_true", help="load viewers check SRTP too")
+    parser.add_argument(
+        "--media-host",
+        default="127.0.0.1",
+        help='where the relay binds; "::" (the server default) sends with IP_PKTINFO',
+    )
     args = parser.parse_args()
     default_viewers = 4 if args.baseline else 100
     args.viewers = max(2, args.viewers if args.viewers is not None else default_viewers) - 1

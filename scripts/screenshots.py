@@ -7,7 +7,8 @@ Starts `lopso serve --demo-json` on a free port (tests/serverproc.py), drives De
 Chromium with Playwright and its fake camera, and writes landing.png, studio.png, site-waiting.png,
 site.png, moderator.png (the drill-down of a site that chose sound only), checkin.png and
 wall.png (the wall at province scale: 5,000 made-up sites fed into the page as one snapshot, a
-few of them sound only; small: half-scale PNGs).
+few of them sound only; small: half-scale PNGs) and admin.png (the organiser page, signed in,
+with a registry of 72 halls in 6 communes and two classes; `--only organiser` takes it alone).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def new_page(browser: Any, viewport: dict[str, int], scale: float) -> Any:
     return context.new_page()
 
 
-def shoot(page: Any, out: pathlib.Path, name: str) -> None:
+def shoot(page: Any, out: pathlib.Path, name: str, *, full_page: bool = False) -> None:
     path = out / f"{name}.png"
-    page.screenshot(path=str(path))
+    page.screenshot(path=str(path), full_page=full_page)
     print(
         f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
         f"{path.stat().st_size // 1024} KiB"
@@ -116,6 +117,72 @@ def run(out: pathlib.Path, sites: int, scale: float) -> None:
         phone.fill("#name", "Nguyễn Thị Hoa")
         shoot(phone, out, "checkin")
         browser.close()
+    organiser(out, scale)
+
+
+def organiser(out: pathlib.Path, scale: float) -> None:
+    """The organiser page of a province office: halls imported, one class past, one ahead."""
+    import datetime
+    import json
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = LopsoServer(pathlib.Path(tmp), demo_sites=0)
+        subprocess.run(
+            [sys.executable, "-m", "server", "users", "add", "tinh", "--role", "admin"]
+            + ["--data", str(srv.data)],
+            input="mật khẩu ảnh chụp\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        with srv, sync_playwright() as pw:
+            rows = ["code;name;village;commune;province"]
+            for n in range(72):
+                commune = f"Xã {COMMUNE_WORDS[n // 12]} {COMMUNE_WORDS[n // 12 + 3]}"
+                rows.append(
+                    f"HY-{n // 12 + 1:02d}-{n % 12 + 1:03d};Nhà văn hóa thôn "
+                    f"{COMMUNE_WORDS[n % 10]} {n % 12 + 1};Thôn {n % 12 + 1};{commune};Hưng Yên"
+                )
+            token = srv.admin_token()
+
+            def post(path: str, body: bytes, kind: str) -> Any:
+                request = urllib.request.Request(
+                    srv.url + path,
+                    data=body,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": kind},
+                )
+                with urllib.request.urlopen(request, timeout=30) as reply:
+                    return json.loads(reply.read())
+
+            post("/api/sites/import", "\n".join(rows).encode(), "text/csv")
+            day = datetime.date.today()
+            for title, when, codes in (
+                ("Chuyên đề 3: Dịch vụ công trực tuyến", day + datetime.timedelta(days=5), 36),
+                ("Chuyên đề 2: An toàn trên mạng", day - datetime.timedelta(days=9), 60),
+            ):
+                body = {
+                    "title": title,
+                    "starts_at": f"{when.isoformat()}T08:00:00+07:00",
+                    "ends_at": f"{when.isoformat()}T10:00:00+07:00",
+                    "site_codes": [r.split(";")[0] for r in rows[1 : codes + 1]],
+                }
+                post("/api/sessions", json.dumps(body).encode(), "application/json")
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            page = new_page(browser, {"width": 1280, "height": 900}, scale)
+            page.goto(srv.url + "/login")
+            page.fill("#username", "tinh")
+            page.fill("#password", "mật khẩu ảnh chụp")
+            page.click("#login-submit")
+            page.wait_for_selector("#classes-upcoming .class-item")  # (the page policy: no eval)
+            page.click("#classes-upcoming .class-communes summary")
+            shoot(page, out, "admin", full_page=True)
+            browser.close()
 
 
 COMMUNE_WORDS = ("An", "Bình", "Cường", "Đông", "Hòa", "Hưng", "Lạc", "Minh", "Nam", "Phú")
@@ -186,8 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--sites", type=int, default=12, help="demo sites (default 12)")
     parser.add_argument("--scale", type=float, default=0.5, help="device scale factor (0.5)")
+    parser.add_argument("--only", choices=("all", "organiser"), default="all")
     args = parser.parse_args(argv)
-    run(args.out, args.sites, args.scale)
+    if args.only == "organiser":
+        args.out.mkdir(parents=True, exist_ok=True)
+        organiser(args.out, args.scale)
+    else:
+        run(args.out, args.sites, args.scale)
     return 0
 
 

@@ -23,14 +23,14 @@ import jinja2
 from aiohttp import web
 
 import web as web_assets
-from server import auth, security
+from server import accounts, auth, security
 from server.admission import SocketCounts, SocketLimits
 from server.checkin import CheckinLimiter, CheckinLimits
 from server.config import Config, Network
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
 from server.metrics import Metrics, metered
-from server.models import ClassSession, NodeInfo
+from server.models import ClassSession, NodeInfo, Site
 from server.registry import KeyIdCache
 from server.roles import SITE_ROLES, Action
 from server.store import open_store
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(web_assets.__file__).parent
 LANGS = ("vi", "en")
+SHORT_LINK_BURST = 10.0  # wrong short-link codes an address may try before the rate applies
 VIEWERS_PER_NODE = 500  # load 1.0: a rough per-process capacity until measured (issue 2)
 
 
@@ -59,6 +60,8 @@ class AppState:
     webhook: Any = None  # server.webhook.WebhookSender when LOPSO_WEBHOOK_URL is set
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
     signalling_limiter: auth.RateLimiter = None  # type: ignore[assignment]
+    short_link_limiter: auth.RateLimiter = None  # type: ignore[assignment]  # wrong /j/ codes
+    login_limiter: auth.RateLimiter = None  # type: ignore[assignment]  # /login attempts
     checkin_limiter: CheckinLimiter = None  # type: ignore[assignment]
     site_keys: KeyIdCache = None  # type: ignore[assignment]
     sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
@@ -70,7 +73,9 @@ class AppState:
         self.metrics = Metrics(lambda: getattr(self.engine, "lectures", None) or {})
         self.site_keys = KeyIdCache(lambda code: self.store.get_site(code), cfg.secret)
         self.signalling_limiter = auth.RateLimiter(cfg.signalling_rate, 3 * cfg.signalling_rate)
+        self.short_link_limiter = auth.RateLimiter(cfg.short_link_rate, SHORT_LINK_BURST)
         self.checkin_limiter = CheckinLimiter(checkin_limits(cfg))
+        self.login_limiter = auth.RateLimiter(accounts.LOGIN_RATE, accounts.LOGIN_BURST)
         self.sockets = SocketCounts(
             SocketLimits(cfg.ws_per_site, cfg.ws_per_token, cfg.ws_per_addr)
         )
@@ -146,6 +151,17 @@ def authorize_request(
     claims = claims_of(request)
     auth.authorize(claims, action, sid, site)
     return claims
+
+
+def commune_scope(claims: auth.Claims) -> frozenset[str] | None:
+    """The communes whose halls a signed-in commune moderator may see (None: every hall)."""
+    return None if claims.communes is None else frozenset(claims.communes)
+
+
+def visible_sites(claims: auth.Claims, sites: list[Site]) -> list[Site]:
+    """The halls `claims` may see: a commune moderator's communes, else all."""
+    scope = commune_scope(claims)
+    return sites if scope is None else [s for s in sites if s.commune in scope]
 
 
 async def session_or_404(store: Store, sid: str) -> ClassSession:
@@ -496,7 +512,7 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import api, metrics, moderation, pages, whip, ws
+    from server.routes import admin, api, links, metrics, moderation, pages, signin, whip, ws
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -506,7 +522,12 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     state = AppState(config=config, templates=templates)
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[metrics.signalling_middleware, error_middleware, site_key_middleware],
+        middlewares=[
+            metrics.signalling_middleware,
+            error_middleware,
+            signin.session_middleware,
+            site_key_middleware,
+        ],
     )
     app[STATE] = state
     security.install(app)
@@ -530,6 +551,9 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     moderation.add_routes(app)
     metrics.add_routes(app)
     pages.add_routes(app)
+    links.add_routes(app)
+    signin.add_routes(app)
+    admin.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app
 
@@ -558,7 +582,9 @@ __all__ = [
     "AppState",
     "authorize_request",
     "claims_of",
+    "commune_scope",
     "create_app",
     "pick_lang",
     "session_or_404",
+    "visible_sites",
 ]

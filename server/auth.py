@@ -36,6 +36,10 @@ class Claims:
     site: str | None
     exp: int
     k: str | None = None  # key id of the site's join key (site and participant tokens)
+    # a signed-in account's (never in a token): a commune moderator's communes (None: every
+    # commune) and the account name
+    communes: tuple[str, ...] | None = None
+    user: str | None = None
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
@@ -200,16 +204,33 @@ class RateLimiter:
         self._rate, self._burst, self._clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def blocked(self, key: str) -> bool:
+        """True when `key` has no whole token left now (none is taken)."""
+        if self._rate <= 0:
+            return False
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        return min(self._burst, level + (now - last) * self._rate) < 1.0
+
     def check(self, key: str) -> None:
         """Take one token for `key` or raise RateLimitedError."""
         if self._rate <= 0:
             return
-        now = self._clock()
-        level, last = self._buckets.get(key, (self._burst, now))
-        level = min(self._burst, level + (now - last) * self._rate)
+        now, level = self._level(key)
         if level < 1.0:
             self._buckets[key] = (level, now)
             raise RateLimitedError(f"too many requests for {key}; slow down")
         self._buckets[key] = (level - 1.0, now)
         if len(self._buckets) > 100_000:  # keep memory bounded under address floods
             self._buckets.clear()
+
+    def refuse_if_empty(self, key: str) -> None:
+        """Raise RateLimitedError when `key` has no token left, taking none (count only the
+        failures with `check`, refuse everything once they ran out)."""
+        if self._rate > 0 and self._level(key)[1] < 1.0:
+            raise RateLimitedError(f"too many requests for {key}; slow down")
+
+    def _level(self, key: str) -> tuple[float, float]:
+        now = self._clock()
+        level, last = self._buckets.get(key, (self._burst, now))
+        return now, min(self._burst, level + (now - last) * self._rate)

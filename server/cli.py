@@ -6,8 +6,12 @@ lopso sites import FILE.csv [--data DIR]
 lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
 lopso token --role ROLE [--class SID] [--site CODE] [--ttl SECONDS]
                                          (--class required but for admin)
+lopso users add NAME --role admin|moderator [--commune NAME ...]
+                                         (password prompted twice, or read from stdin)
+lopso users list | lopso users remove NAME
 lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
-                   [--sites CODE,...] [--id SID]
+                   [--sites CODE,...] [--id SID] [--public-url URL]
+                                         (links and each hall's short link /j/CODE)
 """
 
 from __future__ import annotations
@@ -130,6 +134,25 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("code")
     _data(rotate)
 
+    users = commands.add_parser("users", help="accounts for the organiser page").add_subparsers(
+        dest="users_cmd", required=True
+    )
+    add = users.add_parser("add", help="add or replace an account (password on the terminal)")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=("admin", "moderator"))
+    add.add_argument(
+        "--commune",
+        dest="communes",
+        action="append",
+        default=[],
+        help="a moderator sees only the halls of this commune (repeatable)",
+    )
+    _data(add)
+    _data(users.add_parser("list", help="list the accounts"))
+    remove = users.add_parser("remove", help="remove an account (its sign-ins end)")
+    remove.add_argument("name")
+    _data(remove)
+
     token = commands.add_parser("token", help="mint a token")
     token.add_argument(
         "--class",
@@ -151,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--codec", default="VP8", choices=("VP8", "H264"))
     create.add_argument("--sites", default="", help="site codes, comma-separated (default: all)")
     create.add_argument("--id", dest="sid")
+    create.add_argument(
+        "--public-url", dest="public_url", help="base of the links printed (LOPSO_PUBLIC_URL)"
+    )
     _data(create)
     return parser
 
@@ -185,7 +211,7 @@ _SERVE_KEYS = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lopso` console command; returns the exit status."""
     args = _parser().parse_args(argv)
-    keys = _SERVE_KEYS if args.command == "serve" else ("data_dir",)
+    keys = _SERVE_KEYS if args.command == "serve" else ("data_dir", "public_url")
     try:
         config = load_config({key: getattr(args, key, None) for key in keys})
     except ConfigError as exc:
@@ -199,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(asyncio.run(_rotate(config, args.code))))
         elif args.command == "sites":
             print(json.dumps(asyncio.run(_import_sites(config, args.file))))
+        elif args.command == "users":
+            print(json.dumps(asyncio.run(_users(config, args)), ensure_ascii=False))
         elif args.command == "token":
             print(asyncio.run(_token(config, args)))
         elif args.command == "class":
@@ -223,6 +251,12 @@ def serve(config: Config) -> None:
     if config.tls_cert is not None and config.tls_key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.links_unreachable:
+        log.warning(
+            "links point at this machine's loopback address: halls elsewhere cannot open them; "
+            "set LOPSO_PUBLIC_URL or --public-url to the address halls reach",
+            extra={"url": config.base_url, "host": config.host},
+        )
     log.info(
         "starting",
         extra={
@@ -234,7 +268,8 @@ def serve(config: Config) -> None:
     )
     web.run_app(
         create_app(config),
-        host=config.host,
+        # "::" means every address, IPv4 too (asyncio would make it IPv6-only): None binds both
+        host=None if config.host == "::" else config.host,
         port=config.port,
         ssl_context=context,
         access_log=None,
@@ -269,6 +304,44 @@ async def _rotate(config: Config, code: str) -> dict[str, Any]:
     return {"code": site.code, "rotated": True}
 
 
+def read_password(stdin: Any = None) -> str:
+    """The new password: typed twice on a terminal, else the first line of standard input."""
+    import getpass
+
+    stream = stdin or sys.stdin
+    if not stream.isatty():
+        return str(stream.readline()).rstrip("\r\n")
+    first = getpass.getpass("Mật khẩu / password: ")
+    if getpass.getpass("Nhập lại / again: ") != first:
+        raise ValueError("the two passwords differ")
+    return first
+
+
+async def _users(config: Config, args: argparse.Namespace) -> Any:
+    from server import accounts
+    from server.store import open_store
+
+    user = None
+    if args.users_cmd == "add":  # validated and hashed before the store is opened
+        password = read_password()
+        user = accounts.new_user(args.name, Role(args.role), password, args.communes)
+    store = await open_store(config.redis_url, config.data_dir, config.node_id)
+    try:
+        if user is not None:
+            await store.put_user(user)
+            return {"name": user.name, "role": user.role.value, "communes": list(user.communes)}
+        if args.users_cmd == "remove":
+            if not await store.remove_user(args.name):
+                raise ValueError(f"no account named {args.name}")
+            return {"name": args.name, "removed": True}
+        return [
+            {"name": u.name, "role": u.role.value, "communes": list(u.communes)}
+            for u in await store.list_users()
+        ]
+    finally:
+        await store.close()
+
+
 async def _token(config: Config, args: argparse.Namespace) -> str:
     """Mint a token; a site or participant token carries its site's current join key id."""
     from server.roles import SITE_ROLES
@@ -297,6 +370,7 @@ async def _token(config: Config, args: argparse.Namespace) -> str:
 
 async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from server.demo import class_links
+    from server.halllinks import hall_links
     from server.hub import Hub, session_wire
     from server.routes.api import session_from_body
     from server.store import open_store
@@ -316,6 +390,10 @@ async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, A
             raise ValueError(f"class {session.id} already exists")
         await store.put_session(session)
         sites = await Hub(store, config.node_id).expected_sites(session)
-        return {"class": session_wire(session), "links": class_links(config, session, sites)}
+        links = class_links(config, session, sites)
+        shorts = await hall_links(store, config, session, sites)
+        for entry, hall in zip(links["sites"], shorts, strict=True):
+            entry["short_url"] = hall.short_url
+        return {"class": session_wire(session), "links": links}
     finally:
         await store.close()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from server import files
 from server.turn import check_url
@@ -44,7 +45,7 @@ class Config:
     data_dir: Path = Path("data")
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    media_host: str = "0.0.0.0"
+    media_host: str = "::"  # dual-stack (IPv4 too); 0.0.0.0 where the kernel has no IPv6
     media_port: int = 8189
     announce: tuple[str, ...] = ()
     # a connected viewer unheard (no RTCP, no consent check) this long: its media stopped
@@ -66,6 +67,8 @@ class Config:
     ws_idle_timeout_s: float = 30.0
     batch_interval_s: float = 1.0
     signalling_rate: float = 50.0  # WHIP/WHEP requests per second per client address; 0 = off
+    # Wrong short-link codes (/j/<code>) per second per client address, in bursts of 10; 0 = off.
+    short_link_rate: float = 0.2
     checkin_rate_site: float = 20.0  # check-ins per second per site; 0 = off
     checkin_burst_site: int = 200  # check-ins a site may send at once
     # A hall's Wi-Fi (or a carrier's NAT) puts hundreds of phones behind one address.
@@ -120,6 +123,14 @@ class Config:
     def loopback_only(self) -> bool:
         """True when the HTTP server listens on a loopback address only (this machine)."""
         return self.host in LOOPBACKS or self.host.startswith("127.")
+
+    @property
+    def links_unreachable(self) -> bool:
+        """True when the links handed out would point at this machine's loopback address while
+        the server listens on other addresses too: halls elsewhere could not open them."""
+        host = urlsplit(self.base_url).hostname or ""
+        loopback = host in LOOPBACKS or host.startswith("127.")
+        return loopback and not self.loopback_only
 
     @property
     def base_url(self) -> str:
@@ -285,6 +296,7 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "ws_idle_timeout_s": ("LOPSO_WS_IDLE_TIMEOUT", _positive_float("WebSocket idle timeout")),
     "batch_interval_s": ("LOPSO_BATCH_INTERVAL", _positive_float("batch interval")),
     "signalling_rate": ("LOPSO_SIGNALLING_RATE", _rate("signalling rate")),
+    "short_link_rate": ("LOPSO_SHORT_LINK_RATE", _rate("short link guess rate")),
     "checkin_rate_site": ("LOPSO_CHECKIN_RATE_SITE", _rate("check-in rate per site")),
     "checkin_rate_addr": ("LOPSO_CHECKIN_RATE_ADDR", _rate("check-in rate per address")),
     "checkin_burst_site": (
@@ -352,7 +364,8 @@ def load_config(
     if not config.node_id:
         config = dataclasses.replace(config, node_id=uuid.uuid4().hex[:12])
     if not config.announce:
-        config = dataclasses.replace(config, announce=default_announce(config.host))
+        announce = default_announce(config.host, config.media_host)
+        config = dataclasses.replace(config, announce=announce)
     return config
 
 
@@ -360,16 +373,25 @@ WILDCARDS = ("0.0.0.0", "::", "")
 LOOPBACKS = ("127.0.0.1", "::1", "localhost")
 
 
-def default_announce(host: str) -> tuple[str, ...]:
-    """Addresses to give viewers when none are configured: the HTTP host when it is a real
-    address; this machine's LAN address when listening on all interfaces; none on loopback
-    (media then announces 127.0.0.1)."""
+def default_announce(host: str, media_host: str = "::") -> tuple[str, ...]:
+    """Addresses to give viewers when none are configured: what a browser will use.
+
+    On a real HTTP address, that address. On a wildcard, every non-loopback local address
+    (IPv6 too when the media socket is dual-stack), so a machine with several addresses plays
+    on each. On loopback, loopback and the LAN address: a browser on this machine checks from
+    its LAN address and may never try loopback (media/udp.py answers from the address each
+    check reached).
+    """
+    from media.udp import local_addresses
+
+    ipv6 = media_host == "::"
     if host in LOOPBACKS:
-        return ()
+        lan = lan_address()
+        loopback = "::1" if host == "::1" and ipv6 else "127.0.0.1"
+        return (loopback, lan) if lan else (loopback,)
     if host not in WILDCARDS:
         return (host,)
-    lan = lan_address()
-    return (lan,) if lan else ()
+    return tuple(local_addresses(ipv6))
 
 
 def lan_address() -> str | None:

@@ -25,7 +25,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -304,7 +304,7 @@ def spans_text(intervals: Sequence[Any], tz: dt.tzinfo) -> str:
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv_text(value: Any) -> Any:
+def csv_text(value: Any) -> Any:
     """Text that Excel would run as a formula gets a leading apostrophe (CSV injection)."""
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
@@ -315,7 +315,7 @@ def _csv_value(value: Any, kind: str, tz: dt.tzinfo) -> Any:
     if value is None:
         return ""
     if kind == "text":
-        return _csv_text(value)
+        return csv_text(value)
     if kind == "spans":
         return spans_text(value, tz)
     if kind == "time":
@@ -600,6 +600,24 @@ def report_for_commune(report: AttendanceReport, commune: str) -> AttendanceRepo
     )
 
 
+def report_for_communes(report: AttendanceReport, communes: Iterable[str]) -> AttendanceReport:
+    """The report narrowed to some communes' sites (a commune moderator's): one commune as
+    `report_for_commune`; several keep their roll-ups, the 'province' totals them."""
+    wanted = sorted(set(communes))
+    if len(wanted) == 1:
+        return report_for_commune(report, wanted[0])
+    sites = tuple(r for r in report.sites if r.site.commune in wanted)
+    if not sites:
+        raise ExportError(f"no site of the class is in communes {', '.join(wanted)}")
+    return dataclasses.replace(
+        report,
+        sites=sites,
+        communes=tuple(c for c in report.communes if c.name in wanted),
+        province=rollup(" · ".join(wanted), sites),
+        never_joined=tuple(r for r in report.never_joined if r.site.commune in wanted),
+    )
+
+
 __all__ = [
     "COMMUNE_COLUMNS",
     "DEFAULT_TZ",
@@ -609,6 +627,7 @@ __all__ = [
     "iso_utc",
     "local_time",
     "report_for_commune",
+    "report_for_communes",
     "site_dict",
     "to_csv",
     "to_json",

@@ -74,6 +74,15 @@ class ClassSession:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ShortLink:
+    """A short join link `/j/<code>`: which hall of which class it opens (server/halllinks.py)."""
+
+    code: str
+    sid: str
+    site: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Event:
     """One attendance-ledger event. `seq` is assigned by the store on append (1, 2, ...)."""
 
@@ -85,6 +94,17 @@ class Event:
     id: str = ""  # unique id chosen by the producer (uuid4 hex); appends are idempotent on it
     node: str = ""  # node that recorded it
     seq: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class User:
+    """An organiser's or moderator's account for the pages (`lopso users add`)."""
+
+    name: str  # [A-Za-z0-9_.@-]{1,64}
+    role: Role  # Role.ADMIN or Role.MODERATOR
+    password_hash: str  # argon2id, PHC string (server/accounts.py)
+    communes: tuple[str, ...] = ()  # a moderator's communes; empty: every commune
+    created_at: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -126,8 +126,12 @@ _PATCHABLE = frozenset(f.name for f in dataclasses.fields(SiteState)) - {"code",
 class Peer:
     """One open page: who it is and a bounded outbox that routes/ws.py drains to the socket."""
 
-    def __init__(self, sid: str, role: Role, site: Site | None = None) -> None:
+    def __init__(
+        self, sid: str, role: Role, site: Site | None = None, scope: frozenset[str] | None = None
+    ) -> None:
         self.sid, self.role, self.site = sid, role, site
+        # a commune moderator's page: the codes of the class's sites it may see (None: all)
+        self.scope = scope
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.closed = False
         self.conn = uuid.uuid4().hex[:12]  # this connection, in SITE_JOINED / SITE_LEFT
@@ -140,6 +144,11 @@ class Peer:
         """Queue a message; a page too slow to take OUTBOX_SIZE messages is disconnected."""
         if self.closed:
             return
+        if self.scope is not None:
+            scoped = within(message, self.scope)
+            if scoped is None:
+                return
+            message = scoped
         if self.outbox.full():
             log.warning(
                 "page too slow, closing it", extra={"sid": self.sid, "site": self.site_code}
@@ -169,6 +178,28 @@ class Peer:
         if "commune" in to:
             return bool(self.site.commune == to["commune"])
         return False
+
+
+SCOPED_LISTS = ("sites", "alerts", "incidents", "questions", "help")
+
+
+def within(message: dict[str, Any], scope: frozenset[str]) -> dict[str, Any] | None:
+    """`message` as a page that sees only the sites in `scope` may get it: about another
+    site, None; its lists of sites, alerts, incidents, questions and help only of its own.
+    Totals are the room's to scope (ClassLive.totals): they are not derivable from an update."""
+    if message.get("site") is not None and message["site"] not in scope:
+        return None
+    lists = [key for key in SCOPED_LISTS if isinstance(message.get(key), list)]
+    if not lists:
+        return message
+    out = dict(message)
+    for key in lists:
+        out[key] = [
+            item
+            for item in message[key]
+            if not isinstance(item, dict) or item.get("site", item.get("code")) in scope
+        ]
+    return out
 
 
 def question_wire(event: Event) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 key rotation, and a cache of the sites' key ids for token checks.
 
 Header row: `code,name,village,commune,province[,join_key]` (any order, case-insensitive).
-UTF-8 with or without BOM (what Excel writes). Parsing is pure; the rest talks to the store.
+UTF-8 with or without BOM (what Excel writes); fields separated by `,` or by `;` (what Excel
+writes under Vietnamese regional settings, where `,` is the decimal mark), told apart by the
+header row. Parsing is pure; the rest talks to the store.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def parse_sites(
 ) -> list[Site]:
     """Parse the registry CSV into Sites; raise SiteImportError listing every bad row."""
     text = text.lstrip("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter_of(text))
     rows = _rows(reader)
     header = _header(next(rows, None))
     sites: list[Site] = []
@@ -77,6 +79,12 @@ def parse_sites(
     if not sites:
         raise SiteImportError([(1, "no site rows after the header")])
     return sites
+
+
+def delimiter_of(text: str) -> str:
+    """`;` when the header row has more `;` than `,` (no column name holds either), else `,`."""
+    header = text.split("\n", 1)[0]
+    return ";" if header.count(";") > header.count(",") else ","
 
 
 def _rows(reader: Any) -> Iterator[list[str]]:
@@ -129,6 +137,16 @@ def _site(header: dict[str, int], row: list[str], new_key: Callable[[], str]) ->
         province=fields.get("province", ""),
         join_key=fields.get("join_key") or new_key(),
     )
+
+
+def check_site(fields: dict[str, str], join_key: str) -> Site:
+    """One hall from a form (code, name, village, commune, province) by the CSV's rules."""
+    names = REQUIRED + OPTIONAL[:-1]
+    header = {name: i for i, name in enumerate(names)}
+    site = _site(header, [str(fields.get(name) or "") for name in names], lambda: join_key)
+    if isinstance(site, str):
+        raise ValidationError(site, code="bad_field")
+    return dataclasses.replace(site, join_key=join_key)
 
 
 async def import_sites(store: Store, data: bytes) -> int:

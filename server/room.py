@@ -355,16 +355,18 @@ class ClassLive:
         if alerts:
             update["alerts"] = [alert.wire() for alert in alerts]
         for peer in list(self.peers):
-            if peer.role in WATCHERS:
-                peer.post(update)
+            if peer.role in WATCHERS:  # a commune moderator's totals: its communes' (peer.py)
+                scoped = peer.scope is not None
+                peer.post({**update, "totals": self.totals(peer.scope)} if scoped else update)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The full `sites` message a watcher gets when it connects."""
+    def snapshot(self, scope: frozenset[str] | None = None) -> dict[str, Any]:
+        """The full `sites` message a watcher gets when it connects (of the sites in `scope`:
+        a commune moderator's)."""
         sites = [state.wire() for state in self.sites.values()]
         return {
             "type": "sites",
             "sites": sites,
-            "totals": self.totals(),
+            "totals": self.totals(scope),
             "alerts": [a.wire() for a in self.alerts.open_alerts()],
             "incidents": [a.wire() for a in self.alerts.incidents(limit=500)],
         }
@@ -382,10 +384,11 @@ class ClassLive:
         ]
         return {"type": "backlog", "questions": questions, "help": help_open}
 
-    def totals(self) -> dict[str, int]:
-        states = self.sites.values()
+    def totals(self, scope: frozenset[str] | None = None) -> dict[str, int]:
+        """The class's totals (over the sites in `scope` only, when given)."""
+        states = [s for s in self.sites.values() if scope is None or s.code in scope]
         return {
-            "expected": len(self.sites),
+            "expected": len(states),
             "connected": sum(1 for s in states if s.status in CONNECTED),
             "playing": sum(1 for s in states if s.status == "playing"),
             "media": sum(1 for s in states if s.media),
@@ -401,7 +404,7 @@ class ClassLive:
         self.peers.add(peer)
         peer.post(self.welcome(peer))
         if peer.role in WATCHERS:
-            peer.post(self.snapshot())
+            peer.post(self.snapshot(peer.scope))
             if peer.role is not Role.LECTURER:
                 peer.post(await self.backlog())
 

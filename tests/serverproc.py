@@ -59,6 +59,7 @@ class LopsoServer:
         env: dict[str, str] | None = None,
         startup_timeout_s: float = 30.0,
         tls: tuple[Path, Path] | None = None,
+        addressing: list[str] | None = None,
     ) -> None:
         self.dir = Path(tmp_path)
         self.data = self.dir / "data"
@@ -66,6 +67,9 @@ class LopsoServer:
         self.port = free_port()
         self.media_port = free_port(socket.SOCK_DGRAM)
         self.tls = tls
+        self.addressing = addressing
+        """Flags that choose the HTTP host and media addresses; None: loopback for everything.
+        `[]` leaves `lopso serve`'s defaults (what scripts/serve does)."""
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.demo_sites = demo_sites
         self.extra_args = extra_args or []
@@ -88,19 +92,17 @@ class LopsoServer:
             "-m",
             "server",
             "serve",
-            "--host",
-            "127.0.0.1",
             "--port",
             str(self.port),
             "--data",
             str(self.data),
-            "--media-host",
-            "127.0.0.1",
             "--media-port",
             str(self.media_port),
-            "--announce",
-            "127.0.0.1",
         ]
+        if self.addressing is None:
+            args += ["--host", "127.0.0.1", "--media-host", "127.0.0.1", "--announce", "127.0.0.1"]
+        else:
+            args += self.addressing
         if self.tls:
             args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         if self.demo_sites:

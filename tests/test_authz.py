@@ -92,7 +92,7 @@ class Route:
     method: str
     path: str  # as registered (aiohttp's canonical form)
     expect: dict[str, int]
-    body: str | None = None  # "csv" | "class" | "checkin" | "sdp"
+    body: str | None = None  # "csv" | "class" | "hall" | "edit" | "checkin" | "sdp"
     url: str = ""  # concrete URL when filling in the path is not enough
     kind: str = "api"  # "api" (Bearer header) | "page" (?token=) | "ws"
     cluster_only: bool = False
@@ -115,9 +115,13 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/sites/import", registry_wide(200), body="csv"),
     Route("GET", "/api/sites", only(200, "admin", "moderator", "other_class")),
     Route("POST", "/api/sites/{code}/rotate", registry_wide(200), url="/api/sites/S3/rotate"),
+    Route("POST", "/api/sites/preview", registry_wide(200), body="csv"),
+    Route("PUT", "/api/sites/{code}", registry_wide(200), body="hall"),
     # classes
     Route("POST", "/api/sessions", registry_wide(201), body="class"),
+    Route("GET", "/api/sessions", only(200, "admin", "moderator", "other_class")),
     Route("GET", "/api/sessions/{sid}", only(200, *CLASS)),
+    Route("PATCH", "/api/sessions/{sid}", registry_wide(200), body="edit"),
     Route("GET", "/api/sessions/{sid}/links", only(200, *MODERATORS)),
     Route(
         "POST",
@@ -150,6 +154,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/site/{sid}/{site}", only(200, "admin", "site_a"), kind="page"),
     Route("GET", "/moderator/{sid}", only(200, *MODERATORS), kind="page"),
     Route("GET", "/checkin/{sid}/{site}", only(200, "admin", "site_a", "participant"), kind="page"),
+    # sign-in: a token signs nobody in (/admin without a session: the sign-in form)
+    Route("GET", "/login", everyone(200), kind="page"),
+    Route("POST", "/login", everyone(415), kind="page"),  # not a form
+    Route("POST", "/logout", everyone(200), kind="page"),  # -> the sign-in form
+    Route("GET", "/admin", everyone(200), kind="page"),  # -> the sign-in form
     # cluster: node tokens only (400: a node's offer that is not SDP; 404: no such link)
     Route("POST", "/relay/{sid}", only(400, denied=401, node=400), body="sdp", cluster_only=True),
     Route("GET", "/relay/{sid}/{rid}", only(404, denied=401, node=404), cluster_only=True),
@@ -200,6 +209,14 @@ def body_of(kind: str | None) -> tuple[bytes | None, dict[str, str]]:
     if kind == "class":
         data = {"title": "Lớp thử", "starts_at": "2026-11-26T02:00:00Z", "site_codes": ["S1"]}
         return json.dumps(data).encode(), {"Content-Type": "application/json"}
+    if kind == "hall":
+        return json.dumps({"name": "Nhà văn hóa thôn Ba"}).encode(), {
+            "Content-Type": "application/json"
+        }
+    if kind == "edit":
+        return json.dumps({"title": "Lớp thử, tên mới"}).encode(), {
+            "Content-Type": "application/json"
+        }
     if kind == "checkin":
         data = {"name": f"Người {uuid.uuid4().hex[:8]}"}
         return json.dumps(data).encode(), {"Content-Type": "application/json"}

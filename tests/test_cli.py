@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -98,6 +99,27 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     assert body["class"]["id"] == "dec1" and body["class"]["site_codes"] == ["TL-2"]
     assert [s["name"] for s in body["links"]["sites"]] == ["Nhà văn hóa thôn Đoài"]
 
+    short = lopso(
+        "class",
+        "create",
+        "--title",
+        "Chuyển đổi số",
+        "--starts-at",
+        "2026-12-01T01:00:00Z",
+        "--id",
+        "dec2",
+        "--public-url",
+        "https://lop.example.vn/",
+        data=data,
+    )
+    assert short.returncode == 0, short.stderr
+    halls = json.loads(short.stdout)["links"]["sites"]
+    assert [h["code"] for h in halls] == ["TL-1", "TL-2"]
+    for hall in halls:
+        assert hall["url"].startswith("https://lop.example.vn/site/dec2/")
+        assert re.fullmatch(r"https://lop\.example\.vn/j/[a-z2-9]{8}", hall["short_url"])
+    assert body["links"]["sites"][0]["short_url"].startswith("http://127.0.0.1:8080/j/")
+
     minted = lopso("token", "--class", "dec1", "--role", "site", "--site", "TL-2", data=data)
     assert minted.returncode == 0, minted.stderr
     secret = (data / SECRET_FILE).read_bytes()
@@ -113,6 +135,19 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     assert auth.verify(secret, fresh.stdout.strip()).k not in (None, claims.k)
     unknown = lopso("sites", "rotate", "NOPE", data=data)
     assert unknown.returncode == 1 and "NOPE" in unknown.stderr
+
+
+def test_serve_warns_when_links_would_point_at_loopback(tmp_path: Path) -> None:
+    warning = "links point at this machine's loopback address"
+    with LopsoServer(tmp_path / "a", demo_sites=1, extra_args=["--host", "0.0.0.0"]) as srv:
+        assert srv.demo["sites"][0]["url"].startswith("http://127.0.0.1:")
+        assert warning in srv.log() and "LOPSO_PUBLIC_URL" in srv.log()
+    public = ["--host", "0.0.0.0", "--public-url", "https://lop.example.vn"]
+    with LopsoServer(tmp_path / "b", demo_sites=1, extra_args=public) as srv:
+        assert srv.demo["sites"][0]["url"].startswith("https://lop.example.vn/site/")
+        assert warning not in srv.log()
+    with LopsoServer(tmp_path / "c", demo_sites=1) as srv:  # this machine only: links fit
+        assert warning not in srv.log()
 
 
 def test_token_needs_a_class_but_for_an_admin(tmp_path: Path) -> None:

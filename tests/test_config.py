@@ -148,18 +148,31 @@ def test_unwritable_data_dir(tmp_path: Path) -> None:
         load_config({"data_dir": blocker / "sub"}, env={})
 
 
-def test_default_announce_follows_the_host(tmp_path: Path) -> None:
+def test_default_announce_covers_what_a_browser_uses(tmp_path: Path) -> None:
+    from media.udp import local_addresses
     from server.config import lan_address
 
-    assert load_config({"data_dir": tmp_path}, env={}).announce == ()  # loopback: media's default
+    lan = lan_address()
+    loopback = load_config({"data_dir": tmp_path}, env={})
+    assert loopback.announce == (("127.0.0.1", lan) if lan else ("127.0.0.1",))
+    assert loopback.base_url == "http://127.0.0.1:8080"
     assert load_config({"data_dir": tmp_path, "host": "192.0.2.10"}, env={}).announce == (
         "192.0.2.10",
     )
     wildcard = load_config({"data_dir": tmp_path, "host": "0.0.0.0"}, env={})
-    lan = lan_address()
-    assert wildcard.announce == ((lan,) if lan else ())
-    if lan:
-        assert wildcard.base_url == f"http://{lan}:8080"  # links that LAN laptops can open
+    assert wildcard.announce == tuple(local_addresses(ipv6=True))  # IPv6 too: "::" media
+    assert lan is None or lan in wildcard.announce
+    assert not any(a.startswith(("127.", "fe80")) or a == "::1" for a in wildcard.announce)
+    if wildcard.announce:
+        assert wildcard.base_url == f"http://{wildcard.announce[0]}:8080"  # IPv4 comes first
+    ipv4_only = load_config(
+        {"data_dir": tmp_path, "host": "0.0.0.0", "media_host": "0.0.0.0"}, env={}
+    )
+    assert ipv4_only.announce == tuple(local_addresses(ipv6=False))
+    given = load_config(
+        {"data_dir": tmp_path, "host": "0.0.0.0", "announce": "198.51.100.7"}, env={}
+    )
+    assert given.announce == ("198.51.100.7",)  # --announce wins (a NAT'd server)
 
 
 def mode(path: Path) -> int:

@@ -337,7 +337,7 @@ def test_one_commune_workbook(report):
 )
 def test_csv_cells_a_spreadsheet_would_run_get_an_apostrophe(cell: object, written: object) -> None:
     """The rule web/static/js/csv.js copies for the moderator's links CSV."""
-    assert exports._csv_text(cell) == written
+    assert exports.csv_text(cell) == written
 
 
 @pytest.fixture(name="media_report")

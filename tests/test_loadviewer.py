@@ -215,7 +215,27 @@ async def test_churn_keeps_every_slot_right(sock):
         await asyncio.gather(*(v.close() for v in viewers))
 
 
-async def test_nominating_a_new_address_moves_the_stream(sock):
+def probe_answer(probe: bytes, source: tuple[str, int], pwd: str) -> bytes:
+    """A full agent's answer to our consent probe, signed with its password `pwd`."""
+    from aioice import stun
+
+    request = stun.parse_message(probe)
+    assert "ICE-CONTROLLED" in request.attributes  # a lite agent is never controlling
+    answer = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=request.transaction_id,
+    )
+    answer.attributes["XOR-MAPPED-ADDRESS"] = source
+    answer.add_message_integrity(pwd.encode())
+    answer.add_fingerprint()
+    return bytes(answer)
+
+
+async def test_media_moves_to_a_new_address_only_after_its_consent(sock):
+    """A check from a third address (spoofed, or replayed: it authenticates) gets its STUN
+    answer and a consent probe, never the media; an answer to the probe signed with the wrong
+    password changes nothing; the right answer (only the peer knows its password) moves it."""
     import socket
 
     from media import ice
@@ -224,22 +244,40 @@ async def test_nominating_a_new_address_moves_the_stream(sock):
     moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     moved.bind(("127.0.0.1", 0))
     moved.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def receive() -> bytes:
+        return await asyncio.wait_for(loop.sock_recv(moved, 2048), 2)
+
     try:
         ep = await connect(sock, viewer)
+        first = ep.remote_address
         fanout = sock.fanout()
         fanout.add(ep, 96)
         fanout.send(rtp(1))
         await wait_for(lambda: viewer.counters.packets == 1)
         _, check = ice.binding_request(viewer.ufrag, ep.local_ufrag, ep.local_pwd, 7)
-        moved.sendto(check, ("127.0.0.1", sock.port))
-        loop = asyncio.get_running_loop()
-        assert (await asyncio.wait_for(loop.sock_recv(moved, 2048), 2))[0] == 1  # STUN success
-        assert ep.remote_address == moved.getsockname()
+        server = ("127.0.0.1", sock.port)
+        moved.sendto(check, server)
+        replies = [await receive(), await receive()]
+        kinds = sorted(int.from_bytes(r[:2], "big") for r in replies)
+        assert kinds == [ice.BINDING_REQUEST, ice.BINDING_SUCCESS]  # the answer and a probe
+        probe = next(r for r in replies if r[:2] == b"\x00\x01")
+        assert ice.parse(probe).attributes["USERNAME"] == f"{viewer.ufrag}:{ep.local_ufrag}"
+        assert ep.remote_address == first  # not moved by the check alone
         fanout.send(rtp(2))
-        datagram = await asyncio.wait_for(loop.sock_recv(moved, 2048), 2)
-        assert datagram[0] == 0x80 and len(datagram) == len(rtp(2)) + 16
+        await wait_for(lambda: viewer.counters.packets == 2)  # media stays with the viewer
+        moved.sendto(probe_answer(probe, moved.getsockname(), "x" * 24), server)
+        moved.sendto(b"\x80\xc9" + bytes(40), server)  # RTCP-looking junk: not SRTCP
+        await asyncio.sleep(0.2)
+        assert ep.remote_address == first
+        moved.sendto(probe_answer(probe, moved.getsockname(), viewer.pwd), server)
+        await wait_for(lambda: ep.remote_address == moved.getsockname())
+        fanout.send(rtp(3))
+        datagram = await receive()
+        assert datagram[0] == 0x80 and len(datagram) == len(rtp(3)) + 16
         await asyncio.sleep(0.1)
-        assert viewer.counters.packets == 1
+        assert viewer.counters.packets == 2
     finally:
         moved.close()
         await viewer.close()

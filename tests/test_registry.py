@@ -33,6 +33,27 @@ def test_bom_and_crlf_from_excel(encoding: str) -> None:
     assert sites[0].code == "HY-TL-001" and sites[1].province == "Hưng Yên"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_semicolons_from_excel_in_vietnamese_settings(encoding: str) -> None:
+    text = (
+        "code;name;village;commune;province\r\n"
+        "HY-TL-001;Nhà văn hóa thôn Đông, xóm 1;Thôn Đông;Xã Tiên Lữ;Hưng Yên\r\n"
+        'HY-HN-002;"Tổ 3; Hiến Nam";Tổ 3;Phường Hiến Nam;Hưng Yên\r\n'
+    )
+    sites = parse_sites(decode_csv(text.encode(encoding)), new_key=keys())
+    assert [(s.code, s.name, s.commune) for s in sites] == [
+        ("HY-TL-001", "Nhà văn hóa thôn Đông, xóm 1", "Xã Tiên Lữ"),
+        ("HY-HN-002", "Tổ 3; Hiến Nam", "Phường Hiến Nam"),
+    ]
+
+
+def test_semicolon_file_names_its_bad_lines() -> None:
+    text = "code;name;commune\nA1;Thôn A;Xã X\nbad code;Thôn B;Xã X\nA3;;Xã X\n"
+    with pytest.raises(SiteImportError) as caught:
+        parse_sites(text)
+    assert [line for line, _ in caught.value.problems] == [3, 4]
+
+
 def test_columns_in_any_order_with_join_key_and_blank_lines() -> None:
     text = "Name,CODE,join_key\nNhà văn hóa thôn Bắc,B1,secret-1\n\n,,\nNhà văn hóa thôn Nam,B2,\n"
     sites = parse_sites(text, new_key=lambda: "gen")

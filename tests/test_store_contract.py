@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, Role, ShortLink, Site, User
 from server.store.embedded import EmbeddedStore
 from tests import redisproc
 from tests.redisproc import RedisProcess
@@ -92,6 +92,24 @@ async def test_sites_upsert_get_list(store):
     assert await store.get_sites(codes) == many[::-1]
 
 
+async def test_short_links_put_get(store, make_store):
+    links = [ShortLink(f"c{i:07d}", "class-1", f"HY-{i:03d}") for i in range(600)]
+    await store.put_short_links(links)
+    await store.put_short_links([])  # nothing to write: no error
+    assert await store.get_short_link("c0000007") == links[7]
+    assert await store.get_short_link("zzzzzzzz") is None
+    await store.put_short_links(links[:2])  # written again (the codes are derived): unchanged
+    assert await store.get_short_link("c0000001") == links[1]
+    await store.close()
+    reopened = make_store()  # kept across a restart
+    await reopened.open()
+    try:
+        assert await reopened.get_short_link("c0000599") == links[599]
+    finally:
+        await reopened.close()
+    await store.open()
+
+
 async def test_sessions_put_get_list(store):
     s1 = ClassSession(
         "c1", "Chuyên đề 1", starts_at=1764122400.123456, site_codes=("A", "B"), created_at=1.5
@@ -113,6 +131,21 @@ async def test_sessions_put_get_list(store):
     await store.put_session(ended)
     assert await store.get_session("c1") == ended
     assert len(await store.list_sessions()) == 2
+
+
+async def test_users_put_get_list_remove(store):
+    ana = User("ana", Role.MODERATOR, "$argon2id$x", communes=("Xã Tân Lập", "B"), created_at=1.5)
+    root = User("root", Role.ADMIN, "$argon2id$y")
+    await store.put_user(root)
+    await store.put_user(ana)
+    assert await store.get_user("ana") == ana
+    assert await store.get_user("nobody") is None
+    assert [u.name for u in await store.list_users()] == ["ana", "root"]
+    await store.put_user(User("ana", Role.MODERATOR, "$argon2id$z"))  # replaced, not added
+    assert (await store.get_user("ana")).password_hash == "$argon2id$z"
+    assert await store.remove_user("ana") is True
+    assert await store.remove_user("ana") is False
+    assert [u.name for u in await store.list_users()] == ["root"]
 
 
 # ledger -----------------------------------------------------------------------------------

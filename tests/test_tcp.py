@@ -137,12 +137,12 @@ async def test_garbage_over_tcp_is_dropped_and_unclaimed_connections_are_closed(
     reader, writer = await asyncio.open_connection("127.0.0.1", sock.port)
     dropped = sock.dropped
     _, check = ice.binding_request("nobody", "unknown", "x" * 22, 1)
-    for frame in (b"\x00", check, b"\x17" * 40, b"\x80" * 30):
+    for frame in (b"\x00", b"\x01", check, b"\x17" * 40, b"\x80" * 30):
         writer.write(FRAME.pack(len(frame)) + frame)
     writer.write(b"\x00\x00")  # an empty frame is skipped
     writer.write(b"\x00\x10\x01")  # a frame cut short waits for its bytes
     await writer.drain()
-    await wait_for(lambda: sock.dropped >= dropped + 4)
+    await wait_for(lambda: sock.dropped >= dropped + 5)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # the sweep closed it
     writer.close()
 

@@ -91,7 +91,7 @@ def test_batch_ipv6():
 async def test_udp_socket_reads_and_survives_a_failing_handler():
     got: list[tuple[bytes, tuple[str, int]]] = []
 
-    def handler(data: bytes, addr: tuple[str, int]) -> None:
+    def handler(data: bytes, addr: tuple[str, int], local: str | None) -> None:
         if data == b"boom":
             raise RuntimeError("handler bug")
         got.append((data, addr))
@@ -125,13 +125,13 @@ async def test_a_capped_send_buffer_is_reported(caplog):
     asked = 1 << 30  # far above any net.core.wmem_max
     for size, warned in ((asked, True), (64 * 1024, False)):
         caplog.clear()
-        udp = UdpSocket(lambda d, a: None, buffer_size=size)
+        udp = UdpSocket(lambda d, a, local: None, buffer_size=size)
         udp.open()
         assert udp.warn_if_buffer_capped() == warned
         udp.close()
         messages = [r.getMessage() for r in caplog.records if r.name == "media.udp"]
         assert any("wmem_max" in m for m in messages) == warned
-    default = UdpSocket(lambda d, a: None, buffer_size=None)  # the kernel's own sizes
+    default = UdpSocket(lambda d, a, local: None, buffer_size=None)  # the kernel's own sizes
     default.open()
     try:
         assert not default.warn_if_buffer_capped()
@@ -140,11 +140,45 @@ async def test_a_capped_send_buffer_is_reported(caplog):
 
 
 async def test_bind_conflict_is_a_udp_error():
-    first = UdpSocket(lambda d, a: None)
+    first = UdpSocket(lambda d, a, local: None)
     first.open()
     try:
-        second = UdpSocket(lambda d, a: None, port=first.address[1])
+        second = UdpSocket(lambda d, a, local: None, port=first.address[1])
         with pytest.raises(UdpError, match="cannot bind"):
             second.open()
     finally:
         first.close()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+async def test_replies_leave_from_the_address_the_datagram_reached(host):
+    """127.0.0.2 is this machine too: a datagram sent there is answered from there, by
+    sendto and by the sendmmsg fan-out, never from the address the kernel would pick."""
+    got: list[tuple[bytes, tuple[str, int], str | None]] = []
+    udp = UdpSocket(lambda d, a, local: got.append((d, a, local)), host=host)
+    udp.open()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert udp.pktinfo
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(2)
+        port = udp.address[1]
+        for local in ("127.0.0.2", "127.0.0.1"):
+            got.clear()
+            peer.sendto(b"check", (local, port))
+            for _ in range(200):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            assert got == [(b"check", peer.getsockname(), local)]  # IPv4, even on "::"
+            assert udp.sendto(b"answer", peer.getsockname(), local)
+            assert peer.recvfrom(100) == (b"answer", (local, port))
+            batch = MmsgBatch(Libc(), capacity=2)
+            batch.slots[0][0:5] = b"media"
+            batch.set_length(0, 5)
+            batch.set_address(0, batch.address(peer.getsockname(), local, udp.family))
+            assert batch.send(udp.fd, 1) == 1
+            assert peer.recvfrom(100) == (b"media", (local, port))
+    finally:
+        peer.close()
+        udp.close()

@@ -19,7 +19,9 @@ from server.app import (
     authorize_request,
     claims_of,
     client_address,
+    commune_scope,
     session_or_404,
+    visible_sites,
 )
 from server.checkin import Checkin, CheckinError, parse_checkin, refuse_closed
 from server.demo import class_links
@@ -96,7 +98,7 @@ async def list_sites(request: web.Request) -> web.Response:
     claims = claims_of(request)
     if claims.role not in (Role.ADMIN, Role.MODERATOR):
         raise ForbiddenError("only an admin or a moderator may list sites", code="wrong_role")
-    sites = await request.app[STATE].store.list_sites()
+    sites = visible_sites(claims, await request.app[STATE].store.list_sites())
     return web.json_response({"sites": [site_wire(s) for s in sites]})
 
 
@@ -169,7 +171,9 @@ async def get_session(request: web.Request) -> web.Response:
 async def end_session(request: web.Request) -> web.Response:
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.END_CLASS, sid)
+    claims = authorize_request(request, Action.END_CLASS, sid)
+    if commune_scope(claims) is not None:  # it would end the class for every commune
+        raise ForbiddenError("a commune moderator may not end the class", code="wrong_commune")
     before = await session_or_404(state.store, sid)
     session = await state.hub.end_class(before)  # the summary goes out once (hub.on_ended_here)
     await close_class_media(state, sid)  # here at once; other nodes on the `ended` broadcast
@@ -192,10 +196,15 @@ async def session_links(request: web.Request) -> web.Response:
     sid = request.match_info["sid"]
     claims = authorize_request(request, Action.LINKS, sid)
     session = await session_or_404(state.store, sid)
-    sites = await state.hub.expected_sites(session)
+    sites = visible_sites(claims, await state.hub.expected_sites(session))
+    if commune_scope(claims) is not None and not sites:
+        raise ForbiddenError("no hall of this class is in your communes", code="wrong_commune")
     # A moderator may not publish, so it is never handed a token that may (roles.py).
     presenter = may(claims.role, Action.PUBLISH)
-    return web.json_response(class_links(state.config, session, sites, presenter=presenter))
+    links = class_links(state.config, session, sites, presenter=presenter)
+    if commune_scope(claims) is not None:  # the class's moderator link would see every hall
+        links.pop("moderator", None)
+    return web.json_response(links)
 
 
 # --- participant check-in -------------------------------------------------------------------
@@ -245,7 +254,7 @@ async def _report(request: web.Request) -> tuple[Any, ClassSession]:
 
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.EXPORT, sid)
+    claims = authorize_request(request, Action.EXPORT, sid)
     session = await session_or_404(state.store, sid)
     await state.hub.room(session)  # rebuilt, lost connections closed, before reading
     sites = await state.store.list_sites()
@@ -253,10 +262,15 @@ async def _report(request: web.Request) -> tuple[Any, ClassSession]:
     commune = request.query.get("commune")
     if commune is not None:
         check_text(commune, "commune", 200)
+    scope = commune_scope(claims)  # a commune moderator's report holds their halls only
+    if scope is not None and commune is not None and commune not in scope:
+        raise ForbiddenError(f"commune {commune} is not yours", code="wrong_commune")
 
     def derive() -> Any:  # seconds for 5,000 sites: off the event loop
         report = attendance.derive(session, sites, events, time.time())
-        return exports.report_for_commune(report, commune) if commune else report
+        if commune:
+            return exports.report_for_commune(report, commune)
+        return report if scope is None else exports.report_for_communes(report, scope)
 
     try:
         return await asyncio.to_thread(derive), session

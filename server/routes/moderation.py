@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from server import attendance, exports, incidents
-from server.app import STATE, authorize_request, session_or_404
-from server.errors import UnknownError, ValidationError
+from server.app import STATE, authorize_request, commune_scope, session_or_404
+from server.errors import ForbiddenError, UnknownError, ValidationError
 from server.fields import check_text
 from server.hub import ClassLive, site_wire
 from server.models import ClassSession, EventKind
@@ -27,19 +27,26 @@ CLASS_KINDS = (EventKind.CLASS_STARTED, EventKind.CLASS_ENDED)
 MAX_LIMIT = 5000
 
 
-async def _room(request: web.Request) -> tuple[ClassSession, ClassLive]:
-    """Authorize a moderator (or admin) for the class; its live room on this node."""
+async def _room(request: web.Request, code: str | None = None) -> tuple[ClassSession, ClassLive]:
+    """Authorize a moderator (or admin) for the class (and site `code`: a commune moderator
+    only of its communes); its live room on this node."""
     state = request.app[STATE]
     sid = request.match_info["sid"]
-    authorize_request(request, Action.MODERATE, sid)
+    claims = authorize_request(request, Action.MODERATE, sid)
     session = await session_or_404(state.store, sid)
-    return session, await state.hub.room(session)
+    room = await state.hub.room(session)
+    scope = commune_scope(claims)
+    if scope is not None:
+        site = room.registry.get(code) if code is not None else None
+        if site is None or site.commune not in scope:  # the class-wide log is everyone's
+            raise ForbiddenError("only the sites of your communes", code="wrong_commune")
+    return session, room
 
 
 async def site_detail(request: web.Request) -> web.Response:
     """Everything the wall's drill-down panel shows about one site."""
-    session, room = await _room(request)
     code = request.match_info["site"]
+    session, room = await _room(request, code)
     site = room.registry.get(code)
     if site is None:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
@@ -71,10 +78,10 @@ def _limit(request: web.Request) -> int:
 
 async def class_incidents(request: web.Request) -> web.Response:
     """Open alerts and the incident log of the class (or of `?site=`), most recent first."""
-    session, room = await _room(request)
     code = request.query.get("site") or None
     if code is not None:
         check_text(code, "site", 64)
+    session, room = await _room(request, code)
     if code is not None and code not in room.sites:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     limit = _limit(request)

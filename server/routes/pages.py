@@ -25,6 +25,7 @@ from server.errors import UnknownError, ValidationError, describe
 from server.models import ClassSession, Role, Site
 from server.peer import session_wire
 from server.roles import Action
+from server.routes.signin import signed_in
 from server.timetable import checkin_link_expiry
 from server.turn import ice_servers
 
@@ -32,11 +33,15 @@ log = logging.getLogger(__name__)
 PageHandler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def render(request: web.Request, name: str, page: dict[str, Any]) -> web.Response:
+def render(
+    request: web.Request, name: str, page: dict[str, Any], view: dict[str, Any] | None = None
+) -> web.Response:
+    """The page's template with its config `page` (also handed to its script) and `view`
+    (what only the template reads: large, or of no use to the script)."""
     state = request.app[STATE]
     lang = page.get("lang") or pick_lang(request)
     template = state.templates.get_template(f"{name}.html")
-    html = template.render(lang=lang, t=state.catalogue(lang), page=page)
+    html = template.render(lang=lang, t=state.catalogue(lang), page=page, view=view or {})
     return web.Response(
         text=html,
         content_type="text/html",
@@ -178,7 +183,13 @@ async def moderator(request: web.Request) -> web.Response:
         xlsx_url=f"{base}.xlsx{suffix}",
         json_url=f"{base}{suffix}",
         links_url=f"/api/sessions/{quote(session.id)}/links",
+        hall_links_url=f"/api/classes/{quote(session.id)}/hall-links{suffix}&format=csv",
+        cards_url=f"/classes/{quote(session.id)}/cards{suffix}&lang={page['lang']}",
+        end_url=f"/api/sessions/{quote(session.id)}/end",
     )
+    found = signed_in(request)
+    if found is not None:  # opened from /admin: its fetches carry the session's CSRF token
+        page["csrf"] = found[1]
     return render(request, "moderator", page)
 
 

@@ -32,7 +32,7 @@ from server.app import (
     site_viewers,
 )
 from server.checkin import CheckinError, parse_checkin
-from server.errors import UnknownError, ValidationError, describe
+from server.errors import ForbiddenError, UnknownError, ValidationError, describe
 from server.fields import check_text
 from server.metrics import Metrics
 from server.models import Role, Site
@@ -111,8 +111,11 @@ def number(data: dict[str, Any], key: str) -> float | None:
 
 
 def site_of(ctx: Context, code: Any) -> str:
+    scope = ctx.peer.scope
     if not isinstance(code, str) or code not in ctx.room.sites:
         raise UnknownError(f"site {code!r} is not in this class", code="unknown_site")
+    if scope is not None and code not in scope:
+        raise ForbiddenError(f"site {code} is not in your communes", code="wrong_commune")
     return code
 
 
@@ -225,9 +228,16 @@ async def on_message(ctx: Context, data: dict[str, Any]) -> None:
         raise ValidationError(
             'to must be {"site": code}, {"commune": name} or {"all": true}', code="bad_field"
         )
-    await ctx.room.broadcast(
-        target, {"type": "message", "text": body, "from": ctx.claims.role.value}
-    )
+    message = {"type": "message", "text": body, "from": ctx.claims.role.value}
+    communes = ctx.claims.communes
+    if communes is not None:  # a commune moderator speaks to its own communes only
+        if target.get("commune", communes[0]) not in communes:
+            raise ForbiddenError("that commune is not yours", code="wrong_commune")
+        if target.get("all"):
+            for commune in communes:
+                await ctx.room.broadcast({"commune": commune}, message)
+            return
+    await ctx.room.broadcast(target, message)
 
 
 async def on_command(ctx: Context, data: dict[str, Any]) -> None:
@@ -358,7 +368,10 @@ async def _serve(
 ) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
-    peer = Peer(room.session.id, claims.role, site)
+    scope = None
+    if claims.communes is not None:  # a signed-in commune moderator: its communes' sites
+        scope = frozenset(c for c, s in room.registry.items() if s.commune in claims.communes)
+    peer = Peer(room.session.id, claims.role, site, scope)
     writer = asyncio.create_task(_write(ws, peer))
     connected = state.metrics.websockets.labels(claims.role.value)
     connected.inc()

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, Role, ShortLink, Site, User
 
 _KINDS = {kind.value: kind for kind in EventKind}
 
@@ -83,6 +83,16 @@ def site_from_json(text: str | bytes) -> Site:
     return Site(**json.loads(text))
 
 
+def short_link_to_json(link: ShortLink) -> str:
+    """A short join link as JSON text."""
+    return dumps(dataclasses.asdict(link))
+
+
+def short_link_from_json(text: str | bytes) -> ShortLink:
+    """Inverse of `short_link_to_json`."""
+    return ShortLink(**json.loads(text))
+
+
 def session_to_json(session: ClassSession) -> str:
     """A class as JSON text."""
     raw = dataclasses.asdict(session)
@@ -95,6 +105,22 @@ def session_from_json(text: str | bytes) -> ClassSession:
     raw = json.loads(text)
     raw["site_codes"] = tuple(raw.get("site_codes", ()))
     return ClassSession(**raw)
+
+
+def user_to_json(user: User) -> str:
+    """An account as JSON text (the password hash included: the store is trusted)."""
+    raw = dataclasses.asdict(user)
+    raw["role"] = user.role.value
+    raw["communes"] = list(user.communes)
+    return dumps(raw)
+
+
+def user_from_json(text: str | bytes) -> User:
+    """Inverse of `user_to_json`."""
+    raw = json.loads(text)
+    raw["role"] = Role(raw["role"])
+    raw["communes"] = tuple(raw.get("communes", ()))
+    return User(**raw)
 
 
 def node_to_json(node: NodeInfo) -> str:

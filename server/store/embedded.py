@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from server import files
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site, User
 from server.store import codec, sqlite_ledger
 from server.store.base import StoreError
 from server.store.subscription import Subscription, SubscriptionHub
@@ -256,7 +256,33 @@ class EmbeddedStore:
         bodies = await self._read(sqlite_ledger.select_bodies, "sessions")
         return [codec.session_from_json(b) for b in bodies]
 
+    # short join links ---------------------------------------------------------------------
+
+    async def put_short_links(self, links: Iterable[ShortLink]) -> None:
+        rows = [(link.code, codec.short_link_to_json(link)) for link in links]
+        if rows:
+            await self._write(lambda ledger: ledger.upsert("short_links", rows))
+
+    async def get_short_link(self, code: str) -> ShortLink | None:
+        bodies = await self._read(sqlite_ledger.select_bodies, "short_links", code)
+        return codec.short_link_from_json(bodies[0]) if bodies else None
+
     # ledger -------------------------------------------------------------------------------
+
+    async def put_user(self, user: User) -> None:
+        rows = [(user.name, codec.user_to_json(user))]
+        await self._write(lambda ledger: ledger.upsert("users", rows))
+
+    async def get_user(self, name: str) -> User | None:
+        bodies = await self._read(sqlite_ledger.select_bodies, "users", name)
+        return codec.user_from_json(bodies[0]) if bodies else None
+
+    async def list_users(self) -> list[User]:
+        bodies = await self._read(sqlite_ledger.select_bodies, "users")
+        return [codec.user_from_json(b) for b in bodies]
+
+    async def remove_user(self, name: str) -> bool:
+        return await self._write(lambda ledger: ledger.delete("users", name))
 
     async def append(self, event: Event) -> Event:
         """Store the event durably (idempotent on event.id) and return it with its seq."""

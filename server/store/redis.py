@@ -26,7 +26,7 @@ from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, ShortLink, Site, User
 from server.store import codec, redis_scripts
 from server.store.base import StoreError
 from server.store.durability import WANTED, Persistence
@@ -164,6 +164,16 @@ class RedisStore:
 
     # classes ------------------------------------------------------------------------------
 
+    async def put_short_links(self, links: Iterable[ShortLink]) -> None:
+        mapping = {link.code: codec.short_link_to_json(link) for link in links}
+        if mapping:
+            key = self._key("short_links")
+            await self._call(lambda: self._redis.hset(key, mapping=mapping))  # type: ignore[arg-type]
+
+    async def get_short_link(self, code: str) -> ShortLink | None:
+        body = await self._call(lambda: self._redis.hget(self._key("short_links"), code))
+        return None if body is None else codec.short_link_from_json(body)
+
     async def put_session(self, session: ClassSession) -> None:
         body = codec.session_to_json(session)
         await self._call(lambda: self._redis.hset(self._key("sessions"), session.id, body))
@@ -175,6 +185,24 @@ class RedisStore:
     async def list_sessions(self) -> list[ClassSession]:
         bodies = await self._call(lambda: self._redis.hgetall(self._key("sessions")))
         return [codec.session_from_json(bodies[k]) for k in sorted(bodies)]
+
+    # accounts -----------------------------------------------------------------------------
+
+    async def put_user(self, user: User) -> None:
+        body = codec.user_to_json(user)
+        await self._call(lambda: self._redis.hset(self._key("users"), user.name, body))
+
+    async def get_user(self, name: str) -> User | None:
+        body = await self._call(lambda: self._redis.hget(self._key("users"), name))
+        return None if body is None else codec.user_from_json(body)
+
+    async def list_users(self) -> list[User]:
+        bodies = await self._call(lambda: self._redis.hgetall(self._key("users")))
+        return [codec.user_from_json(bodies[k]) for k in sorted(bodies)]
+
+    async def remove_user(self, name: str) -> bool:
+        removed = await self._call(lambda: self._redis.hdel(self._key("users"), name))
+        return bool(removed)
 
     # ledger -------------------------------------------------------------------------------
 

@@ -32,7 +32,16 @@ CREATE TABLE IF NOT EXISTS checkins (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sites (code TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS short_links (code TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, body TEXT NOT NULL) WITHOUT ROWID;
 """
+
+KEYS = {
+    "sites": "code",
+    "sessions": "id",
+    "short_links": "code",
+    "users": "name",
+}  # table -> key column
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -124,14 +133,19 @@ class Ledger:
         return stored
 
     def upsert(self, table: str, rows: Sequence[tuple[str, str]]) -> int:
-        """Insert or replace (key, body) rows in `sites` or `sessions`."""
-        key = {"sites": "code", "sessions": "id"}[table]
+        """Insert or replace (key, body) rows in `sites`, `sessions`, `short_links` or `users`."""
+        key = KEYS[table]
         self.conn.executemany(
             f"INSERT INTO {table} ({key}, body) VALUES (?, ?) "
             f"ON CONFLICT({key}) DO UPDATE SET body = excluded.body",
             rows,
         )
         return len(rows)
+
+    def delete(self, table: str, key: str) -> bool:
+        """Delete the row with `key` from `users` (True when there was one)."""
+        column = KEYS[table]
+        return self.conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,)).rowcount > 0
 
     def _next_seq(self, session_id: str) -> int:
         last = self._last_seq.get(session_id)
@@ -174,8 +188,8 @@ def select_sites(conn: sqlite3.Connection, codes: list[str]) -> dict[str, str]:
 
 
 def select_bodies(conn: sqlite3.Connection, table: str, key: str | None = None) -> list[str]:
-    """Bodies of `sites` or `sessions`, all of them or the one with `key`."""
-    column = {"sites": "code", "sessions": "id"}[table]
+    """Bodies of `sites`, `sessions`, `short_links` or `users`, all of them or the one with `key`."""
+    column = KEYS[table]
     if key is None:
         return [r[0] for r in conn.execute(f"SELECT body FROM {table} ORDER BY {column}")]
     return [r[0] for r in conn.execute(f"SELECT body FROM {table} WHERE {column} = ?", (key,))]

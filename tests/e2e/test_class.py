@@ -288,6 +288,7 @@ def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
             "no_media",
             "offline",
             "never_joined",
+            "ended",
         )
     }
     dynamic |= {f"alert_{k}" for k in ("not_joined", "offline", "poor", "help")}
@@ -679,6 +680,14 @@ def test_moderator_downloads_every_sites_link(lopso: Any, browser_pages: Any) ->
     raw = pathlib.Path(info.value.path()).read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
-    urls = {row[0]: row[3] for row in rows[1:]}
+    assert rows[0] == ["code", "name", "village", "commune", "short_url", "url"]
+    urls = {row[0]: row[5] for row in rows[1:]}
     for s in lopso.demo["sites"]:
         assert urls[s["code"]].startswith(lopso.url + "/site/"), urls
+    # The halls' CSV carries no staff link; those are their own download.
+    assert "/moderator/" not in raw.decode() and "/studio/" not in raw.decode()
+    with moderator.expect_download() as info:
+        moderator.click("#export-staff-links")
+    staff = list(csv.reader(io.StringIO(pathlib.Path(info.value.path()).read_text("utf-8-sig"))))
+    assert [row[0] for row in staff] == ["role", "moderator"]  # a moderator never gets the studio
+    assert "/moderator/" in staff[1][2] and "/site/" not in str(staff)

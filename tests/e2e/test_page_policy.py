@@ -95,6 +95,8 @@ def test_links_csv_keeps_a_formula_named_hall_as_text(lopso: Any, browser_pages:
     with open(download.value.path(), encoding="utf-8-sig", newline="") as f:
         rows = list(csv.reader(io.StringIO(f.read())))
     by_code = {r[0]: r for r in rows[1:]}
-    assert by_code[code][1] == "'" + hostile and by_code[code][2] == "'@SUM(A1)"
+    assert rows[0] == ["code", "name", "village", "commune", "short_url", "url"]  # the halls'
+    assert by_code[code][1] == "'" + hostile and by_code[code][3] == "'@SUM(A1)"
     assert by_code[demo["sites"][0]["code"]][1].startswith("Nhà văn hóa")  # others untouched
-    assert by_code[code][3].startswith(lopso.url + "/site/")  # links are not escaped
+    assert by_code[code][5].startswith(lopso.url + "/site/")  # links are not escaped
+    assert by_code[code][4].startswith(lopso.url + "/j/")

@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.e2e.test_class import assert_frames_rising, frames, wait_state
 
-REVOKED_VI = "Đường dẫn này đã được thay."
+REVOKED_VI = "Đường link này đã được thay."
 
 
 def rotate(lopso: Any, code: str) -> dict[str, Any]:

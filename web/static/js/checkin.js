@@ -1,5 +1,5 @@
 // Participant check-in from a phone (3G, cheap Android): one small form, one POST.
-import { $, loadStrings, readPageConfig, setText, t, wireLangSwitch } from "./i18n.js";
+import { $, errorText, loadStrings, readPageConfig, setText, t, wireLangSwitch } from "./i18n.js";
 
 /** POST JSON with the page's token; the answer body, or an Error carrying status and code. */
 async function postJson(url, token, body) {
@@ -62,7 +62,7 @@ async function submit(page, url) {
     } else if (!err.status) {
       setText(result, t("error_offline"));
     } else {
-      setText(result, t("error_generic", { message: err.message || err.code }));
+      setText(result, errorText(err));
     }
   } finally {
     $("submit").disabled = false;

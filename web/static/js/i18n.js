@@ -77,6 +77,70 @@ export function clock(value, lang) {
   }
 }
 
+/** The page's locale for numbers and dates: its <html lang> (the page's language). */
+function pageLocale() {
+  return document.documentElement.lang === "en" ? "en-GB" : "vi-VN";
+}
+
+/** @type {Record<string, Intl.NumberFormat>} */
+const numberFormats = {};
+
+function numberFormat(style, digits) {
+  const key = pageLocale() + " " + style + " " + digits;
+  if (!numberFormats[key]) {
+    numberFormats[key] = new Intl.NumberFormat(pageLocale(), { style: style, maximumFractionDigits: digits });
+  }
+  return numberFormats[key];
+}
+
+/**
+ * A number as the page's language writes it ("0,9", "1.234" in Vietnamese), at most `digits`
+ * decimals (default 1); "–" when there is none.
+ * @param {any} value @param {number} [digits] @returns {string}
+ */
+export function formatNumber(value, digits) {
+  if (typeof value !== "number" || !isFinite(value)) return "–";
+  return numberFormat("decimal", digits === undefined ? 1 : digits).format(value);
+}
+
+/**
+ * A percentage given as 0–100, as the page's language writes it ("61,6%"); "–" when none.
+ * @param {any} value @returns {string}
+ */
+export function formatPercent(value) {
+  if (typeof value !== "number" || !isFinite(value)) return "–";
+  return numberFormat("percent", 1).format(value / 100);
+}
+
+/** A time with its date in Asia/Ho_Chi_Minh: "08:00 ngày 03/12/2026" / "08:00, 03/12/2026". */
+export function dateTime(value, lang) {
+  const time = clock(value, lang);
+  if (!time) return "";
+  const d = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  let date;
+  try {
+    date = d.toLocaleDateString(lang === "en" ? "en-GB" : "vi-VN",
+      { day: "2-digit", month: "2-digit", year: "numeric", timeZone: "Asia/Ho_Chi_Minh" });
+  } catch (e) {
+    date = d.toISOString().slice(0, 10);
+  }
+  return t("date_time", { time: time, date: date });
+}
+
+/**
+ * An error from the server or the network, in the page's language: the catalogue's sentence for
+ * its code; else a generic one (the server's English message only on an English page).
+ * @param {any} err @returns {string}
+ */
+export function errorText(err) {
+  const code = err && err.code ? String(err.code) : "";
+  if (code && Object.prototype.hasOwnProperty.call(strings, "error_" + code)) return strings["error_" + code];
+  if (document.documentElement.lang === "en") {
+    return t("error_generic", { message: (err && err.message) || String(err) });
+  }
+  return code ? t("error_with_code", { code: code }) : t("error_generic_title");
+}
+
 /** Show a short notice in #toast for a few seconds. */
 export function toast(text, ms) {
   const el = document.getElementById("toast");

@@ -3,8 +3,11 @@
 // to a site / a commune / all, reconnect commands and exports. The time spent on each server
 // batch (script + style + layout, measured in the page) is kept in window.lopso.metrics.
 import { csvDocument } from "./csv.js";
-import { Channel, apiRequest } from "./protocol.js";
-import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import { Channel, apiRequest, setCsrfToken } from "./protocol.js";
+import {
+  $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast,
+  wireLangSwitch,
+} from "./i18n.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
@@ -17,15 +20,17 @@ function main() {
   loadStrings();
   wireLangSwitch();
   const page = readPageConfig();
+  setCsrfToken(page.csrf); // opened from /admin: signed in, no token
   const wall = new Wall($("wall"), page.lang);
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
-  const state = { page: page, wall: wall, selected: "", totals: {}, live: false, metrics: metrics,
+  const state = { page: page, wall: wall, selected: "", totals: {}, live: false, ended: false, metrics: metrics,
     channel: new Channel(page.ws_url), help: new Map(), questions: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
     detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
   window.lopso = {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
+    get ended() { return state.ended; },
     get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
@@ -37,6 +42,7 @@ function main() {
     // Tests and drills may feed server messages straight in (e.g. a 5,000-site snapshot).
     feed: function (msg) { state.channel.emit(msg.type, msg); },
   };
+  if ($("starts-at")) setText($("starts-at"), dateTime($("starts-at").getAttribute("data-iso"), page.lang));
   wall.onSelect = function (code) { select(state, code); };
   wireChannel(state);
   wireControls(state);
@@ -66,13 +72,14 @@ function wireChannel(state) {
   });
   ch.on("welcome", function (msg) {
     state.live = !!msg.live;
-    setLiveBadge(state, msg.ended ? "ended" : undefined);
+    if (msg.ended) showEnded(state);
+    else setLiveBadge(state);
   });
   ch.on("live", function (msg) {
     state.live = !!msg.live;
     setLiveBadge(state);
   });
-  ch.on("class_ended", function () { setLiveBadge(state, "ended"); });
+  ch.on("class_ended", function () { showEnded(state); });
   ch.on("sites", function (msg) {
     const sites = msg.sites || [];
     measured(state, function () {
@@ -110,9 +117,22 @@ function wireChannel(state) {
   });
 }
 
+/** The class has ended (here or elsewhere): badge, tiles and alerts say so, no reload needed. */
+function showEnded(state) {
+  state.ended = true;
+  state.live = false;
+  setLiveBadge(state);
+  state.wall.setEnded();
+  state.alerts.clear(); // nothing is still to be done about a hall of an ended class
+  drawAlerts(state);
+  showTotals(state);
+  $("end-class").disabled = true;
+  $("panel-end").hidden = true;
+}
+
 function setLiveBadge(state, override) {
   const el = $("live-state");
-  const s = override || (state.live ? "playing" : "waiting");
+  const s = state.ended ? "ended" : override || (state.live ? "playing" : "waiting");
   el.setAttribute("data-state", s);
   const key = { playing: "mod_live", waiting: "mod_not_live", reconnecting: "state_reconnecting",
     ended: "site_ended" }[s];
@@ -120,7 +140,7 @@ function setLiveBadge(state, override) {
 }
 
 function fmt(state, n) {
-  return Number(n || 0).toLocaleString(state.page.lang === "en" ? "en" : "vi");
+  return formatNumber(Number(n || 0), 0);
 }
 
 function showTotals(state, totals) {
@@ -151,7 +171,7 @@ function takeAlerts(state, alerts, logOnly) {
   const log = state.incidentMap;
   for (const a of alerts) {
     if (!logOnly) {
-      if (a.open) state.alerts.set(a.id, a);
+      if (a.open && !state.ended) state.alerts.set(a.id, a);
       else state.alerts.delete(a.id);
     }
     log.set(a.id, a);
@@ -239,7 +259,9 @@ function fillCommunes(state) {
   const keep = filter.value;
   while (filter.options.length > 1) filter.remove(1);
   const target = $("msg-target");
-  while (target.options.length > 1) target.remove(1);
+  const keepTarget = target.value;
+  const groups = target.querySelectorAll("optgroup");
+  for (let i = 0; i < groups.length; i++) groups[i].remove();
   const group = document.createElement("optgroup");
   group.label = t("field_commune");
   for (const name of names) {
@@ -253,6 +275,8 @@ function fillCommunes(state) {
     group.appendChild(to);
   }
   target.appendChild(group);
+  target.value = keepTarget; // a hall chosen for a message stays chosen across snapshots
+  if (target.selectedIndex < 0) target.value = "all";
   if (keep && state.wall.communes.has(keep)) filter.value = keep;
 }
 
@@ -291,7 +315,7 @@ function refreshDetail(state, force) {
     state.detail = body;
     showRecord(state, body);
   }).catch(function (err) {
-    setText($("detail-more"), t("error_generic", { message: err.message || err }));
+    setText($("detail-more"), errorText(err));
   });
 }
 
@@ -318,7 +342,7 @@ function showLive(state, s) {
     [t("field_headcount"), fmtNum(s.headcount) + " / " + t("field_peak") + " " + fmtNum(s.peak_headcount)],
     [t("field_quality"), s.quality ? t("quality_" + s.quality) : "–"],
     ["RTT", fmtNum(s.rtt_ms, " ms")],
-    [t("loss"), fmtNum(s.loss_pct, " %")],
+    [t("loss"), formatPercent(s.loss_pct)],
     [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
     [t("field_rejoins"), fmtNum(s.rejoins)],
     [t("site_media_label"), t("site_media_" + (s.media_mode === "audio_only" ? "audio_only" : "auto"))],
@@ -368,8 +392,8 @@ function showRecord(state, body) {
     [t("field_attendance"), t("attendance_" + r.status)],
     [t("field_first_join"), r.first_join ? clock(r.first_join, lang) : "–"],
     [t("field_last_leave"), r.last_leave ? clock(r.last_leave, lang) : (r.connected_now ? t("mod_still_here") : "–")],
-    [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + fmtNum(r.connected_pct, " %")],
-    [t("field_page_open"), t("mod_minutes", { n: fmtNum(r.page_minutes) }) + " · " + fmtNum(r.page_pct, " %")],
+    [t("field_connected"), t("mod_minutes", { n: fmtNum(r.connected_minutes) }) + " · " + formatPercent(r.connected_pct)],
+    [t("field_page_open"), t("mod_minutes", { n: fmtNum(r.page_minutes) }) + " · " + formatPercent(r.page_pct)],
     [t("field_poor_time"), t("mod_minutes", { n: fmtNum(r.poor_seconds / 60) })],
     [t("field_headcounts"), [r.headcount.start, r.headcount.mid, r.headcount.end].map(function (v) { return fmtNum(v); }).join(" / ")],
   ]);
@@ -420,7 +444,7 @@ function showRecord(state, body) {
 }
 
 function fmtNum(v, unit) {
-  return typeof v === "number" ? String(Math.round(v * 10) / 10) + (unit || "") : "–";
+  return typeof v === "number" ? formatNumber(v) + (unit || "") : "–";
 }
 
 // ---- help and questions ------------------------------------------------------------------
@@ -475,7 +499,7 @@ async function resolveHelp(state, msg, btn) {
     if (state.selected === msg.site) refreshDetail(state, true);
   } catch (err) {
     btn.disabled = false;
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
   }
 }
 
@@ -507,7 +531,7 @@ function addQuestion(state, msg) {
       btn.textContent = t("mod_forwarded");
     } catch (err) {
       btn.disabled = false;
-      toast(t("error_generic", { message: err.message || err }));
+      toast(errorText(err));
     }
   });
   const dismiss = document.createElement("button");
@@ -521,7 +545,7 @@ function addQuestion(state, msg) {
       closeQuestion(state, msg.question_id);
     } catch (err) {
       dismiss.disabled = false;
-      toast(t("error_generic", { message: err.message || err }));
+      toast(errorText(err));
     }
   });
   li.appendChild(btn);
@@ -546,7 +570,9 @@ function targetSite(state, code) {
   if (!opt) {
     opt = document.createElement("option");
     opt.setAttribute("data-site", "1");
-    select.insertBefore(opt, select.options[1] || null);
+    // After "all", before the communes' <optgroup>: options[1] may sit inside that group,
+    // and inserting before a grandchild throws (the message then went to every hall).
+    select.insertBefore(opt, select.children[1] || null);
   }
   opt.value = "site:" + code;
   opt.textContent = siteLabel(state, code);
@@ -568,7 +594,21 @@ async function sendMessage(state) {
     setText(result, t("mod_message_sent"));
     $("msg-text").value = "";
   } catch (err) {
-    setText(result, t("error_generic", { message: err.message || err }));
+    setText(result, errorText(err));
+  }
+}
+
+async function endClass(state) {
+  const button = $("end-confirm");
+  button.disabled = true;
+  setText($("end-result"), t("sending"));
+  try {
+    await apiRequest(state.page.end_url, state.page.token, { method: "POST" });
+    showEnded(state); // the class_ended broadcast follows; either one is enough
+  } catch (err) {
+    setText($("end-result"), errorText(err));
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -578,27 +618,27 @@ async function reconnectSite(state) {
     await state.channel.call({ type: "command", site: state.selected, action: "reconnect" });
     toast(t("mod_reconnect_sent"));
   } catch (err) {
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
   }
 }
 
-/** The class's links (one per site) as a CSV the organisers can send to each hall. */
-async function downloadLinks(state) {
+/** The staff's links (moderator; lecturer for an admin) as a CSV: never to send to halls,
+ * whose links are the "hall links" export. */
+async function downloadStaffLinks(state) {
   let links;
   try {
     links = await apiRequest(state.page.links_url, state.page.token);
   } catch (err) {
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
     return;
   }
-  const rows = [["code", "name", "commune", "url"]];
-  for (const s of links.sites || []) rows.push([s.code, s.name, s.commune || "", s.url]);
-  rows.push(["lecturer", t("studio_title"), "", links.lecturer ? links.lecturer.url : ""]);
-  rows.push(["moderator", t("mod_title"), "", links.moderator ? links.moderator.url : ""]);
+  const rows = [["role", "name", "url"]];
+  if (links.lecturer) rows.push(["lecturer", t("studio_title"), links.lecturer.url]);
+  if (links.moderator) rows.push(["moderator", t("mod_title"), links.moderator.url]);
   const text = csvDocument(rows); // a hall named "=HYPERLINK(...)" stays text in Excel
   const a = document.createElement("a");
   a.href = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
-  a.download = "lopso-" + state.page.sid + "-links.csv";
+  a.download = "lopso-" + state.page.sid + "-staff-links.csv";
   document.body.appendChild(a);
   a.click();
   setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
@@ -655,7 +695,16 @@ function wireControls(state) {
   });
   $("detail-message").addEventListener("click", function () { targetSite(state, state.selected); });
   $("detail-reconnect").addEventListener("click", function () { reconnectSite(state); });
-  if ($("export-links")) $("export-links").addEventListener("click", function () { downloadLinks(state); });
+  if ($("export-staff-links")) {
+    $("export-staff-links").addEventListener("click", function () { downloadStaffLinks(state); });
+  }
+  $("end-class").addEventListener("click", function () {
+    setText($("end-result"), "");
+    $("panel-end").hidden = false;
+    $("end-cancel").focus();
+  });
+  $("end-cancel").addEventListener("click", function () { $("panel-end").hidden = true; });
+  $("end-confirm").addEventListener("click", function () { endClass(state); });
 }
 
 main();

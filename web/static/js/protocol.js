@@ -64,18 +64,32 @@ async function httpErrorFrom(resp) {
   return new HttpError(resp.status, code, message);
 }
 
+/** The CSRF token of a signed-in page (page config `csrf`), sent with every change. */
+let csrfToken = "";
+/** @param {string} token from the page config of a signed-in page */
+export function setCsrfToken(token) { csrfToken = token || ""; }
+
 /**
- * JSON request with a bearer token. Throws HttpError on a non-2xx answer.
- * @param {string} url @param {string} token @param {{method?: string, body?: any}} [opts]
+ * JSON request with a bearer token; an empty token means the sign-in cookie (then the CSRF
+ * token goes along). Throws HttpError on a non-2xx answer.
+ * @param {string} url @param {string} token
+ * @param {{method?: string, body?: any, text?: string, contentType?: string}} [opts]
  * @returns {Promise<any>}
  */
 export async function apiRequest(url, token, opts) {
   const o = opts || {};
-  const headers = { "Authorization": "Bearer " + token };
-  const init = { method: o.method || "GET", headers: headers };
+  /** @type {Record<string, string>} */
+  const headers = {};
+  if (token) headers["Authorization"] = "Bearer " + token;
+  if (csrfToken) headers["X-CSRF-Token"] = csrfToken;
+  /** @type {RequestInit} */
+  const init = { method: o.method || "GET", headers: headers, credentials: "same-origin" };
   if (o.body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(o.body);
+  } else if (o.text !== undefined) {
+    headers["Content-Type"] = o.contentType || "text/csv";
+    init.body = o.text;
   }
   const resp = await fetch(url, init);
   if (!resp.ok) throw await httpErrorFrom(resp);

@@ -6,7 +6,7 @@
 import {
   Backoff, Channel, HttpError, StatsSampler, WhxSession, qualityMessage, rtcConfig, sleep,
 } from "./protocol.js";
-import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import { $, dateTime, errorText, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
 
 const STALL_MS = 5000; // live but no new frame this long → stalled
 const STALL_RECONNECT_MS = 12000; // stalled this long → new WHEP connection
@@ -105,7 +105,7 @@ function exposeForTests(player) {
 
 function fillStartTime(page) {
   const el = $("starts-at");
-  if (el) setText(el, clock(el.getAttribute("data-iso"), page.lang));
+  if (el) setText(el, dateTime(el.getAttribute("data-iso"), page.lang));
 }
 
 // ---- signalling --------------------------------------------------------------------------
@@ -538,13 +538,6 @@ async function sendAcked(player, msg, resultEl) {
     setText(resultEl, errorText(err));
     return null;
   }
-}
-
-function errorText(err) {
-  const code = err && err.code ? err.code : "error";
-  const key = "error_" + code;
-  const text = t(key);
-  return text === key ? t("error_generic", { message: err && err.message ? err.message : code }) : text;
 }
 
 async function submitHeadcount(player) {

@@ -6,7 +6,9 @@ import {
   Backoff, Channel, HttpError, StatsSampler, WhxSession, apiRequest, preferVideoCodec, rtcConfig,
   sleep,
 } from "./protocol.js";
-import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import {
+  $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch,
+} from "./i18n.js";
 
 const WIDTH = 1280;
 const HEIGHT = 720;
@@ -42,6 +44,8 @@ async function main() {
   loadStrings();
   wireLangSwitch();
   const studio = new Studio(readPageConfig());
+  const start = $("starts-at");
+  if (start) setText(start, dateTime(start.getAttribute("data-iso"), studio.page.lang));
   window.lopso = {
     get state() { return studio.state; },
     get totals() { return studio.totals; },
@@ -345,7 +349,7 @@ async function endClass(studio) {
     await apiRequest("/api/sessions/" + encodeURIComponent(studio.page.sid) + "/end",
       studio.page.token, { method: "POST", body: {} });
   } catch (err) {
-    toast(t("error_generic", { message: err.message || err }));
+    toast(errorText(err));
     return;
   }
   stopLive(studio);
@@ -372,9 +376,9 @@ async function showStats(studio) {
   try {
     const q = await studio.sampler.sample();
     studio.framesSent = q.frames_sent;
-    let text = (q.kbps === null ? "…" : q.kbps) + " kbit/s · " + Math.round(q.fps) + " fps";
-    if (q.rtt_ms !== null) text += " · RTT " + Math.round(q.rtt_ms) + " ms";
-    if (q.loss_pct) text += " · " + t("loss") + " " + q.loss_pct + "%";
+    let text = (q.kbps === null ? "…" : formatNumber(q.kbps, 0)) + " kbit/s · " + formatNumber(q.fps, 0) + " fps";
+    if (q.rtt_ms !== null) text += " · RTT " + formatNumber(q.rtt_ms, 0) + " ms";
+    if (q.loss_pct) text += " · " + t("loss") + " " + formatPercent(q.loss_pct);
     setText($("pub-stats"), text);
   } catch (e) { /* closed meanwhile */ }
 }
@@ -413,7 +417,7 @@ function mergeSites(studio, msg) {
   const tot = studio.totals;
   setText($("c-connected"), tot.connected + " / " + tot.expected);
   setText($("c-playing"), tot.playing);
-  setText($("c-people"), Number(tot.people || 0).toLocaleString(studio.page.lang === "en" ? "en" : "vi"));
+  setText($("c-people"), formatNumber(tot.people || 0, 0));
   setText($("c-help"), tot.help_open || 0);
 }
 

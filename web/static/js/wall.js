@@ -2,11 +2,11 @@
 // groups) → site (one small tile). Built for 5,000 tiles: a `sites` snapshot builds the DOM
 // once; each `sites_update` touches only the changed tiles, their communes' counters and the
 // province counters (kept incrementally, never recounted over 5,000 sites).
-import { clock, setText, t } from "./i18n.js";
+import { clock, formatNumber, setText, t } from "./i18n.js";
 
 /** Tile classes, best first: the colour of a tile and the keys of the counters. */
 export const WALL_CLASSES = ["good", "non_optimal", "poor", "lost", "waiting", "connecting",
-  "no_media", "offline", "never_joined"];
+  "no_media", "offline", "never_joined", "ended"];
 const CONNECTING = { connecting: 1, reconnecting: 1, stalled: 1, error: 1 };
 /** Page statuses that mean "no picture yet": with no media seen by the server, "no_media". */
 const STARTING = { connecting: 1, error: 1 };
@@ -16,11 +16,14 @@ const MEDIA = { playing: 1, reconnecting: 1, stalled: 1 };
  * One colour per tile, from status and quality: never joined, offline, waiting (connected,
  * class not live), page open with no media (the page is connecting or in error and the
  * server sends its player nothing: `media` false), connecting (recovering), else the quality.
- * @param {any} site @returns {string}
+ * Once the class has ended, every hall that joined is "ended" (never joined stays so).
+ * @param {any} site @param {boolean} [ended] @returns {string}
  */
-export function wallClass(site) {
+export function wallClass(site, ended) {
   const status = site.status || "never_joined";
-  if (status === "never_joined" || status === "offline" || status === "waiting") return status;
+  if (status === "never_joined") return status;
+  if (ended) return "ended";
+  if (status === "offline" || status === "waiting") return status;
   if (STARTING[status] && site.media === false) return "no_media";
   if (MEDIA[status] && site.quality) return site.quality;
   if (CONNECTING[status]) return "connecting";
@@ -38,7 +41,7 @@ function addCounts(counts, site, klass, sign) {
   counts[klass] += sign;
   if (site.help_open > 0) counts.help += sign;
   if (typeof site.headcount === "number") counts.people += sign * site.headcount;
-  if (klass !== "offline" && klass !== "never_joined") counts.connected += sign;
+  if (klass !== "offline" && klass !== "never_joined" && klass !== "ended") counts.connected += sign;
 }
 
 /** "Nhà văn hóa thôn Đông" → "thôn Đông": the tile is small, the prefix is on every site. */
@@ -59,6 +62,7 @@ export class Wall {
     this.shown = 0;
     this.filter = { text: "", status: "", quality: "", commune: "", help: false, alert: null };
     this.compact = false;
+    this.ended = false;
     this.onSelect = null;
     this.selected = "";
     root.addEventListener("click", (ev) => this.onClick(ev));
@@ -113,6 +117,17 @@ export class Wall {
     }
     touched.forEach((g) => { this.drawCommune(g); this.filterCommune(g); });
     return sites.length;
+  }
+
+  /** The class has ended: every tile and counter shows it, without a new snapshot. */
+  setEnded() {
+    if (this.ended) return;
+    this.ended = true;
+    for (const tile of this.tiles.values()) {
+      this.patchTile(tile, tile.site);
+      this.filterTile(tile);
+    }
+    this.communes.forEach((g) => { this.drawCommune(g); this.filterCommune(g); });
   }
 
   setCompact(on) {
@@ -176,7 +191,7 @@ export class Wall {
   /** Write only what changed into the tile's DOM, and move the counters. */
   patchTile(tile, site) {
     const old = tile.site;
-    const klass = wallClass(site);
+    const klass = wallClass(site, this.ended);
     if (tile.klass) {
       addCounts(this.counts, old, tile.klass, -1);
       addCounts(tile.commune.counts, old, tile.klass, -1);
@@ -207,14 +222,14 @@ export class Wall {
       else el.removeAttribute("data-path");
     }
     if (old.headcount !== site.headcount) {
-      setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: site.headcount }) : "");
+      setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: formatNumber(site.headcount, 0) }) : "");
     }
   }
 
   drawCommune(g) {
     const c = g.counts;
-    setText(g.stats, t("mod_commune_stats", { playing: c.good + c.non_optimal + c.poor + c.lost,
-      connected: c.connected, expected: c.total, people: c.people }));
+    setText(g.stats, t("mod_commune_stats", { playing: formatNumber(c.good + c.non_optimal + c.poor + c.lost, 0),
+      connected: formatNumber(c.connected, 0), expected: formatNumber(c.total, 0), people: formatNumber(c.people, 0) }));
     // A bar of the tile classes present: readable even when the group is collapsed.
     if (!g.chips) g.chips = this.makeChips(g.bar);
     for (const k of WALL_CLASSES) this.setChip(g.chips[k], c[k], String(c[k]));
@@ -321,7 +336,7 @@ function tileTitle(site, lang) {
   if (site.media === false && site.status !== "never_joined" && site.status !== "offline") {
     parts.push(t("wall_no_media"));
   }
-  if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: site.headcount }));
+  if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: formatNumber(site.headcount, 0) }));
   if (site.media_mode === "audio_only") parts.push(t("site_media_audio_only"));
   if (site.path) parts.push(t("path_" + site.path));
   if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
