@@ -41,28 +41,36 @@ def free_port() -> int:
 class TurnProcess:
     """One turnserver child process listening on 127.0.0.1, relaying from `relay_ip`."""
 
-    def __init__(self, directory: Path, secret: str, relay_ip: str = "127.0.0.2") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        secret: str,
+        relay_ip: str = "127.0.0.2",
+        listening_ip: str = "127.0.0.1",
+        port: int | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.secret = secret
         self.relay_ip = relay_ip
-        self.port = free_port()
+        self.listening_ip = listening_ip
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.directory / "turnserver.log"
 
     @property
     def url(self) -> str:
-        return f"turn:127.0.0.1:{self.port}?transport=udp"
+        return f"turn:{self.listening_ip}:{self.port}?transport=udp"
 
     @property
     def tcp_url(self) -> str:
-        return f"turn:127.0.0.1:{self.port}?transport=tcp"
+        return f"turn:{self.listening_ip}:{self.port}?transport=tcp"
 
     def config(self) -> str:
         low = 20000 + (self.port % 400) * 100  # a private relay range per instance
         return "\n".join(
             [
                 f"listening-port={self.port}",
-                "listening-ip=127.0.0.1",
+                f"listening-ip={self.listening_ip}",
                 f"relay-ip={self.relay_ip}",
                 f"min-port={low}",
                 f"max-port={low + 99}",
@@ -84,15 +92,19 @@ class TurnProcess:
             ]
         )
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start turnserver and wait until it listens on TCP."""
+    def command(self) -> list[str]:
+        """Write the config; the command that runs coturn with it (e.g. in a lab namespace)."""
         if not Path(TURNSERVER).exists():
             pytest.skip("coturn is not installed (Debian package coturn, see scripts/test)")
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "turnserver.conf"
         conf.write_text(self.config())
+        return [TURNSERVER, "-c", str(conf)]
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start turnserver and wait until it listens on TCP."""
         self.proc = subprocess.Popen(
-            [TURNSERVER, "-c", str(conf)],
+            self.command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -102,7 +114,7 @@ class TurnProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"turnserver exited: {self.tail()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection((self.listening_ip, self.port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
