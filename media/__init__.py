@@ -13,13 +13,15 @@ media/ knows nothing of sites, roles, tokens or Redis; server/ drives it through
     publisher = await lecture.relay_from(signal)   # edge: pull from another node's lecture,
                                                    # signal(offer) -> its subscribe answer
     viewer.stats()         # -> ViewerStats (packets/bytes sent, loss, jitter, rtt, nacks, plis,
-                           #    retransmits, state, video_paused, video_pauses)
+                           #    retransmits, state, video_paused, video_pauses, path)
+    viewer.path            # "udp" | "tcp" (ICE-TCP on the media port) | "turn" (a TURN relay
+                           #    at one of MediaConfig.relay_hosts) | None before its first check
     viewer.set_audio_only(True)   # the site's choice; video also pauses by itself while the
                                   # link loses >= 20 % (retried with backoff) or sends no RTCP
     lecture.stats()        # -> LectureStats (live, viewers, packets/bytes in, rate, keyframe
                            #    requests sent upstream, publishers so far)
     viewer.on_close = cb     # cb(viewer), once, when its transport dies or it is closed
-    viewer.on_flow = cb      # cb(FlowChange(flowing, ago_s, reason)): media flows (connected,
+    viewer.on_flow = cb      # cb(FlowChange(flowing, ago_s, reason, path)): media flows (connected,
                              #    heard from) or stopped (unheard for MediaConfig.media_silence_s,
                              #    or closed); `viewer.flowing` is the current state
     publisher.on_close = cb  # cb(publisher), once, when it is closed, replaced or its link dies

@@ -13,6 +13,8 @@
 Datagrams are demultiplexed per RFC 7983: STUN goes to the endpoint named by the USERNAME
 (after MESSAGE-INTEGRITY verifies), everything else to the endpoint owning the source address.
 Every reply leaves from the local address the peer's datagrams reached (media.udp).
+The same port number also listens on TCP (ICE-TCP, media.tcp): its frames go through the same
+demultiplexer, so an endpoint may be reached over UDP, TCP or a TURN relay (`Endpoint.path`).
 
 Consent before redirecting (RFC 7675's intent): a peer's first verified check gives its
 address; media moves to another address only once that address has shown consent: it answered
@@ -35,13 +37,18 @@ from media.dtls import DtlsError, DtlsIdentity, DtlsSession
 from media.errors import MediaError, SdpError
 from media.fanout import BATCH, MAX_RTP, Fanout
 from media.srtp import FastProtector, SrtpContext, SrtpError
-from media.udp import WILDCARDS, Libc, UdpSocket, local_addresses
+from media.tcp import TcpListener, is_tcp
+from media.udp import WILDCARDS, Libc, UdpError, UdpSocket, local_addresses
 
 __all__ = ["BATCH", "MAX_RTP", "Endpoint", "Fanout", "MediaSocket"]
 
 logger = logging.getLogger(__name__)
 
 LIVENESS_PERIOD = 1.0
+PORT_TRIES = 8
+"""Ephemeral UDP ports tried until the same TCP port number is free too."""
+TCP_PRIORITY = (126 << 24) + ((4 << 13) + 8191 << 8) + 255
+"""RFC 6544 host candidate, `tcptype passive` (direction preference 4): below every UDP one."""
 PROBES_PER_ENDPOINT = 8
 """Addresses awaiting consent kept per endpoint (the oldest is forgotten past this)."""
 COUNTERS = (
@@ -67,6 +74,9 @@ class MediaSocket:
         *,
         consent_timeout: float = 30.0,
         fast_srtp: bool = True,
+        tcp: bool = True,
+        udp_candidates: bool = True,
+        relay_hosts: Sequence[str] = (),
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -77,6 +87,11 @@ class MediaSocket:
         self.protector = FastProtector()
         self.protector.available = self.protector.available and fast_srtp
         self.udp = UdpSocket(self._on_datagram, host, port)
+        self.tcp = TcpListener(self._on_datagram, self._on_tcp_lost) if tcp else None
+        self.udp_candidates = udp_candidates
+        """False only in tests that stand for a hall whose firewall drops UDP."""
+        self.relay_hosts = frozenset(relay_hosts)
+        """Addresses TURN servers relay from: a peer seen there reached us through TURN."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_ufrag: dict[str, Endpoint] = {}
         self._by_addr: dict[tuple[str, int], Endpoint] = {}
@@ -89,9 +104,23 @@ class MediaSocket:
         """Datagrams dropped: garbage, unknown source, failed STUN authentication."""
 
     async def start(self) -> None:
-        """Bind the socket (port 0 = ephemeral) and start the liveness timer."""
+        """Bind the UDP socket (port 0 = ephemeral) and the TCP listener on the same address
+        and port number, and start the liveness timer."""
         self.loop = asyncio.get_running_loop()
-        self.udp.open()
+        for attempt in range(PORT_TRIES):
+            self.udp.open()
+            if self.tcp is None:
+                break
+            host, port = self.udp.address
+            try:
+                await self.tcp.open(host, port)
+                break
+            except OSError as exc:
+                self.udp.close()
+                if self._requested_port or attempt == PORT_TRIES - 1:
+                    raise UdpError(
+                        f"cannot listen on TCP {host}:{port} for ICE-TCP: {exc.strerror or exc}"
+                    ) from exc
         self.udp.warn_if_buffer_capped()
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
 
@@ -102,6 +131,8 @@ class MediaSocket:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.tcp is not None:
+            await self.tcp.close()
         self.udp.close()
 
     @property
@@ -110,16 +141,26 @@ class MediaSocket:
         return self.udp.address[1]
 
     def candidates(self) -> list[str]:
-        """Values for "a=candidate:" lines, one host candidate per announced address (bound to
-        a wildcard and announcing nothing: every local address, loopback last)."""
+        """Values for "a=candidate:" lines: per announced address (bound to a wildcard and
+        announcing nothing: every local address, loopback last) a UDP host candidate and, with
+        ICE-TCP, a passive TCP one (RFC 6544: the port listened on; browsers connect to it)."""
         hosts = self._announce or [self._host]
         if not self._announce and self._host in WILDCARDS:
             ipv6 = self.udp.family == socket.AF_INET6
             hosts = [*local_addresses(ipv6), "127.0.0.1", *(["::1"] if ipv6 else [])]
         port = self.port
-        return [
-            f"{i + 1} 1 udp {2130706431 - i} {host} {port} typ host" for i, host in enumerate(hosts)
-        ]
+        lines = []
+        if self.udp_candidates:
+            lines += [
+                f"{i + 1} 1 udp {2130706431 - i} {host} {port} typ host"
+                for i, host in enumerate(hosts)
+            ]
+        if self.tcp is not None:
+            lines += [
+                f"{i + 101} 1 tcp {TCP_PRIORITY - (i << 8)} {host} {port} typ host tcptype passive"
+                for i, host in enumerate(hosts)
+            ]
+        return lines
 
     @property
     def fingerprint(self) -> tuple[str, str]:
@@ -145,8 +186,19 @@ class MediaSocket:
         return Fanout(self)
 
     def send(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> bool:
-        """Send one datagram from the shared socket (from local address `local` if given)."""
+        """Send one datagram from the shared socket (from local address `local` if given), or
+        one frame to a TCP peer."""
+        if addr[0][0] == "t" and self.tcp is not None:  # "tcp:...": no IP address starts so
+            return self.tcp.send(data, addr)
         return self.udp.sendto(data, addr, local)
+
+    def path_of(self, addr: tuple[str, int] | None) -> str | None:
+        """How a peer at `addr` reaches us: "udp", "tcp" (ICE-TCP) or "turn" (a relay)."""
+        if addr is None:
+            return None
+        if is_tcp(addr):
+            return "tcp"
+        return "turn" if addr[0] in self.relay_hosts else "udp"
 
     def claim(self, endpoint: Endpoint, addr: tuple[str, int]) -> None:
         """Route datagrams from `addr` to `endpoint` (its first check, or consent given)."""
@@ -179,11 +231,19 @@ class MediaSocket:
         for addr in endpoint.addresses:
             if self._by_addr.get(addr) is endpoint:
                 del self._by_addr[addr]
+                if self.tcp is not None and is_tcp(addr):
+                    self.tcp.drop(addr)
         endpoint.addresses.clear()
         for txid in [t for t, (e, _) in self._probes.items() if e is endpoint]:
             del self._probes[txid]
         for addr in [a for a, e in self._pending.items() if e is endpoint]:
             del self._pending[addr]
+
+    def _on_tcp_lost(self, addr: tuple[str, int]) -> None:
+        endpoint = self._by_addr.pop(addr, None)
+        if endpoint is not None:
+            endpoint.addresses.discard(addr)
+        self._pending.pop(addr, None)
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> None:
         if data[0] < 4:
@@ -200,7 +260,7 @@ class MediaSocket:
         endpoint.on_datagram(data, addr)
 
     def _on_stun(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
-        if data[0] == 1 and data[1] == 1:  # a binding success: the answer to a consent probe
+        if data[:2] == b"\x01\x01":  # a binding success: the answer to a consent probe
             self._on_probe_answer(data, addr, local)
             return
         try:
@@ -216,7 +276,8 @@ class MediaSocket:
         ):
             self.dropped += 1
             return
-        self.send(ice.binding_success(request, addr, endpoint.local_pwd), addr, local)
+        mapped = (addr[0][4:], addr[1]) if is_tcp(addr) else addr  # the peer's real address
+        self.send(ice.binding_success(request, mapped, endpoint.local_pwd), addr, local)
         endpoint.on_binding(addr, request.use_candidate, local)
 
     def _on_probe_answer(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
@@ -244,6 +305,8 @@ class MediaSocket:
                 endpoint.fail("no consent check or RTCP")
             elif endpoint.state != "connected" and now - endpoint.created > self.consent_timeout:
                 endpoint.fail("ICE or DTLS did not complete")  # checks alone keep last_seen fresh
+        if self.tcp is not None:
+            self.tcp.sweep(lambda a: a in self._by_addr or a in self._pending)
         assert self.loop is not None
         self._timer = self.loop.call_later(LIVENESS_PERIOD, self._check_liveness)
 
@@ -329,9 +392,15 @@ class Endpoint:
             **self._counters,
             "state": self.state,
             "remote_address": self.remote_address,
+            "path": self.path,
             "dtls_role": self._dtls.role,
             "srtp_profile": self.srtp.profile_name.decode() if self.srtp else None,
         }
+
+    @property
+    def path(self) -> str | None:
+        """How the peer reaches us now: "udp", "tcp" or "turn" (None before its first check)."""
+        return self._sock.path_of(self.remote_address)
 
     def close(self) -> None:
         """Close the transport (sends a DTLS close_notify); idempotent."""

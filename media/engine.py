@@ -16,12 +16,20 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MediaConfig:
     """Where the one UDP socket binds, which addresses its candidates announce, and how long
-    a viewer may stay unheard before its media counts as stopped (`Viewer.on_flow`)."""
+    a viewer may stay unheard before its media counts as stopped (`Viewer.on_flow`).
+
+    `tcp`: also listen for ICE-TCP on the same port number (halls whose firewall drops UDP).
+    `udp_candidates`: False announces only TCP candidates (tests that stand for such a hall).
+    `relay_hosts`: the addresses TURN servers relay from, so a viewer's path reads "turn".
+    """
 
     host: str = "0.0.0.0"
     port: int = 0
     announce: tuple[str, ...] | list[str] = field(default_factory=tuple)
     media_silence_s: float = MEDIA_SILENCE
+    tcp: bool = True
+    udp_candidates: bool = True
+    relay_hosts: tuple[str, ...] = ()
 
 
 class MediaEngine:
@@ -29,7 +37,14 @@ class MediaEngine:
 
     def __init__(self, config: MediaConfig) -> None:
         self.config = config
-        self.socket = MediaSocket(config.host, config.port, tuple(config.announce))
+        self.socket = MediaSocket(
+            config.host,
+            config.port,
+            tuple(config.announce),
+            tcp=config.tcp,
+            udp_candidates=config.udp_candidates,
+            relay_hosts=config.relay_hosts,
+        )
         self.lectures: dict[str, Lecture] = {}
         self.started = False
 

@@ -5,8 +5,8 @@
     video.send(rtp_packet)            # one sendmmsg per 64 viewers, SRTP per viewer
     video.send_rtcp(sender_report)    # the stream's shared SR, SRTCP per viewer
 
-Members whose SRTP context is not a raw libsrtp handle (pylibsrtp's Session fallback) are sent
-one datagram at a time.
+Members whose SRTP context is not a raw libsrtp handle (pylibsrtp's Session fallback), and
+members reached over ICE-TCP (media.tcp: a framed write per packet), are sent one at a time.
 """
 
 from __future__ import annotations
@@ -170,6 +170,9 @@ class Fanout:
         active = endpoint in self._where or endpoint in self._slow
         if not wanted:
             self._deactivate(endpoint)
+        elif active and (endpoint in self._slow) != self._needs_slow(endpoint):
+            self._deactivate(endpoint)  # moved between UDP and TCP: change lanes
+            self._activate(endpoint, pt)
         elif not active:
             self._activate(endpoint, pt)
         elif endpoint in self._where:  # the peer's address may have moved
@@ -187,8 +190,7 @@ class Fanout:
     def _activate(self, endpoint: Endpoint, pt: int) -> None:
         self._marks[endpoint] = (self.packets, self.payload_bytes)
         self._payload_types[pt] = self._payload_types.get(pt, 0) + 1
-        srtp = endpoint.srtp
-        if not self._sock.protector.available or srtp is None or srtp.tx_handle is None:
+        if self._needs_slow(endpoint):
             self._slow[endpoint] = pt
             return
         if not self._owners or len(self._owners[-1]) == BATCH:
@@ -199,6 +201,16 @@ class Fanout:
         b, i = len(self._owners) - 1, len(self._owners[-1])
         self._owners[b].append(endpoint)
         self._entries[b].append(self._place(endpoint, pt, b, i))
+
+    def _needs_slow(self, endpoint: Endpoint) -> bool:
+        srtp = endpoint.srtp
+        return (
+            not self._sock.protector.available
+            or srtp is None
+            or srtp.tx_handle is None
+            or endpoint.remote_address is None
+            or endpoint.remote_address[0][0] == "t"  # "tcp:..." (media.tcp): framed, one by one
+        )
 
     def _place(self, endpoint: Endpoint, pt: int, b: int, i: int) -> Entry:
         batch = self._batches[b]

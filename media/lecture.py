@@ -45,6 +45,7 @@ class FlowChange:
     flowing: bool
     ago_s: float  # how long before the call it happened (a stop: when the viewer was last heard)
     reason: str  # "connected" | "resumed" | "silence" | "closed"
+    path: str | None = None  # how the viewer reaches us: "udp" | "tcp" | "turn"
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ViewerStats:
     state: str
     video_paused: bool = False
     video_pauses: int = 0
+    path: str | None = None  # "udp" | "tcp" (ICE-TCP) | "turn" (through a TURN relay)
 
 
 @dataclass
@@ -113,6 +115,12 @@ class Viewer:
         # No task per viewer (a join storm makes thousands): the endpoint says when it is
         # connected, and the socket fails one that has not connected within its consent
         # timeout (30 s), which closes the viewer here.
+
+    @property
+    def path(self) -> str | None:
+        """How this viewer reaches us now: "udp", "tcp" (ICE-TCP) or "turn" (a TURN relay)."""
+        path: str | None = getattr(self.endpoint, "path", None)
+        return path
 
     def _on_state(self, state: str) -> None:
         if state == "connected":
@@ -208,7 +216,7 @@ class Viewer:
         if self.on_flow is None:
             return
         try:
-            self.on_flow(FlowChange(flowing, ago_s, reason))
+            self.on_flow(FlowChange(flowing, ago_s, reason, self.path))
         except Exception:
             logger.exception("viewer flow callback failed", extra={"lecture": self.lecture.id})
 
@@ -258,6 +266,7 @@ class Viewer:
             state=self.endpoint.state,
             video_paused=self._paused() or self.silent,
             video_pauses=0 if self.gate is None else self.gate.pauses,
+            path=self.path,
         )
 
     def _close(self) -> None:

@@ -32,6 +32,7 @@ from media import ice
 from media.dtls import DtlsError, DtlsIdentity, DtlsSession
 from media.errors import MediaError, SdpError
 from media.srtp import SrtpContext, SrtpError
+from media.tcp import TcpClient
 from media.udp import UdpSocket
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,9 @@ class ViewerCounters:
     streams: dict[int, StreamCounter] = field(default_factory=dict)
 
 
-def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
-    """ICE credentials, fingerprint, setup and a UDP candidate of an answer (`prefer_host`'s
-    if the answer has one, else the first)."""
+def parse_answer(sdp: str, prefer_host: str = "127.0.0.1", protocol: str = "udp") -> RemoteParams:
+    """ICE credentials, fingerprint, setup and a `protocol` ("udp", or "tcp" for a passive
+    ICE-TCP candidate) candidate of an answer (`prefer_host`'s if it has one, else the first)."""
     try:
         description = SessionDescription.parse(sdp)
         media = description.media[0]
@@ -99,7 +100,7 @@ def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
             c
             for m in description.media
             for c in m.ice_candidates
-            if c.protocol.lower() == "udp" and ":" not in c.ip
+            if c.protocol.lower() == protocol and ":" not in c.ip
         ]
         candidate = next((c for c in udp if c.ip == prefer_host), None) or udp[0]
         dtls, ice_params = media.dtls, media.ice
@@ -121,10 +122,15 @@ def parse_answer(sdp: str, prefer_host: str = "127.0.0.1") -> RemoteParams:
 
 
 class LoadViewer:
-    """One simulated viewer with its own UDP socket."""
+    """One simulated viewer with its own UDP socket, or (`transport="tcp"`) its own ICE-TCP
+    connection to the server's passive candidate, as a hall whose firewall drops UDP."""
 
     def __init__(
-        self, identity: DtlsIdentity | None = None, host: str = "127.0.0.1", decrypt: bool = True
+        self,
+        identity: DtlsIdentity | None = None,
+        host: str = "127.0.0.1",
+        decrypt: bool = True,
+        transport: str = "udp",
     ) -> None:
         self.identity = identity or DtlsIdentity()
         self.decrypt = decrypt
@@ -134,6 +140,8 @@ class LoadViewer:
         self.on_rtp: Callable[[bytes], None] | None = None
         self.state = "new"
         self._udp = UdpSocket(self._on_datagram, host)
+        self.transport = transport
+        self._tcp: TcpClient | None = None
         self._remote: RemoteParams | None = None
         self._dtls: DtlsSession | None = None
         self._srtp: SrtpContext | None = None
@@ -197,7 +205,16 @@ class LoadViewer:
 
     async def connect(self, answer: str | RemoteParams, timeout: float = 10.0) -> None:
         """ICE check + DTLS + SRTP against the server's answer; raises MediaError on timeout."""
-        remote = answer if isinstance(answer, RemoteParams) else parse_answer(answer)
+        if isinstance(answer, RemoteParams):
+            remote = answer
+        else:
+            remote = parse_answer(answer, protocol=self.transport)
+        if self.transport == "tcp":
+            self._tcp = TcpClient(self._on_datagram)
+            try:
+                await self._tcp.connect(remote.address)
+            except OSError as exc:
+                raise MediaError(f"cannot connect to ICE-TCP {remote.address}: {exc}") from exc
         self._remote = remote
         role = "server" if remote.setup == "active" else "client"
         self._dtls = DtlsSession(self.identity, role, remote.fingerprint)
@@ -244,8 +261,20 @@ class LoadViewer:
         await self._stop_tasks()
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
-        self._udp.close()
+        self._close_link()
         self.state = "closed"
+
+    def _send(self, data: bytes) -> None:
+        assert self._remote is not None
+        if self._tcp is not None:
+            self._tcp.sendto(data, self._remote.address)
+        else:
+            self._udp.sendto(data, self._remote.address)
+
+    def _close_link(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        self._udp.close()
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
@@ -264,8 +293,8 @@ class LoadViewer:
             self._dtls_timer.cancel()
         if self._dtls is not None and self._dtls.done and self._remote is not None:
             for datagram in self._dtls.shutdown():
-                self._udp.sendto(datagram, self._remote.address)
-        self._udp.close()
+                self._send(datagram)
+        self._close_link()
         self.state = "closed"
 
     # -- ICE ----------------------------------------------------------------------------------
@@ -275,7 +304,7 @@ class LoadViewer:
         self._check_txid, datagram = ice.binding_request(
             self.ufrag, self._remote.ufrag, self._remote.pwd, self._tie_breaker
         )
-        self._udp.sendto(datagram, self._remote.address)
+        self._send(datagram)
 
     async def _run_checks(self) -> None:
         while not self._checked.is_set():
@@ -297,10 +326,7 @@ class LoadViewer:
             return
         if request is not None:  # a full-ICE server (aiortc) checks us too
             if request.local_ufrag == self.ufrag and ice.verify(request, self.pwd):
-                self._udp.sendto(
-                    ice.binding_success(request, self._remote.address, self.pwd),
-                    self._remote.address,
-                )
+                self._send(ice.binding_success(request, self._remote.address, self.pwd))
             return
         assert message is not None
         if not ice.is_binding_success(message, self._check_txid, self._remote.pwd):
@@ -329,7 +355,7 @@ class LoadViewer:
     def _dtls_send(self, datagrams: list[bytes]) -> None:
         assert self._remote is not None and self._dtls is not None
         for datagram in datagrams:
-            self._udp.sendto(datagram, self._remote.address)
+            self._send(datagram)
         if self._dtls_timer is not None:
             self._dtls_timer.cancel()
             self._dtls_timer = None
@@ -344,7 +370,7 @@ class LoadViewer:
 
     # -- media --------------------------------------------------------------------------------
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int], local: str | None) -> None:
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], local: str | None = None) -> None:
         if self._remote is None or addr != self._remote.address:
             return
         first = data[0]
@@ -395,7 +421,7 @@ class LoadViewer:
     def _send_rtcp(self, packet: bytes) -> None:
         if self._srtp is None or self._remote is None:
             return
-        self._udp.sendto(self._srtp.protect_rtcp(packet), self._remote.address)
+        self._send(self._srtp.protect_rtcp(packet))
 
     def receiver_report(self) -> bytes:
         """An RTCP RR with one report block per received SSRC (at most 31)."""

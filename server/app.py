@@ -374,6 +374,7 @@ async def lecture_live(state: AppState, sid: str) -> bool:
 def _media_ctx(state: AppState) -> CleanupCtx:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from media.engine import MediaConfig, MediaEngine
+        from server.turn import relay_hosts
 
         cfg = state.config
         state.engine = MediaEngine(
@@ -382,6 +383,9 @@ def _media_ctx(state: AppState) -> CleanupCtx:
                 port=cfg.media_port,
                 announce=list(cfg.announce),
                 media_silence_s=cfg.media_silence_s,
+                tcp=cfg.media_tcp,
+                udp_candidates=cfg.media_udp_candidates,
+                relay_hosts=relay_hosts(cfg.turn_urls, cfg.turn_relay_ips),
             )
         )
         await state.engine.start()

@@ -127,18 +127,27 @@ def pick_source(nodes: Iterable[NodeInfo], sid: str, own_id: str) -> NodeInfo | 
 
 
 # --- ports ----------------------------------------------------------------------------------
-def first_free_port(low: int, high: int, kind: int, host: str = "0.0.0.0") -> int:
-    """The first port of [low, high] that `host` can bind now (TCP or UDP)."""
+def first_free_port(
+    low: int, high: int, kind: int, host: str = "0.0.0.0", also_tcp: bool = False
+) -> int:
+    """The first port of [low, high] that `host` can bind now (TCP or UDP; `also_tcp`: a
+    UDP port whose TCP twin is free too, for ICE-TCP on the media port)."""
+    kinds = (kind, socket.SOCK_STREAM) if also_tcp and kind != socket.SOCK_STREAM else (kind,)
     for port in range(low, high + 1):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
-            if kind == socket.SOCK_STREAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
+        if all(_bindable(host, port, k) for k in kinds):
             return port
     raise OSError(f"no free port in {low}-{high}")
+
+
+def _bindable(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def resolve_ports(config: Config) -> Config:
@@ -148,7 +157,9 @@ def resolve_ports(config: Config) -> Config:
         port = first_free_port(*config.http_ports, socket.SOCK_STREAM, config.host)
         config = dataclasses.replace(config, port=port)
     if config.media_ports:
-        port = first_free_port(*config.media_ports, socket.SOCK_DGRAM, config.media_host)
+        port = first_free_port(
+            *config.media_ports, socket.SOCK_DGRAM, config.media_host, also_tcp=config.media_tcp
+        )
         config = dataclasses.replace(config, media_port=port)
     return config
 

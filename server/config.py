@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from server import files
+from server.turn import check_url
 
 ROLES = ("all", "origin", "edge")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,6 +97,15 @@ class Config:
     auto_end_grace_s: float = 1800.0
     # A participant's QR check-in link stops working this long after the class's end.
     checkin_grace_s: float = 1800.0
+    # Halls whose firewall drops UDP (server/turn.py, docs/deployment.md): ICE-TCP on the
+    # media port, and coturn with `use-auth-secret`; its static-auth-secret is turn_secret.
+    media_tcp: bool = True
+    turn_urls: tuple[str, ...] = ()  # turn:host:3478?transport=udp, turns:host:443, stun:...
+    turn_secret: bytes = b""
+    turn_ttl_s: int = 12 * 3600  # a TURN credential lives this long (a page gets fresh ones)
+    turn_relay_ips: tuple[str, ...] = ()  # coturn's relay addresses, where not its URLs' hosts
+    # Tests that stand for a hall whose firewall drops UDP: announce only TCP candidates.
+    media_udp_candidates: bool = True
 
     @property
     def tls(self) -> bool:
@@ -182,6 +192,16 @@ def _networks(name: str) -> Callable[[Any], tuple[Network, ...]]:
                     f"{name} must be IP addresses or networks (10.0.0.0/8), got {item!r}"
                 ) from None
         return tuple(networks)
+
+    return parse
+
+
+def _ips(name: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(raw: Any) -> tuple[str, ...]:
+        try:
+            return tuple(str(ipaddress.ip_address(item)) for item in _addresses(raw))
+        except ValueError:
+            raise ConfigError(f"{name} must be IP addresses, got {raw!r}") from None
 
     return parse
 
@@ -307,6 +327,12 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "ws_per_addr": ("LOPSO_WS_PER_ADDR", _int("WebSockets per address", 0, 1_000_000)),
     "auto_end_grace_s": ("LOPSO_AUTO_END_GRACE_S", _seconds("auto-end grace")),
     "checkin_grace_s": ("LOPSO_CHECKIN_GRACE_S", _seconds("check-in grace")),
+    "media_tcp": ("LOPSO_MEDIA_TCP", _flag("media TCP")),
+    "turn_urls": ("LOPSO_TURN_URLS", _addresses),
+    "turn_secret": ("LOPSO_TURN_SECRET", lambda raw: str(raw).encode()),
+    "turn_ttl_s": ("LOPSO_TURN_TTL", _int("TURN credential TTL (seconds)", 60, 7 * 86400)),
+    "turn_relay_ips": ("LOPSO_TURN_RELAY_IPS", _ips("TURN relay IPs")),
+    "media_udp_candidates": ("LOPSO_MEDIA_UDP_CANDIDATES", _flag("media UDP candidates")),
 }
 
 
@@ -401,6 +427,15 @@ def _check(config: Config) -> None:
         raise ConfigError("LOPSO_WEBHOOK_URL needs LOPSO_WEBHOOK_SECRET of at least 16 characters")
     if config.metrics_token and len(config.metrics_token) < 16:
         raise ConfigError("LOPSO_METRICS_TOKEN must be at least 16 characters")
+    for url in config.turn_urls:
+        problem = check_url(url)
+        if problem is not None:
+            raise ConfigError(f"LOPSO_TURN_URLS: {url!r} {problem}")
+    turn = [u for u in config.turn_urls if not u.startswith("stun:")]
+    if turn and len(config.turn_secret) < 16:
+        raise ConfigError("LOPSO_TURN_URLS needs LOPSO_TURN_SECRET of at least 16 characters")
+    if config.turn_secret and not turn:
+        raise ConfigError("LOPSO_TURN_SECRET needs LOPSO_TURN_URLS (turn: or turns: URLs)")
     if config.role != "all" and not config.redis_url:
         raise ConfigError(f"role {config.role} needs cluster mode (LOPSO_REDIS_URL)")
 

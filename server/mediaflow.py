@@ -6,6 +6,8 @@ Each flowing spell gets its own connection id; the events go to the shared store
 whichever node holds the viewer (an edge of a cluster too), durably like every ledger event,
 and a `media` broadcast on the class channel tells every node's room (the wall's "page open,
 no media"). Relay links between nodes are not sites: only WHEP viewers are recorded.
+A MEDIA_UP also says the viewer's path ("udp", "tcp" for ICE-TCP, "turn" through a relay),
+which the moderator wall shows per site.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class FlowRecorder:
             kind = EventKind.MEDIA_DOWN
         previous, done = self._last, asyncio.get_running_loop().create_future()
         self._last = done
-        self.spawn(self._record(kind, conn, at, change.reason, previous, done))
+        path = change.path if change.flowing else None
+        self.spawn(self._record(kind, conn, at, change.reason, path, previous, done))
 
     async def _record(
         self,
@@ -62,13 +65,14 @@ class FlowRecorder:
         conn: str,
         at: float,
         reason: str,
+        path: str | None,
         previous: asyncio.Future[None] | None,
         done: asyncio.Future[None],
     ) -> None:
         try:
             if previous is not None:
                 await previous
-            await record(self.hub, self.sid, self.site, kind, conn, at, reason)
+            await record(self.hub, self.sid, self.site, kind, conn, at, reason, path)
         except Exception:
             log.exception(
                 "media event not recorded",
@@ -79,13 +83,23 @@ class FlowRecorder:
 
 
 async def record(
-    hub: Hub, sid: str, site: str, kind: EventKind, conn: str, at: float, reason: str = ""
+    hub: Hub,
+    sid: str,
+    site: str,
+    kind: EventKind,
+    conn: str,
+    at: float,
+    reason: str = "",
+    path: str | None = None,
 ) -> None:
     """Append one MEDIA_UP / MEDIA_DOWN (idempotent on `conn`) and tell every node's room."""
     data: dict[str, Any] = {"conn": conn}
     if kind is EventKind.MEDIA_DOWN and reason:
         data["why"] = reason  # "silence" (unheard) or "closed" (DELETE, failed, class ended)
+    if kind is EventKind.MEDIA_UP and path:
+        data["path"] = path  # "udp" | "tcp" | "turn"
     event = hub.event(sid, kind, site, data, ref=f"{kind.value}:{conn}")
     await hub.store.append(dataclasses.replace(event, at=min(at, event.at)))
     up = kind is EventKind.MEDIA_UP
-    await hub.store.publish(channel_of(sid), {"t": "media", "code": site, "conn": conn, "up": up})
+    message = {"t": "media", "code": site, "conn": conn, "up": up, "path": data.get("path")}
+    await hub.store.publish(channel_of(sid), message)

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from server.checkin import RateLimitedError as CheckinRateLimitedError
+from server.peer import PATHS
 from server.store.base import NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class Metrics:
         )
         self.join_seconds = Histogram(
             "lopso_join_seconds",
-            "Seconds from a WHEP POST arriving to its viewer connected (ICE + DTLS done)",
+            "Seconds from a WHEP POST arriving to its viewer connected (ICE + DTLS done), by"
+            " the path it connected on (udp, tcp: ICE-TCP, turn: through a TURN relay)",
+            ["path"],
             buckets=JOIN_BUCKETS,
             registry=r,
         )
@@ -122,7 +125,8 @@ class Metrics:
                 previous(state)
             if state == "connected" and not observed:
                 observed = True
-                self.join_seconds.observe(time.monotonic() - started)
+                path = getattr(endpoint, "path", None) or "udp"
+                self.join_seconds.labels(path).observe(time.monotonic() - started)
 
         endpoint.on_state_change = on_state
         if endpoint.state == "connected":  # connected before we looked (not expected)
@@ -163,6 +167,11 @@ def _class_families() -> dict[str, Family]:
     return {
         "viewers": g(
             "lopso_viewers", "Viewers (WHEP and relays) per class on this node", labels=sid
+        ),
+        "paths": g(
+            "lopso_viewers_path",
+            "Connected viewers per class by path (udp, tcp: ICE-TCP, turn: a TURN relay)",
+            labels=["sid", "path"],
         ),
         "paused": g(
             "lopso_viewers_video_paused", "Viewers receiving audio only (video paused)", labels=sid
@@ -225,8 +234,11 @@ def _collect_lecture(families: dict[str, Family], sid: str, lecture: Any) -> int
             f["fan_copies"].add_metric([sid, kind], fanout.copies)
             f["fan_drops"].add_metric([sid, kind], fanout.drops)
     sums = {"sent_packets": 0, "sent_bytes": 0, "retransmits": 0, "lost": 0, "paused": 0}
+    paths = dict.fromkeys(PATHS, 0)
     for viewer in list(lecture.viewers):
         v = viewer.stats()
+        if v.state == "connected" and v.path in paths:
+            paths[v.path] += 1
         sums["sent_packets"] += v.packets_sent
         sums["sent_bytes"] += v.bytes_sent
         sums["retransmits"] += v.retransmits
@@ -234,6 +246,8 @@ def _collect_lecture(families: dict[str, Family], sid: str, lecture: Any) -> int
         sums["paused"] += int(v.video_paused)
     for name, value in sums.items():
         f[name].add_metric([sid], value)
+    for path, count in paths.items():
+        f["paths"].add_metric([sid, path], count)
     return int(bool(stats.live))
 
 

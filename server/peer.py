@@ -55,6 +55,10 @@ def site_wire(site: Site) -> dict[str, str]:
     }
 
 
+PATHS = ("udp", "tcp", "turn")
+"""How a site's media reaches it: UDP, ICE-TCP on the media port, or through a TURN relay."""
+
+
 @dataclasses.dataclass
 class SiteState:
     """One site's live state in a class, as moderators see it."""
@@ -76,6 +80,7 @@ class SiteState:
     joins: int = 0
     media_mode: str = "auto"  # the site's own choice: "auto" | "audio_only" (media_mode)
     media: bool = False  # media flows to one of its viewers, as the server sees it
+    path: str | None = None  # how that media reaches it: one of PATHS (None: no media)
 
     def wire(self) -> dict[str, Any]:
         """The protocol's site state object."""
@@ -96,6 +101,7 @@ class SiteState:
             "checkins": self.checkins,
             "media_mode": self.media_mode,
             "media": self.media,
+            "path": self.path,
         }
 
     def apply(self, patch: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from server.incidents import open_help, past_alerts
 from server.models import ClassSession, Event, EventKind, Role, Site
 from server.peer import (
     CONNECTED,
+    PATHS,
     WATCHERS,
     Peer,
     SiteState,
@@ -51,7 +52,7 @@ class ClassLive:
         self.known_help: set[str] = set()
         self.questions: dict[str, dict[str, Any]] = {}
         self.open_questions: dict[str, set[str]] = {}  # by site: not forwarded or dismissed
-        self.media_conns: dict[str, set[str]] = {}  # by site: media flowing (server/mediaflow.py)
+        self.media_conns: dict[str, dict[str, str | None]] = {}  # by site: conn -> its path
         self.alerts = AlertBook(session.starts_at)  # server/alerts.py, evaluated per batch
         self.dirty: set[str] = set()
         self.live = False
@@ -156,16 +157,19 @@ class ClassLive:
         elif event.kind is EventKind.CHECKIN:
             state.checkins += 1
         elif event.kind in (EventKind.MEDIA_UP, EventKind.MEDIA_DOWN):
-            self._media(state, str(event.data.get("conn", "")), event.kind is EventKind.MEDIA_UP)
+            up = event.kind is EventKind.MEDIA_UP
+            self._media(state, str(event.data.get("conn", "")), up, event.data.get("path"))
 
-    def _media(self, state: SiteState, conn: str, up: bool) -> None:
-        """A site's viewer started or stopped flowing (any node): `media` while one flows."""
-        conns = self.media_conns.setdefault(state.code, set())
+    def _media(self, state: SiteState, conn: str, up: bool, path: Any = None) -> None:
+        """A site's viewer started or stopped flowing (any node): `media` while one flows,
+        `path` the way its newest flowing viewer reaches the server (udp / tcp / turn)."""
+        conns = self.media_conns.setdefault(state.code, {})
         if up:
-            conns.add(conn)
+            conns[conn] = str(path) if path in PATHS else None
         else:
-            conns.discard(conn)
+            conns.pop(conn, None)
         state.media = bool(conns)
+        state.path = next(reversed(conns.values())) if conns else None
 
     @staticmethod
     def _count(state: SiteState, count: int) -> None:
@@ -196,7 +200,7 @@ class ClassLive:
         elif kind == "media":
             state = self.sites.get(message["code"])
             if state is not None:
-                self._media(state, str(message["conn"]), bool(message["up"]))
+                self._media(state, str(message["conn"]), bool(message["up"]), message.get("path"))
                 self.dirty.add(state.code)
         elif kind == "live":
             self.live = bool(message["live"])

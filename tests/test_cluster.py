@@ -168,6 +168,16 @@ def test_first_free_port_skips_busy_ports() -> None:
             first_free_port(port, port, socket.SOCK_DGRAM, "127.0.0.1")
 
 
+def test_a_media_port_needs_its_tcp_twin_free_for_ice_tcp() -> None:
+    with socket.socket() as busy:  # a TCP listener holds the port number, UDP is free
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert first_free_port(port, port + 5, socket.SOCK_DGRAM, "127.0.0.1") == port
+        chosen = first_free_port(port, port + 5, socket.SOCK_DGRAM, "127.0.0.1", also_tcp=True)
+        assert port < chosen <= port + 5
+
+
 # --- one lecture across processes -------------------------------------------------------------
 async def wait_until(
     check: Callable[[], bool], timeout: float, what: str, cluster: LopsoCluster

@@ -51,6 +51,7 @@ SERVICE_KEYS = {
     "expose",
     "user",
     "working_dir",
+    "profiles",
 }
 ENV = {"LOPSO_SECRET": "compose-secret-0123456789", "LOPSO_ANNOUNCE": "203.0.113.10"}
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::([?-])([^}]*))?\}")
@@ -83,7 +84,7 @@ def compose() -> dict[str, Any]:
 
 def test_only_known_keys(compose: dict[str, Any]) -> None:
     assert {k for k in compose if not k.startswith("x-")} <= TOP_KEYS
-    assert set(compose["services"]) == {"redis", "origin", "edge"}
+    assert set(compose["services"]) == {"redis", "origin", "edge", "coturn"}
     for name, service in compose["services"].items():
         assert set(service) <= SERVICE_KEYS, (name, set(service) - SERVICE_KEYS)
         assert "image" in service or "build" in service
@@ -144,9 +145,29 @@ def test_every_service_has_a_healthcheck_and_waits_for_redis(compose: dict[str, 
         assert check["test"][0] == "CMD" and check["retries"] >= 3, name
         if check["test"][1] == "python":
             compile(check["test"][3], f"{name} healthcheck", "exec")
-        if name != "redis":
+        if name not in ("redis", "coturn"):  # coturn needs nothing of LopSo's
             assert service["depends_on"]["redis"]["condition"] == "service_healthy"
             assert service["environment"]["LOPSO_DATA"] == "/data"
+
+
+def test_coturn_takes_lopsos_secret_and_relays_to_its_media_only(tmp_path: Path) -> None:
+    env = {**ENV, "LOPSO_TURN_SECRET": "turn-secret-0123456789abcdef",
+           "LOPSO_TURN_URLS": "turn:203.0.113.10:3478?transport=udp,turns:turn.example.vn:443"}  # fmt: skip
+    compose = interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")), env)
+    coturn = compose["services"]["coturn"]
+    assert coturn["profiles"] == ["turn"] and coturn["network_mode"] == "host"
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in coturn["command"])
+    assert "use-auth-secret" in flags
+    assert flags["static-auth-secret"] == env["LOPSO_TURN_SECRET"]
+    assert flags["listening-port"] == "3478" and flags["tls-listening-port"] == "443"
+    assert flags["allowed-peer-ip"] == "203.0.113.10"  # only LopSo's media address ...
+    denied = [a for a in coturn["command"] if a.startswith("--denied-peer-ip=")]
+    assert "--denied-peer-ip=0.0.0.0-255.255.255.255" in denied  # ... not the whole network
+    for role in ("origin", "edge"):
+        node = {k: str(v) for k, v in compose["services"][role]["environment"].items()}
+        config = load_config({"data_dir": tmp_path}, env={**node, "LOPSO_DATA": str(tmp_path)})
+        assert config.turn_secret == env["LOPSO_TURN_SECRET"].encode()
+        assert len(config.turn_urls) == 2
 
 
 def test_dockerfile_runs_lopso_serve() -> None:
@@ -187,7 +208,7 @@ def test_docker_compose_config_accepts_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     parsed = yaml.safe_load(done.stdout)
-    assert set(parsed["services"]) == {"redis", "origin", "edge"}
+    assert {"redis", "origin", "edge"} <= set(parsed["services"])
     assert parsed["services"]["origin"]["environment"]["LOPSO_ANNOUNCE"] == "192.0.2.10"
     # and without the mandatory settings it refuses, naming the one missing
     env.pop("LOPSO_SECRET")

@@ -123,8 +123,10 @@ async def test_numbers_move_during_publish_and_view(app) -> None:
         assert posts(first, "whep", "201") == 1
         assert posts(first, "whep", "401") == 1
         assert posts(first, "whip", "201") == 1
-        assert value(first, "lopso_join_seconds_count") == 1
-        assert 0 < value(first, "lopso_join_seconds_sum") < 10
+        assert value(first, "lopso_join_seconds_count", path="udp") == 1
+        assert 0 < value(first, "lopso_join_seconds_sum", path="udp") < 10
+        assert value(first, "lopso_viewers_path", sid="c1", path="udp") == 1
+        assert value(first, "lopso_viewers_path", sid="c1", path="tcp") == 0
         assert value(first, "lopso_lecture_packets_in_total", sid="c1") > 0
         assert value(first, "lopso_lecture_bytes_in_total", sid="c1") > 0
         for kind in ("audio", "video"):

@@ -21,12 +21,13 @@ from aiohttp import web
 
 from server import auth
 from server.app import STATE, AppState, authorize_request, pick_lang, session_or_404
-from server.errors import UnknownError, describe
+from server.errors import UnknownError, ValidationError, describe
 from server.models import ClassSession, Role, Site
 from server.peer import session_wire
 from server.roles import Action
 from server.routes.signin import signed_in
 from server.timetable import checkin_link_expiry
+from server.turn import ice_servers
 
 log = logging.getLogger(__name__)
 PageHandler = Callable[[web.Request], Awaitable[web.Response]]
@@ -123,10 +124,22 @@ async def _site(state: AppState, session: ClassSession, code: str) -> Site:
     return site
 
 
+def _ice(request: web.Request, state: AppState, user: str) -> dict[str, Any]:
+    """The page's ICE settings: TURN servers with fresh credentials (server/turn.py), and
+    `?ice=relay` (a technician's check, and the tests') to use TURN and nothing else."""
+    cfg = state.config
+    policy = request.query.get("ice", "all")
+    if policy not in ("all", "relay"):
+        raise ValidationError("ice must be all or relay", code="bad_query")
+    servers = ice_servers(cfg.turn_urls, cfg.turn_secret, user, cfg.turn_ttl_s, time.time())
+    return {"ice_servers": [s.wire() for s in servers], "ice_transport_policy": policy}
+
+
 @page_errors
 async def studio(request: web.Request) -> web.Response:
-    _, session, page = await _base(request, "lecturer", Action.PUBLISH)
+    state, session, page = await _base(request, "lecturer", Action.PUBLISH)
     page["whip_url"] = f"/whip/{quote(session.id)}"
+    page.update(_ice(request, state, f"{session.id}.lecturer"))
     return render(request, "studio", page)
 
 
@@ -155,6 +168,7 @@ async def site_player(request: web.Request) -> web.Response:
         checkin_url=checkin_url,
         checkin_qr=qr_data_url(checkin_url),
         checkin_api=f"/api/sessions/{quote(session.id)}/sites/{quote(code)}/checkins",
+        **_ice(request, state, f"{session.id}.{code}"),
     )
     return render(request, "site", page)
 

@@ -2,6 +2,8 @@
 
 `POST` an SDP offer with a bearer token → `201`, the answer, and a `Location` to `DELETE`.
 Bodies are `application/sdp`, at most 64 KiB. PATCH (trickle ICE) is not offered: `405`.
+With TURN configured (server/turn.py), the `201` and an `OPTIONS` that carries the token give
+the ICE servers as RFC 9725 `Link: <turn:...>; rel="ice-server"; username=...` headers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from server.app import (
     STATE,
@@ -35,6 +38,7 @@ from server.mediaflow import FlowRecorder
 from server.models import ClassSession
 from server.roles import Action
 from server.routes import relay
+from server.turn import ice_servers
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +108,28 @@ async def _announce_live(state: AppState, sid: str, live: bool) -> None:
         log.exception("could not announce live state", extra={"sid": sid, "live": live})
 
 
-def _created(location: str, answer: str) -> web.Response:
+def _created(location: str, answer: str, links: list[str]) -> web.Response:
+    headers = CIMultiDict(Location=location)
+    for link in links:
+        headers.add("Link", link)
     return web.Response(
-        status=201,
-        body=answer.encode(),
-        content_type="application/sdp",
-        headers={"Location": location},
+        status=201, body=answer.encode(), content_type="application/sdp", headers=headers
     )
+
+
+def ice_links(state: AppState, user: str) -> list[str]:
+    """RFC 9725 `Link` header values: the ICE servers with credentials minted for `user`."""
+    cfg = state.config
+    servers = ice_servers(cfg.turn_urls, cfg.turn_secret, user, cfg.turn_ttl_s, time.time())
+    return [link for server in servers for link in server.links()]
+
+
+def _with_links(response: web.Response, links: list[str]) -> web.Response:
+    """A placed (cluster) answer gets this node's ICE servers too, unless it has some."""
+    if response.status == 201 and "Link" not in response.headers:
+        for link in links:
+            response.headers.add("Link", link)
+    return response
 
 
 async def open_class(request: web.Request, action: Action, site: str | None) -> ClassSession:
@@ -131,14 +150,15 @@ async def post_whip(request: web.Request) -> web.Response:
     state = request.app[STATE]
     session = await open_class(request, Action.PUBLISH, None)
     offer = await read_sdp(request)
+    links = ice_links(state, f"{session.id}.lecturer")
     placed = await relay.place_whip(request, offer)  # cluster: an edge hands it to the origin
     if placed is not None:
-        return placed
+        return _with_links(placed, links)
     takeover = takeover_of(request)
     answer, publisher = await lecture_of(state, session).publish(offer, takeover=takeover)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
     log.info("lecturer published", extra={"sid": session.id, "resource": rid, "takeover": takeover})
-    return _created(f"/whip/{session.id}/{rid}", answer)
+    return _created(f"/whip/{session.id}/{rid}", answer, links)
 
 
 def takeover_of(request: web.Request) -> bool:
@@ -160,9 +180,10 @@ async def post_whep(request: web.Request) -> web.Response:
     if not listed:
         raise UnknownError(f"site {code} is not in class {session.id}", code="unknown_site")
     offer = await read_sdp(request)
+    links = ice_links(state, f"{session.id}.{code}")
     placed = await relay.place_whep(request, session, offer)  # cluster: the chosen edge answers
     if placed is not None:
-        return placed
+        return _with_links(placed, links)
     answer, viewer = await lecture_of(state, session).subscribe(offer)
     if media_mode_of(request, session.id, code) == "audio_only":  # before it connects
         viewer.set_audio_only(True)
@@ -172,7 +193,7 @@ async def post_whep(request: web.Request) -> web.Response:
     viewer.on_flow = FlowRecorder(
         state.hub, session.id, code, rid, functools.partial(in_background, state)
     )
-    return _created(f"/whep/{session.id}/{code}/{rid}", answer)
+    return _created(f"/whep/{session.id}/{code}/{rid}", answer, links)
 
 
 def media_mode_of(request: web.Request, sid: str, code: str) -> str:
@@ -219,8 +240,17 @@ async def delete_resource(request: web.Request) -> web.Response:
 
 
 async def options(request: web.Request) -> web.Response:
+    """Allowed methods; with a bearer token (not a CORS preflight), the ICE servers too, so a
+    client can gather TURN candidates before it makes its offer (RFC 9725 section 4.4)."""
     allow = ALLOW_RESOURCE if "rid" in request.match_info else ALLOW
-    return web.Response(status=204, headers={"Allow": allow, "Accept-Post": "application/sdp"})
+    headers = CIMultiDict({"Allow": allow, "Accept-Post": "application/sdp"})
+    if "Authorization" in request.headers:
+        sid, site = request.match_info["sid"], request.match_info.get("site")
+        action = Action.VIEW if site is not None else Action.PUBLISH
+        authorize_request(request, action, sid, site)
+        for link in ice_links(request.app[STATE], f"{sid}.{site or 'lecturer'}"):
+            headers.add("Link", link)
+    return web.Response(status=204, headers=headers)
 
 
 async def not_allowed(request: web.Request) -> web.Response:

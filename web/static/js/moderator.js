@@ -346,6 +346,7 @@ function showLive(state, s) {
     [t("field_bitrate"), fmtNum(s.kbps, " kbit/s")],
     [t("field_rejoins"), fmtNum(s.rejoins)],
     [t("site_media_label"), t("site_media_" + (s.media_mode === "audio_only" ? "audio_only" : "auto"))],
+    [t("field_path"), s.path ? t("path_" + s.path) : "–"],
     [t("field_checkins"), fmtNum(s.checkins)],
     [t("field_help_open"), fmtNum(s.help_open)],
   ]);

@@ -345,6 +345,51 @@ export function waitIceGathering(pc, ms) {
 }
 
 /**
+ * The RTCPeerConnection settings of a page: one bundle, the page config's ICE servers (TURN
+ * with credentials the server minted) or fresher ones from a later answer's `Link` headers,
+ * and `relay` when the page was opened with `?ice=relay` (TURN only: a technician's check).
+ * @param {{ice_servers?: RTCIceServer[], ice_transport_policy?: string}} page
+ * @param {RTCIceServer[]} [fresh] @returns {RTCConfiguration}
+ */
+export function rtcConfig(page, fresh) {
+  return {
+    bundlePolicy: "max-bundle",
+    iceServers: fresh && fresh.length ? fresh : page.ice_servers || [],
+    iceTransportPolicy: page.ice_transport_policy === "relay" ? "relay" : "all",
+  };
+}
+
+/**
+ * The ICE servers of RFC 9725 `Link: <turn:...>; rel="ice-server"; username="..."; ...`
+ * headers (fetch joins several into one comma-separated value), as RTCIceServer objects.
+ * @param {string|null} header @returns {RTCIceServer[]}
+ */
+export function parseIceLinks(header) {
+  /** @type {RTCIceServer[]} */
+  const servers = [];
+  const re = /<([^>]*)>((?:\s*;\s*[a-zA-Z-]+\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,]*))*)/g;
+  let m;
+  while ((m = re.exec(header || "")) !== null) {
+    /** @type {Record<string, string>} */
+    const params = {};
+    const pre = /;\s*([a-zA-Z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,]*))/g;
+    let p;
+    while ((p = pre.exec(m[2])) !== null) {
+      params[p[1].toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, "$1") : p[3].trim();
+    }
+    if (params.rel !== "ice-server") continue;
+    /** @type {RTCIceServer} */
+    const server = { urls: m[1] };
+    if (params.username !== undefined) {
+      server.username = params.username;
+      server.credential = params.credential || "";
+    }
+    servers.push(server);
+  }
+  return servers;
+}
+
+/**
  * One WHIP or WHEP resource: POST the offer, apply the answer, DELETE on stop.
  * The server is ICE-lite, so the offer may go before gathering completes (`iceWaitMs`).
  */
@@ -355,6 +400,8 @@ export class WhxSession {
     this.token = token;
     /** @type {string|null} */
     this.location = null;
+    /** @type {RTCIceServer[]} the answer's `Link` ICE servers (fresh TURN credentials) */
+    this.iceServers = [];
   }
 
   /**
@@ -374,6 +421,7 @@ export class WhxSession {
     if (resp.status !== 201 && resp.status !== 200) throw await httpErrorFrom(resp);
     const loc = resp.headers.get("Location");
     this.location = loc ? new URL(loc, new URL(this.url, location.href)).toString() : null;
+    this.iceServers = parseIceLinks(resp.headers.get("Link"));
     const answer = await resp.text();
     await pc.setRemoteDescription({ type: "answer", sdp: answer });
   }

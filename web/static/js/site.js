@@ -4,7 +4,7 @@
 // its link was revoked (the site's join key rotated): then it stops and says so.
 // The operator chooses "auto" (video, paused by the server on a weak link) or "audio only".
 import {
-  Backoff, Channel, HttpError, StatsSampler, WhxSession, qualityMessage, sleep,
+  Backoff, Channel, HttpError, StatsSampler, WhxSession, qualityMessage, rtcConfig, sleep,
 } from "./protocol.js";
 import { $, dateTime, errorText, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
 
@@ -41,6 +41,8 @@ class Player {
     this.pc = null;
     /** @type {WhxSession|null} */
     this.whep = null;
+    /** @type {RTCIceServer[]} ICE servers from the last answer's `Link` headers */
+    this.iceServers = [];
     this.sampler = null;
     this.backoff = new Backoff({ base: 1000, max: 20000 });
     this.wakeRequested = false;
@@ -185,7 +187,7 @@ async function connectMedia(player, delayMs) {
   if (gen !== player.generation || player.ended || player.revoked) return;
   player.media = "connecting";
   render(player);
-  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  const pc = new RTCPeerConnection(rtcConfig(player.page, player.iceServers));
   const stream = new MediaStream();
   pc.addTransceiver("audio", { direction: "recvonly" });
   pc.addTransceiver("video", { direction: "recvonly" });
@@ -199,6 +201,7 @@ async function connectMedia(player, delayMs) {
   player.sampler = new StatsSampler(pc, "inbound");
   try {
     await player.whep.start(pc, { iceWaitMs: 0 });
+    player.iceServers = player.whep.iceServers; // fresh TURN credentials for the next connect
   } catch (err) {
     if (gen !== player.generation) return;
     onWhepError(player, err);

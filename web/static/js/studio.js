@@ -3,7 +3,8 @@
 // Viewers never renegotiate: the page sends ONE video track and swaps what feeds it with
 // RTCRtpSender.replaceTrack (camera, screen, or a canvas composite of both).
 import {
-  Backoff, Channel, HttpError, StatsSampler, WhxSession, apiRequest, preferVideoCodec, sleep,
+  Backoff, Channel, HttpError, StatsSampler, WhxSession, apiRequest, preferVideoCodec, rtcConfig,
+  sleep,
 } from "./protocol.js";
 import {
   $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch,
@@ -25,6 +26,8 @@ class Studio {
     /** @type {MediaStreamTrack|null} */ this.videoTrack = null;
     /** @type {RTCPeerConnection|null} */ this.pc = null;
     /** @type {WhxSession|null} */ this.whip = null;
+    /** @type {RTCIceServer[]} ICE servers from the last answer's `Link` headers */
+    this.iceServers = [];
     this.sampler = null;
     this.wantLive = false;
     this.state = "idle"; // idle | connecting | live | reconnecting | ended | error
@@ -48,6 +51,7 @@ async function main() {
     get totals() { return studio.totals; },
     get mode() { return studio.mode; },
     framesSent: function () { return studio.framesSent; },
+    peerConnection: function () { return studio.pc; },
   };
   wireChannel(studio);
   wireControls(studio);
@@ -258,7 +262,7 @@ async function publish(studio, delayMs) {
   if (delayMs) await sleep(delayMs);
   if (gen !== studio.generation || !studio.wantLive) return;
   setState(studio, studio.state === "live" || studio.state === "reconnecting" ? "reconnecting" : "connecting");
-  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  const pc = new RTCPeerConnection(rtcConfig(studio.page, studio.iceServers));
   const stream = new MediaStream();
   const audio = studio.camera ? studio.camera.getAudioTracks()[0] : null;
   pc.addTransceiver(audio || "audio", { direction: "sendonly", streams: [stream] });
@@ -274,6 +278,7 @@ async function publish(studio, delayMs) {
   studio.sampler = new StatsSampler(pc, "outbound");
   try {
     await studio.whip.start(pc, { iceWaitMs: 0 });
+    studio.iceServers = studio.whip.iceServers; // fresh TURN credentials for the next connect
   } catch (err) {
     if (gen !== studio.generation) return;
     console.warn("lopso: WHIP failed", err);

@@ -217,6 +217,10 @@ export class Wall {
       el.setAttribute("aria-label", site.name + " (" + site.code + ")" +
         (audio ? " · " + t("site_media_audio_only") : ""));
     }
+    if (old.path !== site.path) { // UDP is the normal way; TCP and TURN are fallbacks worth a mark
+      if (site.path === "tcp" || site.path === "turn") el.setAttribute("data-path", site.path);
+      else el.removeAttribute("data-path");
+    }
     if (old.headcount !== site.headcount) {
       setText(tile.hc, typeof site.headcount === "number" ? t("mod_tile_people", { n: formatNumber(site.headcount, 0) }) : "");
     }
@@ -334,6 +338,7 @@ function tileTitle(site, lang) {
   }
   if (typeof site.headcount === "number") parts.push(t("mod_tile_people", { n: formatNumber(site.headcount, 0) }));
   if (site.media_mode === "audio_only") parts.push(t("site_media_audio_only"));
+  if (site.path) parts.push(t("path_" + site.path));
   if (site.since) parts.push(t("mod_since", { time: clock(site.since, lang) }));
   return parts.filter(Boolean).join(" · ");
 }
