@@ -82,8 +82,9 @@ def lopso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LopsoServer]:
 class BrowserPages:
     """Opens pages, each in its own context; keeps their console output for failures."""
 
-    def __init__(self, browser: Any) -> None:
+    def __init__(self, browser: Any, timeout_ms: int = 20_000) -> None:
         self.browser = browser
+        self.timeout_ms = timeout_ms
         self.pages: list[tuple[str, Any, list[str]]] = []
         self.contexts: list[Any] = []
 
@@ -105,7 +106,7 @@ class BrowserPages:
             viewport=viewport or {"width": 1280, "height": 720},
             locale="vi-VN",
         )
-        context.set_default_timeout(20_000)
+        context.set_default_timeout(self.timeout_ms)
         self.contexts.append(context)
         if init_script:  # runs in the page before any of its own scripts
             context.add_init_script(init_script)
