@@ -7,10 +7,8 @@ rate, measured from getStats in the hall's Chromium.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,8 @@ import pytest
 
 from tests.e2e.conftest import CHROMIUM_ARGS, BrowserPages
 from tests.e2e.test_class import wait_state
-from tests.netlab import Lab, Node, netlab
-from tests.serverproc import SECRET, LopsoServer
+from tests.netlab import Lab, LabServer, Node, netlab
+from tests.serverproc import LopsoServer
 
 __all__ = ["netlab"]
 
@@ -186,51 +184,6 @@ def lab_browsers(
     finally:
         report_ = getattr(request.node, "rep_call", None)
         browsers.close(report_ is None or report_.failed, artifacts_dir, request.node.name)
-
-
-class LabServer:
-    """`lopso serve` inside a lab namespace with its defaults: `--host` only."""
-
-    def __init__(self, node: Node, host: str, folder: Path) -> None:
-        self.node = node
-        self.folder = folder
-        self.port = 8080
-        bracketed = f"[{host}]" if ":" in host else host
-        self.url = f"http://{bracketed}:{self.port}"
-        self.log = folder / "server.log"
-        demo_json = folder / "demo.json"
-        args = [sys.executable, "-m", "server", "serve", "--host", host]
-        args += ["--data", str(folder / "data"), "--demo-json", str(demo_json)]
-        args += ["--demo-sites", "3"]
-        self.proc = node.popen(args, self.log, env={"LOPSO_SECRET": SECRET})
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"lopso serve exited:\n{self.log.read_text()}")
-            if demo_json.exists() and self._healthy():
-                self.demo: dict[str, Any] = json.loads(demo_json.read_text(encoding="utf-8"))
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"lopso serve not healthy in the lab:\n{self.log.read_text()}")
-
-    def _healthy(self) -> bool:
-        def probe() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
-                    return bool(reply.status == 200)
-            except OSError:
-                return False
-
-        return self.node.call(probe)
-
-    def on(self, url: str, host: str) -> str:
-        """A demo link as seen from a hall that reaches the server at `host`."""
-        bracketed = f"[{host}]" if ":" in host else host
-        return url.replace(self.demo_base(), f"http://{bracketed}:{self.port}")
-
-    def demo_base(self) -> str:
-        link: str = self.demo["lecturer"]["url"]
-        return link.split("/", 3)[0] + "//" + link.split("/", 3)[2]
 
 
 @pytest.fixture
