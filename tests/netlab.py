@@ -8,6 +8,7 @@
         hall.router.loss(3)                                  # nft numgen random: 3 % loss
         proc = server.popen(["python3", "-m", "server", "serve", "--host", server.address])
         server.call(lambda: urllib.request.urlopen(...))      # Python code inside a namespace
+        lopso = LabServer(server, "203.0.113.10", tmp_path)  # `lopso serve --host` only
 
 Documentation addresses only: 203.0.113.0/24 is "the internet" (one bridge in a namespace of
 its own: server, lecturer and hall routers hang on it), 2001:db8:113::/64 its IPv6 side, and
@@ -26,17 +27,22 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.serverproc import SECRET
 
 PREFIX = "lopsolab-"
 INTERNET = "203.0.113"
@@ -343,6 +349,51 @@ class Lab:
         for name in lab_namespaces():  # anything of ours a failed step left half-built
             if name.startswith(self.prefix):
                 run("ip", "netns", "del", name, check=False)
+
+
+class LabServer:
+    """`lopso serve` inside a lab namespace with its defaults: `--host` only."""
+
+    def __init__(self, node: Node, host: str, folder: Path, secret: str = SECRET) -> None:
+        self.node = node
+        self.folder = folder
+        self.port = 8080
+        bracketed = f"[{host}]" if ":" in host else host
+        self.url = f"http://{bracketed}:{self.port}"
+        self.log = folder / "server.log"
+        demo_json = folder / "demo.json"
+        args = [sys.executable, "-m", "server", "serve", "--host", host]
+        args += ["--data", str(folder / "data"), "--demo-json", str(demo_json)]
+        args += ["--demo-sites", "3"]
+        self.proc = node.popen(args, self.log, env={"LOPSO_SECRET": secret})
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f"lopso serve exited:\n{self.log.read_text()}")
+            if demo_json.exists() and self._healthy():
+                self.demo: dict[str, Any] = json.loads(demo_json.read_text(encoding="utf-8"))
+                return
+            time.sleep(0.2)
+        raise LabError(f"lopso serve not healthy in the lab:\n{self.log.read_text()}")
+
+    def _healthy(self) -> bool:
+        def probe() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
+                    return bool(reply.status == 200)
+            except OSError:
+                return False
+
+        return self.node.call(probe)
+
+    def on(self, url: str, host: str) -> str:
+        """A demo link as seen from a hall that reaches the server at `host`."""
+        bracketed = f"[{host}]" if ":" in host else host
+        return url.replace(self.demo_base(), f"http://{bracketed}:{self.port}")
+
+    def demo_base(self) -> str:
+        link: str = self.demo["lecturer"]["url"]
+        return link.split("/", 3)[0] + "//" + link.split("/", 3)[2]
 
 
 @pytest.fixture

@@ -281,3 +281,78 @@ async def test_media_moves_to_a_new_address_only_after_its_consent(sock):
     finally:
         moved.close()
         await viewer.close()
+
+
+class RebindingNat:
+    """A NAT between one viewer and the server whose mapping can change (a new source port
+    towards the server, as a carrier's NAT does after a while); it may drop the viewer's
+    answers to the server's probes (its checks still pass)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.drop_answers = False
+        self.viewer: tuple[str, int] | None = None
+        self.inside: asyncio.DatagramTransport | None = None
+        self.outside: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        nat = self
+
+        class Inside(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                nat.viewer = addr
+                if nat.outside is not None and not (nat.drop_answers and data[:2] == b"\x01\x01"):
+                    nat.outside.sendto(data, nat.server)
+
+        self.inside, _ = await loop.create_datagram_endpoint(Inside, local_addr=("127.0.0.1", 0))
+        await self.rebind()
+        return self.inside.get_extra_info("sockname")  # type: ignore[no-any-return]
+
+    async def rebind(self) -> tuple[str, int]:
+        """A new mapping: the server sees the viewer from a new address from now on."""
+        nat = self
+
+        class Outside(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if nat.inside is not None and nat.viewer is not None:
+                    nat.inside.sendto(data, nat.viewer)
+
+        old = self.outside
+        loop = asyncio.get_running_loop()
+        self.outside, _ = await loop.create_datagram_endpoint(Outside, local_addr=("127.0.0.1", 0))
+        if old is not None:
+            old.close()
+        return self.outside.get_extra_info("sockname")  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for transport in (self.inside, self.outside):
+            if transport is not None:
+                transport.close()
+
+
+@pytest.mark.parametrize("drop_answers", [False, True], ids=["probe-answered", "srtcp"])
+async def test_a_viewer_whose_nat_rebinds_keeps_its_media_after_consent(sock, drop_answers):
+    """The same viewer appears from a new address (its checks come from there): media follows
+    once that address proves it is the viewer, by answering the probe, or (its answers lost)
+    by its SRTCP receiver reports."""
+    nat = RebindingNat(("127.0.0.1", sock.port))
+    viewer = LoadViewer()
+    try:
+        inside = await nat.start()
+        await viewer.start()
+        ep = sock.endpoint(viewer.ufrag, viewer.pwd, viewer.identity.fingerprint, "actpass")
+        params = RemoteParams(ep.local_ufrag, ep.local_pwd, sock.fingerprint, ep.setup, inside)
+        await asyncio.gather(viewer.connect(params, timeout=5), ep.connected(5))
+        fanout = sock.fanout()
+        fanout.add(ep, 96)
+        fanout.send(rtp(1))
+        await wait_for(lambda: viewer.counters.packets == 1)
+        nat.drop_answers = drop_answers
+        moved = await nat.rebind()
+        await wait_for(lambda: ep.remote_address == moved, timeout=8)  # reports every second
+        fanout.send(rtp(2))
+        await wait_for(lambda: viewer.counters.packets == 2)
+    finally:
+        await viewer.close()
+        nat.close()

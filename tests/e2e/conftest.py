@@ -82,8 +82,9 @@ def lopso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LopsoServer]:
 class BrowserPages:
     """Opens pages, each in its own context; keeps their console output for failures."""
 
-    def __init__(self, browser: Any) -> None:
+    def __init__(self, browser: Any, timeout_ms: int = 20_000) -> None:
         self.browser = browser
+        self.timeout_ms = timeout_ms
         self.pages: list[tuple[str, Any, list[str]]] = []
         self.contexts: list[Any] = []
 
@@ -96,7 +97,7 @@ class BrowserPages:
         viewport: dict[str, int] | None = None,
         init_script: str | None = None,
         enforce_policy: bool = False,
-        timeout_ms: int = 20_000,
+        timeout_ms: int | None = None,
     ) -> Any:
         # Playwright's wait_for_function evaluates its predicate with eval, which the pages'
         # Content-Security-Policy forbids: tests that enforce it (test_security) poll instead.
@@ -106,7 +107,7 @@ class BrowserPages:
             viewport=viewport or {"width": 1280, "height": 720},
             locale="vi-VN",
         )
-        context.set_default_timeout(timeout_ms)
+        context.set_default_timeout(timeout_ms or self.timeout_ms)
         self.contexts.append(context)
         if init_script:  # runs in the page before any of its own scripts
             context.add_init_script(init_script)

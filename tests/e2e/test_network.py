@@ -7,10 +7,8 @@ rate, measured from getStats in the hall's Chromium.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,8 @@ import pytest
 
 from tests.e2e.conftest import CHROMIUM_ARGS, BrowserPages
 from tests.e2e.test_class import wait_state
-from tests.netlab import Lab, Node, netlab
-from tests.serverproc import SECRET, LopsoServer
+from tests.netlab import Lab, LabServer, Node, netlab
+from tests.serverproc import LopsoServer
 
 __all__ = ["netlab"]
 
@@ -55,11 +53,46 @@ def selected_pair(page: Any) -> dict[str, str]:
     return pair
 
 
-def decoded_fps(page: Any, seconds: float = 5.0) -> float:
-    """Frames decoded per second over `seconds`, from the page's own getStats."""
-    before = page.evaluate(GET_FRAMES)
-    page.wait_for_timeout(int(seconds * 1000))
-    return float((page.evaluate(GET_FRAMES) - before) / seconds)
+STUDIO_FRAMES = """async () => {
+  let frames = 0;
+  for (const pc of window.__lopsoPeers || []) {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "video") frames += s.framesSent || 0;
+    });
+  }
+  return frames;
+}"""
+KEEP_PEERS = """(() => {
+  const Native = window.RTCPeerConnection;
+  window.__lopsoPeers = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Native(...args);
+    window.__lopsoPeers.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+})();"""
+
+
+def frame_rates(hall: Any, studio: Any, seconds: float = 5.0) -> tuple[float, float]:
+    """(frames decoded per second in the hall, frames sent per second by the studio) over the
+    same `seconds`, from each page's getStats."""
+    hall0, studio0 = hall.evaluate(GET_FRAMES), studio.evaluate(STUDIO_FRAMES)
+    hall.wait_for_timeout(int(seconds * 1000))
+    hall1, studio1 = hall.evaluate(GET_FRAMES), studio.evaluate(STUDIO_FRAMES)
+    return (hall1 - hall0) / seconds, (studio1 - studio0) / seconds
+
+
+def check_rate(case: str, joined: float, hall: Any, studio: Any) -> None:
+    """Print the case's figures; the hall decodes at least 10 fps, or, when the machine is so
+    loaded that the studio itself sends fewer, at least 80 % of what the studio sends."""
+    fps, sent = frame_rates(hall, studio)
+    print(
+        f"\nNETWORK CASE {case}: join {joined:.2f} s, {fps:.1f} fps decoded"
+        f" (studio sends {sent:.1f} fps)",
+        file=sys.stderr,
+    )
+    assert fps >= min(FPS_FLOOR, 0.8 * sent) and fps > 0, (fps, sent)
 
 
 def join(pages: BrowserPages, url: str, name: str, timeout_ms: int = 45_000) -> float:
@@ -76,15 +109,11 @@ def join(pages: BrowserPages, url: str, name: str, timeout_ms: int = 45_000) -> 
 
 
 def go_live(pages: BrowserPages, url: str) -> Any:
-    studio = pages.open(url, name="studio")
+    studio = pages.open(url, name="studio", init_script=KEEP_PEERS)
     studio.wait_for_function("document.getElementById('preview').videoWidth > 0")
     studio.click("#golive")
     wait_state(studio, "live")
     return studio
-
-
-def report(case: str, joined: float, fps: float) -> None:
-    print(f"\nNETWORK CASE {case}: join {joined:.2f} s, {fps:.1f} fps decoded", file=sys.stderr)
 
 
 # ---- the browser on the server's own machine ----------------------------------------------
@@ -102,11 +131,9 @@ def test_scripts_serve_defaults_play_on_the_same_machine(
     default_server: LopsoServer, browser_pages: BrowserPages
 ) -> None:
     demo = default_server.demo
-    go_live(browser_pages, demo["lecturer"]["url"])
+    studio = go_live(browser_pages, demo["lecturer"]["url"])
     joined = join(browser_pages, demo["sites"][0]["url"], "site")
-    fps = decoded_fps(browser_pages.pages[-1][1])
-    report("same machine, scripts/serve defaults", joined, fps)
-    assert fps >= FPS_FLOOR
+    check_rate("same machine, scripts/serve defaults", joined, browser_pages.pages[-1][1], studio)
 
 
 # ---- halls in the lab ---------------------------------------------------------------------
@@ -131,7 +158,7 @@ class LabBrowsers:
             timeout=30_000,
         )
         self.browsers.append(browser)
-        pages = BrowserPages(browser)
+        pages = BrowserPages(browser, timeout_ms=60_000)  # one browser per hall: slower starts
         self.pages.append(pages)
         return pages
 
@@ -159,53 +186,6 @@ def lab_browsers(
         browsers.close(report_ is None or report_.failed, artifacts_dir, request.node.name)
 
 
-class LabServer:
-    """`lopso serve` inside a lab namespace with its defaults: `--host` only."""
-
-    def __init__(
-        self, node: Node, host: str, folder: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.node = node
-        self.folder = folder
-        self.port = 8080
-        bracketed = f"[{host}]" if ":" in host else host
-        self.url = f"http://{bracketed}:{self.port}"
-        self.log = folder / "server.log"
-        demo_json = folder / "demo.json"
-        args = [sys.executable, "-m", "server", "serve", "--host", host]
-        args += ["--data", str(folder / "data"), "--demo-json", str(demo_json)]
-        args += ["--demo-sites", "3"]
-        self.proc = node.popen(args, self.log, env={"LOPSO_SECRET": SECRET, **(env or {})})
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"lopso serve exited:\n{self.log.read_text()}")
-            if demo_json.exists() and self._healthy():
-                self.demo: dict[str, Any] = json.loads(demo_json.read_text(encoding="utf-8"))
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"lopso serve not healthy in the lab:\n{self.log.read_text()}")
-
-    def _healthy(self) -> bool:
-        def probe() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
-                    return bool(reply.status == 200)
-            except OSError:
-                return False
-
-        return self.node.call(probe)
-
-    def on(self, url: str, host: str) -> str:
-        """A demo link as seen from a hall that reaches the server at `host`."""
-        bracketed = f"[{host}]" if ":" in host else host
-        return url.replace(self.demo_base(), f"http://{bracketed}:{self.port}")
-
-    def demo_base(self) -> str:
-        link: str = self.demo["lecturer"]["url"]
-        return link.split("/", 3)[0] + "//" + link.split("/", 3)[2]
-
-
 @pytest.fixture
 def keep_server_log(
     request: pytest.FixtureRequest, artifacts_dir: Path
@@ -227,12 +207,13 @@ def test_a_hall_behind_plain_nat_plays(
     hall = netlab.hall("hall1")
     server = LabServer(server_node, "203.0.113.10", tmp_path)
     keep_server_log.append(server)
-    go_live(lab_browsers.on(lecturer, server.url), server.demo["lecturer"]["url"])
+    studio = go_live(lab_browsers.on(lecturer, server.url), server.demo["lecturer"]["url"])
     pages = lab_browsers.on(hall.node, server.url)
     joined = join(pages, server.demo["sites"][0]["url"], "hall1")
-    fps = decoded_fps(pages.pages[-1][1])
-    report("hall behind plain NAT", joined, fps)
-    assert fps >= FPS_FLOOR
+    page = pages.pages[-1][1]
+    # the hall's own address, or the NAT's (peer-reflexive: learnt from LopSo's STUN answer)
+    assert selected_pair(page)["local"] in (hall.address, hall.router.address)
+    check_rate("hall behind plain NAT", joined, page, studio)
 
 
 def test_halls_on_each_of_the_servers_addresses_play(
@@ -248,7 +229,7 @@ def test_halls_on_each_of_the_servers_addresses_play(
     server = LabServer(server_node, "::", tmp_path)
     keep_server_log.append(server)
     lecturer_url = server.on(server.demo["lecturer"]["url"], "203.0.113.10")
-    go_live(lab_browsers.on(lecturer, "http://203.0.113.10:8080"), lecturer_url)
+    studio = go_live(lab_browsers.on(lecturer, "http://203.0.113.10:8080"), lecturer_url)
     for node, host, media, link in (
         (hall.node, "203.0.113.10", "203.0.113.11", server.demo["sites"][0]["url"]),
         (hall6, "2001:db8:113::10", "2001:db8:113::10", server.demo["sites"][1]["url"]),
@@ -257,8 +238,6 @@ def test_halls_on_each_of_the_servers_addresses_play(
         pages = lab_browsers.on(node, origin)
         joined = join(pages, server.on(link, host), node.name)
         page = pages.pages[-1][1]
-        fps = decoded_fps(page)
         pair = selected_pair(page)
-        report(f"server with several addresses, {node.name} via {pair['remote']}", joined, fps)
         assert pair["remote"] == media, pair  # the address its firewall lets UDP reach
-        assert fps >= FPS_FLOOR
+        check_rate(f"server with several addresses, {node.name} via {media}", joined, page, studio)
