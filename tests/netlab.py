@@ -354,7 +354,14 @@ class Lab:
 class LabServer:
     """`lopso serve` inside a lab namespace with its defaults: `--host` only."""
 
-    def __init__(self, node: Node, host: str, folder: Path, secret: str = SECRET) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        folder: Path,
+        secret: str = SECRET,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.node = node
         self.folder = folder
         self.port = 8080
@@ -365,7 +372,7 @@ class LabServer:
         args = [sys.executable, "-m", "server", "serve", "--host", host]
         args += ["--data", str(folder / "data"), "--demo-json", str(demo_json)]
         args += ["--demo-sites", "3"]
-        self.proc = node.popen(args, self.log, env={"LOPSO_SECRET": secret})
+        self.proc = node.popen(args, self.log, env={"LOPSO_SECRET": secret, **(env or {})})
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

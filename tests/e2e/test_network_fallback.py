@@ -8,6 +8,7 @@ candidate pair) and from the server's /metrics.
 from __future__ import annotations
 
 import socket
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,15 +17,13 @@ from typing import Any
 from server import auth
 from server.models import Role
 from tests.e2e.test_network import (
+    GET_FRAMES,
     LabBrowsers,
-    LabServer,
-    decoded_fps,
     go_live,
     keep_server_log,
     lab_browsers,
-    report,
 )
-from tests.netlab import Lab, Node, netlab
+from tests.netlab import Lab, LabServer, Node, netlab
 from tests.serverproc import SECRET
 from tests.turnproc import TurnProcess
 
@@ -46,6 +45,17 @@ CANDIDATES = """async () => {
 JOINS: dict[str, float] = {}
 """Join seconds (peer connection created → first frame) per network case, for the closing
 note."""
+
+
+def decoded_fps(page: Any, seconds: float) -> float:
+    """Frames decoded per second over `seconds`, from the page's own getStats."""
+    before = page.evaluate(GET_FRAMES)
+    page.wait_for_timeout(int(seconds * 1000))
+    return float((page.evaluate(GET_FRAMES) - before) / seconds)
+
+
+def report(case: str, joined: float, fps: float) -> None:
+    print(f"\nNETWORK CASE {case}: join {joined:.2f} s, {fps:.1f} fps decoded", file=sys.stderr)
 
 
 def paths_counted(server: LabServer) -> dict[str, float]:
