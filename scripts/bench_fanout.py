@@ -60,7 +60,7 @@ def make_clip(seconds: float, fps: int = 30, bitrate: int = 1_500_000) -> pathli
         return path
     rng = np.random.default_rng(7)
     noise = [rng.integers(-20, 21, (480, 640, 3), dtype=np.int16) for _ in range(7)]
-    tmp = path.with_suffix(".tmp.webm")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.webm")  # concurrent runs never share one
     with av.open(str(tmp), "w", format="webm") as out:
         video = out.add_stream("libvpx", rate=fps)
         video.width, video.height, video.pix_fmt = 640, 480, "yuv420p"
