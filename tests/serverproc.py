@@ -217,12 +217,22 @@ def mint(
     site: str | None = None,
     ttl_s: float = 3600,
     join_key: str | None = None,
+    presenter: str | None = None,
 ) -> str:
     """A token signed with the tests' secret; a site or participant token carries the key id
-    of `join_key` (default: the tests' key of that site, `join_key_of`)."""
+    of `join_key` (default: the tests' key of that site, `join_key_of`); a lecturer token may
+    name its `presenter`."""
     if join_key is None and site is not None and role in (Role.SITE, Role.PARTICIPANT):
         join_key = join_key_of(site)
-    return auth.mint(SECRET.encode(), sid, role, site=site, join_key=join_key, ttl_s=ttl_s)
+    return auth.mint(
+        SECRET.encode(),
+        sid,
+        role,
+        site=site,
+        join_key=join_key,
+        presenter=presenter,
+        ttl_s=ttl_s,
+    )
 
 
 async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Site
+from server.models import ClassSession, Event, EventKind, NodeInfo, Presenter, Site
 from server.store.embedded import EmbeddedStore
 from tests import redisproc
 from tests.redisproc import RedisProcess
@@ -90,6 +90,22 @@ async def test_sites_upsert_get_list(store):
     await store.upsert_sites(many)
     codes = [s.code for s in reversed(many)]
     assert await store.get_sites(codes) == many[::-1]
+
+
+async def test_a_class_keeps_its_presenters_in_order(store):
+    lineup = (
+        Presenter("p1", "TS. Nguyễn Văn An", "Học viện Chính trị khu vực I"),
+        Presenter("canbo", "Đại úy Trần Thị Bình", "Công an tỉnh Hưng Yên"),
+    )
+    await store.put_session(ClassSession("c1", "Hai báo cáo viên", 1.0, presenters=lineup))
+    stored = await store.get_session("c1")
+    assert stored is not None and stored.presenters == lineup
+    assert stored.presenter(None) == lineup[0] and stored.presenter("canbo") == lineup[1]
+    assert stored.presenter("zz") is None
+    await store.put_session(ClassSession("c2", "Một giảng viên", 1.0))
+    alone = await store.get_session("c2")
+    assert alone is not None and alone.presenters == ()
+    assert [p.id for p in alone.lineup()] == ["p1"]  # a class without presenters has one
 
 
 async def test_sessions_put_get_list(store):

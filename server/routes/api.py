@@ -27,6 +27,7 @@ from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, V
 from server.fields import check_text
 from server.models import ClassSession, Role
 from server.peer import session_wire, site_wire
+from server.presenters import parse_presenters
 from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action, may
 from server.routes.ws import text
@@ -152,6 +153,7 @@ async def session_from_body(body: dict[str, Any], store: Any) -> ClassSession:
         video_codec=codec,
         site_codes=tuple(dict.fromkeys(codes)),
         created_at=time.time(),
+        presenters=parse_presenters(body.get("presenters")),
     )
 
 
