@@ -143,8 +143,11 @@ _PATCHABLE = frozenset(f.name for f in dataclasses.fields(SiteState)) - {"code",
 class Peer:
     """One open page: who it is and a bounded outbox that routes/ws.py drains to the socket."""
 
-    def __init__(self, sid: str, role: Role, site: Site | None = None) -> None:
+    def __init__(
+        self, sid: str, role: Role, site: Site | None = None, presenter: str | None = None
+    ) -> None:
         self.sid, self.role, self.site = sid, role, site
+        self.presenter = presenter  # a studio page: which presenter it is
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.closed = False
         self.conn = uuid.uuid4().hex[:12]  # this connection, in SITE_JOINED / SITE_LEFT

@@ -93,3 +93,129 @@ def test_only_a_lecturer_token_names_a_presenter() -> None:
     assert verify(SECRET.encode(), mint(Role.LECTURER, "c1")).p is None  # the lead
     with pytest.raises(ValueError, match="only a lecturer"):
         mint(Role.MODERATOR, "c1", presenter="canbo")
+
+
+# --- director control over HTTP, with real aiortc presenters ---------------------------------
+
+
+def lecturer(presenter: str | None, sid: str = "c1") -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(Role.LECTURER, sid, presenter=presenter)}"}
+
+
+async def publish_as(client, presenter: str, offset: int):
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from tests.mediaclip import NumberedVideoTrack, ToneAudioTrack
+
+    pc = RTCPeerConnection()
+    pc.addTrack(ToneAudioTrack())
+    pc.addTrack(NumberedVideoTrack(offset))
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {**lecturer(presenter), "Content-Type": "application/sdp"}
+    reply = await client.post("/whip/c1", data=pc.localDescription.sdp, headers=headers)
+    if reply.status != 201:
+        await pc.close()
+        return None, reply
+    await pc.setRemoteDescription(RTCSessionDescription(await reply.text(), "answer"))
+    return pc, reply
+
+
+async def states_of(client) -> dict:
+    reply = await client.get("/api/sessions/c1/presenters", headers=ADMIN)
+    body = await reply.json()
+    return {p["id"]: p["state"] for p in body["presenters"]} | {"on_air": body["on_air"]}
+
+
+async def eventually(check, timeout: float = 8.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_director_cuts_between_presenters_and_the_ledger_keeps_the_programme(
+    tmp_path: Path,
+) -> None:
+    from server.models import EventKind
+
+    async with running_app(tmp_path, media=True, batch_interval_s=0.2) as (client, state):
+        assert (await create(client, TWO)).status == 201
+        moderator = {"Authorization": f"Bearer {mint(Role.MODERATOR, 'c1')}"}
+        peers = []
+        try:
+            lead, _ = await publish_as(client, "p1", 0)
+            guest, _ = await publish_as(client, "canbo", 20000)
+            peers += [lead, guest]
+            assert lead is not None and guest is not None
+            again, busy = await publish_as(client, "canbo", 40000)
+            assert again is None and busy.status == 409
+            assert (await busy.json())["error"]["code"] == "publisher_busy"
+
+            async def standby() -> bool:
+                return await states_of(client) == {
+                    "p1": "on_air",
+                    "canbo": "standby",
+                    "on_air": "p1",
+                }
+
+            await eventually(standby)
+            # a standby presenter may not cut; the lead and a moderator may
+            refused = await client.post(
+                "/api/sessions/c1/on_air", json={"presenter": "canbo"}, headers=lecturer("canbo")
+            )
+            assert (
+                refused.status == 403 and (await refused.json())["error"]["code"] == "not_director"
+            )
+            unknown = await client.post(
+                "/api/sessions/c1/on_air", json={"presenter": "zz"}, headers=moderator
+            )
+            assert unknown.status == 400
+            cut = await client.post(
+                "/api/sessions/c1/on_air", json={"presenter": "canbo"}, headers=moderator
+            )
+            assert cut.status == 202, await cut.text()
+
+            async def on_b() -> bool:
+                return (await states_of(client))["on_air"] == "canbo"
+
+            await eventually(on_b)
+            # the presenter on air hands back to the lead
+            back = await client.post(
+                "/api/sessions/c1/on_air", json={"presenter": "p1"}, headers=lecturer("canbo")
+            )
+            assert back.status == 202, await back.text()
+
+            async def on_a() -> bool:
+                return (await states_of(client))["on_air"] == "p1"
+
+            await eventually(on_a)
+            events = await state.store.events("c1", kinds=[EventKind.ON_AIR, EventKind.OFF_AIR])
+            assert [(e.kind, e.data["presenter"]) for e in events] == [
+                (EventKind.ON_AIR, "p1"),
+                (EventKind.ON_AIR, "canbo"),
+                (EventKind.ON_AIR, "p1"),
+            ]
+            await lead.close()  # the lead drops: nobody is on air, the ledger says so
+
+            async def off() -> bool:
+                return await states_of(client) == {
+                    "p1": "offline",
+                    "canbo": "standby",
+                    "on_air": None,
+                }
+
+            await eventually(off)
+            kinds = [e.kind for e in await state.store.events("c1", kinds=[EventKind.OFF_AIR])]
+            assert kinds == [EventKind.OFF_AIR]
+            offline = await client.post(
+                "/api/sessions/c1/on_air", json={"presenter": "p1"}, headers=moderator
+            )
+            assert offline.status == 409
+            assert (await offline.json())["error"]["code"] == "presenter_offline"
+        finally:
+            for pc in peers:
+                if pc is not None:
+                    await pc.close()

@@ -358,7 +358,8 @@ async def _serve(
 ) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
     await ws.prepare(request)
-    peer = Peer(room.session.id, claims.role, site)
+    presenter = room.session.presenter(claims.p) if claims.role is Role.LECTURER else None
+    peer = Peer(room.session.id, claims.role, site, presenter.id if presenter else None)
     writer = asyncio.create_task(_write(ws, peer))
     connected = state.metrics.websockets.labels(claims.role.value)
     connected.inc()

@@ -1,0 +1,172 @@
+"""Several presenters, one lecture: real aiortc presenters and halls over loopback.
+
+Each presenter sends its own numbered clip (tests/mediaclip.py): A's frames are numbered
+from 0, B's from 20,000, so a hall's decoded numbers say whose picture it shows, and whether
+a frame came out corrupt (an unreadable number). A cut must reach every hall within 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from itertools import pairwise
+
+import pytest
+
+from media.errors import PresenterOfflineError, PublisherBusyError
+from tests.test_lecture import PublisherPeer, ViewerPeer, wait_for
+
+A, B = 0, 20000
+CUT_BOUND_S = 1.0
+
+
+def whose(number: int) -> str:
+    return "A" if number < B else "B"
+
+
+def runs(viewer: ViewerPeer) -> list[str]:
+    """The presenters a hall showed, in order (A, B, A for a cut and a cut back)."""
+    shown: list[str] = []
+    for number in viewer.numbers():
+        if number is not None and (not shown or shown[-1] != whose(number)):
+            shown.append(whose(number))
+    return shown
+
+
+def assert_clean_cuts(viewer: ViewerPeer) -> None:
+    """No corrupt frame; within each presenter's run the numbers only go up."""
+    numbers = viewer.numbers()
+    assert numbers and None not in numbers, f"corrupt frames: {numbers.count(None)}"
+    for a, b in pairwise(numbers):
+        assert a is not None and b is not None
+        assert whose(a) != whose(b) or b > a, (a, b)
+
+
+def first_frame_after(viewer: ViewerPeer, since: float, who: str) -> float | None:
+    return next(
+        (t for t, n in viewer.frames if t >= since and n is not None and whose(n) == who), None
+    )
+
+
+async def cut(lecture, presenter: str, halls: list[ViewerPeer], who: str) -> list[float]:
+    """Cut to `presenter`; the seconds until each hall decoded its first frame of theirs."""
+    since = time.monotonic()
+    await lecture.cue(presenter)
+    await wait_for(lambda: all(first_frame_after(h, since, who) for h in halls), timeout=5)
+    return [(first_frame_after(h, since, who) or 0.0) - since for h in halls]
+
+
+@pytest.fixture
+async def studio(engine):
+    """A lecture with presenters A (p1, on air) and B (p2, standby) and three halls."""
+    lecture = engine.lecture("two", video_codec="VP8")
+    halls = [ViewerPeer() for _ in range(3)]
+    a, b = PublisherPeer(A), PublisherPeer(B)
+    aired: list[str | None] = []
+    lecture.on_air_change = aired.append
+    for hall in halls:
+        await hall.subscribe(lecture)
+    await a.publish(lecture)
+    answer, _ = await lecture.publish(await offer_of(b), presenter="p2")
+    await b.connect(answer)
+    await wait_for(lambda: all(len(h.frames) >= 15 for h in halls))
+    await wait_for(lambda: lecture.presenter_states() == {"p1": "on_air", "p2": "standby"})
+    try:
+        yield lecture, halls, a, b, aired
+    finally:
+        for peer in (*halls, a, b):
+            await peer.close()
+
+
+async def offer_of(peer: PublisherPeer) -> str:
+    await peer.pc.setLocalDescription(await peer.pc.createOffer())
+    return str(peer.pc.localDescription.sdp)
+
+
+async def test_a_cut_reaches_every_hall_within_a_second_and_back(studio) -> None:
+    lecture, halls, _, _, aired = studio
+    assert all(runs(h) == ["A"] for h in halls)  # B's standby media went nowhere
+    audio_before = [h.audio_frames for h in halls]
+    to_b = await cut(lecture, "p2", halls, "B")
+    await wait_for(lambda: all(sum(whose(n) == "B" for n in h.numbers() if n) >= 30 for h in halls))
+    assert lecture.presenter_states() == {"p1": "standby", "p2": "on_air"}
+    to_a = await cut(lecture, "p1", halls, "A")
+    await wait_for(lambda: all(runs(h) == ["A", "B", "A"] for h in halls))
+    await wait_for(lambda: all(len(h.frames) >= 3 * 30 for h in halls))
+    print(f"cut to B at the halls: {[round(s, 3) for s in to_b]} s; back to A: {to_a}")
+    assert max(to_b + to_a) < CUT_BOUND_S, (to_b, to_a)
+    for hall, before in zip(halls, audio_before, strict=True):
+        assert_clean_cuts(hall)
+        assert hall.audio_frames > before + 50  # audio went on through both cuts
+        assert len(hall.pc.getReceivers()) == 2  # the same two tracks: nothing renegotiated
+    assert aired == ["p1", "p2", "p1"] and lecture.cuts == 2
+
+
+async def test_a_cut_while_a_hall_joins(studio) -> None:
+    lecture, halls, _, _, _ = studio
+    late = ViewerPeer()
+    try:
+        joining = asyncio.ensure_future(late.subscribe(lecture))
+        await lecture.cue("p2")
+        await joining
+        await wait_for(lambda: sum(1 for n in late.numbers() if n and n >= B) >= 20)
+        await wait_for(lambda: all(runs(h) == ["A", "B"] for h in halls))
+        for hall in (*halls, late):
+            assert_clean_cuts(hall)
+        assert runs(late) in (["A", "B"], ["B"])
+    finally:
+        await late.close()
+
+
+async def test_the_on_air_presenter_dropping_leaves_the_last_frame(studio) -> None:
+    lecture, halls, a, _, aired = studio
+    await a.close()  # A's connection drops
+    await wait_for(lambda: aired[-1] is None, timeout=6)  # the director is told
+    assert lecture.presenter_states() == {"p2": "standby"} and not lecture.live
+    await asyncio.sleep(0.5)
+    frames, audio = [len(h.frames) for h in halls], [h.audio_frames for h in halls]
+    await asyncio.sleep(1.0)
+    assert [len(h.frames) for h in halls] == frames  # the last frame stays, nothing corrupt
+    assert [h.audio_frames for h in halls] == audio  # audio stops
+    with pytest.raises(PresenterOfflineError):
+        await lecture.cue("p1")
+    to_b = await cut(lecture, "p2", halls, "B")  # the director cuts to B
+    assert max(to_b) < CUT_BOUND_S, to_b
+    for hall in halls:
+        assert_clean_cuts(hall)
+
+
+async def test_a_second_device_of_one_presenter_is_busy_not_a_cut(studio) -> None:
+    lecture, halls, _, _, _ = studio
+    intruder = PublisherPeer(40000)
+    try:
+        with pytest.raises(PublisherBusyError, match="p2"):
+            await lecture.publish(await offer_of(intruder), presenter="p2")
+    finally:
+        await intruder.close()
+    assert lecture.presenter_states() == {"p1": "on_air", "p2": "standby"}
+
+
+async def test_return_feed_mutes_its_own_presenter_while_on_air(studio) -> None:
+    lecture, halls, _, _, _ = studio
+    back = ViewerPeer()
+    try:
+        await back.pc.setLocalDescription(await back.pc.createOffer())
+        from aiortc import RTCSessionDescription
+
+        answer, _ = await lecture.subscribe(back.pc.localDescription.sdp, presenter="p2")
+        await back.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await wait_for(lambda: len(back.frames) >= 15 and back.audio_frames >= 25)
+        await cut(lecture, "p2", [back, *halls], "B")  # B on air: B's return feed is silent
+        await asyncio.sleep(0.5)
+        heard = back.audio_frames
+        await asyncio.sleep(1.0)
+        assert back.audio_frames == heard, "B hears itself"
+        assert all(h.audio_frames > 0 for h in halls)
+        seen = len(back.frames)
+        await wait_for(lambda: len(back.frames) >= seen + 15)  # but still sees the programme
+        await cut(lecture, "p1", [back], "A")
+        await wait_for(lambda: back.audio_frames >= heard + 25)  # A's voice again
+        assert_clean_cuts(back)
+    finally:
+        await back.close()
