@@ -192,7 +192,7 @@ class Hub:
                 await self.append(session.id, EventKind.OFF_AIR, data={"presenter": room.on_air})
         room.presenter_states, room.on_air = dict(states), on_air
         await room.broadcast(
-            {"all": True},
+            {"roles": ["site", "moderator", "lecturer", "admin"]},
             room.presenters_message(),
             t="presenters",
             states=states,

@@ -122,6 +122,7 @@ async def _site(state: AppState, session: ClassSession, code: str) -> Site:
 async def studio(request: web.Request) -> web.Response:
     _, session, page = await _base(request, "lecturer", Action.PUBLISH)
     page["whip_url"] = f"/whip/{quote(session.id)}"
+    page["return_url"] = f"/return/{quote(session.id)}"
     return render(request, "studio", page)
 
 

@@ -96,6 +96,7 @@ class BrowserPages:
         viewport: dict[str, int] | None = None,
         init_script: str | None = None,
         enforce_policy: bool = False,
+        timeout_ms: int = 20_000,
     ) -> Any:
         # Playwright's wait_for_function evaluates its predicate with eval, which the pages'
         # Content-Security-Policy forbids: tests that enforce it (test_security) poll instead.
@@ -105,7 +106,7 @@ class BrowserPages:
             viewport=viewport or {"width": 1280, "height": 720},
             locale="vi-VN",
         )
-        context.set_default_timeout(20_000)
+        context.set_default_timeout(timeout_ms)
         self.contexts.append(context)
         if init_script:  # runs in the page before any of its own scripts
             context.add_init_script(init_script)

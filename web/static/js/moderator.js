@@ -5,6 +5,7 @@
 import { csvDocument } from "./csv.js";
 import { Channel, apiRequest } from "./protocol.js";
 import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
+import { renderPresenters } from "./presenters.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
@@ -26,6 +27,7 @@ function main() {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
+    get presenters() { return state.presenters || null; },
     get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
@@ -59,6 +61,14 @@ function measured(state, fn, sites) {
   if (m.samples.length > 600) m.samples.shift();
 }
 
+/** Each presenter's state, with a "Lên sóng" button for those on standby. */
+function showPresenters(state, msg) {
+  state.presenters = msg;
+  renderPresenters($("presenter-list"), msg, {
+    sid: state.page.sid, token: state.page.token, me: null, director: true,
+  });
+}
+
 function wireChannel(state) {
   const ch = state.channel;
   ch.on("state", function (s) {
@@ -67,7 +77,9 @@ function wireChannel(state) {
   ch.on("welcome", function (msg) {
     state.live = !!msg.live;
     setLiveBadge(state, msg.ended ? "ended" : undefined);
+    showPresenters(state, msg);
   });
+  ch.on("presenters", function (msg) { showPresenters(state, msg); });
   ch.on("live", function (msg) {
     state.live = !!msg.live;
     setLiveBadge(state);

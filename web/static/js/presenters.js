@@ -1,0 +1,58 @@
+// The presenters panel of the studio and moderator pages: each presenter's state (offline /
+// standby / on air) and a "Lên sóng" button for whoever may cut — a moderator, the lead
+// presenter, or the presenter on air handing over.
+import { apiRequest } from "./protocol.js";
+import { t, toast } from "./i18n.js";
+
+/**
+ * @typedef {{id: string, name: string, organisation: string, lead: boolean, state: string}} PresenterWire
+ * @typedef {{presenters: PresenterWire[], on_air: string|null}} PresentersMessage
+ * @typedef {{sid: string, token: string, me: string|null, director: boolean}} Director
+ */
+
+/**
+ * Draw the list; a button per presenter on standby when `who` may cut to them.
+ * @param {HTMLElement} list an <ul> @param {PresentersMessage} msg @param {Director} who
+ */
+export function renderPresenters(list, msg, who) {
+  list.textContent = "";
+  const mayCut = who.director || (who.me !== null && who.me === msg.on_air);
+  (msg.presenters || []).forEach(function (p) {
+    const li = document.createElement("li");
+    li.className = "presenter";
+    li.setAttribute("data-presenter", p.id);
+    li.setAttribute("data-state", p.state || "offline");
+    const name = document.createElement("strong");
+    name.textContent = (p.name || p.id) + (p.lead ? " ★" : "") + (p.id === who.me ? " (" + t("presenter_me") + ")" : "");
+    const org = document.createElement("span");
+    org.className = "muted small";
+    org.textContent = p.organisation || "";
+    const pill = document.createElement("span");
+    pill.className = "status-pill presenter-state";
+    pill.setAttribute("data-state", p.state === "on_air" ? "live" : p.state === "standby" ? "waiting" : "ended");
+    pill.textContent = t("presenter_state_" + (p.state || "offline"));
+    li.append(name, " ", org, " ", pill);
+    if (mayCut && p.state === "standby") {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "btn btn-primary presenter-cut";
+      button.textContent = t("presenter_go_on_air");
+      button.addEventListener("click", function () { cutTo(who, p, button); });
+      li.append(" ", button);
+    }
+    list.appendChild(li);
+  });
+}
+
+/** @param {Director} who @param {PresenterWire} p @param {HTMLButtonElement} button */
+async function cutTo(who, p, button) {
+  button.disabled = true;
+  try {
+    await apiRequest("/api/sessions/" + encodeURIComponent(who.sid) + "/on_air", who.token,
+      { method: "POST", body: { presenter: p.id } });
+    toast(t("presenter_cut_sent", { name: p.name || p.id }));
+  } catch (err) {
+    button.disabled = false;
+    toast(t("error_generic", { message: err.message || err }));
+  }
+}
