@@ -346,6 +346,7 @@ class Lecture:
         self._adopted_at = 0.0
         self._closing: set[asyncio.Future[None]] = set()
         self._cue_task: asyncio.Task[None] | None = None
+        self._cued_at: float | None = None
         self.live_since = 0.0
         self.publishers = 0
         self.cuts = 0
@@ -402,6 +403,7 @@ class Lecture:
         if source is self.publisher or source is self.pending:
             return
         self.cuts += 1
+        self._cued_at = time.monotonic()
         for kind, track in self.tracks.items():
             track.readmit(source.ssrcs.get(kind))  # it may have been on air before
         if self.publisher is None or self.publisher.closed:
@@ -522,6 +524,10 @@ class Lecture:
             if track.source != new.ssrcs.get(kind):
                 track.source_gone()  # audio: the new one's starts with its next packet
         self._air(self._presenter_of.get(new))
+        if self._cued_at is not None:
+            waited = round(1000 * (time.monotonic() - self._cued_at))
+            self._cued_at = None
+            logger.info("cut on air", extra={"lecture": self.id, "keyframe_wait_ms": waited})
         if old is not None and not old.closed and self._superseded(old):
             closing = asyncio.ensure_future(old.close())
             self._closing.add(closing)

@@ -215,6 +215,15 @@ async def test_director_cuts_between_presenters_and_the_ledger_keeps_the_program
             )
             assert offline.status == 409
             assert (await offline.json())["error"]["code"] == "presenter_offline"
+            report = await client.get("/api/sessions/c1/attendance", headers=moderator)
+            programme = (await report.json())["programme"]
+            assert [(p["presenter"], p["name"]) for p in programme] == [
+                ("p1", TWO[0]["name"]),
+                ("canbo", TWO[1]["name"]),
+                ("p1", TWO[0]["name"]),
+            ]
+            assert all(p["start"] <= p["end"] and not p["open"] for p in programme)
+            assert programme[0]["end"] == programme[1]["start"]
         finally:
             for pc in peers:
                 if pc is not None:

@@ -121,5 +121,7 @@ def test_moderator_cuts_between_two_studios_and_a_site_follows(
     to_a = cut(moderator, site, "hocvien")
     assert_frames_rising(site)
     print(f"Chromium site: cut to B decoded {to_b:.3f} s after the click, back to A {to_a:.3f} s")
-    assert max(to_b, to_a) < 3.0  # a click, an HTTP round trip, a keyframe, getStats polling
+    # A click, an HTTP round trip, Chromium's keyframe, the site's jitter buffer and getStats
+    # polling, on a loaded 2-core machine (the server's own part is logged: "cut on air").
+    assert max(to_b, to_a) < 10.0
     assert site.evaluate("window.lopso.state") == "playing"
