@@ -350,6 +350,7 @@ class Lecture:
         self.live_since = 0.0
         self.publishers = 0
         self.cuts = 0
+        self.cut_waits: list[float] = []  # seconds from each cue to its keyframe on air (last 32)
         self._rate = (time.monotonic(), 0, 0.0)
         self._retired = (0, 0, 0)
         self._reporter = asyncio.ensure_future(self._report_loop())
@@ -525,9 +526,12 @@ class Lecture:
                 track.source_gone()  # audio: the new one's starts with its next packet
         self._air(self._presenter_of.get(new))
         if self._cued_at is not None:
-            waited = round(1000 * (time.monotonic() - self._cued_at))
+            waited = time.monotonic() - self._cued_at
             self._cued_at = None
-            logger.info("cut on air", extra={"lecture": self.id, "keyframe_wait_ms": waited})
+            self.cut_waits = [*self.cut_waits[-31:], waited]
+            logger.info(
+                "cut on air", extra={"lecture": self.id, "keyframe_wait_ms": round(1000 * waited)}
+            )
         if old is not None and not old.closed and self._superseded(old):
             closing = asyncio.ensure_future(old.close())
             self._closing.add(closing)

@@ -235,9 +235,10 @@ def mint(
     )
 
 
-async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:
+async def whip_route(lecture: Any, token: str = "token", presenter: str = "p1") -> tuple[Any, str]:
     """A bare WHIP endpoint for one media lecture on a loopback port, as server/ reduces to its
-    media call: POST (with `Bearer <token>`) publishes, DELETE ends. Returns (runner, URL)."""
+    media call: POST (with `Bearer <token>`) publishes as `presenter`, DELETE ends. Returns
+    (runner, URL)."""
     from aiohttp import web
 
     publishers: dict[str, Any] = {}
@@ -245,7 +246,7 @@ async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:
     async def post(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {token}":
             return web.Response(status=401)
-        answer, publisher = await lecture.publish(await request.text())
+        answer, publisher = await lecture.publish(await request.text(), presenter=presenter)
         publishers["1"] = publisher
         headers = {"Location": f"{request.path}/1"}
         return web.Response(

@@ -93,7 +93,11 @@ async def test_a_cut_reaches_every_hall_within_a_second_and_back(studio) -> None
     to_a = await cut(lecture, "p1", halls, "A")
     await wait_for(lambda: all(runs(h) == ["A", "B", "A"] for h in halls))
     await wait_for(lambda: all(len(h.frames) >= 3 * 30 for h in halls))
-    print(f"cut to B at the halls: {[round(s, 3) for s in to_b]} s; back to A: {to_a}")
+    print(
+        f"on air after the cue: {[round(s, 3) for s in lecture.cut_waits]} s; "
+        f"cut to B at the halls: {[round(s, 3) for s in to_b]} s; "
+        f"back to A: {[round(s, 3) for s in to_a]} s"
+    )
     assert max(to_b + to_a) < CUT_BOUND_S, (to_b, to_a)
     for hall, before in zip(halls, audio_before, strict=True):
         assert_clean_cuts(hall)
@@ -170,3 +174,72 @@ async def test_return_feed_mutes_its_own_presenter_while_on_air(studio) -> None:
         assert_clean_cuts(back)
     finally:
         await back.close()
+
+
+async def test_ffmpeg_whip_is_the_second_presenter_of_an_h264_class(engine, tmp_path) -> None:
+    """FFmpeg's WHIP muxer (a file, a keyframe every second, no answer to a PLI) as presenter
+    B of an H264 class, an aiortc studio as A: halls cut to B at its next keyframe and back."""
+    from tests.mediaclip import write_h264_clip
+    from tests.serverproc import whip_route
+    from tests.test_ffmpeg_whip import run_ffmpeg
+
+    lecture = engine.lecture("h264-duo", video_codec="H264")
+    studio = PublisherPeer(B, codec="H264")  # A's numbers from 20,000 here; FFmpeg's from 0
+    halls = [ViewerPeer(codec="H264") for _ in range(3)]
+    clip = write_h264_clip(tmp_path, seconds=10.0)
+    runner, url = await whip_route(lecture, token="tok", presenter="ffmpeg")
+    ffmpeg = None
+    try:
+        for hall in halls:
+            await hall.subscribe(lecture)
+        answer, _ = await lecture.publish(await offer_of(studio), presenter="p1")
+        await studio.connect(answer)
+        await wait_for(lambda: all(len(h.frames) >= 10 for h in halls), timeout=15)
+        ffmpeg = asyncio.ensure_future(run_ffmpeg(url, str(clip), "tok", timeout=60))
+        await wait_for(lambda: lecture.presenter_states().get("ffmpeg") == "standby", timeout=15)
+        await asyncio.sleep(1.0)
+        assert all(all(n is None or n >= B for n in h.numbers()) for h in halls)  # standby
+        since = time.monotonic()
+        await lecture.cue("ffmpeg")
+        await wait_for(
+            lambda: all(any(n is not None and n < B for _, n in h.frames) for h in halls), 5
+        )
+        to_ffmpeg = [
+            next(t for t, n in h.frames if t >= since and n is not None and n < B) - since
+            for h in halls
+        ]
+        await wait_for(lambda: all(sum(1 for n in h.numbers() if n and n < B) >= 30 for h in halls))
+        since = time.monotonic()
+        await lecture.cue("p1")
+        to_studio = [await first_after(h, since, lambda n: n >= B) for h in halls]
+        print(
+            f"FFmpeg on air {lecture.cut_waits[-2]:.3f} s after the cue; "
+            f"cut to FFmpeg at the halls: {[round(s, 3) for s in to_ffmpeg]} s; "
+            f"back to aiortc: {[round(s, 3) for s in to_studio]} s"
+        )
+        # FFmpeg sends a file: its next keyframe is up to a second (its GOP) away, whatever
+        # the PLI; on air then at once. The halls' decoders add their part on a loaded box.
+        to_air = lecture.cut_waits[-2]
+        assert to_air < 1.0 + 0.3, lecture.cut_waits
+        assert max(to_ffmpeg) < 3.0, to_ffmpeg
+        assert max(to_studio) < CUT_BOUND_S  # aiortc answers the cut's PLI
+        for hall in halls:
+            numbers = hall.numbers()
+            assert numbers and None not in numbers, "corrupt frame"
+            for a, b in pairwise(numbers):
+                assert (a >= B) != (b >= B) or b > a, (a, b)  # type: ignore[operator]
+        code, output = await ffmpeg  # the clip plays to its end, FFmpeg exits cleanly
+        assert code == 0, output[-2000:]
+    finally:
+        if ffmpeg is not None and not ffmpeg.done():
+            await asyncio.wait([ffmpeg], timeout=60)  # run_ffmpeg kills it at its timeout
+        await runner.cleanup()
+        for peer in (*halls, studio):
+            await peer.close()
+
+
+async def first_after(viewer: ViewerPeer, since: float, match) -> float:
+    await wait_for(
+        lambda: any(t >= since and n is not None and match(n) for t, n in viewer.frames), 5
+    )
+    return next(t for t, n in viewer.frames if t >= since and n is not None and match(n)) - since
