@@ -10,6 +10,7 @@ from serverproc import SECRET, mint, running_app
 from server.auth import verify
 from server.models import Role
 from server.presenters import parse_cli_presenter, parse_presenters
+from tests import redisproc
 from tests.test_api import ADMIN, CSV
 
 TWO = [
@@ -228,3 +229,56 @@ async def test_director_cuts_between_presenters_and_the_ledger_keeps_the_program
             for pc in peers:
                 if pc is not None:
                     await pc.close()
+
+
+# --- cluster: the node holding the sources cuts, every node knows the presenters' states -----
+
+redis_module = redisproc.redis_module  # a private redis-server for this module
+
+
+async def test_a_cut_asked_on_one_node_reaches_the_node_with_the_sources(redis_module) -> None:
+    """Two nodes on one Redis: the origin (holding the sources) announces the presenters'
+    states, the other node sees them, and a cut asked there is done by the origin."""
+    import asyncio
+    import time
+    import uuid
+
+    from server.hub import Hub
+    from server.models import ClassSession
+    from server.presenters import parse_presenters
+    from server.store.redis import RedisStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    stores = [RedisStore(redis_module.url, node_id=n, prefix=prefix) for n in ("o1", "e1")]
+    for store in stores:
+        await store.open()
+    origin, edge = Hub(stores[0], "o1"), Hub(stores[1], "e1")
+    cues: list[tuple[str, str]] = []
+
+    async def on_cue(sid: str, presenter: str) -> None:
+        cues.append((sid, presenter))
+
+    origin.on_cue = on_cue
+    session = ClassSession("c1", "Hai báo cáo viên", time.time(), presenters=parse_presenters(TWO))
+    await stores[0].put_session(session)
+    try:
+        seen = await edge.room(session)
+        await origin.room(session)
+        await origin.set_presenters(session, {"p1": "on_air", "canbo": "standby"}, "p1", True)
+        deadline = time.monotonic() + 5
+        while seen.presenter_states.get("canbo") != "standby":
+            assert time.monotonic() < deadline, "the other node never learnt the states"
+            await asyncio.sleep(0.05)
+        assert seen.on_air == "p1"
+        await edge.cue(session, "canbo")
+        while not cues:
+            assert time.monotonic() < deadline, "the origin never got the cut"
+            await asyncio.sleep(0.05)
+        assert cues == [("c1", "canbo")]
+        kinds = [e.kind.value for e in await stores[0].events("c1")]
+        assert kinds.count("on_air") == 1
+    finally:
+        for hub in (origin, edge):
+            await hub.close()
+        for store in stores:
+            await store.close()
