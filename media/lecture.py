@@ -28,6 +28,7 @@ from .congestion import VideoGate
 from .errors import LectureClosedError, PresenterOfflineError, PublisherBusyError
 from .forwarder import TrackForwarder, ViewerTrack
 from .ingest import Publisher
+from .preview import Preview
 from .rtcp import ClockMapping, Feedback, RtcpError, parse_feedback, rtt_seconds
 from .sdp import OPUS, CodecSpec, LocalTransport, MediaLine, build_answer, parse_viewer_offer
 
@@ -98,7 +99,7 @@ class Viewer:
 
     def __init__(
         self,
-        lecture: Lecture,
+        lecture: Lecture | Preview,
         endpoint: Any,
         lines: list[MediaLine],
         relay: bool = False,
@@ -330,6 +331,7 @@ class Lecture:
         self.publisher: Publisher | None = None  # the source being forwarded (on air)
         self.pending: Publisher | None = None  # cut to; on air at its first keyframe
         self.sources: dict[str, Publisher] = {}  # each presenter's latest publisher
+        self.previews: dict[str, Preview] = {}  # a presenter's own streams, while watched
         self.programme: str | None = None  # the presenter chosen to be on air
         self._presenter_of: dict[Publisher, str] = {}
         self.viewers: set[Viewer] = set()
@@ -541,6 +543,10 @@ class Lecture:
     def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
         if not packet.payload:
             return
+        if self.previews:
+            monitor = self.previews.get(self._presenter_of.get(publisher, ""))
+            if monitor is not None:
+                monitor.feed(kind, packet)
         if publisher is self.pending:
             # Its audio waits for its picture (unless it sends none), so both switch together.
             if kind == "video" or "video" not in publisher.receivers:
@@ -636,6 +642,29 @@ class Lecture:
         tree): its video is never paused by per-viewer congestion logic (see `Viewer`).
         `presenter`: the viewer is that presenter's return feed (see `Viewer.presenter`).
         """
+        return self._answer(offer, self, relay, presenter)
+
+    async def preview(self, offer: str, presenter: str) -> tuple[str, Viewer]:
+        """Answer a viewer of one presenter's own picture and sound (on air or standby)."""
+        monitor = self.previews.get(presenter)
+        if monitor is None:
+            monitor = self.previews[presenter] = Preview(
+                self.id,
+                presenter,
+                self.specs["video"],
+                self.socket,
+                lambda: self._preview_keyframe(presenter),
+            )
+        return self._answer(offer, monitor, False, None)
+
+    def _preview_keyframe(self, presenter: str) -> None:
+        source = self.sources.get(presenter)
+        if source is not None:
+            source.request_keyframe()
+
+    def _answer(
+        self, offer: str, target: Lecture | Preview, relay: bool, presenter: str | None
+    ) -> tuple[str, Viewer]:
         self._check_open()
         parsed = parse_viewer_offer(offer, self.specs)
         remote = parsed.remote
@@ -647,11 +676,11 @@ class Lecture:
             endpoint.setup,
             self.socket.candidates(),
         )
-        ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in self.tracks.items()}
+        ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in target.tracks.items()}
         answer = build_answer(parsed, self.specs, local, ssrcs)
         lines = [line for line in parsed.lines if line is not None]
-        viewer = Viewer(self, endpoint, lines, relay=relay, presenter=presenter)
-        self.viewers.add(viewer)
+        viewer = Viewer(target, endpoint, lines, relay=relay, presenter=presenter)
+        target.viewers.add(viewer)
         return answer, viewer
 
     async def _report_loop(self) -> None:
@@ -713,6 +742,8 @@ class Lecture:
             self._cue_task.cancel()
         for viewer in list(self.viewers):
             await viewer.close()
+        for monitor in self.previews.values():
+            await monitor.close()
         for publisher in (self.pending, self.publisher, *self.sources.values()):
             if publisher is not None:
                 await publisher.close()

@@ -163,6 +163,7 @@ async def test_director_cuts_between_presenters_and_the_ledger_keeps_the_program
                 }
 
             await eventually(standby)
+            await check_preview_route(client, moderator)
             # a standby presenter may not cut; the lead and a moderator may
             refused = await client.post(
                 "/api/sessions/c1/on_air", json={"presenter": "canbo"}, headers=lecturer("canbo")
@@ -282,3 +283,30 @@ async def test_a_cut_asked_on_one_node_reaches_the_node_with_the_sources(redis_m
             await hub.close()
         for store in stores:
             await store.close()
+
+
+async def check_preview_route(client, moderator: dict[str, str]) -> None:
+    """`/preview/{sid}/{presenter}`: a director's monitor; not for a hall, not for a stranger."""
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    try:
+        sdp = {"Content-Type": "application/sdp"}
+        site = {"Authorization": f"Bearer {mint(Role.SITE, 'c1', 'S1')}", **sdp}
+        refused = await client.post("/preview/c1/canbo", data=offer, headers=site)
+        assert refused.status == 403
+        unknown = await client.post("/preview/c1/zz", data=offer, headers={**moderator, **sdp})
+        assert unknown.status == 404
+        assert (await unknown.json())["error"]["code"] == "unknown_presenter"
+        made = await client.post("/preview/c1/canbo", data=offer, headers={**moderator, **sdp})
+        assert made.status == 201, await made.text()
+        location = made.headers["Location"]
+        assert location.startswith("/preview/c1/canbo/")
+        gone = await client.delete(location, headers=moderator)
+        assert gone.status == 200
+    finally:
+        await pc.close()

@@ -243,3 +243,24 @@ async def first_after(viewer: ViewerPeer, since: float, match) -> float:
         lambda: any(t >= since and n is not None and match(n) for t, n in viewer.frames), 5
     )
     return next(t for t, n in viewer.frames if t >= since and n is not None and match(n)) - since
+
+
+async def test_the_director_previews_each_presenter_whoever_is_on_air(studio) -> None:
+    from aiortc import RTCSessionDescription
+
+    lecture, halls, _, _, _ = studio
+    monitors = {"p1": ViewerPeer(), "p2": ViewerPeer()}
+    try:
+        for presenter, monitor in monitors.items():
+            await monitor.pc.setLocalDescription(await monitor.pc.createOffer())
+            answer, _ = await lecture.preview(monitor.pc.localDescription.sdp, presenter)
+            await monitor.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await wait_for(lambda: all(len(m.frames) >= 20 for m in monitors.values()))
+        assert {whose(n) for n in monitors["p1"].numbers() if n is not None} == {"A"}
+        assert {whose(n) for n in monitors["p2"].numbers() if n is not None} == {"B"}
+        assert all(runs(h) == ["A"] for h in halls)  # B's preview is not the programme
+        for monitor in monitors.values():
+            assert_clean_cuts(monitor)
+    finally:
+        for monitor in monitors.values():
+            await monitor.close()

@@ -51,7 +51,7 @@ MEDIA_MODES = ("auto", "audio_only")
 class Resource:
     """A live WHIP publisher or WHEP viewer, addressed by its Location."""
 
-    kind: str  # "whip" | "whep" | "return"
+    kind: str  # "whip" | "whep" | "return" | "preview"
     sid: str
     site: str | None
     handle: Any  # media Publisher or Viewer
@@ -129,6 +129,26 @@ async def _announce_presenters(
                 await state.hub.set_presenters(session, states, on_air, cut)
         except Exception:
             log.exception("could not announce presenters", extra={"sid": sid})
+
+
+async def post_preview(request: web.Request) -> web.Response:
+    """`POST /preview/{sid}/{presenter}`: the director's small monitor of one presenter, on
+    air or on standby (WHEP shape; moderator, lecturer or admin token)."""
+    state = request.app[STATE]
+    session = await open_class(request, Action.SEE_ALL, None)
+    presenter = session.presenter(request.match_info["presenter"])
+    if presenter is None:
+        raise UnknownError(
+            f"presenter {request.match_info['presenter']} is not in class {session.id}",
+            code="unknown_presenter",
+        )
+    offer = await read_sdp(request)
+    placed = await relay.place_whip(request, offer)  # cluster: the origin holds the sources
+    if placed is not None:
+        return placed
+    answer, viewer = await lecture_of(state, session).preview(offer, presenter.id)
+    rid = _remember(state, Resource("preview", session.id, None, viewer))
+    return _created(f"/preview/{session.id}/{presenter.id}/{rid}", answer)
 
 
 def presenter_of(request: web.Request, session: ClassSession) -> str:
@@ -276,6 +296,8 @@ async def delete_resource(request: web.Request) -> web.Response:
     sid, rid = request.match_info["sid"], request.match_info["rid"]
     site = request.match_info.get("site")
     action = Action.VIEW if site is not None else Action.PUBLISH
+    if "presenter" in request.match_info:  # a director's preview
+        action = Action.SEE_ALL
     authorize_request(request, action, sid, site)
     resource = state.resources.get(rid)
     if resource is None and (forwarded := await relay.forward_delete(request, rid)) is not None:
@@ -305,12 +327,18 @@ def add_routes(app: web.Application) -> None:
         ("/whip/{sid}", post_whip),
         ("/whep/{sid}/{site}", post_whep),
         ("/return/{sid}", post_return),
+        ("/preview/{sid}/{presenter}", post_preview),
     ):
         r.add_post(path, post)
         r.add_route("OPTIONS", path, options)
         for method in ("GET", "PUT", "PATCH", "DELETE"):
             r.add_route(method, path, not_allowed)
-    for path in ("/whip/{sid}/{rid}", "/whep/{sid}/{site}/{rid}", "/return/{sid}/{rid}"):
+    for path in (
+        "/whip/{sid}/{rid}",
+        "/whep/{sid}/{site}/{rid}",
+        "/return/{sid}/{rid}",
+        "/preview/{sid}/{presenter}/{rid}",
+    ):
         r.add_delete(path, delete_resource)
         r.add_route("OPTIONS", path, options)
         for method in ("GET", "PATCH", "PUT", "POST"):

@@ -110,9 +110,10 @@ def test_moderator_cuts_between_two_studios_and_a_site_follows(
     assert_frames_rising(site)
     site.wait_for_selector('#on-air-caption[data-presenter="hocvien"]:not([hidden])')
 
-    # The studio on standby sees the programme on its return feed.
+    # The studio on standby sees the programme on its return feed; the moderator previews it.
     standby = studios["congan"]
     standby.wait_for_function("window.lopso.returnFrames() > 10", timeout=20_000)
+    moderator.wait_for_function("window.lopso.previewFrames('congan') > 10", timeout=20_000)
 
     to_b = cut(moderator, site, "congan")
     assert_frames_rising(site)

@@ -22,12 +22,16 @@ function main() {
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
   const state = { page: page, wall: wall, selected: "", totals: {}, live: false, metrics: metrics,
     channel: new Channel(page.ws_url), help: new Map(), questions: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
-    detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
+    detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false, monitors: new Map() };
   window.lopso = {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
     get presenters() { return state.presenters || null; },
+    previewFrames: function (id) {
+      const m = state.monitors.get(id);
+      return m && m.video.getVideoPlaybackQuality ? m.video.getVideoPlaybackQuality().totalVideoFrames : 0;
+    },
     get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
@@ -66,6 +70,7 @@ function showPresenters(state, msg) {
   state.presenters = msg;
   renderPresenters($("presenter-list"), msg, {
     sid: state.page.sid, token: state.page.token, me: null, director: true,
+    monitors: state.monitors,
   });
 }
 

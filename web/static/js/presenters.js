@@ -1,13 +1,15 @@
 // The presenters panel of the studio and moderator pages: each presenter's state (offline /
 // standby / on air) and a "Lên sóng" button for whoever may cut — a moderator, the lead
 // presenter, or the presenter on air handing over.
-import { apiRequest } from "./protocol.js";
+import { WhxSession, apiRequest } from "./protocol.js";
 import { t, toast } from "./i18n.js";
 
 /**
  * @typedef {{id: string, name: string, organisation: string, lead: boolean, state: string}} PresenterWire
  * @typedef {{presenters: PresenterWire[], on_air: string|null}} PresentersMessage
- * @typedef {{sid: string, token: string, me: string|null, director: boolean}} Director
+ * @typedef {{video: HTMLVideoElement, pc: RTCPeerConnection, whep: WhxSession}} Monitor
+ * @typedef {{sid: string, token: string, me: string|null, director: boolean,
+ *   monitors?: Map<string, Monitor>}} Director
  */
 
 /**
@@ -32,6 +34,7 @@ export function renderPresenters(list, msg, who) {
     pill.setAttribute("data-state", p.state === "on_air" ? "live" : p.state === "standby" ? "waiting" : "ended");
     pill.textContent = t("presenter_state_" + (p.state || "offline"));
     li.append(name, " ", org, " ", pill);
+    if (who.monitors) showMonitor(li, who, p);
     if (mayCut && p.state === "standby") {
       const button = document.createElement("button");
       button.type = "button";
@@ -55,4 +58,43 @@ async function cutTo(who, p, button) {
     button.disabled = false;
     toast(t("error_generic", { message: err.message || err }));
   }
+}
+
+/**
+ * A small live preview of a publishing presenter (their own picture, muted), kept across
+ * redraws; stopped when they go offline.
+ * @param {HTMLElement} li @param {Director} who @param {PresenterWire} p
+ */
+function showMonitor(li, who, p) {
+  const monitors = /** @type {Map<string, Monitor>} */ (who.monitors);
+  let monitor = monitors.get(p.id);
+  if (p.state !== "standby" && p.state !== "on_air") {
+    if (monitor) {
+      monitor.whep.stop();
+      monitor.pc.close();
+      monitors.delete(p.id);
+    }
+    return;
+  }
+  if (!monitor) {
+    const video = document.createElement("video");
+    video.className = "presenter-preview";
+    video.muted = true;
+    video.playsInline = true;
+    video.autoplay = true;
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = function (ev) {
+      if (ev.track.kind === "video") video.srcObject = new MediaStream([ev.track]);
+    };
+    const url = "/preview/" + encodeURIComponent(who.sid) + "/" + encodeURIComponent(p.id);
+    monitor = { video: video, pc: pc, whep: new WhxSession(url, who.token) };
+    monitors.set(p.id, monitor);
+    monitor.whep.start(pc, { iceWaitMs: 0 }).catch(function (err) {
+      console.warn("lopso: preview failed", p.id, err);
+    });
+  }
+  li.append(monitor.video);
+  monitor.video.play().catch(function () {}); // moved in the page: playing again
 }

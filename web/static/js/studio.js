@@ -37,6 +37,7 @@ class Studio {
     /** @type {{presenters: any[], on_air: string|null}} */ this.lineup = { presenters: [], on_air: null };
     /** @type {RTCPeerConnection|null} */ this.returnPc = null;
     /** @type {WhxSession|null} */ this.returnWhep = null;
+    this.monitors = new Map(); // the lead's previews of the presenters
   }
 }
 
@@ -420,6 +421,7 @@ function showPresenters(studio, msg) {
   const me = studio.lineup.presenters.find(function (p) { return p.id === studio.presenter; });
   renderPresenters($("presenter-list"), studio.lineup, {
     sid: studio.page.sid, token: studio.page.token, me: studio.presenter, director: !!(me && me.lead),
+    monitors: me && me.lead ? studio.monitors : undefined,
   });
   showOnAir(studio);
 }
