@@ -403,7 +403,12 @@ class Lecture:
         if source is None or source.closed or not self._heard(source):
             raise PresenterOfflineError(f"presenter {presenter} is not publishing")
         self.programme = presenter
-        if source is self.publisher or source is self.pending:
+        if source is self.publisher:
+            if self.pending is not None and not self._superseded(self.pending):
+                self.pending = None  # cut back before the other one's keyframe came
+                self._sources_changed()
+            return
+        if source is self.pending:
             return
         self.cuts += 1
         self._cued_at = time.monotonic()

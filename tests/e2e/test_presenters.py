@@ -9,6 +9,8 @@ import time
 import urllib.request
 from typing import Any
 
+import pytest
+
 from tests.e2e.test_class import assert_frames_rising, wait_state
 
 SID = "hai-bao-cao-vien"
@@ -67,6 +69,7 @@ def cut(moderator: Any, site: Any, presenter: str) -> float:
     return seconds
 
 
+@pytest.mark.timeout(600)  # five Chromium pages with video: minutes on a loaded 2-core machine
 def test_moderator_cuts_between_two_studios_and_a_site_follows(
     lopso: Any, browser_pages: Any
 ) -> None:
@@ -97,9 +100,13 @@ def test_moderator_cuts_between_two_studios_and_a_site_follows(
         moderator.wait_for_selector(
             f'li[data-presenter="{link["id"]}"]:not([data-state="offline"])'
         )
-    moderator.wait_for_function("window.lopso.presenters.on_air === 'hocvien'")
-    assert moderator.locator('li[data-presenter="congan"]').get_attribute("data-state") == "standby"
-    assert moderator.locator('li[data-presenter="hocvien"] .presenter-cut').count() == 0
+    # (waited for, not read once: on a loaded machine a studio's encoder may stall past the
+    # 3 s silence timeout, and the lecture is briefly off air)
+    moderator.wait_for_selector('li[data-presenter="hocvien"][data-state="on_air"]')
+    moderator.wait_for_selector('li[data-presenter="congan"][data-state="standby"] .presenter-cut')
+    moderator.wait_for_function(
+        "!document.querySelector('li[data-presenter=\"hocvien\"] .presenter-cut')"
+    )
     studios["hocvien"].wait_for_selector("#live-badge:not([hidden])")
     assert studios["congan"].locator("#live-badge").is_hidden()
 
