@@ -19,3 +19,7 @@ class LectureClosedError(MediaError):
 
 class PublisherBusyError(MediaError):
     """Another publisher is live on this lecture and replacement was not asked for."""
+
+
+class PresenterOfflineError(MediaError):
+    """A presenter asked to go on air is not publishing (no standby source to cut to)."""

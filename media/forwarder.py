@@ -290,6 +290,12 @@ class TrackForwarder:
         """The SSRC being forwarded now (None: none yet, or its source is gone)."""
         return self.munger.source
 
+    def readmit(self, ssrc: int | None) -> None:
+        """A retired source may come back (a presenter cut back to): its packets are
+        forwarded again once it is the newest source and starts at a keyframe."""
+        if ssrc is not None:
+            self.retired.discard(ssrc)
+
     def source_gone(self) -> None:
         """The source being forwarded is gone for good; a newer one, if one is already
         arriving, takes over at its next keyframe (audio: its next packet)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCRtpReceiver, RTCSessionDescription
@@ -109,6 +110,7 @@ class Publisher:
         self.keyframe_requests = 0
         self.packets = 0
         self.octets = 0
+        self.heard_at = time.monotonic()  # answered, then the arrival of its latest packet
         self._closed = False
         self._tapped: set[int] = set()
         self._tasks: set[asyncio.Future[None]] = set()
@@ -196,6 +198,7 @@ class Publisher:
             self.receivers[kind] = receiver
         self.packets += 1
         self.octets += len(packet.payload)
+        self.heard_at = time.monotonic()
         self.on_packet(kind, packet)
 
     @property

@@ -1,9 +1,16 @@
-"""A lecture: one publisher at a time, any number of viewers, no codec on the path.
+"""A lecture: presenters publishing, one of them on air, any number of viewers, no codec.
 
-`Lecture.publish(offer)` answers a publisher (WHIP); while another is on air it is refused
-(PublisherBusyError) unless it takes over, and then the old one keeps forwarding until the
-new one's first keyframe has gone out, so viewers see no gap; `Lecture.subscribe(offer)` answers a viewer (WHEP) on the process's one UDP socket,
-before or after the lecturer is live. Each track (audio, video) is a `TrackForwarder`.
+`Lecture.publish(offer, presenter=...)` answers a presenter's publisher (WHIP); while that
+presenter already has one live it is refused (PublisherBusyError) unless it takes over, and
+then the old one keeps forwarding until the new one's first keyframe has gone out, so
+viewers see no gap. Every presenter's publisher is a source of the lecture; only the one on
+air (`programme`) is forwarded, the others are on standby. `Lecture.cue(presenter)` cuts to
+another: a keyframe is asked of it (again until it comes), the on-air one keeps going until
+that keyframe is forwarded, and the tracks' mungers carry sequence numbers and timestamps
+on, so viewers see a cut, never a renegotiation. `Lecture.subscribe(offer)` answers a viewer
+(WHEP) on the process's one UDP socket, before or after the lecture is live; a presenter's
+return feed is a viewer that does not hear its own presenter's voice while they are on air.
+Each track (audio, video) is a `TrackForwarder`.
 """
 
 from __future__ import annotations
@@ -18,15 +25,19 @@ from typing import Any
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from .congestion import VideoGate
-from .errors import LectureClosedError, PublisherBusyError
+from .errors import LectureClosedError, PresenterOfflineError, PublisherBusyError
 from .forwarder import TrackForwarder, ViewerTrack
 from .ingest import Publisher
+from .preview import Preview
 from .rtcp import ClockMapping, Feedback, RtcpError, parse_feedback, rtt_seconds
 from .sdp import OPUS, CodecSpec, LocalTransport, MediaLine, build_answer, parse_viewer_offer
 
 logger = logging.getLogger(__name__)
 
 SENDER_REPORT_INTERVAL = 1.0
+DEFAULT_PRESENTER = "p1"
+CUE_KEYFRAME_INTERVAL = 0.2  # a cue asks the new source for a keyframe this often ...
+CUE_KEYFRAME_TRIES = 15  # ... until it is on air (a lost PLI, an encoder that ignores one)
 SILENCE_TIMEOUT = 3.0  # seconds without publisher packets before the lecture counts as off air
 RTCP_SILENCE = 3.0
 """Seconds without RTCP from a viewer (while live) before its video pauses: its link is
@@ -89,11 +100,18 @@ class Viewer:
     """
 
     def __init__(
-        self, lecture: Lecture, endpoint: Any, lines: list[MediaLine], relay: bool = False
+        self,
+        lecture: Lecture | Preview,
+        endpoint: Any,
+        lines: list[MediaLine],
+        relay: bool = False,
+        presenter: str | None = None,
     ) -> None:
         self.lecture = lecture
         self.endpoint = endpoint
         self.relay = relay
+        self.presenter = presenter
+        """A presenter's return feed: their own voice is not sent back while on air."""
         member = ViewerTrack.relay if relay else ViewerTrack
         self.tracks = {
             line.kind: member(endpoint, line.payload_type, line.rtx_payload_type) for line in lines
@@ -132,7 +150,9 @@ class Viewer:
         if self.closed or self.last_rtcp is not None:
             return
         for kind, track in self.tracks.items():
-            if kind != "video" or not self._paused():
+            if kind == "video" and not self._paused():
+                self.lecture.tracks[kind].join(track)
+            elif kind == "audio" and self.hears_programme():
                 self.lecture.tracks[kind].join(track)
         self.last_rtcp = time.monotonic()
         if self.gate is not None:
@@ -141,6 +161,20 @@ class Viewer:
 
     def _paused(self) -> bool:
         return self.gate is not None and self.gate.paused
+
+    def hears_programme(self) -> bool:
+        """False for a presenter's return feed while that presenter is on air (no echo)."""
+        return self.presenter is None or self.presenter != self.lecture.on_air_presenter()
+
+    def refresh_return(self) -> None:
+        """After a cut: a return feed's audio stops while its own presenter is on air."""
+        audio = self.tracks.get("audio")
+        if audio is None or self.closed or self.last_rtcp is None:
+            return
+        if self.hears_programme():
+            self.lecture.tracks["audio"].join(audio)
+        else:
+            self.lecture.tracks["audio"].pause(audio)
 
     def _on_rtcp(self, data: bytes) -> None:
         if self.last_rtcp is not None:
@@ -288,7 +322,7 @@ class Viewer:
 
 
 class Lecture:
-    """One class's media: a fixed video codec, Opus audio, a publisher, viewers."""
+    """One class's media: a fixed video codec, Opus audio, presenters' sources, viewers."""
 
     def __init__(
         self, lecture_id: str, video: CodecSpec, socket: Any, media_silence: float = MEDIA_SILENCE
@@ -303,43 +337,124 @@ class Lecture:
                 "video", video.name, video.clock_rate, socket.fanout(), self._request_keyframe
             ),
         }
-        self.publisher: Publisher | None = None
-        self.pending: Publisher | None = None  # taking over; on air at its first keyframe
+        self.publisher: Publisher | None = None  # the source being forwarded (on air)
+        self.pending: Publisher | None = None  # cut to; on air at its first keyframe
+        self.sources: dict[str, Publisher] = {}  # each presenter's latest publisher
+        self.previews: dict[str, Preview] = {}  # a presenter's own streams, while watched
+        self.programme: str | None = None  # the presenter chosen to be on air
+        self._presenter_of: dict[Publisher, str] = {}
         self.viewers: set[Viewer] = set()
         self.on_live: Callable[[bool], None] | None = None
+        self.on_air_change: Callable[[str | None], None] | None = None
+        """The presenter whose media goes to viewers changed (None: nobody's)."""
+        self.on_sources: Callable[[], None] | None = None
+        """A presenter's source came, went, or was cut to: `presenter_states()` changed."""
         self.on_closed: Callable[[Lecture], None] | None = None
         self.live = False
         self.closed = False
+        self._aired: str | None = None
         self._last_packet = 0.0
         self._adopted_at = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self._cue_task: asyncio.Task[None] | None = None
+        self._cued_at: float | None = None
         self.live_since = 0.0
         self.publishers = 0
+        self.cuts = 0
+        self.cut_waits: list[float] = []  # seconds from each cue to its keyframe on air (last 32)
         self._rate = (time.monotonic(), 0, 0.0)
         self._retired = (0, 0, 0)
         self._reporter = asyncio.ensure_future(self._report_loop())
 
     # -- publishing -------------------------------------------------------------------------
 
-    async def publish(self, offer: str, takeover: bool = False) -> tuple[str, Publisher]:
-        """Answer a publisher's offer. While another publisher is on air this raises
-        PublisherBusyError unless `takeover`: the new one then replaces it once its first
-        keyframe is forwarded (the old one keeps going until then). Viewers keep going."""
+    async def publish(
+        self, offer: str, takeover: bool = False, presenter: str = DEFAULT_PRESENTER
+    ) -> tuple[str, Publisher]:
+        """Answer a presenter's publisher. While that presenter has another one live this
+        raises PublisherBusyError unless `takeover`: the new one then replaces it (on air:
+        once its first keyframe is forwarded; the old one keeps going until then).
+
+        The first presenter to publish goes on air; any other stays on standby until cut to
+        (`cue`). The programme's presenter coming back goes on air again. Viewers keep going."""
         self._check_open()
-        self._check_free(takeover)
+        self._check_free(presenter, takeover)
         publisher = self._new_publisher()
         try:
             answer = await publisher.start(offer)
             self._check_open()
-            self._check_free(takeover)  # another publisher may have come on air meanwhile
+            self._check_free(presenter, takeover)  # another one may have come meanwhile
         except BaseException:
             await publisher.close()
             raise
-        if takeover and self.on_air():
+        superseded = self.sources.get(presenter)
+        self.sources[presenter] = publisher
+        self._presenter_of[publisher] = presenter
+        if self.programme is None:
+            self.programme = presenter
+        if presenter != self.programme:
+            if superseded is not None and superseded is not self.pending:
+                await superseded.close()  # an older standby device of the same presenter
+        elif takeover and self.on_air():
             await self._hand_over(publisher)
         else:
             await self._adopt(publisher)
+        self._sources_changed()
         return answer, publisher
+
+    async def cue(self, presenter: str) -> None:
+        """Cut to `presenter`: their standby source goes on air at its next keyframe (asked
+        for now, and again until it comes); the one on air keeps going until then.
+
+        Raises PresenterOfflineError when they have no live source."""
+        self._check_open()
+        source = self.sources.get(presenter)
+        if source is None or source.closed or not self._heard(source):
+            raise PresenterOfflineError(f"presenter {presenter} is not publishing")
+        self.programme = presenter
+        if source is self.publisher:
+            if self.pending is not None and not self._superseded(self.pending):
+                self.pending = None  # cut back before the other one's keyframe came
+                self._sources_changed()
+            return
+        if source is self.pending:
+            return
+        self.cuts += 1
+        self._cued_at = time.monotonic()
+        for kind, track in self.tracks.items():
+            track.readmit(source.ssrcs.get(kind))  # it may have been on air before
+        if self.publisher is None or self.publisher.closed:
+            await self._adopt(source)
+        else:
+            self.pending = source  # an earlier cut that never showed a picture is dropped
+        self._chase_keyframe(source)
+        self._sources_changed()
+
+    def _chase_keyframe(self, source: Publisher) -> None:
+        if self._cue_task is not None:
+            self._cue_task.cancel()
+        self._cue_task = asyncio.ensure_future(self._ask_keyframes(source))
+
+    async def _ask_keyframes(self, source: Publisher) -> None:
+        for _ in range(CUE_KEYFRAME_TRIES):
+            source.request_keyframe()  # not throttled: a cut waits for nothing else
+            await asyncio.sleep(CUE_KEYFRAME_INTERVAL)
+            if source is not self.pending or source.closed:
+                return
+
+    def on_air_presenter(self) -> str | None:
+        """The presenter whose media goes to viewers now (None: nobody's, or a relay)."""
+        return self._aired
+
+    def presenter_states(self) -> dict[str, str]:
+        """Each publishing presenter's state: "on_air" or "standby" (absent: offline)."""
+        states = {}
+        for presenter, source in self.sources.items():
+            if source.closed:
+                continue
+            on_air = source is self.publisher and self.live and presenter == self._aired
+            states[presenter] = "on_air" if on_air else "standby"
+        return states
 
     def on_air(self) -> bool:
         """Whether a publisher holds the lecture: not closed, and heard from (or answered)
@@ -349,10 +464,18 @@ class Lecture:
             return False
         return time.monotonic() - max(self._last_packet, self._adopted_at) <= SILENCE_TIMEOUT
 
-    def _check_free(self, takeover: bool) -> None:
-        if not takeover and self.on_air():
+    @staticmethod
+    def _heard(publisher: Publisher) -> bool:
+        return time.monotonic() - publisher.heard_at <= SILENCE_TIMEOUT
+
+    def _check_free(self, presenter: str, takeover: bool) -> None:
+        source = self.sources.get(presenter)
+        if takeover or source is None or source.closed:
+            return
+        live = self.on_air() if source is self.publisher else self._heard(source)
+        if live:
             raise PublisherBusyError(
-                f"lecture {self.id} already has a live publisher; "
+                f"presenter {presenter} of lecture {self.id} already has a live publisher; "
                 "publish with takeover to replace it"
             )
 
@@ -381,25 +504,34 @@ class Lecture:
         )
         return publisher
 
+    def _superseded(self, publisher: Publisher | None) -> bool:
+        """A publisher no presenter holds any more (replaced by a newer device, or a relay
+        link): closed when it leaves the air. A presenter's source goes back to standby."""
+        return publisher is not None and publisher not in self.sources.values()
+
     async def _adopt(self, publisher: Publisher) -> None:
         self._check_open()
         old, self.publisher = self.publisher, publisher
         stale, self.pending = self.pending, None
         self.publishers += 1
         self._adopted_at = time.monotonic()
-        for track in self.tracks.values():
+        for kind, track in self.tracks.items():
             track.source_changed()
+            track.readmit(publisher.ssrcs.get(kind))
+        if self.live:
+            self._air(self._presenter_of.get(publisher))
         for gone in (old, stale):
-            if gone is not None:
+            if gone is not None and gone is not publisher and self._superseded(gone):
                 await gone.close()
 
     async def _hand_over(self, publisher: Publisher) -> None:
         stale, self.pending = self.pending, publisher
-        if stale is not None:  # an earlier takeover that never showed a picture
+        if stale is not None and self._superseded(stale):  # a takeover that never showed
             await stale.close()
 
     def _promote(self) -> None:
-        """The pending publisher is on air: every track moves to it, the old one is closed."""
+        """The pending source is on air: every track moves to it; the old one goes back to
+        standby (a presenter's) or is closed (superseded)."""
         new, old = self.pending, self.publisher
         assert new is not None
         self.pending, self.publisher = None, new
@@ -408,14 +540,27 @@ class Lecture:
         for kind, track in self.tracks.items():
             if track.source != new.ssrcs.get(kind):
                 track.source_gone()  # audio: the new one's starts with its next packet
-        if old is not None and not old.closed:
+        self._air(self._presenter_of.get(new))
+        if self._cued_at is not None:
+            waited = time.monotonic() - self._cued_at
+            self._cued_at = None
+            self.cut_waits = [*self.cut_waits[-31:], waited]
+            logger.info(
+                "cut on air", extra={"lecture": self.id, "keyframe_wait_ms": round(1000 * waited)}
+            )
+        if old is not None and not old.closed and self._superseded(old):
             closing = asyncio.ensure_future(old.close())
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
+        self._sources_changed()
 
     def _on_packet(self, publisher: Publisher, kind: str, packet: RtpPacket) -> None:
         if not packet.payload:
             return
+        if self.previews:
+            monitor = self.previews.get(self._presenter_of.get(publisher, ""))
+            if monitor is not None:
+                monitor.feed(kind, packet)
         if publisher is self.pending:
             # Its audio waits for its picture (unless it sends none), so both switch together.
             if kind == "video" or "video" not in publisher.receivers:
@@ -438,7 +583,8 @@ class Lecture:
         )
 
     def _on_report(self, publisher: Publisher, kind: str, report: RtcpSrPacket) -> None:
-        if publisher is self.publisher or publisher is self.pending:  # mappings are per SSRC
+        # Every source's mappings are kept (they are per SSRC): a cut finds its own ready.
+        if publisher is self.publisher or publisher in self._presenter_of:
             track = self.tracks[kind]
             track.on_sender_report(ClockMapping.from_sr(report, track.clock_rate))
 
@@ -449,6 +595,9 @@ class Lecture:
             p[1] + publisher.octets,
             p[2] + publisher.keyframe_requests,
         )
+        presenter = self._presenter_of.pop(publisher, None)
+        if presenter is not None and self.sources.get(presenter) is publisher:
+            del self.sources[presenter]
         if publisher is self.pending:
             self.pending = None
         elif publisher is self.publisher and self.pending is not None:
@@ -458,27 +607,78 @@ class Lecture:
             for track in self.tracks.values():
                 track.source_changed()
             self._set_live(False)
+        if presenter is not None:
+            self._sources_changed()
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
             self.live = live
             self.live_since = time.monotonic()
+            publisher = self.publisher
+            self._air(self._presenter_of.get(publisher) if live and publisher else None)
             if self.on_live is not None:
                 self.on_live(live)
 
+    def _air(self, presenter: str | None) -> None:
+        if presenter == self._aired:
+            return
+        self._aired = presenter
+        for viewer in self.viewers:
+            if viewer.presenter is not None:
+                viewer.refresh_return()
+        self._callback(self.on_air_change, presenter)
+        self._sources_changed()
+
+    def _sources_changed(self) -> None:
+        self._callback(self.on_sources)
+
+    def _callback(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("lecture callback failed", extra={"lecture": self.id})
+
     def _request_keyframe(self) -> None:
-        for publisher in (self.publisher, self.pending):  # a takeover starts at a keyframe
+        for publisher in (self.publisher, self.pending):  # a cut starts at a keyframe
             if publisher is not None:
                 publisher.request_keyframe()
 
     # -- viewing ----------------------------------------------------------------------------
 
-    async def subscribe(self, offer: str, relay: bool = False) -> tuple[str, Viewer]:
+    async def subscribe(
+        self, offer: str, relay: bool = False, presenter: str | None = None
+    ) -> tuple[str, Viewer]:
         """Answer a viewer's offer; media starts (at a keyframe) once it connects.
 
         `relay=True` for another LopSo node pulling the lecture (an edge, or an edge of a
         tree): its video is never paused by per-viewer congestion logic (see `Viewer`).
+        `presenter`: the viewer is that presenter's return feed (see `Viewer.presenter`).
         """
+        return self._answer(offer, self, relay, presenter)
+
+    async def preview(self, offer: str, presenter: str) -> tuple[str, Viewer]:
+        """Answer a viewer of one presenter's own picture and sound (on air or standby)."""
+        monitor = self.previews.get(presenter)
+        if monitor is None:
+            monitor = self.previews[presenter] = Preview(
+                self.id,
+                presenter,
+                self.specs["video"],
+                self.socket,
+                lambda: self._preview_keyframe(presenter),
+            )
+        return self._answer(offer, monitor, False, None)
+
+    def _preview_keyframe(self, presenter: str) -> None:
+        source = self.sources.get(presenter)
+        if source is not None:
+            source.request_keyframe()
+
+    def _answer(
+        self, offer: str, target: Lecture | Preview, relay: bool, presenter: str | None
+    ) -> tuple[str, Viewer]:
         self._check_open()
         parsed = parse_viewer_offer(offer, self.specs)
         remote = parsed.remote
@@ -490,11 +690,11 @@ class Lecture:
             endpoint.setup,
             self.socket.candidates(),
         )
-        ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in self.tracks.items()}
+        ssrcs = {k: (t.ssrc, t.rtx_ssrc) for k, t in target.tracks.items()}
         answer = build_answer(parsed, self.specs, local, ssrcs)
         lines = [line for line in parsed.lines if line is not None]
-        viewer = Viewer(self, endpoint, lines, relay=relay)
-        self.viewers.add(viewer)
+        viewer = Viewer(target, endpoint, lines, relay=relay, presenter=presenter)
+        target.viewers.add(viewer)
         return answer, viewer
 
     async def _report_loop(self) -> None:
@@ -552,9 +752,13 @@ class Lecture:
             return
         self.closed = True
         self._reporter.cancel()
+        if self._cue_task is not None:
+            self._cue_task.cancel()
         for viewer in list(self.viewers):
             await viewer.close()
-        for publisher in (self.pending, self.publisher):
+        for monitor in self.previews.values():
+            await monitor.close()
+        for publisher in (self.pending, self.publisher, *self.sources.values()):
             if publisher is not None:
                 await publisher.close()
         for track in self.tracks.values():

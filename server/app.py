@@ -293,6 +293,7 @@ def _store_ctx(state: AppState) -> CleanupCtx:
         state.hub.on_class_ended = lambda sid: _close_class_media(state, sid)
         state.hub.on_site_revoked = lambda sid, code: _close_site_media(state, sid, code)
         state.hub.on_media_mode = lambda sid, code, mode: apply_media_mode(state, sid, code, mode)
+        state.hub.on_cue = lambda sid, presenter: _cue_here(state, sid, presenter)
         state.hub.on_ended_here = lambda session: in_background(
             state, announce_class_end(state, session)
         )
@@ -369,6 +370,17 @@ async def lecture_live(state: AppState, sid: str) -> bool:
         return False
     nodes = await state.store.nodes()
     return any(sid in node.lectures for node in nodes if node.role != "edge")
+
+
+async def _cue_here(state: AppState, sid: str, presenter: str) -> None:
+    """A cut asked on another node: this one cuts if it holds the presenter's source."""
+    lecture = state.lectures.get(sid)
+    if lecture is None or presenter not in getattr(lecture, "sources", {}):
+        return
+    try:
+        await lecture.cue(presenter)
+    except Exception:
+        log.warning("cut asked elsewhere failed", extra={"sid": sid, "presenter": presenter})
 
 
 def _media_ctx(state: AppState) -> CleanupCtx:

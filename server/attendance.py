@@ -64,6 +64,7 @@ from typing import NamedTuple
 
 from server.intervals import Interval, connected_intervals, overlap
 from server.models import ClassSession, Event, EventKind, Site
+from server.programme import Segment, segments, with_halls
 from server.quality import QualityClass, seconds_per_class
 
 _BY_AT = attrgetter("at")
@@ -231,6 +232,7 @@ class AttendanceReport:
     communes: tuple[Rollup, ...]  # by commune name
     province: Rollup
     never_joined: tuple[SiteRecord, ...]
+    programme: tuple[Segment, ...] = ()  # who was on air when (server/programme.py)
 
     def site(self, code: str) -> SiteRecord | None:
         """The record of one site, or None."""
@@ -285,6 +287,8 @@ def _derive(
     ]
     records.sort(key=lambda r: (r.site.commune, r.site.code))
     communes = _commune_rollups(records)
+    on_air = segments(session, class_events, window.end)
+    programme = with_halls(on_air, (r.intervals for r in records)) if on_air else []
     return AttendanceReport(
         session=session,
         generated_at=now,
@@ -294,6 +298,7 @@ def _derive(
         communes=communes,
         province=rollup(_province_name(records), records),
         never_joined=tuple(r for r in records if r.status is Status.NEVER_JOINED),
+        programme=tuple(programme),
     )
 
 
@@ -323,6 +328,7 @@ def _group(
     """Split a class's events into class-level ones (times after ``latest``, a node's clock
     ahead, become ``now``) and per-site, per-kind lists (one pass)."""
     started, ended = EventKind.CLASS_STARTED, EventKind.CLASS_ENDED
+    on_air, off_air = EventKind.ON_AIR, EventKind.OFF_AIR
     class_events: list[Event] = []
     by_site: dict[str, _Parts] = {}
     for event in events:
@@ -335,7 +341,7 @@ def _group(
             except ValueError:
                 continue  # a kind this version does not know says nothing of attendance
             event = dataclasses.replace(event, kind=kind)
-        if kind is started or kind is ended:
+        if kind is started or kind is ended or kind is on_air or kind is off_air:
             class_events.append(_clamp(event, latest, now))
         elif event.site_code:
             parts = by_site.get(event.site_code)

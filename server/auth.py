@@ -3,7 +3,8 @@
 Format (docs/protocol.md): `base64url(json) "." base64url(hmac_sha256(secret, json))`, the
 JSON holding `sid`, `role`, `site`, `exp`, and for site and participant tokens `k`: the key
 id of the site's join key when the token was minted. Rotating a site's join key changes its
-key id, so every link handed out before stops working (`check_key`). Pure: no web code, the
+key id, so every link handed out before stops working (`check_key`). A lecturer token may
+hold `p`, the presenter it speaks for (without it: the class's lead). Pure: no web code, the
 clock is passed in.
 """
 
@@ -40,6 +41,7 @@ class Claims:
     # commune) and the account name
     communes: tuple[str, ...] | None = None
     user: str | None = None
+    p: str | None = None  # a lecturer token's presenter (None: the class's lead presenter)
 
     def to_json(self) -> bytes:
         """Canonical JSON bytes (sorted keys, no spaces): what the signature covers."""
@@ -51,6 +53,8 @@ class Claims:
         }
         if self.k is not None:
             body["k"] = self.k
+        if self.p is not None:
+            body["p"] = self.p
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -81,13 +85,15 @@ def mint(
     *,
     site: str | None = None,
     join_key: str | None = None,
+    presenter: str | None = None,
     ttl_s: float,
     now: float | None = None,
 ) -> str:
     """Return a token for `role` in class `sid` (and `site`), valid for `ttl_s` seconds.
 
     Only an admin token may be for every class (`ANY_CLASS`). Site and participant tokens
-    need the site's current `join_key` (from the registry)."""
+    need the site's current `join_key` (from the registry). A lecturer token may name its
+    `presenter` (without one it speaks for the class's lead presenter)."""
     if sid == ANY_CLASS and role is not Role.ADMIN:
         raise ValueError(
             f"a {role.value} token needs a class: {ANY_CLASS} is for admin tokens only"
@@ -96,9 +102,11 @@ def mint(
         raise ValueError(f"a {role.value} token needs a site")
     if role in SITE_ROLES and join_key is None:
         raise ValueError(f"a {role.value} token needs the site's join key")
+    if presenter is not None and role is not Role.LECTURER:
+        raise ValueError("only a lecturer token names a presenter")
     issued = time.time() if now is None else now
     k = key_id(secret, join_key) if role in SITE_ROLES and join_key is not None else None
-    claims = Claims(sid=sid, role=role, site=site, exp=int(issued + ttl_s), k=k)
+    claims = Claims(sid=sid, role=role, site=site, exp=int(issued + ttl_s), k=k, p=presenter)
     payload = claims.to_json()
     return f"{_b64(payload)}.{_b64(_sign(secret, payload))}"
 
@@ -131,6 +139,7 @@ def _parse_claims(payload: bytes) -> Claims:
         raw = json.loads(payload)
         role = Role(raw["role"])
         sid, site, exp, k = raw["sid"], raw.get("site"), raw["exp"], raw.get("k")
+        presenter = raw.get("p")
     except (ValueError, KeyError, TypeError):
         raise AuthError("token claims are malformed", code="token_malformed") from None
     if (
@@ -138,6 +147,7 @@ def _parse_claims(payload: bytes) -> Claims:
         or type(exp) is not int
         or not (site is None or isinstance(site, str))
         or not (k is None or isinstance(k, str))
+        or not (presenter is None or isinstance(presenter, str))
     ):
         raise AuthError("token claims have wrong types", code="token_malformed")
     if sid == ANY_CLASS and role is not Role.ADMIN:  # signed by an older LopSo: never again
@@ -145,11 +155,11 @@ def _parse_claims(payload: bytes) -> Claims:
             f"a {role.value} token for every class is not accepted; ask for one for your class",
             code="token_scope",
         )
-    for name, value in (("sid", sid), ("site", site), ("k", k)):
+    for name, value in (("sid", sid), ("site", site), ("k", k), ("p", presenter)):
         problem = text_problem(value) if value is not None else None
         if problem is not None:  # a store key or an echoed name: it must be writable text
             raise AuthError(f"token claim {name} {problem}", code="token_malformed")
-    return Claims(sid=sid, role=role, site=site, exp=exp, k=k)
+    return Claims(sid=sid, role=role, site=site, exp=exp, k=k, p=presenter)
 
 
 def check_key(claims: Claims, current: str | None) -> None:

@@ -4,13 +4,14 @@ lopso serve [--host H] [--port P] [--data DIR] [--tls-cert F --tls-key F]
             [--demo-json PATH] [--demo-sites N] [--media-port P] [--announce IP,...]
 lopso sites import FILE.csv [--data DIR]
 lopso sites rotate CODE [--data DIR]      (a new join key: the site's old links stop working)
-lopso token --role ROLE [--class SID] [--site CODE] [--ttl SECONDS]
+lopso token --role ROLE [--class SID] [--site CODE] [--presenter ID] [--ttl SECONDS]
                                          (--class required but for admin)
 lopso users add NAME --role admin|moderator [--commune NAME ...]
                                          (password prompted twice, or read from stdin)
 lopso users list | lopso users remove NAME
 lopso class create --title T --starts-at ISO [--ends-at ISO] [--codec VP8|H264]
                    [--sites CODE,...] [--id SID] [--public-url URL]
+                   [--presenter "Name|Organisation" ...]
                                          (links and each hall's short link /j/CODE)
 """
 
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--site")
+    token.add_argument("--presenter", help="a lecturer token's presenter id (default: the lead)")
     token.add_argument("--ttl", type=int, help="seconds (default: the configured token TTL)")
     _data(token)
 
@@ -176,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--id", dest="sid")
     create.add_argument(
         "--public-url", dest="public_url", help="base of the links printed (LOPSO_PUBLIC_URL)"
+    )
+    create.add_argument(
+        "--presenter",
+        dest="presenters",
+        action="append",
+        default=[],
+        help='a presenter "Name|Organisation" (or "id:Name|Organisation"), repeatable; '
+        "the first is the lead (default: one presenter)",
     )
     _data(create)
     return parser
@@ -365,13 +375,22 @@ async def _token(config: Config, args: argparse.Namespace) -> str:
             raise ValueError(f"site {args.site} is not in the registry")
         join_key = site.join_key
     ttl = args.ttl or config.token_ttl_s
-    return auth.mint(config.secret, sid, role, site=args.site, join_key=join_key, ttl_s=ttl)
+    return auth.mint(
+        config.secret,
+        sid,
+        role,
+        site=args.site,
+        join_key=join_key,
+        presenter=args.presenter,
+        ttl_s=ttl,
+    )
 
 
 async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     from server.demo import class_links
     from server.halllinks import hall_links
     from server.hub import Hub, session_wire
+    from server.presenters import parse_cli_presenter
     from server.routes.api import session_from_body
     from server.store import open_store
 
@@ -382,6 +401,7 @@ async def _create_class(config: Config, args: argparse.Namespace) -> dict[str, A
         "ends_at": args.ends_at,
         "video_codec": args.codec,
         "site_codes": [c.strip() for c in args.sites.split(",") if c.strip()],
+        "presenters": [parse_cli_presenter(p) for p in args.presenters],
     }
     store = await open_store(config.redis_url, config.data_dir, config.node_id)
     try:

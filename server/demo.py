@@ -12,6 +12,7 @@ from typing import Any
 from server import auth, files
 from server.config import Config
 from server.models import ClassSession, Role, Site
+from server.peer import lineup_wire
 from server.store.base import Store
 
 COMMUNES = (
@@ -95,24 +96,35 @@ def class_links(
 ) -> dict[str, Any]:
     """Absolute links and tokens of a class, as `--demo-json` and the links API give them.
 
-    `presenter=False` (a caller that may not publish) leaves out the lecturer's link."""
+    Each presenter has a studio link and a WHIP token of their own (`presenters`, lead first);
+    `lecturer` is the lead's. `presenter=False` (a caller that may not publish) leaves out
+    every presenter's link and token."""
     base, sid = config.base_url, session.id
     # A token must outlive the class, whatever the configured TTL.
     ttl = max(config.token_ttl_s, (session.ends_at or session.starts_at) - time.time() + 86400)
 
-    def token(role: Role, site: Site | None = None) -> str:
+    def token(role: Role, site: Site | None = None, presenter: str | None = None) -> str:
         code, key = (site.code, site.join_key) if site else (None, None)
-        return auth.mint(config.secret, sid, role, site=code, join_key=key, ttl_s=ttl)
+        return auth.mint(
+            config.secret, sid, role, site=code, join_key=key, presenter=presenter, ttl_s=ttl
+        )
 
     moderator = token(Role.MODERATOR)
     links: dict[str, Any] = {"session_id": sid}
     if presenter:
-        lecturer = token(Role.LECTURER)
-        links["lecturer"] = {
-            "url": f"{base}/studio/{sid}?token={lecturer}",
-            "whip_url": f"{base}/whip/{sid}",
-            "token": lecturer,
-        }
+        studios = []
+        for wire in lineup_wire(session):
+            lecturer = token(Role.LECTURER, presenter=wire["id"])
+            studios.append(
+                {
+                    **wire,
+                    "url": f"{base}/studio/{sid}?token={lecturer}",
+                    "whip_url": f"{base}/whip/{sid}",
+                    "token": lecturer,
+                }
+            )
+        links["lecturer"] = {k: studios[0][k] for k in ("url", "whip_url", "token")}
+        links["presenters"] = studios
     links["moderator"] = {"url": f"{base}/moderator/{sid}?token={moderator}", "token": moderator}
     links["sites"] = [_site_links(base, sid, site, token(Role.SITE, site)) for site in sites]
     return links

@@ -11,6 +11,7 @@ from media.errors import (
     CodecMismatchError,
     LectureClosedError,
     MediaError,
+    PresenterOfflineError,
     PublisherBusyError,
     SdpError,
 )
@@ -94,6 +95,7 @@ _FOREIGN = (
     (CodecMismatchError, 406, "codec_mismatch"),
     (LectureClosedError, 409, "class_ended"),
     (PublisherBusyError, 409, "publisher_busy"),
+    (PresenterOfflineError, 409, "presenter_offline"),
     (MediaError, 500, "media_error"),
     (NotFoundError, 404, "not_found"),
     (InvalidValueError, 400, "bad_text"),

@@ -4,11 +4,12 @@ Pure: takes an ``AttendanceReport`` (server.attendance) and returns bytes or a d
 neither aiohttp, aiortc nor redis. Headers are Vietnamese by default (``lang="en"`` for English).
 
 - CSV: one table per call, ``level`` = ``"sites"`` (one row per site), ``"communes"`` (one row
-  per commune, then a province row), ``"never_joined"`` or ``"intervals"`` (one row per
-  connected interval). The header row is the first row; times are local
+  per commune, then a province row), ``"never_joined"``, ``"intervals"`` (one row per
+  connected interval) or ``"programme"`` (one row per presenter's spell on air, with the halls
+  that watched it). The header row is the first row; times are local
   (Asia/Ho_Chi_Minh, ``YYYY-MM-DD HH:MM:SS``); numbers use a dot.
-- XLSX: sheets for the sites, the communes, the province summary and the sites that never
-  joined; bold, frozen header rows, column widths, times as Excel date-times in local time.
+- XLSX: sheets for the sites, the communes, the province summary, the sites that never
+  joined and the programme; bold, frozen header rows, column widths, times as Excel date-times in local time.
   (Each connected interval is in the sites sheet as text; one row per interval is the CSV
   ``intervals`` level: 50,000 more rows would make the workbook several times slower.)
   Building it is CPU-bound (~1 s for 5,000 sites with lxml installed, ~3 s without): call it
@@ -30,10 +31,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from server.attendance import AttendanceReport, Rollup, SiteRecord, Status, rollup, status_label
+from server.programme import Segment, with_halls
 from server.quality import quality_label
 
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
-LEVELS = ("sites", "communes", "never_joined", "intervals")
+LEVELS = ("sites", "communes", "never_joined", "intervals", "programme")
 _UTC7 = dt.timezone(dt.timedelta(hours=7), "ICT")  # Vietnam keeps no daylight saving time
 
 
@@ -251,6 +253,25 @@ INTERVAL_COLUMNS: tuple[Column, ...] = (
 )
 
 
+PROGRAMME_COLUMNS: tuple[Column, ...] = (
+    _c("presenter", "Mã báo cáo viên", "Presenter id", lambda p, _: p.presenter, width=14),
+    _c("name", "Báo cáo viên", "Presenter", lambda p, _: p.name, width=30),
+    _c("organisation", "Đơn vị", "Organisation", lambda p, _: p.organisation, width=30),
+    _c("start", "Lên sóng lúc", "On air from", lambda p, _: p.start, "time", 20),
+    _c("end", "Đến", "Until", lambda p, _: p.end, "time", 20),
+    _c("minutes", "Số phút", "Minutes", lambda p, _: p.seconds / 60, "float"),
+    _c("open", "Đang lên sóng", "Still on air", lambda p, lang: _yes_no(p.open, lang), width=12),
+    _c("halls", "Số điểm cầu xem", "Halls watching", lambda p, _: p.halls, "int"),
+    _c(
+        "hall_minutes",
+        "Tổng số phút xem của các điểm cầu",
+        "Hall minutes watched",
+        lambda p, _: p.hall_minutes,
+        "float",
+    ),
+)
+
+
 def _yes_no(value: bool, lang: str) -> str:
     return ("Có" if value else "") if lang == "vi" else ("yes" if value else "")
 
@@ -277,6 +298,8 @@ def _table(report: AttendanceReport, level: str) -> tuple[tuple[Column, ...], li
         return NEVER_JOINED_COLUMNS, list(report.never_joined)
     if level == "intervals":
         return INTERVAL_COLUMNS, [(r, i) for r in report.sites for i in r.intervals]
+    if level == "programme":
+        return PROGRAMME_COLUMNS, list(report.programme)
     raise ExportError(f"unknown export level {level!r}; use one of {', '.join(LEVELS)}")
 
 
@@ -346,6 +369,7 @@ _SHEETS = {
     "communes": ("Xã phường", "Communes"),
     "province": ("Toàn tỉnh", "Province"),
     "never_joined": ("Chưa tham gia", "Never joined"),
+    "programme": ("Chương trình", "Programme"),
 }
 _NUMBER_FORMATS = {"time": "yyyy-mm-dd hh:mm:ss", "float": "0.0", "int": "0"}
 
@@ -361,8 +385,9 @@ def to_xlsx(report: AttendanceReport, lang: str = "vi", tz: str = DEFAULT_TZ) ->
         columns, rows = _table(report, level)
         _write_table(book, _SHEETS[level][index], columns, rows, lang, zone)
     _write_summary(book, _SHEETS["province"][index], report, lang, zone)
-    columns, rows = _table(report, "never_joined")
-    _write_table(book, _SHEETS["never_joined"][index], columns, rows, lang, zone)
+    for level in ("never_joined", "programme"):
+        columns, rows = _table(report, level)
+        _write_table(book, _SHEETS[level][index], columns, rows, lang, zone)
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
@@ -563,6 +588,22 @@ def to_json(report: AttendanceReport) -> dict[str, Any]:
         "communes": [_rollup_dict(c) for c in report.communes],
         "sites": [site_dict(r) for r in report.sites],
         "never_joined": [r.site.code for r in report.never_joined],
+        "programme": [programme_dict(p) for p in report.programme],
+    }
+
+
+def programme_dict(segment: Segment) -> dict[str, Any]:
+    """One presenter's spell on air as JSON-ready data (times ISO UTC)."""
+    return {
+        "presenter": segment.presenter,
+        "name": segment.name,
+        "organisation": segment.organisation,
+        "start": iso_utc(segment.start),
+        "end": iso_utc(segment.end),
+        "open": segment.open,
+        "seconds": round(segment.seconds, 3),
+        "halls": segment.halls,
+        "hall_minutes": round(segment.hall_minutes, 2),
     }
 
 
@@ -597,6 +638,7 @@ def report_for_commune(report: AttendanceReport, commune: str) -> AttendanceRepo
         communes=(summary.get(commune) or rollup(commune, sites),),
         province=rollup(commune, sites),
         never_joined=tuple(r for r in report.never_joined if r.site.commune == commune),
+        programme=tuple(with_halls(report.programme, (r.intervals for r in sites))),
     )
 
 

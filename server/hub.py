@@ -71,6 +71,8 @@ class Hub:
         self.on_site_revoked: Callable[[str, str], Awaitable[None]] | None = None
         # a site chose "auto" or "audio_only": apply it to this node's viewers (sid, site, mode)
         self.on_media_mode: Callable[[str, str, str], None] | None = None
+        # a director cut to a presenter (sid, presenter): the node holding their source cuts
+        self.on_cue: Callable[[str, str], Awaitable[None]] | None = None
         # this node ended a class (a person or its planned end): the summary goes out once
         self.on_ended_here: Callable[[ClassSession], None] | None = None
         self._ending: set[str] = set()
@@ -175,6 +177,32 @@ class Hub:
             live=live,
             started_at=started_at,
         )
+
+    async def set_presenters(
+        self, session: ClassSession, states: dict[str, str], on_air: str | None, cut: bool
+    ) -> None:
+        """The presenters' sources changed (the node holding them says): every page learns
+        each one's state; a `cut` (who is on air changed) goes into the ledger, ON_AIR for
+        the one now on air, OFF_AIR when nobody's media goes out any more."""
+        room = await self.room(session)
+        if cut:
+            if on_air is not None:
+                await self.append(session.id, EventKind.ON_AIR, data={"presenter": on_air})
+            elif room.on_air is not None:
+                await self.append(session.id, EventKind.OFF_AIR, data={"presenter": room.on_air})
+        room.presenter_states, room.on_air = dict(states), on_air
+        await room.broadcast(
+            {"roles": ["site", "moderator", "lecturer", "admin"]},
+            room.presenters_message(),
+            t="presenters",
+            states=states,
+            on_air=on_air,
+        )
+
+    async def cue(self, session: ClassSession, presenter: str) -> None:
+        """Ask whichever node holds `presenter`'s source to cut to it."""
+        room = await self.room(session)
+        await self.store.publish(room.channel, {"t": "cue", "presenter": presenter})
 
     async def prompt(self, room: ClassLive, phase: str) -> None:
         """Ask every page for a headcount, once per class and phase whatever the nodes and the

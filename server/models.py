@@ -42,6 +42,10 @@ class EventKind(str, enum.Enum):
     # a moderator forwarded or dismissed a question: data {"question_id", "by", "how"}
     QUESTION_CLOSED = "question_closed"
     QUALITY = "quality"  # data: {"rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "class"}
+    # the programme: a presenter went on air (data {"presenter": id, "by": role}), or the
+    # on-air presenter's media stopped with nobody cut to (data {"presenter": id})
+    ON_AIR = "on_air"
+    OFF_AIR = "off_air"
     # a headcount prompt went out to every page (once per phase): data {"phase": "start"|"mid"|"end"}
     PROMPT = "prompt"
 
@@ -58,6 +62,18 @@ class Site:
     join_key: str = ""  # secret used to mint this site's tokens; never shown to others
 
 
+DEFAULT_PRESENTER = "p1"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Presenter:
+    """One presenter of a class: their own studio link and token; the first is the lead."""
+
+    id: str  # [a-z0-9_-]{1,32}, unique in the class ("p1", "p2", ... unless given)
+    name: str = ""
+    organisation: str = ""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClassSession:
     """One class ("buổi học"): a lecture at a planned time, with the sites expected."""
@@ -71,6 +87,18 @@ class ClassSession:
     created_at: float = 0.0
     started_at: float | None = None  # first time the lecturer went live
     ended_at: float | None = None  # when the lecturer or a moderator ended it
+    presenters: tuple[Presenter, ...] = ()  # empty: one default presenter (`lineup`)
+
+    def lineup(self) -> tuple[Presenter, ...]:
+        """The class's presenters, lead first: a class created without any has one."""
+        return self.presenters or (Presenter(DEFAULT_PRESENTER),)
+
+    def presenter(self, presenter_id: str | None) -> Presenter | None:
+        """The presenter with this id (None: the lead), or None when there is none."""
+        lineup = self.lineup()
+        if presenter_id is None:
+            return lineup[0]
+        return next((p for p in lineup if p.id == presenter_id), None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

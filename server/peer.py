@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from server.models import ClassSession, Event, Role, Site
+from server.models import ClassSession, Event, Presenter, Role, Site
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,30 @@ def session_wire(session: ClassSession) -> dict[str, Any]:
         "site_codes": list(session.site_codes),
         "started_at": iso(session.started_at),
         "ended_at": iso(session.ended_at),
+        "presenters": lineup_wire(session),
     }
+
+
+def presenter_wire(presenter: Presenter, lead: bool, state: str | None = None) -> dict[str, Any]:
+    """A presenter as the API and pages show them (with their state when known)."""
+    wire: dict[str, Any] = {
+        "id": presenter.id,
+        "name": presenter.name,
+        "organisation": presenter.organisation,
+        "lead": lead,
+    }
+    if state is not None:
+        wire["state"] = state
+    return wire
+
+
+def lineup_wire(session: ClassSession, states: dict[str, str] | None = None) -> list[Any]:
+    """Every presenter of a class, lead first, with their state when `states` is given."""
+    lineup = session.lineup()
+    return [
+        presenter_wire(p, i == 0, None if states is None else states.get(p.id, "offline"))
+        for i, p in enumerate(lineup)
+    ]
 
 
 def site_wire(site: Site) -> dict[str, str]:
@@ -127,11 +150,17 @@ class Peer:
     """One open page: who it is and a bounded outbox that routes/ws.py drains to the socket."""
 
     def __init__(
-        self, sid: str, role: Role, site: Site | None = None, scope: frozenset[str] | None = None
+        self,
+        sid: str,
+        role: Role,
+        site: Site | None = None,
+        scope: frozenset[str] | None = None,
+        presenter: str | None = None,
     ) -> None:
         self.sid, self.role, self.site = sid, role, site
         # a commune moderator's page: the codes of the class's sites it may see (None: all)
         self.scope = scope
+        self.presenter = presenter  # a studio page: which presenter it is
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.closed = False
         self.conn = uuid.uuid4().hex[:12]  # this connection, in SITE_JOINED / SITE_LEFT

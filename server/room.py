@@ -28,6 +28,7 @@ from server.peer import (
     Peer,
     SiteState,
     iso,
+    lineup_wire,
     question_wire,
     session_wire,
     site_wire,
@@ -61,6 +62,8 @@ class ClassLive:
         self.counted_to = 0  # ledger seq folded at start: increments up to it are counted
         self.prompted: set[str] = set()  # headcount prompts sent (phases), from the ledger
         self.end_announced_at: float | None = None  # when the end was announced (not its time)
+        self.presenter_states: dict[str, str] = {}  # publishing presenters: standby / on_air
+        self.on_air: str | None = None  # the presenter whose media goes out (ledger, then live)
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -130,6 +133,10 @@ class ClassLive:
             self.session = dataclasses.replace(self.session, started_at=event.at)
         elif event.kind is EventKind.PROMPT:
             self.prompted.add(str(event.data.get("phase")))
+        elif event.kind is EventKind.ON_AIR:
+            self.on_air = str(event.data.get("presenter"))
+        elif event.kind is EventKind.OFF_AIR:
+            self.on_air = None
         if state is None:
             return
         if event.kind is EventKind.SITE_JOINED:
@@ -209,6 +216,12 @@ class ClassLive:
                 self.session = dataclasses.replace(self.session, started_at=float(started_at))
         elif kind == "prompted":
             self.prompted.add(str(message["phase"]))
+        elif kind == "presenters":
+            self.presenter_states, self.on_air = dict(message["states"]), message["on_air"]
+        elif kind == "cue" and self.hub.on_cue is not None:  # the node with the source cuts
+            self._tasks.append(
+                asyncio.ensure_future(self.hub.on_cue(self.session.id, str(message["presenter"])))
+            )
         elif kind == "question":
             self.questions[message["question_id"]] = message["question"]
             site = str(message["question"].get("site"))
@@ -470,6 +483,18 @@ class ClassLive:
             "ended": self.session.ended_at is not None,
             "server_time": iso(self.hub.clock()),
             "headcount": self.sites[peer.site.code].headcount if peer.site else None,
+            "presenter": peer.presenter,
+            "presenters": lineup_wire(self.session, self.presenter_states),
+            "on_air": self.on_air,
+        }
+
+    def presenters_message(self) -> dict[str, Any]:
+        """The `presenters` message: every presenter's state and who is on air."""
+        states = self.presenter_states
+        return {
+            "type": "presenters",
+            "presenters": lineup_wire(self.session, states),
+            "on_air": self.on_air,
         }
 
 

@@ -219,17 +219,28 @@ def mint(
     site: str | None = None,
     ttl_s: float = 3600,
     join_key: str | None = None,
+    presenter: str | None = None,
 ) -> str:
     """A token signed with the tests' secret; a site or participant token carries the key id
-    of `join_key` (default: the tests' key of that site, `join_key_of`)."""
+    of `join_key` (default: the tests' key of that site, `join_key_of`); a lecturer token may
+    name its `presenter`."""
     if join_key is None and site is not None and role in (Role.SITE, Role.PARTICIPANT):
         join_key = join_key_of(site)
-    return auth.mint(SECRET.encode(), sid, role, site=site, join_key=join_key, ttl_s=ttl_s)
+    return auth.mint(
+        SECRET.encode(),
+        sid,
+        role,
+        site=site,
+        join_key=join_key,
+        presenter=presenter,
+        ttl_s=ttl_s,
+    )
 
 
-async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:
+async def whip_route(lecture: Any, token: str = "token", presenter: str = "p1") -> tuple[Any, str]:
     """A bare WHIP endpoint for one media lecture on a loopback port, as server/ reduces to its
-    media call: POST (with `Bearer <token>`) publishes, DELETE ends. Returns (runner, URL)."""
+    media call: POST (with `Bearer <token>`) publishes as `presenter`, DELETE ends. Returns
+    (runner, URL)."""
     from aiohttp import web
 
     publishers: dict[str, Any] = {}
@@ -237,7 +248,7 @@ async def whip_route(lecture: Any, token: str = "token") -> tuple[Any, str]:
     async def post(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {token}":
             return web.Response(status=401)
-        answer, publisher = await lecture.publish(await request.text())
+        answer, publisher = await lecture.publish(await request.text(), presenter=presenter)
         publishers["1"] = publisher
         headers = {"Location": f"{request.path}/1"}
         return web.Response(

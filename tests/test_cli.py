@@ -39,7 +39,7 @@ def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
 def test_serve_demo_json_has_exact_keys_and_working_links(tmp_path: Path) -> None:
     with LopsoServer(tmp_path, demo_sites=12) as srv:
         demo = srv.demo
-        assert set(demo) == {"session_id", "lecturer", "moderator", "sites"}
+        assert set(demo) == {"session_id", "lecturer", "presenters", "moderator", "sites"}
         assert set(demo["lecturer"]) == {"url", "whip_url", "token"}
         assert set(demo["moderator"]) == {"url", "token"}
         assert len(demo["sites"]) == 12
@@ -92,11 +92,20 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
         "TL-2",
         "--id",
         "dec1",
+        "--presenter",
+        "Nguyễn Văn An|Học viện",
+        "--presenter",
+        "canbo:Trần Thị Bình|Công an tỉnh",
         data=data,
     )
     assert made.returncode == 0, made.stderr
     body = json.loads(made.stdout)
     assert body["class"]["id"] == "dec1" and body["class"]["site_codes"] == ["TL-2"]
+    studios = body["links"]["presenters"]
+    assert [(s["id"], s["organisation"]) for s in studios] == [
+        ("p1", "Học viện"),
+        ("canbo", "Công an tỉnh"),
+    ]
     assert [s["name"] for s in body["links"]["sites"]] == ["Nhà văn hóa thôn Đoài"]
 
     short = lopso(
@@ -127,6 +136,11 @@ def test_sites_import_then_class_create_then_token(tmp_path: Path) -> None:
     assert (claims.sid, claims.role, claims.site) == ("dec1", Role.SITE, "TL-2")
     link_claims = auth.verify(secret, body["links"]["sites"][0]["token"])
     assert claims.k == link_claims.k is not None  # both carry the site's current key id
+    second = lopso(
+        "token", "--class", "dec1", "--role", "lecturer", "--presenter", "canbo", data=data
+    )
+    assert auth.verify(secret, second.stdout.strip()).p == "canbo"
+    assert auth.verify(secret, studios[1]["token"]).p == "canbo"
 
     rotated = lopso("sites", "rotate", "TL-2", data=data)
     assert rotated.returncode == 0, rotated.stderr

@@ -169,7 +169,13 @@ def test_bad_export_arguments(report, kwargs, message):
 
 def test_xlsx_opened_back(report):
     book = load_workbook(io.BytesIO(to_xlsx(report)))
-    assert book.sheetnames == ["Điểm cầu", "Xã phường", "Toàn tỉnh", "Chưa tham gia"]
+    assert book.sheetnames == [
+        "Điểm cầu",
+        "Xã phường",
+        "Toàn tỉnh",
+        "Chưa tham gia",
+        "Chương trình",
+    ]
     sites = book["Điểm cầu"]
     assert sites.freeze_panes == "A2"
     assert sites["A1"].font.bold and sites["A1"].value == "Mã điểm cầu"
@@ -199,7 +205,7 @@ def test_xlsx_opened_back(report):
 
 def test_xlsx_english(report):
     book = load_workbook(io.BytesIO(to_xlsx(report, lang="en")))
-    assert book.sheetnames == ["Sites", "Communes", "Province", "Never joined"]
+    assert book.sheetnames == ["Sites", "Communes", "Province", "Never joined", "Programme"]
     assert book["Sites"]["F3"].value == "Present online"
 
 

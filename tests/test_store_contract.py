@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Role, ShortLink, Site, User
+from server.models import (
+    ClassSession,
+    Event,
+    EventKind,
+    NodeInfo,
+    Presenter,
+    Role,
+    ShortLink,
+    Site,
+    User,
+)
 from server.store.embedded import EmbeddedStore
 from tests import redisproc
 from tests.redisproc import RedisProcess
@@ -108,6 +118,22 @@ async def test_short_links_put_get(store, make_store):
     finally:
         await reopened.close()
     await store.open()
+
+
+async def test_a_class_keeps_its_presenters_in_order(store):
+    lineup = (
+        Presenter("p1", "TS. Nguyễn Văn An", "Học viện Chính trị khu vực I"),
+        Presenter("canbo", "Đại úy Trần Thị Bình", "Công an tỉnh Hưng Yên"),
+    )
+    await store.put_session(ClassSession("c1", "Hai báo cáo viên", 1.0, presenters=lineup))
+    stored = await store.get_session("c1")
+    assert stored is not None and stored.presenters == lineup
+    assert stored.presenter(None) == lineup[0] and stored.presenter("canbo") == lineup[1]
+    assert stored.presenter("zz") is None
+    await store.put_session(ClassSession("c2", "Một giảng viên", 1.0))
+    alone = await store.get_session("c2")
+    assert alone is not None and alone.presenters == ()
+    assert [p.id for p in alone.lineup()] == ["p1"]  # a class without presenters has one
 
 
 async def test_sessions_put_get_list(store):

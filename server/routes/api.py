@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from media.errors import PresenterOfflineError
 from server import auth, reports
 from server.app import (
     STATE,
@@ -25,10 +26,17 @@ from server.app import (
 )
 from server.checkin import Checkin, CheckinError, parse_checkin, refuse_closed
 from server.demo import class_links
-from server.errors import BodyTooLargeError, ContentTypeError, ForbiddenError, ValidationError
+from server.errors import (
+    BodyTooLargeError,
+    ClassEndedError,
+    ContentTypeError,
+    ForbiddenError,
+    ValidationError,
+)
 from server.fields import check_text
 from server.models import ClassSession, Role
 from server.peer import session_wire, site_wire
+from server.presenters import parse_presenters
 from server.registry import CODE_RE, import_sites, rotate_join_key
 from server.roles import Action, may
 from server.routes.ws import text
@@ -154,6 +162,7 @@ async def session_from_body(body: dict[str, Any], store: Any) -> ClassSession:
         video_codec=codec,
         site_codes=tuple(dict.fromkeys(codes)),
         created_at=time.time(),
+        presenters=parse_presenters(body.get("presenters")),
     )
 
 
@@ -205,6 +214,57 @@ async def session_links(request: web.Request) -> web.Response:
     if commune_scope(claims) is not None:  # the class's moderator link would see every hall
         links.pop("moderator", None)
     return web.json_response(links)
+
+
+# --- presenters -----------------------------------------------------------------------------
+async def get_presenters(request: web.Request) -> web.Response:
+    """`GET /api/sessions/{sid}/presenters`: every presenter's state and who is on air."""
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    authorize_request(request, Action.VIEW_CLASS, sid)
+    room = await state.hub.room(await session_or_404(state.store, sid))
+    return web.json_response(room.presenters_message())
+
+
+async def put_on_air(request: web.Request) -> web.Response:
+    """`POST /api/sessions/{sid}/on_air` {presenter}: cut the programme to that presenter.
+
+    A moderator or the lead presenter directs; the presenter on air may hand over."""
+    state = request.app[STATE]
+    sid = request.match_info["sid"]
+    claims = authorize_request(request, Action.VIEW_CLASS, sid)
+    session = await session_or_404(state.store, sid)
+    if session.ended_at is not None:
+        raise ClassEndedError(f"class {sid} has ended")
+    body = await read_json(request)
+    wanted = body.get("presenter")
+    target = session.presenter(wanted) if isinstance(wanted, str) else None
+    if target is None:
+        raise ValidationError("presenter must be the id of one of the class's presenters")
+    room = await state.hub.room(session)
+    _may_direct(claims, session, room.on_air)
+    lecture = state.lectures.get(sid)
+    if lecture is not None and target.id in lecture.sources:
+        await lecture.cue(target.id)  # PresenterOfflineError: 409 presenter_offline
+    elif room.presenter_states.get(target.id) in ("standby", "on_air"):
+        await state.hub.cue(session, target.id)  # cluster: the origin holding it cuts
+    else:
+        raise PresenterOfflineError(f"presenter {target.id} is not publishing")
+    log.info("cut", extra={"sid": sid, "presenter": target.id, "by": claims.role.value})
+    return web.json_response({"presenter": target.id, "cued": True}, status=202)
+
+
+def _may_direct(claims: auth.Claims, session: ClassSession, on_air: str | None) -> None:
+    if may(claims.role, Action.MODERATE):
+        return
+    if claims.role is Role.LECTURER:
+        me = session.presenter(claims.p)
+        if me is not None and (me == session.lineup()[0] or me.id == on_air):
+            return
+    raise ForbiddenError(
+        "only a moderator, the lead presenter or the presenter on air may cut",
+        code="not_director",
+    )
 
 
 # --- participant check-in -------------------------------------------------------------------
@@ -335,6 +395,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/sessions/{sid}/end", end_session)
     r.add_get("/api/sessions/{sid}/links", session_links)
     r.add_post("/api/sessions/{sid}/sites/{site}/checkins", checkin)
+    r.add_get("/api/sessions/{sid}/presenters", get_presenters)
+    r.add_post("/api/sessions/{sid}/on_air", put_on_air)
     r.add_get("/api/sessions/{sid}/attendance", attendance_json)
     r.add_get("/api/sessions/{sid}/attendance.csv", attendance_csv)
     r.add_get("/api/sessions/{sid}/attendance.xlsx", attendance_xlsx)

@@ -140,6 +140,7 @@ async def studio(request: web.Request) -> web.Response:
     state, session, page = await _base(request, "lecturer", Action.PUBLISH)
     page["whip_url"] = f"/whip/{quote(session.id)}"
     page.update(_ice(request, state, f"{session.id}.lecturer"))
+    page["return_url"] = f"/return/{quote(session.id)}"
     return render(request, "studio", page)
 
 

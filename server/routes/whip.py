@@ -1,6 +1,7 @@
 """WHIP (publish, RFC 9725) and WHEP (view) endpoints, calling media's Lecture API.
 
 `POST` an SDP offer with a bearer token → `201`, the answer, and a `Location` to `DELETE`.
+A presenter's return feed (`/return/{sid}`, their lecturer token) has the same shape.
 Bodies are `application/sdp`, at most 64 KiB. PATCH (trickle ICE) is not offered: `405`.
 With TURN configured (server/turn.py), the `201` and an `OPTIONS` that carries the token give
 the ICE servers as RFC 9725 `Link: <turn:...>; rel="ice-server"; username=...` headers.
@@ -23,6 +24,7 @@ from server.app import (
     STATE,
     AppState,
     authorize_request,
+    claims_of,
     client_address,
     in_background,
     session_or_404,
@@ -31,11 +33,12 @@ from server.errors import (
     BodyTooLargeError,
     ClassEndedError,
     ContentTypeError,
+    ForbiddenError,
     UnknownError,
     ValidationError,
 )
 from server.mediaflow import FlowRecorder
-from server.models import ClassSession
+from server.models import ClassSession, Role
 from server.roles import Action
 from server.routes import relay
 from server.turn import ice_servers
@@ -52,7 +55,7 @@ MEDIA_MODES = ("auto", "audio_only")
 class Resource:
     """A live WHIP publisher or WHEP viewer, addressed by its Location."""
 
-    kind: str  # "whip" | "whep"
+    kind: str  # "whip" | "whep" | "return" | "preview"
     sid: str
     site: str | None
     handle: Any  # media Publisher or Viewer
@@ -96,7 +99,74 @@ def lecture_of(state: AppState, session: ClassSession) -> Any:
         task.add_done_callback(state.background.discard)
 
     lecture.on_live = on_live
+    _follow_presenters(state, session.id, lecture)
     return lecture
+
+
+def _follow_presenters(state: AppState, sid: str, lecture: Any) -> None:
+    """Every change of the presenters' sources is told to every page, in order; a change of
+    who is on air is also written to the ledger (hub.set_presenters)."""
+    order = asyncio.Lock()
+    aired: list[str | None] = [None]
+
+    def on_sources() -> None:
+        on_air = lecture.on_air_presenter()
+        cut, aired[0] = on_air != aired[0], on_air
+        states = lecture.presenter_states()
+        in_background(state, _announce_presenters(state, sid, order, states, on_air, cut))
+
+    lecture.on_sources = on_sources
+
+
+async def _announce_presenters(
+    state: AppState,
+    sid: str,
+    order: asyncio.Lock,
+    states: dict[str, str],
+    on_air: str | None,
+    cut: bool,
+) -> None:
+    async with order:
+        try:
+            session = await state.store.get_session(sid)
+            if session is not None:
+                await state.hub.set_presenters(session, states, on_air, cut)
+        except Exception:
+            log.exception("could not announce presenters", extra={"sid": sid})
+
+
+async def post_preview(request: web.Request) -> web.Response:
+    """`POST /preview/{sid}/{presenter}`: the director's small monitor of one presenter, on
+    air or on standby (WHEP shape; moderator, lecturer or admin token)."""
+    state = request.app[STATE]
+    session = await open_class(request, Action.SEE_ALL, None)
+    presenter = session.presenter(request.match_info["presenter"])
+    if presenter is None:
+        raise UnknownError(
+            f"presenter {request.match_info['presenter']} is not in class {session.id}",
+            code="unknown_presenter",
+        )
+    offer = await read_sdp(request)
+    placed = await relay.place_whip(request, offer)  # cluster: the origin holds the sources
+    if placed is not None:
+        return placed
+    answer, viewer = await lecture_of(state, session).preview(offer, presenter.id)
+    rid = _remember(state, Resource("preview", session.id, None, viewer))
+    links = ice_links(state, f"{session.id}.lecturer")  # a director's monitor may need TURN too
+    return _created(f"/preview/{session.id}/{presenter.id}/{rid}", answer, links)
+
+
+def presenter_of(request: web.Request, session: ClassSession) -> str:
+    """Whose studio this is: a lecturer token's presenter (none named: the lead); an admin
+    token may say `?presenter=`. A presenter the class does not have is refused."""
+    claims = claims_of(request)
+    wanted = claims.p if claims.role is Role.LECTURER else request.query.get("presenter")
+    presenter = session.presenter(wanted)
+    if presenter is None:
+        raise ForbiddenError(
+            f"presenter {wanted} is not in class {session.id}", code="unknown_presenter"
+        )
+    return presenter.id
 
 
 async def _announce_live(state: AppState, sid: str, live: bool) -> None:
@@ -155,10 +225,31 @@ async def post_whip(request: web.Request) -> web.Response:
     if placed is not None:
         return _with_links(placed, links)
     takeover = takeover_of(request)
-    answer, publisher = await lecture_of(state, session).publish(offer, takeover=takeover)
+    presenter = presenter_of(request, session)
+    lecture = lecture_of(state, session)
+    answer, publisher = await lecture.publish(offer, takeover=takeover, presenter=presenter)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
-    log.info("lecturer published", extra={"sid": session.id, "resource": rid, "takeover": takeover})
+    log.info(
+        "presenter published",
+        extra={"sid": session.id, "resource": rid, "takeover": takeover, "presenter": presenter},
+    )
     return _created(f"/whip/{session.id}/{rid}", answer, links)
+
+
+async def post_return(request: web.Request) -> web.Response:
+    """`POST /return/{sid}`: a presenter's return feed, the programme as halls get it (WHEP
+    shape), without the presenter's own voice while they are on air."""
+    state = request.app[STATE]
+    session = await open_class(request, Action.PUBLISH, None)
+    offer = await read_sdp(request)
+    placed = await relay.place_whip(request, offer)  # cluster: the origin holds the sources
+    if placed is not None:
+        return placed
+    presenter = presenter_of(request, session)
+    answer, viewer = await lecture_of(state, session).subscribe(offer, presenter=presenter)
+    rid = _remember(state, Resource("return", session.id, None, viewer))
+    links = ice_links(state, f"{session.id}.lecturer")  # as the studio's own publish
+    return _created(f"/return/{session.id}/{rid}", answer, links)
 
 
 def takeover_of(request: web.Request) -> bool:
@@ -228,6 +319,8 @@ async def delete_resource(request: web.Request) -> web.Response:
     sid, rid = request.match_info["sid"], request.match_info["rid"]
     site = request.match_info.get("site")
     action = Action.VIEW if site is not None else Action.PUBLISH
+    if "presenter" in request.match_info:  # a director's preview
+        action = Action.SEE_ALL
     authorize_request(request, action, sid, site)
     resource = state.resources.get(rid)
     if resource is None and (forwarded := await relay.forward_delete(request, rid)) is not None:
@@ -262,12 +355,22 @@ async def not_allowed(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    for path, post in (("/whip/{sid}", post_whip), ("/whep/{sid}/{site}", post_whep)):
+    for path, post in (
+        ("/whip/{sid}", post_whip),
+        ("/whep/{sid}/{site}", post_whep),
+        ("/return/{sid}", post_return),
+        ("/preview/{sid}/{presenter}", post_preview),
+    ):
         r.add_post(path, post)
         r.add_route("OPTIONS", path, options)
         for method in ("GET", "PUT", "PATCH", "DELETE"):
             r.add_route(method, path, not_allowed)
-    for path in ("/whip/{sid}/{rid}", "/whep/{sid}/{site}/{rid}"):
+    for path in (
+        "/whip/{sid}/{rid}",
+        "/whep/{sid}/{site}/{rid}",
+        "/return/{sid}/{rid}",
+        "/preview/{sid}/{presenter}/{rid}",
+    ):
         r.add_delete(path, delete_resource)
         r.add_route("OPTIONS", path, options)
         for method in ("GET", "PATCH", "PUT", "POST"):

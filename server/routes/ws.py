@@ -373,7 +373,8 @@ async def _serve(
     scope = None
     if claims.communes is not None:  # a signed-in commune moderator: its communes' sites
         scope = frozenset(c for c, s in room.registry.items() if s.commune in claims.communes)
-    peer = Peer(room.session.id, claims.role, site, scope)
+    presenter = room.session.presenter(claims.p) if claims.role is Role.LECTURER else None
+    peer = Peer(room.session.id, claims.role, site, scope, presenter.id if presenter else None)
     writer = asyncio.create_task(_write(ws, peer))
     connected = state.metrics.websockets.labels(claims.role.value)
     connected.inc()

@@ -11,7 +11,17 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from server.models import ClassSession, Event, EventKind, NodeInfo, Role, ShortLink, Site, User
+from server.models import (
+    ClassSession,
+    Event,
+    EventKind,
+    NodeInfo,
+    Presenter,
+    Role,
+    ShortLink,
+    Site,
+    User,
+)
 
 _KINDS = {kind.value: kind for kind in EventKind}
 
@@ -97,13 +107,16 @@ def session_to_json(session: ClassSession) -> str:
     """A class as JSON text."""
     raw = dataclasses.asdict(session)
     raw["site_codes"] = list(session.site_codes)
+    raw["presenters"] = [dataclasses.asdict(p) for p in session.presenters]
     return dumps(raw)
 
 
 def session_from_json(text: str | bytes) -> ClassSession:
-    """Inverse of `session_to_json` (site_codes back to a tuple)."""
+    """Inverse of `session_to_json` (site_codes back to a tuple; a class stored before
+    presenters has none)."""
     raw = json.loads(text)
     raw["site_codes"] = tuple(raw.get("site_codes", ()))
+    raw["presenters"] = tuple(Presenter(**p) for p in raw.get("presenters", ()))
     return ClassSession(**raw)
 
 

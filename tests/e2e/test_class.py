@@ -275,6 +275,7 @@ def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
         f"studio_state_{s}" for s in ("idle", "connecting", "live", "reconnecting", "ended")
     }
     dynamic |= {f"prompt_{p}" for p in ("start", "mid", "end")}
+    dynamic |= {f"presenter_state_{s}" for s in ("offline", "standby", "on_air")}
     dynamic |= {f"phase_{p}" for p in ("start", "mid", "end", "other")}
     dynamic |= {
         f"wall_{k}"

@@ -8,6 +8,7 @@ import {
   $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast,
   wireLangSwitch,
 } from "./i18n.js";
+import { renderPresenters } from "./presenters.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
@@ -25,12 +26,17 @@ function main() {
   const metrics = { updates: 0, lastMs: 0, maxMs: 0, totalMs: 0, samples: [], sites: 0 };
   const state = { page: page, wall: wall, selected: "", totals: {}, live: false, ended: false, metrics: metrics,
     channel: new Channel(page.ws_url), help: new Map(), questions: new Map(), alerts: new Map(), incidents: [], incidentMap: new Map(),
-    detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false };
+    detail: null, detailAt: 0, detailTimer: 0, alertsDirty: false, monitors: new Map() };
   window.lopso = {
     get state() { return state.channel.state; },
     get totals() { return state.totals; },
     get live() { return state.live; },
     get ended() { return state.ended; },
+    get presenters() { return state.presenters || null; },
+    previewFrames: function (id) {
+      const m = state.monitors.get(id);
+      return m && m.video.getVideoPlaybackQuality ? m.video.getVideoPlaybackQuality().totalVideoFrames : 0;
+    },
     get counts() { return Object.assign({}, wall.counts); },
     metrics: metrics,
     site: function (code) { const tile = wall.tiles.get(code); return tile ? tile.site : null; },
@@ -65,6 +71,15 @@ function measured(state, fn, sites) {
   if (m.samples.length > 600) m.samples.shift();
 }
 
+/** Each presenter's state, with a "Lên sóng" button for those on standby. */
+function showPresenters(state, msg) {
+  state.presenters = msg;
+  renderPresenters($("presenter-list"), msg, {
+    sid: state.page.sid, token: state.page.token, me: null, director: true,
+    monitors: state.monitors,
+  });
+}
+
 function wireChannel(state) {
   const ch = state.channel;
   ch.on("state", function (s) {
@@ -74,7 +89,9 @@ function wireChannel(state) {
     state.live = !!msg.live;
     if (msg.ended) showEnded(state);
     else setLiveBadge(state);
+    showPresenters(state, msg);
   });
+  ch.on("presenters", function (msg) { showPresenters(state, msg); });
   ch.on("live", function (msg) {
     state.live = !!msg.live;
     setLiveBadge(state);

@@ -128,6 +128,7 @@ function wireChannel(player) {
   });
   ch.on("welcome", function (msg) {
     setLive(player, !!msg.live);
+    showOnAir(msg);
     if (msg.ended || (msg.session && msg.session.ended_at)) endClass(player);
     // After a reload the operator sees the last count the server has, and the form starts there.
     if (typeof msg.headcount === "number") {
@@ -136,6 +137,7 @@ function wireChannel(player) {
     }
   });
   ch.on("live", function (msg) { setLive(player, !!msg.live); });
+  ch.on("presenters", showOnAir);
   ch.on("class_ended", function () { endClass(player); });
   ch.on("headcount_prompt", function (msg) { showPrompt(msg.phase); });
   ch.on("message", function (msg) { showMessage(msg.text, msg.from); });
@@ -597,6 +599,16 @@ async function submitQuestion(player) {
     $("form-question").reset();
     setTimeout(function () { closePanel($("panel-question")); }, 2000);
   }
+}
+
+/** A caption naming the presenter on air (a class with several presenters). */
+function showOnAir(msg) {
+  const lineup = msg.presenters || [];
+  const live = lineup.find(function (p) { return p.id === msg.on_air; });
+  const caption = $("on-air-caption");
+  caption.hidden = !live || lineup.length < 2;
+  caption.setAttribute("data-presenter", live ? live.id : "");
+  if (live) setText(caption, live.name + (live.organisation ? " — " + live.organisation : ""));
 }
 
 main();

@@ -9,6 +9,7 @@ import {
 import {
   $, clock, dateTime, errorText, formatNumber, formatPercent, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch,
 } from "./i18n.js";
+import { renderPresenters } from "./presenters.js";
 
 const WIDTH = 1280;
 const HEIGHT = 720;
@@ -37,6 +38,11 @@ class Studio {
     this.sites = new Map();
     this.totals = { expected: 0, connected: 0, playing: 0, people: 0, help_open: 0 };
     this.channel = new Channel(page.ws_url);
+    /** @type {string|null} */ this.presenter = null; // which presenter this studio is
+    /** @type {{presenters: any[], on_air: string|null}} */ this.lineup = { presenters: [], on_air: null };
+    /** @type {RTCPeerConnection|null} */ this.returnPc = null;
+    /** @type {WhxSession|null} */ this.returnWhep = null;
+    this.monitors = new Map(); // the lead's previews of the presenters
   }
 }
 
@@ -50,6 +56,12 @@ async function main() {
     get state() { return studio.state; },
     get totals() { return studio.totals; },
     get mode() { return studio.mode; },
+    get onAir() { return studio.lineup.on_air; },
+    get presenter() { return studio.presenter; },
+    returnFrames: function () {
+      const v = $("return-feed");
+      return v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : 0;
+    },
     framesSent: function () { return studio.framesSent; },
     peerConnection: function () { return studio.pc; },
   };
@@ -335,11 +347,45 @@ function goLive(studio) {
   studio.wantLive = true;
   studio.backoff.reset();
   publish(studio, 0);
+  startReturnFeed(studio);
+}
+
+/** The programme as halls get it, from the origin (WHEP shape); the server leaves out this
+ * studio's own voice while it is on air, so it never echoes. */
+async function startReturnFeed(studio) {
+  if (studio.returnPc || !studio.page.return_url) return;
+  const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  const vtx = pc.addTransceiver("video", { direction: "recvonly" });
+  preferVideoCodec(vtx, studio.codec, "receiver");
+  const stream = new MediaStream();
+  pc.ontrack = function (ev) {
+    stream.addTrack(ev.track);
+    $("return-feed").srcObject = stream;
+  };
+  studio.returnPc = pc;
+  studio.returnWhep = new WhxSession(studio.page.return_url, studio.page.token);
+  $("return-wrap").hidden = false;
+  try {
+    await studio.returnWhep.start(pc, { iceWaitMs: 0 });
+  } catch (err) {
+    console.warn("lopso: return feed failed", err);
+    stopReturnFeed(studio);
+  }
+}
+
+function stopReturnFeed(studio) {
+  if (studio.returnWhep) studio.returnWhep.stop();
+  if (studio.returnPc) studio.returnPc.close();
+  studio.returnWhep = null;
+  studio.returnPc = null;
+  $("return-wrap").hidden = true;
 }
 
 function stopLive(studio) {
   studio.wantLive = false;
   closePublish(studio);
+  stopReturnFeed(studio);
   setState(studio, "idle");
 }
 
@@ -365,7 +411,28 @@ function setState(studio, state) {
   $("golive").hidden = publishing || state === "ended";
   $("stop").hidden = !publishing;
   $("end").disabled = state === "ended";
-  $("live-badge").hidden = state !== "live";
+  showOnAir(studio);
+}
+
+/** The badge says ON AIR only while this studio's picture is the programme. */
+function showOnAir(studio) {
+  const onAir = studio.state === "live" && studio.lineup.on_air === studio.presenter;
+  $("live-badge").hidden = !onAir;
+  const status = $("presenter-status");
+  const live = studio.lineup.presenters.find(function (p) { return p.id === studio.lineup.on_air; });
+  status.hidden = studio.state !== "live";
+  setText(status, onAir ? t("presenter_you_on_air")
+    : t("presenter_you_standby", { name: live ? live.name || live.id : "—" }));
+}
+
+function showPresenters(studio, msg) {
+  studio.lineup = { presenters: msg.presenters || [], on_air: msg.on_air || null };
+  const me = studio.lineup.presenters.find(function (p) { return p.id === studio.presenter; });
+  renderPresenters($("presenter-list"), studio.lineup, {
+    sid: studio.page.sid, token: studio.page.token, me: studio.presenter, director: !!(me && me.lead),
+    monitors: me && me.lead ? studio.monitors : undefined,
+  });
+  showOnAir(studio);
 }
 
 async function showStats(studio) {
@@ -387,7 +454,10 @@ async function showStats(studio) {
 
 function wireChannel(studio) {
   const ch = studio.channel;
+  ch.on("presenters", function (msg) { showPresenters(studio, msg); });
   ch.on("welcome", function (msg) {
+    studio.presenter = msg.presenter || null;
+    showPresenters(studio, msg);
     if (msg.ended || (msg.session && msg.session.ended_at)) {
       stopLive(studio);
       setState(studio, "ended");
@@ -454,7 +524,10 @@ function wireControls(studio) {
   $("end").addEventListener("click", function () { $("panel-end").hidden = false; });
   $("end-cancel").addEventListener("click", function () { $("panel-end").hidden = true; });
   $("end-confirm").addEventListener("click", function () { endClass(studio); });
-  window.addEventListener("pagehide", function () { if (studio.whip) studio.whip.stop(); });
+  window.addEventListener("pagehide", function () {
+    if (studio.whip) studio.whip.stop();
+    if (studio.returnWhep) studio.returnWhep.stop();
+  });
 }
 
 main();
