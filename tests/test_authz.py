@@ -100,10 +100,17 @@ class Route:
 
 MODERATORS = ("admin", "moderator")
 CLASS = ("admin", "lecturer", "moderator", "site_a", "site_b")
-SDP_PATHS = (("/whip/{sid}", ("admin", "lecturer")), ("/whep/{sid}/{site}", ("admin", "site_a")))
+SDP_PATHS = (
+    ("/whip/{sid}", ("admin", "lecturer")),
+    ("/whep/{sid}/{site}", ("admin", "site_a")),
+    ("/return/{sid}", ("admin", "lecturer")),  # a presenter's return feed
+    ("/preview/{sid}/{presenter}", ("admin", "lecturer", "moderator")),  # the director's monitor
+)
 RESOURCE_PATHS = (
     ("/whip/{sid}/{rid}", ("admin", "lecturer")),
     ("/whep/{sid}/{site}/{rid}", ("admin", "site_a")),
+    ("/return/{sid}/{rid}", ("admin", "lecturer")),
+    ("/preview/{sid}/{presenter}/{rid}", ("admin", "lecturer", "moderator")),
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -134,9 +141,22 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/sessions/{sid}/attendance.xlsx", only(200, *MODERATORS)),
     Route("GET", "/api/sessions/{sid}/sites/{site}", only(200, *MODERATORS)),
     Route("GET", "/api/sessions/{sid}/incidents", only(200, *MODERATORS)),
+    # presenters: their states for the class's pages; the cut for a director (no one is on air)
+    Route("GET", "/api/sessions/{sid}/presenters", only(200, *CLASS)),
+    Route(
+        "POST",
+        "/api/sessions/{sid}/on_air",
+        only(409, "admin", "lecturer", "moderator"),
+        body="cut",
+    ),
     # signalling: an offer that is not SDP is a 400 once the caller is let in
     *(Route("POST", path, only(400, *who), body="sdp") for path, who in SDP_PATHS),
-    *(Route("OPTIONS", path, everyone(204)) for path, _ in SDP_PATHS + RESOURCE_PATHS),
+    # OPTIONS: a preflight (no token) gets 204; with a token it is judged, since its answer
+    # carries TURN credentials (RFC 9725 Link headers) for those who may use the route
+    *(
+        Route("OPTIONS", path, {**only(204, *who), "nobody": 204, "node": 204})
+        for path, who in SDP_PATHS + RESOURCE_PATHS
+    ),
     *(
         Route(method, path, everyone(405))
         for path, _ in SDP_PATHS
@@ -201,7 +221,13 @@ def test_every_registered_route_is_in_the_table(tmp_path: Path) -> None:
 def concrete(route: Route) -> str:
     if route.url:
         return route.url
-    fill = {"{sid}": "c1", "{site}": "S1", "{code}": "S3", "{rid}": "nope.0123"}
+    fill = {
+        "{sid}": "c1",
+        "{site}": "S1",
+        "{code}": "S3",
+        "{rid}": "nope.0123",
+        "{presenter}": "p1",
+    }
     url = route.path
     for name, value in fill.items():
         url = url.replace(name, value)
@@ -227,6 +253,8 @@ def body_of(kind: str | None) -> tuple[bytes | None, dict[str, str]]:
         return json.dumps(data).encode(), {"Content-Type": "application/json"}
     if kind == "sdp":
         return b"v=0\r\n", {"Content-Type": "application/sdp"}
+    if kind == "cut":  # the class's one presenter, not publishing
+        return json.dumps({"presenter": "p1"}).encode(), {"Content-Type": "application/json"}
     return None, {}
 
 

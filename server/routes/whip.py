@@ -340,6 +340,8 @@ async def options(request: web.Request) -> web.Response:
     if "Authorization" in request.headers:
         sid, site = request.match_info["sid"], request.match_info.get("site")
         action = Action.VIEW if site is not None else Action.PUBLISH
+        if "presenter" in request.match_info:  # a director's monitor, as its POST
+            action = Action.SEE_ALL
         authorize_request(request, action, sid, site)
         for link in ice_links(request.app[STATE], f"{sid}.{site or 'lecturer'}"):
             headers.add("Link", link)
