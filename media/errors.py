@@ -19,3 +19,7 @@ class LectureClosedError(MediaError):
 
 class PublisherBusyError(MediaError):
     """Another publisher is live on this lecture and replacement was not asked for."""
+
+
+class RecordingRefusedError(MediaError):
+    """A recording cannot start or be joined (the disk is nearly full, nothing was recorded)."""

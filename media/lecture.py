@@ -462,6 +462,13 @@ class Lecture:
             if publisher is not None:
                 publisher.request_keyframe()
 
+    # -- recording (media.recorder) ---------------------------------------------------------
+
+    def record(self, recorder: Any) -> None:
+        """Give every forwarded packet and sender report to `recorder` (None: stop)."""
+        for track in self.tracks.values():
+            track.recorder = recorder
+
     # -- viewing ----------------------------------------------------------------------------
 
     async def subscribe(self, offer: str, relay: bool = False) -> tuple[str, Viewer]:
