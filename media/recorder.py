@@ -183,6 +183,19 @@ class Recorder:
         self._writer = SegmentWriter(self, fmt, ext)
         self._thread: threading.Thread | None = None
 
+    def resume(self, old: Manifest) -> None:
+        """Go on with a recording a process left behind (kill -9, a restart): the same clock,
+        its closed segments kept, the next ones numbered after them; its open one is lost."""
+        for part in self.folder.glob("*.part"):
+            part.unlink(missing_ok=True)
+        self.manifest = dataclasses.replace(old, state="recording", problem=None, file=None)
+        self.manifest.segments = list(old.segments)
+        writer = self._writer
+        writer.t0 = old.started_at if old.segments else None
+        writer.segments = max((int(s.file[4:10]) for s in old.segments), default=0)
+        writer.last = {"audio": old.duration, "video": old.duration}
+        writer.latest = old.duration
+
     def start(self) -> None:
         """Create the folder and start the writer; RecordingRefusedError when the disk is
         nearly full (below `min_free_bytes`)."""

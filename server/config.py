@@ -93,6 +93,18 @@ class Config:
     auto_end_grace_s: float = 1800.0
     # A participant's QR check-in link stops working this long after the class's end.
     checkin_grace_s: float = 1800.0
+    # Recording (server/recordings.py): on unless LOPSO_RECORD=0; into recordings_dir
+    # (default <data>/recordings), refused below record_min_free_mb free, kept retention days
+    record: bool = True
+    recordings_dir: Path | None = None
+    record_min_free_mb: int = 1024
+    record_segment_s: float = 4.0
+    record_retention_days: int = 90
+
+    @property
+    def recordings(self) -> Path:
+        """The folder recordings are written to and replayed from."""
+        return self.recordings_dir or self.data_dir / "recordings"
 
     @property
     def tls(self) -> bool:
@@ -295,6 +307,14 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "ws_per_addr": ("LOPSO_WS_PER_ADDR", _int("WebSockets per address", 0, 1_000_000)),
     "auto_end_grace_s": ("LOPSO_AUTO_END_GRACE_S", _seconds("auto-end grace")),
     "checkin_grace_s": ("LOPSO_CHECKIN_GRACE_S", _seconds("check-in grace")),
+    "record": ("LOPSO_RECORD", _flag("record")),
+    "recordings_dir": ("LOPSO_RECORDINGS", _path),
+    "record_min_free_mb": ("LOPSO_RECORD_MIN_FREE_MB", _int("record min free MB", 0, 1 << 30)),
+    "record_segment_s": ("LOPSO_RECORD_SEGMENT_S", _positive_float("record segment seconds")),
+    "record_retention_days": (
+        "LOPSO_RECORD_RETENTION_DAYS",
+        _int("record retention days", 0, 100 * 366),
+    ),
 }
 
 

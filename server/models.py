@@ -44,6 +44,8 @@ class EventKind(str, enum.Enum):
     QUALITY = "quality"  # data: {"rtt_ms", "loss_pct", "jitter_ms", "kbps", "fps", "class"}
     # a headcount prompt went out to every page (once per phase): data {"phase": "start"|"mid"|"end"}
     PROMPT = "prompt"
+    # a site watched the class's recording: data {"seconds": float} since its last report
+    REPLAY = "replay"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -135,7 +135,10 @@ async def post_whip(request: web.Request) -> web.Response:
     if placed is not None:
         return placed
     takeover = takeover_of(request)
-    answer, publisher = await lecture_of(state, session).publish(offer, takeover=takeover)
+    lecture = lecture_of(state, session)
+    answer, publisher = await lecture.publish(offer, takeover=takeover)
+    if state.recordings is not None:  # the origin records what it forwards (server/recordings)
+        state.recordings.start(session.id, lecture, session.video_codec)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
     log.info("lecturer published", extra={"sid": session.id, "resource": rid, "takeover": takeover})
     return _created(f"/whip/{session.id}/{rid}", answer)
