@@ -130,6 +130,16 @@ async def site_player(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "site", Action.VIEW, code)
     site = await _site(state, session, code)
+    if request.query.get("replay") == "1":  # the site's replay link (server/routes/replay.py)
+        sid, token = quote(session.id), quote(page["token"])
+        page.update(
+            site=_site_page(site),
+            replay={
+                "url": f"/replay/{sid}/{quote(code)}/recording?token={token}",
+                "report": f"/api/sessions/{sid}/sites/{quote(code)}/replay",
+            },
+        )
+        return render(request, "replay", page)
     now = time.time()  # the QR link on the hall's screen dies with the class (plus the grace)
     expiry = checkin_link_expiry(session, now, state.config.checkin_grace_s)
     participant = auth.mint(
@@ -164,6 +174,7 @@ async def moderator(request: web.Request) -> web.Response:
         xlsx_url=f"{base}.xlsx{suffix}",
         json_url=f"{base}{suffix}",
         links_url=f"/api/sessions/{quote(session.id)}/links",
+        recording_url=f"/api/sessions/{quote(session.id)}/recording",
     )
     return render(request, "moderator", page)
 

@@ -6,6 +6,7 @@ import { csvDocument } from "./csv.js";
 import { Channel, apiRequest } from "./protocol.js";
 import { $, clock, loadStrings, readPageConfig, setText, t, toast, wireLangSwitch } from "./i18n.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
+import { wireRecording } from "./recording-box.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
 const ALERT_LIST_MAX = 30;
@@ -40,6 +41,7 @@ function main() {
   wall.onSelect = function (code) { select(state, code); };
   wireChannel(state);
   wireControls(state);
+  wireRecording(page, state.channel);
   state.channel.connect();
 }
 
