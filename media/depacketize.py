@@ -99,6 +99,13 @@ def h264_is_keyframe(frame: bytes) -> bool:
     return False
 
 
+def annexb_to_avcc(frame: bytes) -> bytes:
+    """An access unit we assembled (4-byte start codes) with 4-byte lengths instead, the
+    form MP4 samples take once the stream's parameters are an avcC."""
+    units = frame.split(START_CODE)
+    return b"".join(len(u).to_bytes(4, "big") + u for u in units if u)
+
+
 @dataclass
 class Frame:
     """One coded frame: its source SSRC and RTP timestamp, bytes, and whether it is a keyframe."""

@@ -20,6 +20,7 @@ is a plain remux.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fractions
 import io
@@ -38,7 +39,7 @@ import av
 
 from . import rtp
 from .depacketize import Frame as CodedFrame
-from .depacketize import FrameAssembler, h264_is_keyframe, vp8_size
+from .depacketize import FrameAssembler, annexb_to_avcc, h264_is_keyframe, vp8_size
 from .errors import RecordingRefusedError
 from .rtcp import ClockMapping
 
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 HOLD_S = 3.0  # how long a new source's frames wait for its sender reports
 SKEW_S = 1.0  # a source whose clock differs more than this from the first one is re-based
+KEYFRAME_ASK_S = 1.0  # while frames are dropped, a keyframe is asked for this often
+EARLY_AUDIO = 500  # audio frames (10 s) kept while the first picture is awaited
 MANIFEST = "recording.json"
 CONTAINERS = {"VP8": ("webm", "webm"), "H264": ("mp4", "mp4")}
 CLOCK = {"audio": 48000, "video": 90000}
@@ -176,6 +179,7 @@ class Recorder:
         self.segment_s = segment_s
         self.min_free_bytes = min_free_bytes
         self.on_stop = on_stop  # called from the writer thread with the problem
+        self.on_keyframe: Callable[[], None] | None = None  # from the writer thread too
         self.active = False
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         fmt, ext = CONTAINERS[video_codec]
@@ -260,6 +264,15 @@ class Recorder:
         self.stop_writing(problem)
         self._writer.abandon()
 
+    def want_keyframe(self) -> None:
+        """The writer lost video (a hole, or it is just starting): ask the publisher for a
+        keyframe, as a viewer's PLI would (throttled by the forwarder)."""
+        if self.on_keyframe is not None:
+            try:
+                self.on_keyframe()
+            except RuntimeError:  # the event loop is closing: nobody to ask
+                pass
+
     def stop_writing(self, problem: str) -> None:
         """Stop recording for good (the writer thread), telling `on_stop` why."""
         self.active = False
@@ -288,7 +301,11 @@ class SegmentWriter:
         self.segment: tuple[Path, float] | None = None  # (part file, first timestamp)
         self.latest = 0.0
         self.video_params: Any = None  # VP8 (w, h) or an H264 template stream
+        self.early: collections.deque[tuple[CodedFrame, float]] = collections.deque(
+            maxlen=EARLY_AUDIO
+        )
         self.segments = 0
+        self.asked = 0.0
 
     def handle(self, item: Any, now: float) -> None:
         """One queue item (a packet, a sender report or None for a tick)."""
@@ -299,6 +316,9 @@ class SegmentWriter:
             kind, ssrc, marker, seq, ts, payload, arrival = item
             if kind == "video":
                 frames = self.assembler.push(ssrc, marker, seq, ts, payload, arrival)
+                if self.assembler.broken and now - self.asked > KEYFRAME_ASK_S:
+                    self.asked = now  # a hole: frames are dropped until the next keyframe
+                    self.recorder.want_keyframe()
             else:
                 frames = [CodedFrame(ssrc, ts, payload, True, arrival)]
             for frame in frames:
@@ -313,8 +333,20 @@ class SegmentWriter:
         """Mux one placed frame, opening or rolling the segment at a keyframe."""
         if kind == "video" and frame.keyframe:
             self._keyframe(frame)
-        if self.video_params is None:
-            return  # recording starts with the first picture
+        if self.video_params is None:  # recording starts with the first picture; the sound
+            if kind == "audio":  # placed before it may belong after it (placing is per track)
+                self.early.append((frame, at))
+            return
+        if self.early and kind == "video":
+            early, self.early = self.early, collections.deque(maxlen=EARLY_AUDIO)
+            self._mux("video", frame, at)
+            for audio, when in early:
+                if when >= at:
+                    self._mux("audio", audio, when)
+            return
+        self._mux(kind, frame, at)
+
+    def _mux(self, kind: str, frame: CodedFrame, at: float) -> None:
         if self.t0 is None:
             self.t0 = at
             self.recorder.manifest.started_at = at
@@ -325,7 +357,10 @@ class SegmentWriter:
         if self.container is None:
             return
         stream = self.streams[kind]
-        packet = av.Packet(frame.data)
+        data = frame.data
+        if kind == "video" and self.recorder.codec == "H264":
+            data = annexb_to_avcc(data)  # the stream's parameters are an avcC
+        packet = av.Packet(data)
         packet.stream = stream
         packet.time_base = stream.time_base
         packet.pts = packet.dts = round(seconds / stream.time_base)
@@ -464,7 +499,7 @@ def join_segments(folder: Path, manifest: Manifest | None = None) -> Path:
     if not manifest.segments:
         raise RecordingRefusedError("the recording has no closed segment")
     final = folder / f"recording.{manifest.container}"
-    part = folder / f"recording.part.{manifest.container}"
+    part = folder / f"recording.part-{os.getpid()}-{threading.get_ident()}.{manifest.container}"
     fmt = CONTAINERS[manifest.codec][0]
     options = {"movflags": "faststart"} if fmt == "mp4" else {}
     with av.open(str(part), "w", format=fmt, options=options) as out:
@@ -479,7 +514,7 @@ def join_segments(folder: Path, manifest: Manifest | None = None) -> Path:
                         continue
                     packet.stream = streams[packet.stream.type]
                     out.mux(packet)
-    os.replace(part, final)
+    os.replace(part, final)  # atomic: nodes sharing the folder may join at once
     manifest.file = final.name
     manifest.size = final.stat().st_size
     manifest.save(folder)

@@ -181,3 +181,39 @@ def test_a_hole_drops_frames_until_the_next_keyframe():
     assert assembler.push(1, True, 13, 300, inter, now + 1.0) == []
     assert assembler.push(1, True, 14, 400, key, now + 1.1)[0].keyframe
     assert assembler.dropped >= 2
+
+
+@pytest.mark.timeout(240)
+async def test_an_h264_class_from_ffmpeg_whip_is_recorded(engine, tmp_path):
+    """FFmpeg's WHIP muxer (H264, the clip looped for CLASS_S) into an MP4 recording."""
+    from tests.mediaclip import write_h264_clip
+    from tests.serverproc import whip_route
+    from tests.test_ffmpeg_whip import CACHE, run_ffmpeg
+
+    lecture = engine.lecture("rec-ffmpeg", video_codec="H264")
+    recorder = Recorder(tmp_path / "rec", "H264", segment_s=4.0)
+    recorder.start()
+    lecture.record(recorder)
+    runner, url = await whip_route(lecture, token="secret-token")
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        clip = write_h264_clip(CACHE)
+        code, output = await run_ffmpeg(
+            url, str(clip), "secret-token", "--seconds", str(CLASS_S), timeout=CLASS_S + 60
+        )
+        assert code == 0, output[-2000:]
+        sent = int(output.strip().splitlines()[-1])
+    finally:
+        await runner.cleanup()
+    manifest = await recorder.stop()
+    assert manifest.state == "ended" and manifest.container == "mp4"
+    final = join_segments(tmp_path / "rec")
+    with av.open(str(final)) as container:
+        frames = [
+            (float(f.time), read_number(f)) for f in container.decode(container.streams.video[0])
+        ]
+    numbers = [n for _, n in frames if n is not None]
+    assert len(numbers) >= 0.98 * len(frames)
+    span = frames[-1][0] - frames[0][0]
+    assert abs(len(frames) - span * FPS) <= 0.02 * span * FPS + 2, (len(frames), span)
+    assert len(frames) >= 0.95 * sent - 3 * FPS  # all but the start (hold, first keyframe)

@@ -181,10 +181,12 @@ async def test_kill_9_of_the_origin_keeps_every_closed_segment(tmp_path):
     assert len(manifest.segments) >= len(closed) >= 3
     video, audio = decoded_numbers(join_segments(folder))
     numbers = [n for _, n in video if n is not None]
-    assert len(numbers) >= 0.98 * len(video)
-    assert video[-1][0] >= manifest.segments[-1].end - 0.5  # up to the last closed segment
-    assert video[-1][0] >= 14 - 2 * 2 - 3 - 3  # minus the open segment, the hold, start-up
-    assert audio >= video[-1][0] - 1.0
+    assert len(numbers) >= 0.98 * len(video) and len(numbers) >= 30
+    assert numbers == sorted(numbers)
+    # everything up to the end of the last closed segment plays (a loaded machine's aiortc
+    # publisher may send video slower than real time: the sound is the clock here)
+    assert audio >= manifest.segments[-1].end - 0.5
+    assert manifest.segments[-1].end >= 14 - 2 - 3 - 3  # minus the open segment, hold, start
 
     # the restarted origin serves the replay of what was kept
     with LopsoServer(tmp_path, demo_sites=0, env=env) as again:
