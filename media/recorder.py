@@ -257,7 +257,10 @@ class Recorder:
             self._fail("disk_full" if exc.errno == 28 else "error", exc)
         except Exception as exc:
             self._fail("error", exc)
-        self.manifest.save(self.folder)
+        try:
+            self.manifest.save(self.folder)
+        except OSError as exc:  # the disk is still full: the closed segments stay listed
+            logger.error("recording manifest not saved", extra={"error": str(exc)})
 
     def _fail(self, problem: str, exc: BaseException | None) -> None:
         logger.error("recording stopped", extra={"folder": str(self.folder), "error": str(exc)})

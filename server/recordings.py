@@ -130,8 +130,11 @@ class Recordings:
         if join and manifest.segments:
             await self.joined(sid)
             manifest = await asyncio.to_thread(Manifest.load, folder)
+        recorder = self.active.get(sid)
+        if recorder is not None:  # its writer knows best (a full disk may stop the manifest)
+            manifest = recorder.manifest
         return {
-            "state": "recording" if sid in self.active else manifest.state,
+            "state": manifest.state,
             "problem": manifest.problem,
             "codec": manifest.codec,
             "started_at": manifest.started_at,

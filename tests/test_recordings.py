@@ -210,7 +210,7 @@ def test_a_nearly_full_disk_refuses_to_start(tmp_path):
 async def test_a_full_disk_alerts_the_moderators_and_the_class_goes_on(tmp_path):
     disk = tmp_path / "small"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], check=True)
     try:
         env = {
             "LOPSO_RECORDINGS": str(disk),
@@ -226,7 +226,7 @@ async def test_a_full_disk_alerts_the_moderators_and_the_class_goes_on(tmp_path)
                 )
                 try:
                     await publish(http, srv, peer)
-                    alert = await wait_message(ws, "recording", timeout=40)
+                    alert = await wait_message(ws, "recording", timeout=90)
                     assert alert["problem"] == "disk_full", alert
                     info = await wait_info(http, srv, lambda i: i["state"] == "stopped")
                     assert info["problem"] == "disk_full"
