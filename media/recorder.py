@@ -2,8 +2,9 @@
 
 The forwarding path only puts a tuple on a queue (`Recorder.rtp`, `Recorder.sender_report`);
 a writer thread depacketizes (media.depacketize) and muxes with PyAV: VP8 + Opus into WebM,
-H264 + Opus into MP4. A segment is a whole file of about `segment_s` seconds, written as `seg-NNNNNN.<ext>.part` and renamed when closed, then listed in
-`recording.json`: a kill -9 loses at most the open segment. Segments are cut on time, not
+H264 + Opus into Matroska segments joined into an MP4. A segment is a whole file of about
+`segment_s` seconds, written as `seg-NNNNNN.<ext>.part` and renamed when closed, then listed
+in `recording.json`: a kill -9 loses at most the open segment. Segments are cut on time, not
 at keyframes (asking the lecturer's encoder for one every few seconds costs every hall
 picture quality), so a segment plays in the chain of those before it: joined, or in order.
 
@@ -50,7 +51,11 @@ SKEW_S = 1.0  # a source whose clock differs more than this from the first one i
 KEYFRAME_ASK_S = 1.0  # while frames are dropped, a keyframe is asked for this often
 EARLY_AUDIO = 500  # audio frames (10 s) kept while the first picture is awaited
 MANIFEST = "recording.json"
-CONTAINERS = {"VP8": ("webm", "webm"), "H264": ("mp4", "mp4")}
+# (format, extension) of the segments and of the joined file. H264 segments are Matroska:
+# a fragmented MP4 restarts every track's timestamps at 0, Matroska keeps the recording's
+# clock, so segments join by a plain remux; the joined file is an MP4 browsers play.
+CONTAINERS = {"VP8": ("webm", "webm"), "H264": ("matroska", "mkv")}
+JOINED = {"VP8": ("webm", "webm"), "H264": ("mp4", "mp4")}
 CLOCK = {"audio": 48000, "video": 90000}
 _STOP = object()
 
@@ -183,7 +188,7 @@ class Recorder:
         self.active = False
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         fmt, ext = CONTAINERS[video_codec]
-        self.manifest = Manifest(video_codec, ext)
+        self.manifest = Manifest(video_codec, JOINED[video_codec][1])
         self._writer = SegmentWriter(self, fmt, ext)
         self._thread: threading.Thread | None = None
 
@@ -392,10 +397,7 @@ class SegmentWriter:
             return
         self.segments += 1
         part = recorder.folder / f"seg-{self.segments:06d}.{self.ext}.part"
-        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
-        self.container = av.open(
-            str(part), "w", format=self.fmt, options=options if self.fmt == "mp4" else {}
-        )
+        self.container = av.open(str(part), "w", format=self.fmt)
         self.streams = open_streams(self.container, recorder.codec, self.video_params)
         self.segment = (part, seconds)
 
@@ -503,7 +505,7 @@ def join_segments(folder: Path, manifest: Manifest | None = None) -> Path:
         raise RecordingRefusedError("the recording has no closed segment")
     final = folder / f"recording.{manifest.container}"
     part = folder / f"recording.part-{os.getpid()}-{threading.get_ident()}.{manifest.container}"
-    fmt = CONTAINERS[manifest.codec][0]
+    fmt = JOINED[manifest.codec][0]
     options = {"movflags": "faststart"} if fmt == "mp4" else {}
     with av.open(str(part), "w", format=fmt, options=options) as out:
         streams: dict[str, Any] = {}

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -198,6 +199,36 @@ async def test_kill_9_of_the_origin_keeps_every_closed_segment(tmp_path):
             )
             assert reply.status == 200, await reply.text()
             assert len(await reply.read()) > 10_000
+
+    # the organisers' command line
+    env_cli = {**os.environ, "LOPSO_SECRET": SECRET}
+    listing = subprocess.run(
+        [sys.executable, "-m", "server", "recordings", "list", "--data", str(srv.data)],
+        capture_output=True,
+        text=True,
+        env=env_cli,
+        check=True,
+    )
+    (line,) = listing.stdout.strip().splitlines()
+    assert json.loads(line)["session_id"] == sid and json.loads(line)["duration_s"] > 5
+    out = tmp_path / "export.webm"
+    exported = subprocess.run(
+        [sys.executable, "-m", "server", "recordings", "export", sid, "--out", str(out)]
+        + ["--data", str(srv.data)],
+        capture_output=True,
+        text=True,
+        env=env_cli,
+        check=True,
+    )
+    assert exported.stdout.strip() == str(out)
+    assert decoded_numbers(out)[1] > 5
+    missing = subprocess.run(
+        [sys.executable, "-m", "server", "recordings", "export", "nope", "--data", str(srv.data)],
+        capture_output=True,
+        text=True,
+        env=env_cli,
+    )
+    assert missing.returncode == 1 and "no recording" in missing.stderr
 
 
 def test_a_nearly_full_disk_refuses_to_start(tmp_path):
