@@ -92,7 +92,7 @@ class Route:
     method: str
     path: str  # as registered (aiohttp's canonical form)
     expect: dict[str, int]
-    body: str | None = None  # "csv" | "class" | "checkin" | "sdp"
+    body: str | None = None  # "csv" | "class" | "checkin" | "sdp" | "replay"
     url: str = ""  # concrete URL when filling in the path is not enough
     kind: str = "api"  # "api" (Bearer header) | "page" (?token=) | "ws"
     cluster_only: bool = False
@@ -130,6 +130,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/sessions/{sid}/attendance.xlsx", only(200, *MODERATORS)),
     Route("GET", "/api/sessions/{sid}/sites/{site}", only(200, *MODERATORS)),
     Route("GET", "/api/sessions/{sid}/incidents", only(200, *MODERATORS)),
+    # recordings (none was made in this app: 404 once the caller is let in)
+    Route("GET", "/replay/{sid}/{site}/recording", only(404, "admin", "site_a")),
+    Route(
+        "POST",
+        "/api/sessions/{sid}/sites/{site}/replay",
+        only(201, "admin", "site_a"),
+        body="replay",
+    ),
+    Route("GET", "/api/sessions/{sid}/recording", only(404, *MODERATORS)),
+    Route("GET", "/api/sessions/{sid}/recording/file", only(404, *MODERATORS)),
     # signalling: an offer that is not SDP is a 400 once the caller is let in
     *(Route("POST", path, only(400, *who), body="sdp") for path, who in SDP_PATHS),
     *(Route("OPTIONS", path, everyone(204)) for path, _ in SDP_PATHS + RESOURCE_PATHS),
@@ -205,6 +215,8 @@ def body_of(kind: str | None) -> tuple[bytes | None, dict[str, str]]:
         return json.dumps(data).encode(), {"Content-Type": "application/json"}
     if kind == "sdp":
         return b"v=0\r\n", {"Content-Type": "application/sdp"}
+    if kind == "replay":
+        return b'{"seconds": 30}', {"Content-Type": "application/json"}
     return None, {}
 
 
