@@ -73,8 +73,8 @@ def make_packets(seconds: float, fps: int = 30) -> list[tuple[float, str, bool, 
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    from media.rtcp import ClockMapping
     from media.recorder import Recorder
+    from media.rtcp import ClockMapping
 
     packets = make_packets(args.seconds)
     folder = pathlib.Path(tempfile.mkdtemp(prefix="lopso-bench-rec-"))
