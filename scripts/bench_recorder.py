@@ -11,6 +11,7 @@ Compare with `scripts/bench_fanout.py`'s relay CPU per incoming packet (`relay_c
 
     python scripts/bench_recorder.py --seconds 20
     python scripts/bench_recorder.py --fast --seconds 60
+    python scripts/bench_recorder.py --off --seconds 20     # the feed alone: subtract it
 
 The last line of output is one JSON object.
 """
@@ -80,6 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     folder = pathlib.Path(tempfile.mkdtemp(prefix="lopso-bench-rec-"))
     recorder = Recorder(folder, "VP8")
     recorder.start()
+    recorder.active = not args.off  # off: the same feed, the tap refusing (the baseline)
     start_wall = time.time()
     for kind, rate, ssrc in (("audio", 48000, 1), ("video", 90000, 2)):
         first = next(p for p in packets if p[1] == kind)
@@ -103,6 +105,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "in_pps": round(len(packets) / args.seconds, 1),
         "in_kbps": round(8 * payload_bytes / args.seconds / 1000, 1),
         "realtime": not args.fast,
+        "recording": not args.off,
         "cpu_s": round(cpu, 3),
         "wall_s": round(wall, 2),
         "cpu_us_per_in_packet": round(1e6 * cpu / len(packets), 2),
@@ -117,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="recording cost per incoming packet")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fast", action="store_true", help="feed as fast as possible")
+    parser.add_argument("--off", action="store_true", help="baseline: the feed, no recording")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))))
 
