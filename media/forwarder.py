@@ -238,6 +238,7 @@ class TrackForwarder:
         self.replays = 0
         self._keyframe_at: tuple[int, int] | None = None
         self._timer: Any = None
+        self.recorder: Any = None  # media.recorder.Recorder: gets what is forwarded
 
     # -- incoming ---------------------------------------------------------------------------
 
@@ -266,6 +267,8 @@ class TrackForwarder:
         self.packets += 1
         self.octets += len(payload)
         self.fanout.send(packet)
+        if self.recorder is not None:
+            self.recorder.rtp(self.kind, ssrc, marker, out[0], ts, payload)
 
     def _first_of_keyframe(self, ssrc: int, ts: int) -> bool:
         # H264 may mark several packets of one keyframe (SPS, then the IDR's FU-A start):
@@ -309,6 +312,8 @@ class TrackForwarder:
     def on_sender_report(self, mapping: ClockMapping) -> None:
         """The publisher's NTP<->RTP mapping for one source."""
         self.mappings[mapping.ssrc] = mapping
+        if self.recorder is not None:
+            self.recorder.sender_report(self.kind, mapping)
         if len(self.mappings) > 8:
             self.mappings.pop(next(iter(self.mappings)))
 

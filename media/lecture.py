@@ -645,6 +645,18 @@ class Lecture:
             if publisher is not None:
                 publisher.request_keyframe()
 
+    # -- recording (media.recorder) ---------------------------------------------------------
+
+    def record(self, recorder: Any) -> None:
+        """Give every forwarded packet and sender report to `recorder` (None: stop); its
+        writer thread may ask for a keyframe like a viewer (`recorder.on_keyframe`)."""
+        for track in self.tracks.values():
+            track.recorder = recorder
+        if recorder is not None:
+            loop = asyncio.get_running_loop()
+            video = self.tracks["video"]
+            recorder.on_keyframe = lambda: loop.call_soon_threadsafe(video.request_keyframe)
+
     # -- viewing ----------------------------------------------------------------------------
 
     async def subscribe(

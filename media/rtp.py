@@ -28,6 +28,12 @@ def seq_diff(a: int, b: int) -> int:
     return d - 0x10000 if d >= 0x8000 else d
 
 
+def ts_diff(a: int, b: int) -> int:
+    """Signed distance a - b between 32-bit RTP timestamps."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - 0x100000000 if d >= 0x80000000 else d
+
+
 def pack(marker: bool, pt: int, seq: int, ts: int, ssrc: int, payload: bytes) -> bytes:
     """One RTP packet with a bare 12-byte header (no CSRC, extension or padding)."""
     return HEADER.pack(0x80, (0x80 if marker else 0) | pt, seq, ts, ssrc) + payload

@@ -222,6 +222,15 @@ class LopsoRelay:
         self.engine = MediaEngine(MediaConfig(host=host, announce=("127.0.0.1",)))
         await self.engine.start()
         self.lecture = self.engine.lecture("bench", video_codec="VP8")
+        if self.options.get("record"):  # the recorder's writer thread counts in the relay's CPU
+            import tempfile
+
+            from media.recorder import Recorder
+
+            folder = pathlib.Path(tempfile.mkdtemp(prefix="lopso-bench-rec-"))
+            self.recorder = Recorder(folder, "VP8")
+            self.recorder.start()
+            self.lecture.record(self.recorder)
         return "ok"
 
     async def publish(self, offer: str) -> str:
@@ -492,6 +501,7 @@ async def run(args: argparse.Namespace) -> dict:
         "profile": args.profile,
         "decrypt": args.decrypt,
         "media_host": args.media_host,
+        "record": args.record,
     }
     relay = Remote("mediarelay" if mode == "mediarelay" else "relay", options)
     publisher = Remote("publisher", options)
@@ -556,6 +566,10 @@ def summarise(mode: str, args, connected: int, window: dict, seen: dict) -> dict
         "receiving_viewers": seen["receiving"],
         "uvloop": args.uvloop,
         "media_host": args.media_host,
+        "record": args.record,
+        "relay_cpu_us_per_in_packet": round(1e6 * cpu / window["packets_in"], 2)
+        if window["packets_in"]
+        else None,
         "fanout_drops": window.get("fanout_drops"),
         "video_pauses": window.get("video_pauses"),
         "relay_user_s": round(window.get("user_s", 0.0), 3),
@@ -581,6 +595,7 @@ def main() -> None:
         default="127.0.0.1",
         help='where the relay binds; "::" (the server default) sends with IP_PKTINFO',
     )
+    parser.add_argument("--record", action="store_true", help="record the lecture (media.recorder)")
     args = parser.parse_args()
     default_viewers = 4 if args.baseline else 100
     args.viewers = max(2, args.viewers if args.viewers is not None else default_viewers) - 1

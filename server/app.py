@@ -30,7 +30,7 @@ from server.config import Config, Network
 from server.errors import AuthError, LopsoError, UnknownError, describe, error_body
 from server.hub import Hub, HubLimits
 from server.metrics import Metrics, metered
-from server.models import ClassSession, NodeInfo, Site
+from server.models import ClassSession, NodeInfo, Role, Site
 from server.registry import KeyIdCache
 from server.roles import SITE_ROLES, Action
 from server.store import open_store
@@ -67,6 +67,7 @@ class AppState:
     sockets: SocketCounts = None  # type: ignore[assignment]  # open WebSockets (admission)
     metrics: Metrics = None  # type: ignore[assignment]
     redis_problem: str | None = None  # cluster, LOPSO_REDIS_DURABILITY=warn: why Redis may lose
+    recordings: Any = None  # server.recordings.Recordings (None: a node without media)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -401,12 +402,38 @@ def _media_ctx(state: AppState) -> CleanupCtx:
             )
         )
         await state.engine.start()
+        _start_recordings(state)
         try:
             yield
         finally:
+            if state.recordings is not None:
+                await state.recordings.close()
             await state.engine.close()
 
     return ctx
+
+
+def _start_recordings(state: AppState) -> None:
+    """Recordings (server/recordings.py): the origin records, every node replays."""
+    from server.recordings import Recordings
+
+    def on_problem(sid: str, problem: str) -> None:
+        in_background(state, _recording_problem(state, sid, problem))
+
+    state.recordings = Recordings(state.config, on_problem)
+
+
+async def _recording_problem(state: AppState, sid: str, problem: str) -> None:
+    """Tell a class's moderators its recording was refused or stopped (e.g. disk full)."""
+    log.warning("recording problem", extra={"sid": sid, "problem": problem})
+    try:
+        session = await state.store.get_session(sid)
+        if session is not None:
+            room = await state.hub.room(session)
+            body = {"type": "recording", "state": "stopped", "problem": problem}
+            await room.broadcast({"roles": ["moderator", "admin"]}, body)
+    except Exception:
+        log.exception("could not alert moderators of a recording problem", extra={"sid": sid})
 
 
 NODE_HEARTBEAT_S = 5.0
@@ -470,9 +497,24 @@ async def announce_class_end(state: AppState, session: ClassSession) -> None:
 
     try:
         payload = await class_summary(state.store, session)
+        payload["recording"] = await recording_summary(state, session.id)
         await state.webhook.enqueue(f"class_ended:{session.id}", payload)
     except Exception:
         log.exception("could not queue the class summary webhook", extra={"sid": session.id})
+
+
+async def recording_summary(state: AppState, sid: str) -> dict[str, Any] | None:
+    """The webhook's `recording`: download URL (a moderator token) and duration, or None."""
+    if state.recordings is None:
+        return None
+    info = await state.recordings.ended(sid)
+    if info is None:
+        return None
+    from urllib.parse import quote
+
+    token = auth.mint(state.config.secret, sid, Role.MODERATOR, ttl_s=state.config.token_ttl_s)
+    url = f"{state.config.base_url}/api/sessions/{quote(sid)}/recording/file?token={token}"
+    return {"url": url, "duration_s": info["duration_s"], "started_at": info["started_at"]}
 
 
 def in_background(state: AppState, coro: Any) -> None:
@@ -497,6 +539,13 @@ def _schedule_ctx(state: AppState) -> CleanupCtx:
             await state.hub.end_overdue()
         except Exception:  # the store is down: the next sweep tries again
             log.exception("could not look for classes past their end")
+        if state.recordings is not None:  # recordings past their retention days
+            try:
+                gone = await asyncio.to_thread(state.recordings.expire)
+                if gone:
+                    log.info("recordings expired", extra={"sessions": gone})
+            except Exception:
+                log.exception("could not expire old recordings")
 
     async def sweep_forever() -> None:
         while True:  # the first at once, without holding up the start
@@ -524,7 +573,18 @@ def _demo_ctx(state: AppState) -> CleanupCtx:
 def create_app(config: Config, *, media: bool = True) -> web.Application:
     """Build the application. `media=False` leaves out the media engine (tests of signalling
     that never publish or view)."""
-    from server.routes import admin, api, links, metrics, moderation, pages, signin, whip, ws
+    from server.routes import (
+        admin,
+        api,
+        links,
+        metrics,
+        moderation,
+        pages,
+        replay,
+        signin,
+        whip,
+        ws,
+    )
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(WEB_DIR / "templates"),
@@ -566,6 +626,7 @@ def create_app(config: Config, *, media: bool = True) -> web.Application:
     links.add_routes(app)
     signin.add_routes(app)
     admin.add_routes(app)
+    replay.add_routes(app)
     app.router.add_static("/static", WEB_DIR / "static", append_version=False)
     return app
 

@@ -45,6 +45,10 @@ Definitions (all times UTC epoch seconds):
 - Quality: each QUALITY sample's class (``data["class"]``, or classified from its figures by
   server.quality) holds until the site's next sample, at most ``Rules.quality_hold_s``, clipped
   to the lecture window. ``poor_s`` counts ``poor`` and ``lost`` time.
+- Replay: a site's REPLAY events (``data["seconds"]`` watched of the recording, each at most
+  120) add up to ``replay_s``, apart from its live intervals. A site that missed the class
+  live (``never_joined``, ``absent`` or ``page_only``) and watched at least
+  ``Rules.absent_below_pct`` of the lecture's length in replay is ``replay`` ("Xem lại").
 - People, in roll-ups: the sum over sites of max(peak headcount, check-ins): the most people a
   site reported at once, and never fewer than were checked in there. ``people_latest`` sums
   the latest headcounts (what the live wall shows).
@@ -80,6 +84,7 @@ class Status(str, enum.Enum):
     ABSENT = "absent"
     PAGE_ONLY = "page_only"  # the page was open, media did not flow (or hardly)
     NEVER_JOINED = "never_joined"
+    REPLAY = "replay"  # not there live, watched the recording (REPLAY events) instead
 
 
 STATUS_LABELS: Mapping[str, Mapping[Status, str]] = {
@@ -90,6 +95,7 @@ STATUS_LABELS: Mapping[str, Mapping[Status, str]] = {
         Status.ABSENT: "Vắng mặt",
         Status.PAGE_ONLY: "Mở trang, không có hình/tiếng",
         Status.NEVER_JOINED: "Chưa tham gia",
+        Status.REPLAY: "Xem lại",
     },
     "en": {
         Status.PRESENT: "Present online",
@@ -98,6 +104,7 @@ STATUS_LABELS: Mapping[str, Mapping[Status, str]] = {
         Status.ABSENT: "Absent",
         Status.PAGE_ONLY: "Page open, no media",
         Status.NEVER_JOINED: "Never joined",
+        Status.REPLAY: "Watched the replay",
     },
 }
 
@@ -178,6 +185,7 @@ class SiteRecord:
     page_s: float = 0.0  # page open within the lecture window
     page_pct: float = 0.0
     page_open_now: bool = False
+    replay_s: float = 0.0  # recording watched (REPLAY events), apart from live presence
 
     @property
     def code(self) -> str:
@@ -218,6 +226,7 @@ class Rollup:
     help_requests: int
     help_open: int
     questions: int
+    replay_minutes: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -431,10 +440,14 @@ def _record(
     )
     checkins = parts[EventKind.CHECKIN.value]
     connected_now = bool(intervals) and intervals[-1].open and not window.ended
+    status = _status(intervals, pct, late, left_early, window, rules, connected_now, page)
+    replay_s = _replay_seconds(parts[EventKind.REPLAY.value])
+    if status in MISSED and _pct(replay_s, window) >= rules.absent_below_pct:
+        status = Status.REPLAY
     return SiteRecord(
         site=site,
         expected=expected,
-        status=_status(intervals, pct, late, left_early, window, rules, connected_now, page),
+        status=status,
         late=late,
         left_early=left_early,
         connected_now=connected_now,
@@ -464,7 +477,21 @@ def _record(
         page_s=page_s,
         page_pct=min(100.0, page.pct),
         page_open_now=page.open_now,
+        replay_s=replay_s,
     )
+
+
+MISSED = frozenset({Status.NEVER_JOINED, Status.ABSENT, Status.PAGE_ONLY})
+
+
+def _replay_seconds(events: list[Event]) -> float:
+    """Seconds of the recording a site watched (each report's ``seconds``; bad ones skipped)."""
+    total = 0.0
+    for event in events:
+        seconds = event.data.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0:
+            total += min(float(seconds), 120.0)
+    return total
 
 
 def _basis(parts: _Parts) -> str:
@@ -597,6 +624,7 @@ def rollup(name: str, records: Iterable[SiteRecord]) -> Rollup:
         help_requests=sum(r.help_requests for r in records),
         help_open=sum(r.help_open for r in records),
         questions=sum(r.questions for r in records),
+        replay_minutes=sum(r.replay_s for r in records) / 60.0,
     )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from media.errors import MediaError
 from server import auth
 from server.config import Config, ConfigError, load_config
 from server.errors import LopsoError
@@ -188,6 +189,15 @@ def _parser() -> argparse.ArgumentParser:
         "the first is the lead (default: one presenter)",
     )
     _data(create)
+
+    recordings = commands.add_parser("recordings", help="class recordings").add_subparsers(
+        dest="recordings_cmd", required=True
+    )
+    _data(recordings.add_parser("list", help="list the recordings (JSON lines)"))
+    export = recordings.add_parser("export", help="join a class's recording into one file")
+    export.add_argument("sid")
+    export.add_argument("--out", type=Path, help="copy it here (default: print its path)")
+    _data(export)
     return parser
 
 
@@ -243,10 +253,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 json.dumps(asyncio.run(_create_class(config, args)), ensure_ascii=False, indent=2)
             )
-    except (LopsoError, StoreError, ValueError, OSError) as exc:  # a DurabilityError too
+        elif args.command == "recordings":
+            print(_recordings(config, args))
+    except (LopsoError, StoreError, MediaError, ValueError, OSError) as exc:  # DurabilityError too
         print(f"lopso: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _recordings(config: Config, args: argparse.Namespace) -> str:
+    """`recordings list`: one JSON line per recording; `recordings export SID`: the path of
+    the joined file (copied to --out when given)."""
+    import shutil
+
+    from media.recorder import Manifest, join_segments
+    from server.recordings import Recordings
+
+    recordings = Recordings(config, lambda sid, problem: None)
+    if args.recordings_cmd == "list":
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in recordings.listing())
+    folder = recordings.folder(args.sid)
+    try:
+        manifest = Manifest.load(folder)
+    except (OSError, ValueError, TypeError):
+        raise ValueError(f"class {args.sid} has no recording in {config.recordings}") from None
+    joined = join_segments(folder, manifest)
+    if args.out is None:
+        return str(joined)
+    shutil.copyfile(joined, args.out)
+    return str(args.out)
 
 
 def serve(config: Config) -> None:

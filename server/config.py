@@ -106,6 +106,18 @@ class Config:
     turn_relay_ips: tuple[str, ...] = ()  # coturn's relay addresses, where not its URLs' hosts
     # Tests that stand for a hall whose firewall drops UDP: announce only TCP candidates.
     media_udp_candidates: bool = True
+    # Recording (server/recordings.py): on unless LOPSO_RECORD=0; into recordings_dir
+    # (default <data>/recordings), refused below record_min_free_mb free, kept retention days
+    record: bool = True
+    recordings_dir: Path | None = None
+    record_min_free_mb: int = 1024
+    record_segment_s: float = 4.0
+    record_retention_days: int = 90
+
+    @property
+    def recordings(self) -> Path:
+        """The folder recordings are written to and replayed from."""
+        return self.recordings_dir or self.data_dir / "recordings"
 
     @property
     def tls(self) -> bool:
@@ -333,6 +345,14 @@ _SETTINGS: Mapping[str, tuple[str, Any]] = {
     "turn_ttl_s": ("LOPSO_TURN_TTL", _int("TURN credential TTL (seconds)", 60, 7 * 86400)),
     "turn_relay_ips": ("LOPSO_TURN_RELAY_IPS", _ips("TURN relay IPs")),
     "media_udp_candidates": ("LOPSO_MEDIA_UDP_CANDIDATES", _flag("media UDP candidates")),
+    "record": ("LOPSO_RECORD", _flag("record")),
+    "recordings_dir": ("LOPSO_RECORDINGS", _path),
+    "record_min_free_mb": ("LOPSO_RECORD_MIN_FREE_MB", _int("record min free MB", 0, 1 << 30)),
+    "record_segment_s": ("LOPSO_RECORD_SEGMENT_S", _positive_float("record segment seconds")),
+    "record_retention_days": (
+        "LOPSO_RECORD_RETENTION_DAYS",
+        _int("record retention days", 0, 100 * 366),
+    ),
 }
 
 

@@ -136,6 +136,7 @@ def _site_links(base: str, sid: str, site: Site, token: str) -> dict[str, str]:
         "name": site.name,
         "commune": site.commune,
         "url": f"{base}/site/{sid}/{site.code}?token={token}",
+        "replay_url": f"{base}/site/{sid}/{site.code}?token={token}&replay=1",
         "whep_url": f"{base}/whep/{sid}/{site.code}",
         "token": token,
     }

@@ -151,6 +151,13 @@ SITE_COLUMNS: tuple[Column, ...] = (
         lambda r, _: r.page_s / 60,
         "float",
     ),
+    _c(
+        "replay_minutes",
+        "Số phút xem lại",
+        "Replay minutes",
+        lambda r, _: r.replay_s / 60,
+        "float",
+    ),
     _c("basis", "Tính theo", "Counted from", lambda r, lang: basis_label(r.basis, lang), width=16),
     _c(
         "intervals",
@@ -210,7 +217,7 @@ COMMUNE_COLUMNS: tuple[Column, ...] = (
             _status_count(s.value),
             "int",
         )
-        for s in (Status.PRESENT, Status.LATE, Status.LEFT_EARLY, Status.ABSENT)
+        for s in (Status.PRESENT, Status.LATE, Status.LEFT_EARLY, Status.ABSENT, Status.REPLAY)
     ),
     _c("people", "Số người tham dự (cao nhất)", "People (peak)", lambda c, _: c.people, "int"),
     _c(
@@ -233,6 +240,13 @@ COMMUNE_COLUMNS: tuple[Column, ...] = (
         "Số phút chất lượng kém",
         "Minutes in poor quality",
         lambda c, _: c.poor_minutes,
+        "float",
+    ),
+    _c(
+        "replay_minutes",
+        "Tổng số phút xem lại",
+        "Replay minutes",
+        lambda c, _: c.replay_minutes,
         "float",
     ),
     _c("help_requests", "Yêu cầu hỗ trợ", "Help requests", lambda c, _: c.help_requests, "int"),
@@ -500,6 +514,7 @@ def _rollup_dict(r: Rollup) -> dict[str, Any]:
     data["status_counts"] = dict(r.status_counts)
     data["connected_minutes"] = round(r.connected_minutes, 2)
     data["poor_minutes"] = round(r.poor_minutes, 2)
+    data["replay_minutes"] = round(r.replay_minutes, 2)
     return data
 
 
@@ -542,6 +557,8 @@ def site_dict(r: SiteRecord) -> dict[str, Any]:
         "page_seconds": round(r.page_s, 3),
         "page_minutes": round(r.page_s / 60, 2),
         "page_pct": round(r.page_pct, 2),
+        "replay_seconds": round(r.replay_s, 1),
+        "replay_minutes": round(r.replay_s / 60, 2),
         "headcount": {
             "start": r.headcount_start,
             "mid": r.headcount_mid,

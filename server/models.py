@@ -48,6 +48,8 @@ class EventKind(str, enum.Enum):
     OFF_AIR = "off_air"
     # a headcount prompt went out to every page (once per phase): data {"phase": "start"|"mid"|"end"}
     PROMPT = "prompt"
+    # a site watched the class's recording: data {"seconds": float} since its last report
+    REPLAY = "replay"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -795,3 +795,30 @@ def test_derive_leaves_the_garbage_collector_as_it_found_it(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+def replay(minutes: float, *seconds: object) -> list[Event]:
+    """REPLAY reports of site A (each `seconds` watched), after the class."""
+    return [ev(K.REPLAY, minutes + i, seconds=s) for i, s in enumerate(seconds)]
+
+
+@pytest.mark.parametrize(
+    ("site_events", "status", "replay_min"),
+    [
+        (replay(100, *[120] * 22), Status.NEVER_JOINED, 44.0),  # under half of the 90 min
+        (replay(100, *[120] * 23), Status.REPLAY, 46.0),
+        (replay(100, 120, "x", -5, True, 9999) + replay(200, *[120] * 22), Status.REPLAY, 48.0),
+        (media(0, 80) + replay(100, *[120] * 45), Status.PRESENT, 90.0),  # there live
+        (media(0, 10) + replay(100, *[120] * 45), Status.REPLAY, 90.0),  # absent live
+    ],
+)
+def test_replay_minutes_and_status(site_events, status, replay_min):
+    rec = record(lecture() + site_events)
+    assert rec.replay_s / 60 == pytest.approx(replay_min)
+    assert rec.status is status
+
+
+def test_replay_is_counted_in_rollups():
+    report = derive(session(), [], lecture() + replay(100, *[120] * 46), at(200))
+    assert report.province.replay_minutes == pytest.approx(92.0)
+    assert report.province.status_counts["replay"] == 1

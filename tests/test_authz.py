@@ -92,7 +92,7 @@ class Route:
     method: str
     path: str  # as registered (aiohttp's canonical form)
     expect: dict[str, int]
-    body: str | None = None  # "csv" | "class" | "hall" | "edit" | "checkin" | "sdp"
+    body: str | None = None  # "csv" | "class" | "hall" | "edit" | "checkin" | "sdp" | "cut" | "replay"
     url: str = ""  # concrete URL when filling in the path is not enough
     kind: str = "api"  # "api" (Bearer header) | "page" (?token=) | "ws"
     cluster_only: bool = False
@@ -149,6 +149,16 @@ ROUTES: tuple[Route, ...] = (
         only(409, "admin", "lecturer", "moderator"),
         body="cut",
     ),
+    # recordings (none was made in this app: 404 once the caller is let in)
+    Route("GET", "/replay/{sid}/{site}/recording", only(404, "admin", "site_a")),
+    Route(
+        "POST",
+        "/api/sessions/{sid}/sites/{site}/replay",
+        only(201, "admin", "site_a"),
+        body="replay",
+    ),
+    Route("GET", "/api/sessions/{sid}/recording", only(404, *MODERATORS)),
+    Route("GET", "/api/sessions/{sid}/recording/file", only(404, *MODERATORS)),
     # signalling: an offer that is not SDP is a 400 once the caller is let in
     *(Route("POST", path, only(400, *who), body="sdp") for path, who in SDP_PATHS),
     # OPTIONS: a preflight (no token) gets 204; with a token it is judged, since its answer
@@ -255,6 +265,8 @@ def body_of(kind: str | None) -> tuple[bytes | None, dict[str, str]]:
         return b"v=0\r\n", {"Content-Type": "application/sdp"}
     if kind == "cut":  # the class's one presenter, not publishing
         return json.dumps({"presenter": "p1"}).encode(), {"Content-Type": "application/json"}
+    if kind == "replay":
+        return b'{"seconds": 30}', {"Content-Type": "application/json"}
     return None, {}
 
 

@@ -44,7 +44,8 @@ def test_serve_demo_json_has_exact_keys_and_working_links(tmp_path: Path) -> Non
         assert set(demo["moderator"]) == {"url", "token"}
         assert len(demo["sites"]) == 12
         assert all(
-            set(s) == {"code", "name", "commune", "url", "whep_url", "token"} for s in demo["sites"]
+            set(s) == {"code", "name", "commune", "url", "whep_url", "replay_url", "token"}
+            for s in demo["sites"]
         )
         assert {s["commune"] for s in demo["sites"]} == {
             "Xã Tiên Lữ",

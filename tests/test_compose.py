@@ -112,7 +112,12 @@ def test_edges_scale(compose: dict[str, Any]) -> None:
     edge = compose["services"]["edge"]
     assert "container_name" not in edge and "ports" not in edge and "hostname" not in edge
     assert "LOPSO_NODE_ID" not in edge["environment"]  # each replica draws its own
-    assert all(isinstance(v, dict) and v["type"] == "tmpfs" for v in edge["volumes"])
+    data = [v for v in edge["volumes"] if isinstance(v, dict) or v.endswith(":/data")]
+    assert data and all(isinstance(v, dict) and v["type"] == "tmpfs" for v in data)
+    shared = [v for v in edge["volumes"] if not isinstance(v, dict)]
+    assert shared == ["recordings:/recordings"]  # the origin's recordings, replayed anywhere
+    assert "recordings:/recordings" in compose["services"]["origin"]["volumes"]
+    assert "recordings" in compose["volumes"]
     assert edge["depends_on"]["origin"]["condition"] == "service_healthy"
 
 

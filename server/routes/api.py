@@ -198,6 +198,10 @@ async def close_class_media(state: Any, sid: str) -> None:
     lecture = state.lectures.pop(sid, None)
     if lecture is not None:
         await lecture.close()
+    if state.recordings is not None and sid in state.recordings.active:
+        from server.app import in_background
+
+        in_background(state, state.recordings.stop(sid))  # closes and joins its segments
 
 
 async def session_links(request: web.Request) -> web.Response:

@@ -149,6 +149,16 @@ async def site_player(request: web.Request) -> web.Response:
     code = request.match_info["site"]
     state, session, page = await _base(request, "site", Action.VIEW, code)
     site = await _site(state, session, code)
+    if request.query.get("replay") == "1":  # the site's replay link (server/routes/replay.py)
+        sid, token = quote(session.id), quote(page["token"])
+        page.update(
+            site=_site_page(site),
+            replay={
+                "url": f"/replay/{sid}/{quote(code)}/recording?token={token}",
+                "report": f"/api/sessions/{sid}/sites/{quote(code)}/replay",
+            },
+        )
+        return render(request, "replay", page)
     now = time.time()  # the QR link on the hall's screen dies with the class (plus the grace)
     expiry = checkin_link_expiry(session, now, state.config.checkin_grace_s)
     participant = auth.mint(
@@ -187,6 +197,7 @@ async def moderator(request: web.Request) -> web.Response:
         hall_links_url=f"/api/classes/{quote(session.id)}/hall-links{suffix}&format=csv",
         cards_url=f"/classes/{quote(session.id)}/cards{suffix}&lang={page['lang']}",
         end_url=f"/api/sessions/{quote(session.id)}/end",
+        recording_url=f"/api/sessions/{quote(session.id)}/recording",
     )
     found = signed_in(request)
     if found is not None:  # opened from /admin: its fetches carry the session's CSRF token

@@ -228,6 +228,8 @@ async def post_whip(request: web.Request) -> web.Response:
     presenter = presenter_of(request, session)
     lecture = lecture_of(state, session)
     answer, publisher = await lecture.publish(offer, takeover=takeover, presenter=presenter)
+    if state.recordings is not None:  # the origin records what it forwards (server/recordings)
+        state.recordings.start(session.id, lecture, session.video_codec)
     rid = _remember(state, Resource("whip", session.id, None, publisher))
     log.info(
         "presenter published",

@@ -293,9 +293,11 @@ def test_every_string_the_pages_use_is_in_the_catalogue() -> None:
         )
     }
     dynamic |= {f"alert_{k}" for k in ("not_joined", "offline", "poor", "help")}
+    dynamic |= {f"mod_recording_state_{k}" for k in ("recording", "ended", "stopped")}
+    dynamic |= {f"mod_recording_problem_{k}" for k in ("disk_full", "disk_nearly_full", "error")}
     dynamic |= {
         f"attendance_{k}"
-        for k in ("present", "late", "left_early", "absent", "page_only", "never_joined")
+        for k in ("present", "late", "left_early", "absent", "page_only", "never_joined", "replay")
     }
     missing = sorted((used_keys() | dynamic) - set(vi))
     assert not missing, missing

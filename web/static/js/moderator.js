@@ -10,6 +10,7 @@ import {
 } from "./i18n.js";
 import { renderPresenters } from "./presenters.js";
 import { WALL_CLASSES, Wall } from "./wall.js";
+import { wireRecording } from "./recording-box.js";
 
 const ALERT_KINDS = ["not_joined", "offline", "poor", "help"];
 const ALERT_LIST_MAX = 30;
@@ -52,6 +53,7 @@ function main() {
   wall.onSelect = function (code) { select(state, code); };
   wireChannel(state);
   wireControls(state);
+  wireRecording(page, state.channel);
   state.channel.connect();
 }
 
