@@ -23,5 +23,7 @@ class PublisherBusyError(MediaError):
 
 class PresenterOfflineError(MediaError):
     """A presenter asked to go on air is not publishing (no standby source to cut to)."""
+
+
 class RecordingRefusedError(MediaError):
     """A recording cannot start or be joined (the disk is nearly full, nothing was recorded)."""

@@ -159,7 +159,10 @@ class Hub:
         """The lecturer started or stopped sending: tell every page; prompt headcounts."""
         room = await self.room(session)
         room.session = session
-        if live == room.live:
+        # A room opened by this very call probed the lecture and found it live already: the
+        # class's first start must still be recorded (its event, started_at, the prompt).
+        first = live and session.started_at is None
+        if live == room.live and not first:
             return
         room.live = live
         started_at = session.started_at

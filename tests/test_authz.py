@@ -92,7 +92,8 @@ class Route:
     method: str
     path: str  # as registered (aiohttp's canonical form)
     expect: dict[str, int]
-    body: str | None = None  # "csv" | "class" | "hall" | "edit" | "checkin" | "sdp" | "cut" | "replay"
+    # "csv" | "class" | "hall" | "edit" | "checkin" | "sdp" | "cut" | "replay"
+    body: str | None = None
     url: str = ""  # concrete URL when filling in the path is not enough
     kind: str = "api"  # "api" (Bearer header) | "page" (?token=) | "ws"
     cluster_only: bool = False

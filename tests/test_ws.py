@@ -570,6 +570,38 @@ async def test_the_mid_prompt_survives_a_restart_and_is_sent_once(tmp_path: Path
         assert [e.data["phase"] for e in events] == ["start", "mid"]
 
 
+async def test_a_class_first_opened_by_its_lecturer_going_live_is_started(
+    tmp_path: Path,
+) -> None:
+    """No page of the class open yet when the lecturer goes live: the room opened by that very
+    announcement finds the lecture live, and the start is still recorded and prompted."""
+    from server.hub import Hub, HubLimits
+    from server.models import ClassSession
+    from server.store import open_store
+
+    async def live(_sid: str) -> bool:
+        return True
+
+    store = await open_store(None, tmp_path, "n1")
+    hub = Hub(store, "n1", HubLimits(batch_interval_s=0.05), live_probe=live)
+    try:
+        session = ClassSession(id="k", title="t", starts_at=time.time())
+        await store.put_session(session)
+        await hub.set_live(session, True)
+        assert [e.kind for e in await store.events("k", kinds=[EventKind.CLASS_STARTED])] == [
+            EventKind.CLASS_STARTED
+        ]
+        stored = await store.get_session("k")
+        assert stored is not None and stored.started_at is not None
+        prompts = await store.events("k", kinds=[EventKind.PROMPT])
+        assert [e.data.get("phase") for e in prompts] == ["start"]
+        await hub.set_live(stored, True)  # said again: nothing new
+        assert len(await store.events("k", kinds=[EventKind.CLASS_STARTED])) == 1
+    finally:
+        await hub.close()
+        await store.close()
+
+
 async def test_an_ended_classs_room_closes_after_its_last_page_and_reopens(tmp_path: Path) -> None:
     """Every class ever opened used to keep a loop forever: once a class has ended and its last
     page has gone (after a short linger) its room and loops are gone; a report opens it again."""
