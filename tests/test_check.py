@@ -18,3 +18,17 @@ def test_ruff_check_passes_on_media_and_server():
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_modules_have_unique_names():
+    """Test folders have no __init__.py: two modules of one name (tests/ and tests/e2e/) stop
+    the whole suite at collection."""
+    seen: dict[str, pathlib.Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path.name == "conftest.py":
+            continue
+        if path.name in seen:
+            clashes.append((seen[path.name], path))
+        seen.setdefault(path.name, path)
+    assert not clashes, clashes
