@@ -43,6 +43,19 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
+def free_media_port() -> int:
+    """A port number free right now for UDP and TCP both (media and its ICE-TCP twin)."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # its TCP twin is someone's (e.g. an outgoing connection's) port
+        return port
+    raise OSError("no port free for both UDP and TCP")
+
+
 class LopsoServerError(Exception):
     """The server did not come up (its output is in the message)."""
 
@@ -65,7 +78,7 @@ class LopsoServer:
         self.data = self.dir / "data"
         self.demo_path = self.dir / "demo.json"
         self.port = free_port()
-        self.media_port = free_port(socket.SOCK_DGRAM)
+        self.media_port = free_media_port()
         self.tls = tls
         self.addressing = addressing
         """Flags that choose the HTTP host and media addresses; None: loopback for everything.
