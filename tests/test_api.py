@@ -124,7 +124,8 @@ async def test_links_carry_working_tokens(app) -> None:
     client, _ = app
     reply = await client.get("/api/sessions/c1/links", headers=ADMIN)
     links = await reply.json()
-    assert set(links) == {"session_id", "lecturer", "moderator", "sites"}
+    assert set(links) == {"session_id", "lecturer", "presenters", "moderator", "sites"}
+    assert [p["id"] for p in links["presenters"]] == ["p1"]  # one presenter: the lecturer
     lecturer = {"Authorization": f"Bearer {links['lecturer']['token']}"}
     assert (await client.get("/api/sessions/c1", headers=lecturer)).status == 200
     reply = await client.get("/api/sessions/c1/links", headers=auth(Role.MODERATOR))
