@@ -16,23 +16,13 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_network import SELECTED_PAIR
 from tests.serverproc import LopsoServer
 from tests.turnproc import TurnProcess
 
 SECRET = "turn-secret-for-e2e-0123"
 LOADED = 60_000
 """Page loads (not joins) may take tens of seconds while a soak test shares the machine."""
-SELECTED_PAIR = """async () => {
-    const stats = await window.lopso.peerConnection().getStats();
-    let pair = null;
-    stats.forEach((s) => {
-        if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
-    });
-    if (!pair) return null;
-    const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
-    return {local: local.candidateType, protocol: local.protocol, remote: remote.candidateType,
-            remote_protocol: remote.protocol, tcptype: remote.tcpType || null};
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +116,13 @@ def test_a_hall_plays_through_turn_only(
     # The lecturer's studio gets the same fallback: it publishes through coturn too.
     moderator, studio = go_live(lopso_turn, browser_pages, "turn", "&ice=relay")
     studio_pair = studio.evaluate(SELECTED_PAIR)
-    assert studio_pair["local"] == "relay", studio_pair
+    assert studio_pair["local_type"] == "relay", studio_pair
     sites = lopso_turn.demo["sites"]
 
     normal, udp_s = join(browser_pages, sites[0], "udp-hall")
     assert_plays(normal, studio)
     udp_pair = normal.evaluate(SELECTED_PAIR)
-    assert udp_pair["protocol"] == "udp" and udp_pair["local"] != "relay", udp_pair
+    assert udp_pair["local_protocol"] == "udp" and udp_pair["local_type"] != "relay", udp_pair
     wall_path(moderator, sites[0]["code"], "udp")
     record_join(artifacts_dir, "udp", udp_s)
     normal.close()  # a busy test machine: one decoding page at a time
@@ -140,7 +130,7 @@ def test_a_hall_plays_through_turn_only(
     relayed, turn_s = join(browser_pages, sites[1], "turn-hall", "&ice=relay")
     assert_plays(relayed, studio)
     turn_pair = relayed.evaluate(SELECTED_PAIR)
-    assert turn_pair["local"] == "relay", turn_pair
+    assert turn_pair["local_type"] == "relay", turn_pair
     record_join(artifacts_dir, "turn", turn_s)
     wall_path(moderator, sites[1]["code"], "turn")
     tile = moderator.locator(f'.tile[data-code="{sites[1]["code"]}"]')
@@ -161,7 +151,7 @@ def test_a_hall_plays_over_ice_tcp(lopso_tcp: Any, browser_pages: Any, artifacts
     hall, tcp_s = join(browser_pages, site, "tcp-hall")
     assert_plays(hall, studio)
     pair = hall.evaluate(SELECTED_PAIR)
-    assert pair["protocol"] == "tcp" and pair["tcptype"] == "passive", pair
+    assert pair["local_protocol"] == "tcp" and pair["tcptype"] == "passive", pair
     record_join(artifacts_dir, "tcp", tcp_s)
     wall_path(moderator, site["code"], "tcp")
     assert (

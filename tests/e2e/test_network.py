@@ -43,8 +43,12 @@ SELECTED_PAIR = """async () => {
   });
   if (!pair) return null;
   const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
-  return {local: local.address, remote: remote.address, protocol: remote.protocol};
+  return {local_type: local.candidateType, local_address: local.address,
+          local_protocol: local.protocol, relay: local.relayProtocol || null,
+          remote_type: remote.candidateType, remote_address: remote.address,
+          remote_protocol: remote.protocol, tcptype: remote.tcpType || null};
 }"""
+"""A page's selected ICE candidate pair, both ends (the network tests' one getStats reading)."""
 
 
 def selected_pair(page: Any) -> dict[str, str]:
@@ -213,7 +217,7 @@ def test_a_hall_behind_plain_nat_plays(
     joined = join(pages, server.demo["sites"][0]["url"], "hall1")
     page = pages.pages[-1][1]
     # the hall's own address, or the NAT's (peer-reflexive: learnt from LopSo's STUN answer)
-    assert selected_pair(page)["local"] in (hall.address, hall.router.address)
+    assert selected_pair(page)["local_address"] in (hall.address, hall.router.address)
     check_rate("hall behind plain NAT", joined, page, studio)
 
 
@@ -240,5 +244,5 @@ def test_halls_on_each_of_the_servers_addresses_play(
         joined = join(pages, server.on(link, host), node.name)
         page = pages.pages[-1][1]
         pair = selected_pair(page)
-        assert pair["remote"] == media, pair  # the address its firewall lets UDP reach
+        assert pair["remote_address"] == media, pair  # the address its firewall lets UDP reach
         check_rate(f"server with several addresses, {node.name} via {media}", joined, page, studio)

@@ -18,6 +18,7 @@ from server import auth
 from server.models import Role
 from tests.e2e.test_network import (
     GET_FRAMES,
+    SELECTED_PAIR,
     LabBrowsers,
     go_live,
     keep_server_log,
@@ -31,17 +32,6 @@ __all__ = ["keep_server_log", "lab_browsers", "netlab"]
 
 FALLBACK_WITHIN_S = 5.0
 TURN_HOST = "203.0.113.30"
-CANDIDATES = """async () => {
-  const stats = await window.lopso.peerConnection().getStats();
-  let pair = null;
-  stats.forEach((s) => {
-    if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
-  });
-  if (!pair) return null;
-  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
-  return {local: local.candidateType, relay: local.relayProtocol || null,
-          protocol: remote.protocol, remote: remote.address, tcptype: remote.tcpType || null};
-}"""
 JOINS: dict[str, float] = {}
 """Join seconds (peer connection created → first frame) per network case, for the closing
 note."""
@@ -147,12 +137,12 @@ def test_a_hall_whose_firewall_drops_udp_plays_over_ice_tcp(
         "hall behind NAT (UDP), baseline",
         None,
     )
-    assert page.evaluate(CANDIDATES)["protocol"] == "udp"
+    assert page.evaluate(SELECTED_PAIR)["remote_protocol"] == "udp"
     page, tcp_s = hall_plays(
         lab_browsers.on(blocked.node, server.url), sites[1]["url"], "UDP dropped: ICE-TCP", studio
     )
-    pair = page.evaluate(CANDIDATES)
-    assert pair["protocol"] == "tcp" and pair["tcptype"] == "passive", pair
+    pair = page.evaluate(SELECTED_PAIR)
+    assert pair["remote_protocol"] == "tcp" and pair["tcptype"] == "passive", pair
     wait_for_path(server, "tcp")
     assert tcp_s <= normal_s + FALLBACK_WITHIN_S, JOINS
 
@@ -207,7 +197,7 @@ def test_a_hall_whose_firewall_drops_udp_plays_through_coturn(
         "UDP dropped: TURN over TCP",
         studio,
     )
-    pair = page.evaluate(CANDIDATES)
-    assert pair["local"] == "relay" and pair["relay"] == "tcp", pair
+    pair = page.evaluate(SELECTED_PAIR)
+    assert pair["local_type"] == "relay" and pair["relay"] == "tcp", pair
     wait_for_path(server, "turn")
     assert turn_s <= normal_s + FALLBACK_WITHIN_S, JOINS
