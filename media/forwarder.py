@@ -242,6 +242,16 @@ class TrackForwarder:
 
     # -- incoming ---------------------------------------------------------------------------
 
+    def on_packet(self, packet: Any) -> None:
+        """`on_rtp` for one parsed incoming packet (aiortc's RtpPacket, as ingest gives it)."""
+        self.on_rtp(
+            packet.ssrc,
+            bool(packet.marker),
+            packet.sequence_number,
+            packet.timestamp,
+            packet.payload,
+        )
+
     def on_rtp(self, ssrc: int, marker: bool, seq: int, ts: int, payload: bytes) -> None:
         """Forward one incoming (RTX-unwrapped) packet from the current source."""
         if ssrc != self.newest and ssrc != self.munger.source:

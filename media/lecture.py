@@ -574,13 +574,7 @@ class Lecture:
         self._last_packet = time.monotonic()
         if not self.live:
             self._set_live(True)
-        self.tracks[kind].on_rtp(
-            packet.ssrc,
-            bool(packet.marker),
-            packet.sequence_number,
-            packet.timestamp,
-            packet.payload,
-        )
+        self.tracks[kind].on_packet(packet)
 
     def _on_report(self, publisher: Publisher, kind: str, report: RtcpSrPacket) -> None:
         # Every source's mappings are kept (they are per SSRC): a cut finds its own ready.

@@ -44,13 +44,7 @@ class Preview:
     def feed(self, kind: str, packet: RtpPacket) -> None:
         """One packet of the presenter's source (forwarded only while someone watches)."""
         if self.viewers:
-            self.tracks[kind].on_rtp(
-                packet.ssrc,
-                bool(packet.marker),
-                packet.sequence_number,
-                packet.timestamp,
-                packet.payload,
-            )
+            self.tracks[kind].on_packet(packet)
 
     async def close(self) -> None:
         """Close every preview viewer and the streams."""
